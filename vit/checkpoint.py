@@ -1,0 +1,484 @@
+"""Checkpoints: atomic save, exact resume, safe load (``weights_only=True``), safetensors export.
+
+A checkpoint is a plain dict of tensors and plain data, so ``torch.load(weights_only=True)``
+reads it and no file can run code while loading::
+
+    {"format": "vit-checkpoint", "format_version": 1, "vit_version": "0.1.0",
+     "model": state_dict,            # the weights to predict with (the EMA weights when EMA is on)
+     "model_config": {...},          # dataclasses.asdict(ViTConfig)
+     "classes": ["cat", "dog"],
+     "preprocess": {"img_size": 224, "mean": [...], "std": [...], "crop_pct": 0.875},
+     "config": {...},                # the resolved run Config (vit.config.to_dict)
+     "epoch": 3, "step": 1200, "best_top1": 91.5, "metrics": {...},
+     # resume state (last.pt only):
+     "train_model": state_dict | None, "optimizer": {...}, "scaler": {...} | None,
+     "ema": state_dict | None, "extra": {"rng": capture_rng_state(), ...}}
+
+Resume keys whose value would be None are left out (``ckpt.get("ema")`` reads the same).
+
+    ckpt = load_checkpoint("runs/x/best.pt")
+    model = model_from_checkpoint(ckpt)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from vit import __version__
+from vit.errors import CheckpointError
+from vit.model import VisionTransformer, ViTConfig, config_dict
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "atomic_save",
+    "make_checkpoint",
+    "capture_rng_state",
+    "restore_rng_state",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "export_safetensors",
+    "find_resume_checkpoint",
+    "unwrap_model",
+    "clean_state_dict",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "vit-checkpoint"
+FORMAT_VERSION = 1  # bump when a reader of the old format could misread the new one
+
+_REQUIRED_KEYS = ("model", "model_config", "classes", "preprocess")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+# What torch's weights_only unpickler says when it refuses a global, call or object.
+_REFUSED = re.compile(
+    r"GLOBAL (\S+)|unrecognized function|Can only create new object|must be imported to load")
+
+
+# --- atomic writes ----------------------------------------------------------------------------
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX; directories cannot be opened on Windows)."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:  # some network file systems cannot fsync a directory
+        logger.debug("could not fsync %s: %s", folder, e)
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Call ``write(file)`` on a temp file beside ``path``, then rename it onto ``path``.
+
+    A crash at any moment leaves the old complete file or the new complete one; the temp file
+    is removed when ``write`` fails. ``os.open`` with mode 0o666 lets the umask decide the
+    permissions, as for any ordinary file.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot write {path}: {e.strerror or e}; choose a folder you can write to") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise CheckpointError(f"could not write {path}: {e.strerror or e}") from e
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` that never leaves a partial file behind (see ``_atomic_write``)."""
+    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
+# --- building a checkpoint --------------------------------------------------------------------
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain model inside DistributedDataParallel (``.module``) and torch.compile
+    (``._orig_mod``) wrappers, in any nesting."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def _strip_prefixes(name: str) -> str:
+    while name.startswith(_WRAPPER_PREFIXES):
+        name = name.split(".", 1)[1]
+    return name
+
+
+def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop ``module.`` / ``_orig_mod.`` prefixes so keys are the plain timm-style names."""
+    return {_strip_prefixes(k): v for k, v in state_dict.items()}
+
+
+def _model_state(model: nn.Module | None) -> dict[str, torch.Tensor] | None:
+    return None if model is None else clean_state_dict(unwrap_model(model).state_dict())
+
+
+def _plain(obj: Any) -> Any:
+    """Plain Python data (what ``weights_only`` accepts): dataclasses, numpy scalars, 0-d
+    tensors, paths and tuples become dicts / numbers / str / lists; other tensors stay tensors."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _plain(dataclasses.asdict(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic) or (isinstance(obj, torch.Tensor) and obj.ndim == 0):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
+
+
+def _check_preprocess(preprocess: Mapping[str, Any]) -> dict[str, Any]:
+    missing = sorted({"img_size", "mean", "std", "crop_pct"} - set(preprocess))
+    if missing:
+        raise ValueError(f"preprocess is missing {missing}")
+    return _plain(preprocess)
+
+
+def make_checkpoint(
+    *,
+    model: nn.Module,
+    classes: list[str],
+    preprocess: Mapping[str, Any],
+    config: Mapping[str, Any],
+    epoch: int,
+    step: int,
+    best_top1: float | None,
+    metrics: Mapping[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    ema_model: nn.Module | None = None,
+    train_model: nn.Module | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The checkpoint dict (see the module docstring); pass ``optimizer`` etc. to make it
+    resumable. ``model`` may be wrapped (DDP, torch.compile): keys come out unprefixed.
+
+    Tensors are not copied: save the dict right away, before the next optimizer step.
+    """
+    plain_model = unwrap_model(model)
+    if not isinstance(plain_model, VisionTransformer):
+        raise TypeError(f"expected a vit VisionTransformer, got {type(plain_model).__name__}")
+    ckpt: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "vit_version": __version__,
+        "model": _model_state(plain_model),
+        "model_config": config_dict(plain_model),
+        "classes": [str(c) for c in classes],
+        "preprocess": _check_preprocess(preprocess),
+        "config": _plain(config),
+        "epoch": int(epoch),
+        "step": int(step),
+        "best_top1": None if best_top1 is None else float(best_top1),
+        "metrics": _plain(metrics),
+    }
+    resume = {
+        "train_model": _model_state(train_model),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "ema": _model_state(ema_model),
+        "extra": _plain(extra) if extra is not None else None,
+    }
+    ckpt.update({k: v for k, v in resume.items() if v is not None})  # absent means None
+    return ckpt
+
+
+# --- random number generators -----------------------------------------------------------------
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy, torch CPU and (when present) every CUDA generator, as plain data."""
+    version, internal, gauss_next = random.getstate()
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+        "numpy": {"bit_generator": name, "keys": keys.tolist(), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Put the generators back exactly as ``capture_rng_state`` found them."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["bit_generator"], np.asarray(npy["keys"], dtype=np.uint32),
+                         npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+    cuda_states = state.get("cuda") or []
+    if cuda_states and not torch.cuda.is_available():
+        logger.warning("the checkpoint holds CUDA random state but no GPU is available; "
+                       "GPU randomness will not continue exactly")
+    elif cuda_states:
+        n = torch.cuda.device_count()
+        if len(cuda_states) != n:
+            logger.warning("the checkpoint holds random state for %d GPUs, this machine has %d",
+                           len(cuda_states), n)
+        for i, cuda_state in enumerate(cuda_states[:n]):
+            torch.cuda.set_rng_state(cuda_state.cpu(), i)
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def _describe_folder(path: Path) -> str:
+    found = sorted(p.name for p in path.glob("*.pt"))
+    listing = f"found: {', '.join(found)}" if found else "it holds no .pt files"
+    return (f"{path} is a folder; pass the .pt file inside, e.g. {path / 'best.pt'} "
+            f"({listing})")
+
+
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise CheckpointError(_describe_folder(path))
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _what_file(head: bytes) -> str:
+    """What a file that torch.load could not read seems to be, from its first bytes."""
+    if head.startswith(b"PK"):  # torch.save's zip container
+        return "it looks like a PyTorch file but is truncated or corrupted"
+    if not head:
+        return "it is empty"
+    if head.startswith(b"\x80"):
+        return "it is a Python pickle, not a file written by torch.save"
+    if _looks_like_text(head):
+        return "it is a text file"
+    return "it is not a file written by torch.save"
+
+
+def _load_error(path: Path, error: Exception) -> CheckpointError:
+    """Turn what ``torch.load`` raised into one line a user can act on."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    is_pickle = head.startswith((b"PK", b"\x80"))  # zip (torch.save) or pickle protocol >= 2
+    refused = _REFUSED.search(str(error)) if is_pickle else None
+    if refused:
+        what = f" ({refused.group(1)})" if refused.group(1) else ""
+        return CheckpointError(
+            f"{path} contains arbitrary Python objects{what} and is refused for safety; only "
+            "plain tensors and data are loaded (if you trust the file, re-save its state_dict "
+            "and pass that to --pretrained)")
+    return CheckpointError(f"{path} is not a vit checkpoint: {_what_file(head)}")
+
+
+def _torch_load(path: Path, map_location: Any) -> Any:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types here: UnpicklingError, RuntimeError, ...
+        raise _load_error(path, e) from e
+
+
+def _check_checkpoint(path: Path, obj: Any) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} is not a vit checkpoint: it holds a {type(obj).__name__}")
+    if "format" not in obj:
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            what = "it looks like a plain state_dict (weights only, no classes or model config)"
+        else:
+            what = f"it is a dict without a 'format' key (keys: {', '.join(map(str, obj))[:200]})"
+        raise CheckpointError(
+            f"{path} is not a vit checkpoint: {what}; to fine-tune from its weights use "
+            f"--pretrained {path}")
+    if obj["format"] != FORMAT:
+        raise CheckpointError(f"{path} is not a vit checkpoint (format {obj['format']!r})")
+    version = obj.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path} has an invalid format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format_version {version} (written by vit {obj.get('vit_version')}), "
+            f"an incompatible version: this vit {__version__} reads format_version up to "
+            f"{FORMAT_VERSION}; upgrade vit")
+    missing = [k for k in _REQUIRED_KEYS if k not in obj]
+    if missing:
+        raise CheckpointError(f"{path} is an incomplete vit checkpoint: missing {missing}")
+    return obj
+
+
+def _sidecar_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _read_safetensors(path: Path, map_location: Any) -> dict[str, Any]:
+    """Weights from ``path``, everything else from the JSON sidecar (or, when the sidecar is
+    gone, from the copy ``export_safetensors`` keeps in the file's own metadata)."""
+    device = str(map_location) if isinstance(map_location, str | torch.device) else "cpu"
+    try:
+        with safetensors.safe_open(path, framework="pt", device=device) as f:
+            weights = {k: f.get_tensor(k) for k in f.keys()}
+            metadata = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own SafetensorError, OSError, ...
+        raise CheckpointError(f"{path} is not a readable .safetensors file ({e})") from e
+    sidecar = _sidecar_path(path)
+    if sidecar.is_file():
+        text = sidecar.read_text()
+    elif "vit" in metadata:
+        text = metadata["vit"]
+    else:
+        raise CheckpointError(
+            f"{path} has no sidecar {sidecar.name} with its classes and model config; keep the "
+            "two files export_safetensors wrote together")
+    try:
+        info = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{sidecar} is not valid JSON ({e})") from e
+    return {**info, "model": weights}
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint (``.pt`` from training or ``.safetensors`` from ``export_safetensors``).
+
+    Only plain tensors and data are accepted (``weights_only=True``); every other case raises a
+    one-line ``CheckpointError`` that says what the file is and what to pass instead.
+    """
+    path = Path(path)
+    _check_file(path)
+    if path.suffix == ".safetensors":
+        obj = _read_safetensors(path, map_location)
+    else:
+        obj = _torch_load(path, map_location)
+    return _check_checkpoint(path, obj)
+
+
+def _shape_mismatches(
+    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]
+) -> list[str]:
+    problems = []
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    if missing:
+        problems.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        problems.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    for k in expected:
+        if k in found and found[k].shape != expected[k].shape:
+            problems.append(f"{k} has shape {tuple(found[k].shape)} in the checkpoint but "
+                            f"{tuple(expected[k].shape)} in the model")
+    return problems
+
+
+def model_from_checkpoint(ckpt: Mapping[str, Any]) -> VisionTransformer:
+    """Rebuild the model from ``model_config``, load the weights (strict), eval mode."""
+    try:
+        config = ViTConfig.from_dict(dict(ckpt["model_config"]))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"the checkpoint's model_config is invalid: {e}") from e
+    model = VisionTransformer(config)
+    weights = clean_state_dict(ckpt["model"])
+    problems = _shape_mismatches(model.state_dict(), weights)
+    if problems:
+        raise CheckpointError("the checkpoint's weights do not fit its model_config: "
+                              + "; ".join(problems))
+    model.load_state_dict(weights, strict=True)
+    return model.eval()
+
+
+# --- export and resume ------------------------------------------------------------------------
+
+
+def _metrics_summary(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    metrics = ckpt.get("metrics") or {}
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float | str | None)}
+    return {"epoch": ckpt.get("epoch"), "step": ckpt.get("step"),
+            "best_top1": ckpt.get("best_top1"), "metrics": scalars}
+
+
+def export_safetensors(ckpt: Mapping[str, Any], path: str | os.PathLike) -> tuple[Path, Path]:
+    """Write the prediction weights to ``path`` (.safetensors) and the rest to ``path``.json.
+
+    The sidecar holds format/version, model_config, classes, preprocess, the run config and a
+    metrics summary; the same JSON is kept in the safetensors metadata under ``"vit"``.
+    ``load_checkpoint`` reads the pair back as a checkpoint without resume state.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"export path {path} must end in .safetensors")
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "vit_version": ckpt.get("vit_version"),
+        "model_config": ckpt["model_config"],
+        "classes": list(ckpt["classes"]),
+        "preprocess": ckpt["preprocess"],
+        "config": ckpt.get("config") or {},
+        **_metrics_summary(ckpt),
+    }
+    text = json.dumps(info, indent=2)
+    weights = {k: v.detach().cpu().contiguous() for k, v in clean_state_dict(ckpt["model"]).items()}
+    payload = safetensors.torch.save(weights, metadata={"vit": text})
+    sidecar = _sidecar_path(path)
+    _atomic_write(path, lambda f: f.write(payload))
+    _atomic_write(sidecar, lambda f: f.write(text.encode() + b"\n"))
+    return path, sidecar
+
+
+def find_resume_checkpoint(path: str | os.PathLike) -> Path:
+    """``RUN_DIR`` -> ``RUN_DIR/last.pt``; a ``.pt`` file is returned as is."""
+    path = Path(path)
+    if path.is_dir():
+        last = path / "last.pt"
+        if not last.is_file():
+            raise CheckpointError(
+                f"{path} holds no last.pt to resume from; pass a run folder written by "
+                "`vit train` or a .pt file")
+        return last
+    if not path.exists():
+        raise CheckpointError(f"cannot resume: {path} does not exist")
+    return path
