@@ -1,0 +1,42 @@
+"""`vit explain`: attention overlays for images, as PNG files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from vit.cli import add_common_flags
+
+    p = sub.add_parser("explain", help="draw attention-rollout overlays for images",
+                       description="Overlay where the model looks on each image; writes "
+                       "DIR/<stem>_<method>.png per image and DIR/grid.png.")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="images, folders or globs")
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--method", default="rollout", choices=["rollout", "grad-rollout", "attention"])
+    p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"])
+    p.add_argument("--discard-ratio", type=float, default=0.0, metavar="F")
+    p.add_argument("--alpha", type=float, default=0.5, metavar="A")
+    p.add_argument("--topk", type=int, default=3, metavar="K")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N")
+    p.add_argument("--device", default="auto")
+    add_common_flags(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vit.explain_cli import explain_files
+    from vit.predict import expand_paths
+
+    paths = expand_paths(args.paths)
+    results = explain_files(
+        checkpoint=args.checkpoint, paths=paths, output=args.output, method=args.method,
+        head_fusion=args.head_fusion, discard_ratio=args.discard_ratio, alpha=args.alpha,
+        topk=args.topk, batch_size=args.batch_size, device=args.device,
+        show_progress=sys.stderr.isatty() and not args.quiet)
+    for r in results:
+        if not r.error:  # unreadable files were already reported as warnings
+            print(f"{r.output}  {', '.join(f'{lab} {p:.1%}' for lab, p in r.predictions)}")
+    return 0
