@@ -16,6 +16,10 @@ _LAZY = {
     "attention_rollout": "vit.explain",
     "gradient_rollout": "vit.explain",
     "overlay": "vit.explain",
+    "raw_attention": "vit.explain",
+    "explain": "vit.explain",
+    "deletion_auc": "vit.explain",
+    "insertion_auc": "vit.explain",
     "load_config": "vit.config",
     "Config": "vit.config",
 }

@@ -31,6 +31,10 @@ class ModelConfig:
     reg_tokens: int | None = None
     qk_norm: bool | None = None
     init_values: float | None = None  # LayerScale init (None: preset's, i.e. off)
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float | None = None
     drop_rate: float = 0.0
     drop_path_rate: float = 0.1
 

@@ -1,0 +1,230 @@
+"""Shared helpers of the benchmark scripts: the machine header, timing, tables and JSON.
+
+Every printed figure must say where and how it was measured, so each script starts its output
+with ``format_header(machine_info(...))``: date, exact command, CPU model and cores, torch
+version and threads, GPU name and the load average (a busy machine gives slower numbers).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vit.errors import VitError
+
+__all__ = [
+    "BenchmarkError",
+    "Column",
+    "command_line",
+    "cpu_model",
+    "format_header",
+    "format_table",
+    "machine_info",
+    "parse_list",
+    "pin_malloc",
+    "spread",
+    "time_alternating",
+    "time_call",
+    "write_json",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class BenchmarkError(VitError):
+    """A benchmark cannot give a meaningful number (e.g. the two models disagree)."""
+
+
+# --- where the numbers come from ----------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """The CPU's "model name" from /proc/cpuinfo, or what ``platform`` knows elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def command_line(script: str | os.PathLike[str], argv: Sequence[str]) -> str:
+    """The command that reproduces this run, e.g. ``python benchmarks/model_speed.py --batch 8``."""
+    path = Path(script).resolve()
+    shown = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+    return shlex.join(["python", str(shown), *argv])
+
+
+def machine_info(device: torch.device, command: str) -> dict[str, Any]:
+    """Facts that must travel with every number: when, what command, on which machine."""
+    info: dict[str, Any] = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": command,
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "loadavg": [round(v, 2) for v in os.getloadavg()],
+    }
+    return info
+
+
+def format_header(info: Mapping[str, Any]) -> str:
+    """The header lines every benchmark prints before its table."""
+    lines = [
+        f"date:    {info['date']}",
+        f"command: {info['command']}",
+        f"cpu:     {info['cpu']}, {info['cpu_count']} cores, torch threads {info['torch_threads']}",
+        f"torch:   {info['torch']}, python {info['python']}, {info['platform']}",
+        f"device:  {info['device']}" + (f" ({info['gpu']})" if info.get("gpu") else ""),
+        "load:    {:.2f} {:.2f} {:.2f} (1, 5, 15 min averages; above the core count means "
+        "other work competed for the CPU)".format(*info["loadavg"]),
+    ]
+    return "\n".join(lines)
+
+
+# --- timing -------------------------------------------------------------------------------------
+
+
+def pin_malloc() -> bool:
+    """Keep freed memory mapped between steps (glibc on Linux); True if it took effect.
+
+    By default glibc unmaps large freed blocks and trims the heap, so the next step page-faults
+    that memory back in: 5,000 to 60,000 minor faults per ViT step on CPU, 5-10% of its CPU
+    time. How many depends on the allocation history, i.e. on which model ran just before, which
+    biased alternating A/B timings of two identical-op models by up to 7% either way. Fixing the
+    trim and mmap thresholds (as ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_`` would)
+    removes the faults after the first step.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (e.g. musl)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    trimmed = libc.mallopt(m_trim_threshold, 1 << 30)
+    mapped = libc.mallopt(m_mmap_threshold, 32 << 20)  # 32 MiB: glibc's largest allowed value
+    return bool(trimmed and mapped)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device, iters: int = 1) -> float:
+    """Seconds per call of ``fn``, averaged over ``iters`` back-to-back calls.
+
+    On CUDA the queue is drained first and the time is taken with CUDA events, so it covers the
+    GPU work that ``fn`` launched, not just the launching.
+    """
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    _synchronize(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / iters
+    start_s = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return (time.perf_counter() - start_s) / iters
+
+
+def time_alternating(
+    fns: Mapping[str, Callable[[], object]], *, device: torch.device, warmup: int, repeats: int,
+    iters: int = 1,
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, ``repeats`` samples each, taken in turns.
+
+    After ``warmup`` untimed rounds, every round times each function once; odd rounds go in
+    reverse order, so slow drifts (clock speed, other jobs) and any first-or-second-in-the-round
+    effect hit all functions alike. Compare medians, or the per-round ratios.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    _synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            times[name].append(time_call(fns[name], device, iters))
+    return times
+
+
+def spread(values: Sequence[float]) -> tuple[float, float, float]:
+    """(median, min, max)."""
+    return statistics.median(values), min(values), max(values)
+
+
+# --- output -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: the row key it shows, its title and a format spec such as ``.1f``."""
+
+    key: str
+    title: str
+    fmt: str = ""
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None:
+        return "-"
+    return format(value, fmt) if fmt else str(value)
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
+    """A plain-text table; the first column is left-aligned, the others right-aligned."""
+    cells = [[c.title for c in columns]]
+    cells += [[_cell(row.get(c.key), c.fmt) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+
+    def render(line: list[str]) -> str:
+        first = line[0].ljust(widths[0])
+        rest = [text.rjust(width) for text, width in zip(line[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest])
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([render(cells[0]), rule, *(render(line) for line in cells[1:])])
+
+
+def write_json(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
+    """Write ``payload`` as indented JSON, creating parent folders."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    return out
+
+
+def parse_list(text: str) -> list[str]:
+    """``"a,b, c"`` -> ``["a", "b", "c"]``; empty items dropped."""
+    return [item.strip() for item in text.split(",") if item.strip()]

@@ -1,0 +1,199 @@
+"""Training runs end to end: files written, exact resume, torchrun with 2 processes, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vit.checkpoint import load_checkpoint
+from vit.config import load_config
+from vit.trainer import train
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_MODEL = ["model.name=vit_nano_patch4_32", "model.img_size=16", "model.embed_dim=32",
+              "model.depth=2", "model.num_heads=2", "model.drop_path_rate=0.0"]
+
+
+def make_folder(root: Path, *, classes=("red", "green", "blue"), per_class=12, size=16) -> Path:
+    """Colour classes with noise: learnable in a few steps, so accuracy must rise."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = rng.integers(0, 80, size=(size, size, 3), dtype=np.uint8)
+            img[..., c % 3] += 150
+            Image.fromarray(img).save(root / name / f"{i:03d}.png")
+    return root
+
+
+def tiny_config(data: Path, out: Path, *extra: str):
+    return load_config(None, [
+        f"data.root={data}", f"train.output={out}", "train.device=cpu", "data.workers=0",
+        "train.batch_size=8", "train.epochs=2", "train.lr=3e-3", "train.warmup_epochs=0.5",
+        "data.randaug_n=1", "data.val_fraction=0.25", "train.explain_samples=0", *TINY_MODEL,
+        *extra])
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    ckpt = load_checkpoint(path)
+    return ckpt.get("train_model") or ckpt["model"]
+
+
+def assert_same_weights(a: dict, b: dict, exact: bool = True) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if exact:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4, msg=k)
+
+
+def test_train_writes_every_file(tmp_path):
+    data = make_folder(tmp_path / "data")
+    summary = train(tiny_config(data, tmp_path / "run", "train.epochs=3"), show_progress=False)
+    run = summary.run_dir
+    for name in ("config.yaml", "metrics.jsonl", "curves.png", "last.pt", "best.pt",
+                 "data_report.json", "split.json"):
+        assert (run / name).is_file(), name
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    for key in ("epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "images_per_s",
+                "seconds"):
+        assert key in records[0]
+    assert records[-1]["val_top1"] >= 75.0  # colours are easy: the run really learned
+    report = json.loads((run / "data_report.json").read_text())
+    assert report["classes"] == ["blue", "green", "red"]
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["val_files"]) == 9  # 25% of 12 per class
+    best = load_checkpoint(run / "best.pt")
+    assert best["classes"] == ["blue", "green", "red"]
+    assert "optimizer" not in best  # best.pt is for prediction; last.pt for resume
+    assert "optimizer" in load_checkpoint(run / "last.pt")
+    # the resolved config reproduces the run
+    again = load_config(run / "config.yaml")
+    assert again.train.epochs == 3 and again.model.depth == 2
+
+
+def test_resume_is_bit_identical(tmp_path, monkeypatch):
+    data = make_folder(tmp_path / "data")
+    straight = train(tiny_config(data, tmp_path / "straight", "train.ema=true"),
+                     show_progress=False)
+
+    # "kill" the second run right after its first epoch's checkpoint: nothing after it survives
+    import vit.trainer as trainer_mod
+
+    real = trainer_mod.train_one_epoch
+
+    class Killed(Exception):
+        pass
+
+    def dies_in_epoch_2(**kwargs):
+        if kwargs["epoch"] == 1:
+            raise Killed
+        return real(**kwargs)
+
+    monkeypatch.setattr(trainer_mod, "train_one_epoch", dies_in_epoch_2)
+    with pytest.raises(Killed):
+        train(tiny_config(data, tmp_path / "resumed", "train.ema=true"), show_progress=False)
+    monkeypatch.setattr(trainer_mod, "train_one_epoch", real)
+
+    # scramble the global RNGs: resume must restore them, not depend on luck
+    torch.manual_seed(999)
+    np.random.seed(999)
+    resumed = train(tiny_config(data, tmp_path / "resumed", "train.ema=true"),
+                    resume=tmp_path / "resumed", show_progress=False)
+    assert resumed.epochs_done == straight.epochs_done
+    assert_same_weights(weights(tmp_path / "straight" / "last.pt"),
+                        weights(tmp_path / "resumed" / "last.pt"))
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert_same_weights(a["ema"], b["ema"])
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+
+
+def _run_cli(args: list[str], **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _cli_args(data: Path, out: Path, epochs: int) -> list[str]:
+    return ["--data", str(data), "--output", str(out), "--device", "cpu", "--workers", "0",
+            "--batch-size", "8", "--epochs", str(epochs), "--val-fraction", "0.25",
+            "train.explain_samples=0", "data.randaug_n=1", *TINY_MODEL]
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    start = time.time()
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"process ended early ({proc.returncode}):\n{err}")
+        if time.time() - start > timeout:
+            proc.kill()
+            raise AssertionError(f"{path} never appeared")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_killed_run_resumes_to_identical_weights(tmp_path, sig):
+    data = make_folder(tmp_path / "data", per_class=40)
+    epochs = 4
+    ref = _run_cli(_cli_args(data, tmp_path / "ref", epochs))
+    assert ref.wait(timeout=300) == 0, ref.communicate()[1]
+
+    proc = _run_cli(_cli_args(data, tmp_path / "run", epochs))
+    _wait_for(tmp_path / "run" / "last.pt", proc)
+    time.sleep(0.3)  # somewhere in epoch 2 (or writing a checkpoint): any point must be safe
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    code = proc.wait(timeout=120)
+    _, err = proc.communicate()
+    if sig == signal.SIGINT and code != 0:
+        assert code == 130, err
+        assert "Traceback" not in err
+        assert "--resume" in err
+    load_checkpoint(tmp_path / "run" / "last.pt")  # always loadable
+
+    resumed = _run_cli(["--resume", str(tmp_path / "run")])
+    assert resumed.wait(timeout=300) == 0, resumed.communicate()[1]
+    assert_same_weights(weights(tmp_path / "ref" / "last.pt"), weights(tmp_path / "run" / "last.pt"))
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(tmp_path):
+    """2 gloo processes with half the batch each take the same steps as 1 process."""
+    data = make_folder(tmp_path / "data", per_class=16)
+    single = _run_cli(_cli_args(data, tmp_path / "single", 2))
+    assert single.wait(timeout=300) == 0, single.communicate()[1]
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_port=0", str(ROOT / "train.py"),
+           *_cli_args(data, tmp_path / "ddp", 2)]
+    # rdzv on a free port; --master_port=0 is not accepted by every torch version
+    cmd = [c for c in cmd if c != "--master_port=0"]
+    cmd.insert(4, "--rdzv-endpoint=localhost:0")
+    cmd.insert(4, "--rdzv-backend=c10d")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # rank 0 alone writes files
+    assert_same_weights(weights(tmp_path / "single" / "last.pt"),
+                        weights(tmp_path / "ddp" / "last.pt"), exact=False)
+    one = [json.loads(x) for x in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    two = [json.loads(x) for x in lines]
+    assert one[-1]["val_top1"] == pytest.approx(two[-1]["val_top1"])

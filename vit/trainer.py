@@ -1,0 +1,510 @@
+"""A whole training run: folder -> data -> model -> epochs -> files in the run folder.
+
+    from vit.config import load_config
+    from vit.trainer import train
+    summary = train(load_config("configs/quickstart.yaml", ["data.root=data/shapes"]))
+
+Files written to the run folder (rank 0 only): config.yaml, data_report.json, split.json,
+metrics.jsonl, curves.png, last.pt, best.pt (and overlays/ at the end when asked for).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vit import checkpoint as ckpt_lib
+from vit import data as data_lib
+from vit import loader as loader_lib
+from vit.config import Config, to_dict, to_yaml
+from vit.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
+from vit.engine import (
+    evaluate,
+    make_grad_scaler,
+    resolve_device,
+    resolve_precision,
+    train_one_epoch,
+)
+from vit.errors import ConfigError, VitError
+from vit.model import VisionTransformer, ViTConfig, create_model
+from vit.optim import build_optimizer, freeze_parameters, lr_at_step
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(VitError):
+    """Ctrl-C: a resumable last.pt was written; the message says how to resume."""
+
+
+@dataclass
+class TrainSummary:
+    run_dir: Path
+    best_top1: float | None
+    last_metrics: dict[str, Any]
+    epochs_done: int
+
+
+# --- the run folder ---------------------------------------------------------------------------
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def prepare_run_dir(path: Path) -> Path:
+    """Create the run folder and prove it is writable, before any long work starts."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"output folder {str(path)!r} is not writable: {e.strerror or e}") from e
+    return path
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunData:
+    classes: list[str]
+    train_set: data_lib.ImageFolderDataset
+    val_set: data_lib.ImageFolderDataset
+    train_targets: list[int]
+    report: dict[str, Any]
+    split: dict[str, Any]
+
+
+def prepare_data(cfg: Config, *, img_size: int, show_progress: bool) -> RunData:
+    """Scan, pre-flight, split and wrap the image folder in datasets with their transforms."""
+    d = cfg.data
+    if d.root is None:
+        raise ConfigError("no data folder given: pass --data DIR (DIR/<class>/<image> or DIR/train/...)")
+    train_dir, val_dir = data_lib.resolve_data_dirs(d.root)
+    samples, classes = data_lib.scan_image_folder(train_dir)
+    skipped: list[dict[str, str]] = []
+    if d.preflight:
+        samples, bad = data_lib.preflight(samples, workers=max(d.workers, 1))
+        skipped += bad
+    if val_dir is not None:
+        val_samples, val_classes = data_lib.scan_image_folder(val_dir)
+        if val_classes != classes:
+            raise VitError(
+                f"{val_dir} has classes {val_classes} but {train_dir} has {classes}; they must match"
+            )
+        if d.preflight:
+            val_samples, bad = data_lib.preflight(val_samples, workers=max(d.workers, 1))
+            skipped += bad
+        train_samples = samples
+        split = {"kind": "folder", "val_dir": str(val_dir)}
+    else:
+        targets = [t for _, t in samples]
+        train_idx, val_idx = data_lib.stratified_split(targets, val_fraction=d.val_fraction,
+                                                       seed=cfg.train.seed)
+        train_samples = [samples[i] for i in train_idx]
+        val_samples = [samples[i] for i in val_idx]
+        split = {"kind": "stratified", "val_fraction": d.val_fraction, "seed": cfg.train.seed,
+                 "val_files": [p for p, _ in val_samples]}
+    if not train_samples or not val_samples:
+        raise DataErrorForSplit(len(train_samples), len(val_samples))
+
+    aug = dict(mean=d.mean, std=d.std)
+    train_tf = data_lib.build_transform(
+        img_size=img_size, train=True, scale=tuple(d.scale), ratio=tuple(d.ratio), hflip=d.hflip,
+        randaug_n=d.randaug_n, randaug_m=d.randaug_m, **aug)
+    eval_tf = data_lib.build_transform(img_size=img_size, train=False, crop_pct=d.crop_pct, **aug)
+    report = data_lib.build_data_report(classes, train_samples, val_samples, skipped, [])
+    return RunData(
+        classes=classes,
+        # per-sample augmentation seeds (seed, epoch, index): resume and worker count change nothing
+        train_set=data_lib.ImageFolderDataset(train_samples, classes, train_tf, seed=cfg.train.seed),
+        val_set=data_lib.ImageFolderDataset(val_samples, classes, eval_tf),
+        train_targets=[t for _, t in train_samples],
+        report=report,
+        split=split,
+    )
+
+
+def DataErrorForSplit(n_train: int, n_val: int) -> VitError:  # noqa: N802 - reads as an error
+    return data_lib.DataError(
+        f"the split left {n_train} training and {n_val} validation images; add images or change "
+        "--val-fraction"
+    )
+
+
+# --- model, loss ------------------------------------------------------------------------------
+
+
+def build_model(cfg: Config, *, classes: list[str], pretrained: Any = None) -> VisionTransformer:
+    """The preset named in the config, or pretrained weights adapted to these classes.
+
+    With pretrained weights the architecture comes from the file (ours records it; for a raw
+    timm state_dict it is read off the tensor shapes); only the head and, when
+    ``model.img_size`` differs, the position embedding adapt.
+    """
+    m = cfg.model
+    regularisation = dict(drop_rate=m.drop_rate, drop_path_rate=m.drop_path_rate)
+    if pretrained is not None:
+        from vit.pretrained import build_finetune_model
+
+        model, _ = build_finetune_model(pretrained, num_classes=len(classes), classes=classes,
+                                        img_size=m.img_size, overrides=regularisation)
+        return model
+    overrides = {k: v for k, v in dict(
+        img_size=m.img_size, patch_size=m.patch_size, global_pool=m.global_pool,
+        reg_tokens=m.reg_tokens, qk_norm=m.qk_norm, init_values=m.init_values,
+        embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
+    ).items() if v is not None}
+    try:
+        return create_model(m.name, num_classes=len(classes), **overrides, **regularisation)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def build_criterion(cfg: Config, *, num_classes: int, train_targets: list[int],
+                    device: torch.device) -> tuple[nn.Module, Any]:
+    """Cross-entropy (label smoothing, optional class weights) or soft-target CE under mixup."""
+    from timm.data import Mixup
+    from timm.loss import SoftTargetCrossEntropy
+
+    loss = cfg.loss
+    weight = None
+    if loss.class_weights == "balanced":
+        weight = data_lib.balanced_class_weights(train_targets, num_classes).to(device)
+    if loss.mixup_alpha > 0 or loss.cutmix_alpha > 0:
+        if weight is not None:
+            raise ConfigError("loss.class_weights=balanced cannot be combined with mixup/cutmix; "
+                              "use data.sampler=weighted instead")
+        mixup = Mixup(mixup_alpha=loss.mixup_alpha, cutmix_alpha=loss.cutmix_alpha,
+                      prob=loss.mixup_prob, switch_prob=loss.mixup_switch_prob,
+                      label_smoothing=loss.label_smoothing, num_classes=num_classes)
+        return SoftTargetCrossEntropy(), mixup
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=loss.label_smoothing), None
+
+
+# --- Ctrl-C -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def stop_on_sigint() -> Iterator[threading.Event]:
+    """First Ctrl-C asks the loop to stop after the current step; a second one aborts at once."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        logger.warning("interrupt: finishing this step and saving a resumable checkpoint "
+                       "(press Ctrl-C again to abort without saving)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def _preprocess(cfg: Config, model: VisionTransformer) -> dict[str, Any]:
+    img_size = model.config.img_size
+    crop_pct = data_lib.resolve_crop_pct(img_size, cfg.data.crop_pct)
+    return {"img_size": img_size, "mean": list(cfg.data.mean), "std": list(cfg.data.std),
+            "crop_pct": crop_pct}
+
+
+
+def train(cfg: Config, *, resume: str | os.PathLike | None = None,
+          show_progress: bool = True) -> TrainSummary:
+    """Run (or resume) a training run described by ``cfg``; returns where the files are."""
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    dist_info = init_distributed(device.type)
+    if dist_info.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+    show_progress = show_progress and dist_info.is_main
+    _check_train_config(cfg, dist_info)
+
+    resume_state: dict[str, Any] | None = None
+    if resume is not None:
+        resume_path = ckpt_lib.find_resume_checkpoint(resume)
+        resume_state = ckpt_lib.load_checkpoint(resume_path, map_location="cpu")
+        run_dir = Path(cfg.train.output) if cfg.train.output else resume_path.parent
+    else:
+        run_dir = Path(cfg.train.output) if cfg.train.output else default_run_dir()
+    run_dir = Path(broadcast_object(str(run_dir)))
+    if dist_info.is_main:
+        prepare_run_dir(run_dir)
+    cfg = replace(cfg, train=replace(cfg.train, output=str(run_dir)))
+
+    torch.manual_seed(cfg.train.seed)
+    pretrained = None
+    if resume_state is not None:  # the architecture the run was saved with
+        arch = ViTConfig.from_dict(resume_state["model_config"])
+        img_size = arch.img_size
+    else:
+        if cfg.train.pretrained:
+            from vit.pretrained import read_pretrained
+
+            pretrained = read_pretrained(cfg.train.pretrained)
+        img_size = _img_size(cfg, pretrained)
+    data = prepare_data(cfg, img_size=img_size, show_progress=show_progress)
+    num_classes = len(data.classes)
+    if resume_state is not None:
+        if resume_state["classes"] != data.classes:
+            raise VitError(f"the data's classes {data.classes} differ from the resumed run's "
+                           f"{resume_state['classes']}")
+        model = VisionTransformer(arch)
+    else:
+        model = build_model(cfg, classes=data.classes, pretrained=pretrained)
+    if cfg.train.freeze != "none":
+        trainable = freeze_parameters(model, cfg.train.freeze)
+        logger.info("freeze=%s: training %d parameter tensors", cfg.train.freeze, len(trainable))
+    model.to(device)
+    preprocess = _preprocess(cfg, model)
+
+    world = dist_info.world_size
+    per_process_batch = cfg.train.batch_size // world
+    train_loader = loader_lib.build_loader(
+        data.train_set, batch_size=per_process_batch, shuffle=True, drop_last=True,
+        workers=cfg.data.workers, seed=cfg.train.seed, rank=dist_info.rank, world_size=world,
+        weights=(_inverse_frequency_weights(data.train_targets, num_classes)
+                 if cfg.data.sampler == "weighted" else None),
+        pin_memory=device.type == "cuda")
+    val_loader = loader_lib.build_loader(
+        data.val_set, batch_size=per_process_batch, shuffle=False, drop_last=False,
+        workers=cfg.data.workers, seed=cfg.train.seed, rank=dist_info.rank, world_size=world,
+        pin_memory=device.type == "cuda")
+    batches_per_epoch = len(train_loader)
+    if batches_per_epoch == 0:
+        raise ConfigError(
+            f"--batch-size {cfg.train.batch_size} is larger than the {len(data.train_set)} training "
+            "images; lower it")
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.train.accum_steps)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    warmup_steps = round(cfg.train.warmup_epochs * steps_per_epoch)
+
+    optimizer = build_optimizer(model, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                layer_decay=cfg.train.layer_decay)
+    scaler = make_grad_scaler(device, precision)
+    ema = _make_ema(model, cfg) if cfg.train.ema else None
+    criterion, mixup = build_criterion(cfg, num_classes=num_classes,
+                                       train_targets=data.train_targets, device=device)
+
+    start_epoch, skip_batches, step, best_top1 = 0, 0, 0, None
+    if resume_state is not None:
+        start_epoch, skip_batches, step, best_top1 = _restore(
+            resume_state, model=model, optimizer=optimizer, scaler=scaler, ema=ema)
+        logger.info("resuming %s at epoch %d (batch %d), step %d", run_dir, start_epoch + 1,
+                    skip_batches, step)
+        if dist_info.is_main:
+            truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
+
+    train_model: nn.Module = model
+    if cfg.train.compile:
+        train_model = torch.compile(model)
+    if dist_info.enabled:
+        train_model = nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    if dist_info.is_main:
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        write_json(run_dir / "data_report.json", data.report)
+        write_json(run_dir / "split.json", data.split)
+        n_skipped = len(data.report.get("skipped", []))
+        logger.info("%d classes, %d training / %d validation images%s", num_classes,
+                    len(data.train_set), len(data.val_set),
+                    f"; {n_skipped} unreadable files skipped (see data_report.json)" if n_skipped else "")
+        logger.info("model %s: %.2fM parameters, device %s, precision %s, global batch %d",
+                    cfg.model.name, sum(p.numel() for p in model.parameters()) / 1e6, device,
+                    precision, cfg.train.batch_size * cfg.train.accum_steps)
+
+    def lr_at(s: int) -> float:
+        return lr_at_step(s, base_lr=cfg.train.lr, min_lr=cfg.train.min_lr,
+                          warmup_steps=warmup_steps, total_steps=total_steps)
+
+    def checkpoint(epoch: int, batches_done: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        eval_model = ema.module if ema is not None else model
+        return ckpt_lib.make_checkpoint(
+            model=eval_model, classes=data.classes, preprocess=preprocess, config=to_dict(cfg),
+            epoch=epoch, step=step, best_top1=best_top1, metrics=metrics, optimizer=optimizer,
+            scaler=scaler, ema_model=ema.module if ema is not None else None,
+            train_model=model if ema is not None else None,
+            extra={"batches_done": batches_done, "rng": ckpt_lib.capture_rng_state()})
+
+    metrics: dict[str, Any] = {}
+    epoch = start_epoch
+    with stop_on_sigint() as stop:
+        def should_stop() -> bool:
+            flag = float(stop.is_set())
+            return all_reduce_sum([flag], device)[0] > 0 if dist_info.enabled else bool(flag)
+
+        for epoch in range(start_epoch, cfg.train.epochs):
+            loader_lib.set_epoch(train_loader, epoch, start_batch=skip_batches)
+            result = train_one_epoch(
+                model=train_model, loader=train_loader, optimizer=optimizer, criterion=criterion,
+                device=device, precision=precision, lr_at=lr_at, step=step, scaler=scaler,
+                accum_steps=cfg.train.accum_steps, clip_grad=cfg.train.clip_grad, ema=ema,
+                mixup=mixup, epoch=epoch, num_batches=batches_per_epoch,
+                skip_batches=skip_batches, should_stop=should_stop, show_progress=show_progress)
+            step = result.step
+            if result.interrupted:
+                if dist_info.is_main:
+                    ckpt_lib.atomic_save(checkpoint(epoch, result.batches_done, metrics),
+                                         run_dir / "last.pt")
+                barrier()
+                raise TrainingInterrupted(
+                    f"interrupted in epoch {epoch + 1} after {result.batches_done} of "
+                    f"{batches_per_epoch} batches; resumable checkpoint {run_dir / 'last.pt'}; "
+                    f"continue with: --resume {run_dir}")
+            skip_batches = 0
+            eval_model = ema.module if ema is not None else model
+            val = evaluate(model=eval_model, loader=val_loader, device=device, precision=precision)
+            images = all_reduce_sum([float(result.images)], device)[0]
+            metrics = {
+                "epoch": epoch + 1, "lr": result.lr, "train_loss": result.train_loss, **val,
+                "images_per_s": images / max(result.seconds, 1e-9), "seconds": result.seconds,
+            }
+            if result.skipped_steps:
+                metrics["skipped_steps"] = result.skipped_steps
+            improved = best_top1 is None or val["val_top1"] > best_top1
+            if improved:
+                best_top1 = val["val_top1"]
+            if dist_info.is_main:
+                _write_epoch_files(run_dir, metrics, checkpoint(epoch + 1, 0, metrics), improved)
+                logger.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  top1 %.2f%%  top5 %.2f%%  "
+                            "%.0f img/s  %.1fs", epoch + 1, cfg.train.epochs, result.train_loss,
+                            val["val_loss"], val["val_top1"], val["val_top5"],
+                            metrics["images_per_s"], result.seconds)
+            barrier()
+
+    return TrainSummary(run_dir=run_dir, best_top1=best_top1, last_metrics=metrics,
+                        epochs_done=cfg.train.epochs)
+
+
+def _check_train_config(cfg: Config, dist_info: DistInfo) -> None:
+    t = cfg.train
+    if t.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {t.batch_size}")
+    if t.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {t.epochs}")
+    if t.accum_steps < 1:
+        raise ConfigError(f"train.accum_steps must be at least 1, got {t.accum_steps}")
+    if t.batch_size % dist_info.world_size:
+        raise ConfigError(
+            f"--batch-size {t.batch_size} is the global batch and must divide evenly over "
+            f"{dist_info.world_size} processes")
+    if not 0 < cfg.data.val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be between 0 and 1, got {cfg.data.val_fraction}")
+    if cfg.data.workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {cfg.data.workers}")
+
+
+def _img_size(cfg: Config, pretrained: Any) -> int:
+    """The training resolution: model.img_size, else the pretrained file's, else the preset's."""
+    if cfg.model.img_size is not None:
+        return cfg.model.img_size
+    if pretrained is not None:
+        from vit.pretrained import infer_config
+
+        arch = pretrained.model_config or infer_config(pretrained.state_dict)
+        return int(arch["img_size"])
+    from vit.model import model_config
+
+    try:
+        return model_config(cfg.model.name).img_size
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def _make_ema(model: nn.Module, cfg: Config) -> nn.Module:
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True)
+
+
+def _restore(state: dict[str, Any], *, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scaler: torch.amp.GradScaler | None, ema: nn.Module | None) -> tuple[int, int, int, Any]:
+    if "optimizer" not in state or state.get("optimizer") is None:
+        raise ckpt_lib.CheckpointError("this checkpoint holds no optimizer state and cannot be "
+                                       "resumed; use it with --pretrained to start a new run")
+    train_weights = state.get("train_model") or state["model"]
+    model.load_state_dict(train_weights)
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    if ema is not None and state.get("ema"):
+        ema.module.load_state_dict(state["ema"])
+    extra = state.get("extra") or {}
+    if extra.get("rng"):
+        ckpt_lib.restore_rng_state(extra["rng"])
+    return state["epoch"], int(extra.get("batches_done", 0)), state["step"], state.get("best_top1")
+
+
+def _write_epoch_files(run_dir: Path, metrics: dict[str, Any], checkpoint: dict[str, Any],
+                       improved: bool) -> None:
+    # metrics first: a crash before last.pt is written redoes this epoch, and resume drops the
+    # line again (truncate_metrics), so metrics.jsonl never holds an epoch twice.
+    append_jsonl(run_dir / "metrics.jsonl", metrics)
+    if improved:
+        best = {k: v for k, v in checkpoint.items()
+                if k not in ("optimizer", "scaler", "ema", "train_model", "extra")}
+        ckpt_lib.atomic_save(best, run_dir / "best.pt")
+    ckpt_lib.atomic_save(checkpoint, run_dir / "last.pt")
+    try:
+        from vit.plots import plot_training_curves
+
+        plot_training_curves(read_jsonl(run_dir / "metrics.jsonl"), run_dir / "curves.png")
+    except Exception as e:  # a plotting problem must never end a training run
+        logger.warning("could not draw curves.png: %s", e)
+
+
+def truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Keep only the metrics of epochs a resumed run will not redo."""
+    records = [r for r in read_jsonl(path) if r.get("epoch", 0) <= epochs_done]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
+def _inverse_frequency_weights(targets: list[int], num_classes: int) -> list[float]:
+    """Per-sample weights 1 / count(class): every class is drawn equally often."""
+    counts = data_lib.class_counts(targets, num_classes)
+    return [1.0 / counts[t] for t in targets]
