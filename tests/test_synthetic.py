@@ -137,9 +137,14 @@ def test_a_tampered_manifest_cannot_delete_outside_the_folder(tmp_path):
     (outside / "important.txt").write_text("x")
     root = tmp_path / "shapes"
     root.mkdir()
-    (root / MANIFEST_FILE).write_text(json.dumps({"dirs": ["../keep", "..", "/"]}))
+    # Only targets inside tmp_path: if this protection ever breaks, the test must not be able
+    # to delete anything outside its own temporary folder.
+    (root / MANIFEST_FILE).write_text(json.dumps({"dirs": ["../keep", "keep", "."]}))
+    (root / "circle").mkdir()
+    (root / "circle" / "notes.txt").write_text("foreign file inside a class folder")
     make_shapes_dataset(root, num_per_class=1, classes=CLASSES)
     assert (outside / "important.txt").exists()
+    assert (root / "circle" / "notes.txt").exists()  # only the generator's own files are removed
     assert len(load_boxes(root)) == 3
 
 

@@ -9,10 +9,10 @@ be checked against the object.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -235,15 +235,37 @@ def _is_complete(root: Path, manifest: dict[str, Any] | None, params: dict[str, 
     return len(boxes) == expected and all((root / key).is_file() for key in boxes)
 
 
+def _remove_generated_files(root: Path) -> None:
+    """Delete what an earlier run of this generator wrote under ``root``, and nothing else.
+
+    Only names this module makes itself are touched: ``[train/|val/]<shape>/<NNNNN>.png`` for the
+    known shapes, then the folders if they end up empty. Nothing is read from the manifest to
+    decide what to delete, and nothing is removed recursively, so a tampered or corrupt manifest
+    cannot point the deletion anywhere else.
+    """
+    for split in ("", "train", "val"):
+        base = root / split if split else root
+        for shape in SHAPES:
+            folder = base / shape
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            for file in folder.glob("[0-9][0-9][0-9][0-9][0-9].png"):
+                if file.is_file() and not file.is_symlink():
+                    file.unlink()
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: foreign files stay
+        if split and base.is_dir() and not base.is_symlink():
+            with contextlib.suppress(OSError):
+                base.rmdir()
+    (root / BOXES_FILE).unlink(missing_ok=True)
+
+
 def _prepare_root(root: Path, manifest: dict[str, Any] | None) -> None:
     """Make ``root`` ready to be written: remove an older generated dataset, refuse foreign data."""
     if root.exists() and not root.is_dir():
         raise DataError(f"{root} is a file; choose a folder for the synthetic dataset")
     if manifest is not None:
-        for name in manifest.get("dirs", []):
-            if isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name:
-                shutil.rmtree(root / name, ignore_errors=True)  # only folders directly in root
-        (root / BOXES_FILE).unlink(missing_ok=True)
+        _remove_generated_files(root)
         return
     if root.exists() and any(not p.name.startswith(".") for p in root.iterdir()):
         raise DataError(

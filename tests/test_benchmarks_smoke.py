@@ -1,0 +1,177 @@
+"""Smoke tests of the benchmark scripts (smallest settings) and checks of what they rely on.
+
+No speed is asserted here: speed figures come from running the scripts (see benchmarks/).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import common, data_speed, model_speed  # noqa: E402
+from vit.model import VisionTransformer, ViTConfig, count_flops_per_image  # noqa: E402
+
+HEADER_KEYS = {"date", "command", "cpu", "cpu_count", "torch", "torch_threads", "loadavg"}
+
+
+# --- count_flops_per_image against torch's FLOP counter -------------------------------------------
+
+FLOP_CONFIGS = [
+    dict(img_size=32, patch_size=8, num_classes=3, embed_dim=32, depth=2, num_heads=2),
+    dict(img_size=32, patch_size=4, num_classes=10, embed_dim=48, depth=1, num_heads=3,
+         mlp_ratio=2.0, reg_tokens=4, global_pool="avg"),
+    dict(img_size=48, patch_size=8, num_classes=5, embed_dim=24, depth=3, num_heads=4,
+         qkv_bias=False),
+]
+
+
+def counted_flops_per_image(model: VisionTransformer, *, train: bool, batch: int = 2) -> float:
+    """FLOPs that torch.utils.flop_counter counts for one image (explicit-softmax attention)."""
+    size = model.config.img_size
+    x = torch.randn(batch, model.config.in_chans, size, size)
+    with FlopCounterMode(display=False) as counter:
+        logits, _ = model(x, return_attention=True)
+        if train:
+            logits.sum().backward()
+    return counter.get_total_flops() / batch
+
+
+@pytest.mark.parametrize("kwargs", FLOP_CONFIGS)
+def test_forward_flops_match_torch_flop_counter(kwargs: dict) -> None:
+    model = VisionTransformer(**kwargs).eval()
+    assert count_flops_per_image(model.config) == counted_flops_per_image(model, train=False)
+
+
+@pytest.mark.parametrize("kwargs", FLOP_CONFIGS)
+def test_train_flops_are_3x_forward_plus_the_unneeded_patch_input_gradient(kwargs: dict) -> None:
+    # The 3x convention counts a gradient for the image too, which autograd never computes:
+    # train=True is above the real count by exactly one patch-embedding forward per image.
+    cfg = ViTConfig(**kwargs)
+    grid = cfg.img_size // cfg.patch_size
+    patch_embed_flops = 2 * grid * grid * cfg.in_chans * cfg.patch_size**2 * cfg.embed_dim
+    counted = counted_flops_per_image(VisionTransformer(cfg), train=True)
+    assert count_flops_per_image(cfg, train=True) == counted + patch_embed_flops
+
+
+def test_flops_of_vit_base_match_the_published_figure() -> None:
+    # timm and the DeiT paper give 17.6 GMACs for ViT-B/16 at 224 px.
+    gmacs = count_flops_per_image(ViTConfig(), train=False) / 2e9
+    assert gmacs == pytest.approx(17.6, abs=0.05)
+
+
+# --- benchmarks/common.py -----------------------------------------------------------------------
+
+
+def test_time_alternating_reverses_the_order_every_other_round() -> None:
+    calls: list[str] = []
+    fns = {name: (lambda n=name: calls.append(n)) for name in ("ours", "timm")}
+    times = common.time_alternating(fns, device=torch.device("cpu"), warmup=1, repeats=3)
+    assert calls == ["ours", "timm", "ours", "timm", "timm", "ours", "ours", "timm"]
+    assert {k: len(v) for k, v in times.items()} == {"ours": 3, "timm": 3}
+
+
+def test_time_call_averages_over_iters(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([10.0, 16.0])
+    monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
+    calls: list[int] = []
+    seconds = common.time_call(lambda: calls.append(1), torch.device("cpu"), iters=3)
+    assert (seconds, len(calls)) == (2.0, 3)
+
+
+def test_format_table_aligns_columns() -> None:
+    rows = [{"name": "a", "rate": 1.234}, {"name": "longer", "rate": None}]
+    table = common.format_table(rows, [common.Column("name", "name"),
+                                       common.Column("rate", "img/s", ".1f")])
+    assert table.splitlines() == [
+        "name    img/s",
+        "------  -----",
+        "a         1.2",
+        "longer      -",
+    ]
+
+
+def test_command_line_is_relative_to_the_repo() -> None:
+    line = common.command_line(ROOT / "benchmarks" / "model_speed.py", ["--models", "a b"])
+    assert line == "python benchmarks/model_speed.py --models 'a b'"
+
+
+# --- benchmarks/model_speed.py ------------------------------------------------------------------
+
+
+def test_model_speed_main_smallest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "speed.json"
+    payload = model_speed.main([
+        "--models", "vit_nano_patch4_32", "--batch", "2", "--repeats", "2", "--warmup", "0",
+        "--malloc", "system", "--json", str(out),
+    ])
+    printed = capsys.readouterr().out
+    assert HEADER_KEYS <= set(payload["machine"])
+    assert "command: python benchmarks/model_speed.py --models vit_nano_patch4_32" in printed
+    assert [(r["model"], r["mode"]) for r in payload["results"]] == [
+        ("vit_nano_patch4_32", "infer"), ("vit_nano_patch4_32", "train")]
+    for row in payload["results"]:
+        assert len(row["ours_seconds"]) == len(row["timm_seconds"]) == 2
+        assert row["ratio"] == pytest.approx(row["ours_img_s"] / row["timm_img_s"])
+    assert payload["logit_max_abs_diff"]["vit_nano_patch4_32"] <= model_speed.LOGIT_ATOL
+    assert json.loads(out.read_text())["results"][0]["batch"] == 2
+
+
+def test_build_pair_uses_timm_registry_model_with_equal_logits() -> None:
+    ours, theirs = model_speed.build_pair("vit_tiny_patch16_224", device=torch.device("cpu"),
+                                          seed=0)
+    assert type(theirs).__module__ == "timm.models.vision_transformer"
+    assert theirs.default_cfg["architecture"] == "vit_tiny_patch16_224"
+    x = torch.randn(1, 3, 224, 224)
+    assert model_speed.check_same_logits(ours, theirs, x) <= model_speed.LOGIT_ATOL
+
+
+def test_check_same_logits_rejects_different_weights() -> None:
+    ours, theirs = model_speed.build_pair("vit_nano_patch4_32", device=torch.device("cpu"),
+                                          seed=0)
+    with torch.no_grad():
+        ours.blocks[0].mlp.fc1.weight.mul_(1.01)
+    with pytest.raises(common.BenchmarkError, match="logits differ"):
+        model_speed.check_same_logits(ours, theirs, torch.randn(2, 3, 32, 32))
+
+
+# --- benchmarks/data_speed.py -------------------------------------------------------------------
+
+
+def test_timed_loader_counts_waits_and_stops_at_max_batches() -> None:
+    loader = data_speed.TimedLoader([[1], [2], [3], [4]], max_batches=3)
+    assert list(loader) == [[1], [2], [3]]
+    assert len(loader) == 3 and len(loader.waits) == len(loader.handed) == 3
+    seconds, waiting, batches = loader.steady_state()
+    assert batches == 2 and 0.0 <= waiting <= seconds
+
+
+def test_data_speed_main_smallest(shapes_dataset: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture) -> None:
+    # The shapes folder (40 PNGs of 48 px) stands in for both data sets.
+    out = tmp_path / "data.json"
+    payload = data_speed.main([
+        "--cifar", str(shapes_dataset), "--flowers", str(shapes_dataset), "--limit", "12",
+        "--batch", "4", "--workers", "0,1", "--train-batches", "3", "--train-workers", "0",
+        "--json", str(out),
+    ])
+    printed = capsys.readouterr().out
+    assert HEADER_KEYS <= set(payload["machine"]) and "data wait %" in printed
+    stages = {(r["dataset"], r["stage"], r["workers"]): r for r in payload["stages"]}
+    for dataset in ("cifar", "flowers"):
+        assert stages[(dataset, "decode", 0)]["images"] == 12
+        for workers in (0, 1):  # 12 images in batches of 4, the first batch left out
+            assert stages[(dataset, "loader, train aug", workers)]["images"] == 8
+    loops = payload["train_loop"]
+    assert [(r["dataset"], r["batches"]) for r in loops] == [("cifar", 2), ("flowers", 2)]
+    assert all(0.0 <= r["wait_pct"] <= 100.0 for r in loops)
+    assert json.loads(out.read_text())["data"] == {"cifar": str(shapes_dataset),
+                                                   "flowers": str(shapes_dataset)}

@@ -1,0 +1,23 @@
+"""The quickstart's settings and its shipped YAML stay the same thing."""
+
+from pathlib import Path
+
+from vit.config import load_config
+from vit.quickstart import quickstart_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quickstart_yaml_equals_builtin():
+    assert load_config(ROOT / "configs" / "quickstart.yaml") == quickstart_config()
+
+
+def test_quickstart_is_what_train_py_runs_without_arguments():
+    from vit.cli import build_parser
+    from vit.commands.train import is_quickstart, resolve_config
+
+    args = build_parser().parse_args(["train"])
+    assert is_quickstart(args)
+    assert resolve_config(args) == quickstart_config()
+    args = build_parser().parse_args(["train", "train.epochs=2"])
+    assert resolve_config(args).train.epochs == 2
