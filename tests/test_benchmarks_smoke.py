@@ -155,8 +155,13 @@ def test_timed_loader_counts_waits_and_stops_at_max_batches() -> None:
 
 
 def test_data_speed_main_smallest(shapes_dataset: Path, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch,
                                   capsys: pytest.CaptureFixture) -> None:
-    # The shapes folder (40 PNGs of 48 px) stands in for both data sets.
+    # The shapes folder (40 PNGs of 48 px) stands in for both data sets; a one-block model keeps
+    # the 224 px training loop short.
+    small = data_speed.Pipeline(img_size=224, batch=32, model="vit_tiny_patch16_224",
+                                model_overrides={"depth": 1, "embed_dim": 32, "num_heads": 2})
+    monkeypatch.setitem(data_speed.PIPELINES, "flowers", small)
     out = tmp_path / "data.json"
     payload = data_speed.main([
         "--cifar", str(shapes_dataset), "--flowers", str(shapes_dataset), "--limit", "12",

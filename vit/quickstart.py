@@ -14,7 +14,7 @@ from vit.config import Config, config_from_dict
 QUICKSTART = {
     "model": {"name": "vit_quick_patch8_48", "drop_path_rate": 0.0},
     "data": {"root": "data/shapes", "workers": 2, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
-             "scale": [0.7, 1.0], "randaug_n": 0},
+             "scale": [0.35, 1.0], "randaug_n": 0},
     "train": {"epochs": 30, "batch_size": 64, "lr": 2e-3, "min_lr": 1e-5, "warmup_epochs": 1.0,
               "weight_decay": 0.05, "device": "cpu", "output": "runs/quickstart",
               "explain_samples": 8},
