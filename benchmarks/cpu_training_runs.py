@@ -1,0 +1,83 @@
+"""The CPU training runs behind benchmarks/RESULTS.md: CIFAR-10 for 1 and 4 epochs, then the
+fine-tuning demonstration (CIFAR-10 pretraining -> flower photos, against flowers from scratch).
+
+    python benchmarks/cpu_training_runs.py --cifar /tmp/data/cifar10 --flowers /tmp/data/flowers \
+        --out runs/bench --json benchmarks/results/cpu_training_runs.json
+
+Each run goes through the same `vit.trainer.train` as `python train.py`; the script only chains
+them and collects metrics.jsonl into one JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vit.config import load_config
+from vit.trainer import read_jsonl, train
+
+if not __package__:  # run as `python benchmarks/cpu_training_runs.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import machine_info  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(name: str, config: Path | None, overrides: list[str], out: Path) -> dict:
+    start = time.time()
+    cfg = load_config(config, [*overrides, f"train.output={out / name}"])
+    summary = train(cfg, show_progress=False)
+    return {"name": name, "config": str(config) if config else None, "overrides": overrides,
+            "wall_s": time.time() - start, "best_top1": summary.best_top1,
+            "epochs": read_jsonl(summary.run_dir / "metrics.jsonl"),
+            "run_dir": str(summary.run_dir)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--cifar", type=Path, required=True, help="folder holding train/<class>/...")
+    p.add_argument("--flowers", type=Path, required=True, help="folder holding train/<class>/...")
+    p.add_argument("--out", type=Path, default=Path("runs/bench"))
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--flowers-epochs", type=int, default=15)
+    p.add_argument("--skip-cifar-1", action="store_true")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    cifar_cfg = ROOT / "configs" / "cifar10_vit_nano_cpu.yaml"
+    results = {"machine": machine_info(torch.device("cpu"), " ".join(sys.argv)), "runs": []}
+
+    def save() -> None:
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2))
+
+    if not args.skip_cifar_1:
+        results["runs"].append(run("cifar_1epoch", cifar_cfg,
+                                   [f"data.root={args.cifar}", "train.epochs=1"], args.out))
+        save()
+    cifar = run("cifar_4epochs", cifar_cfg, [f"data.root={args.cifar}", "train.epochs=4"], args.out)
+    results["runs"].append(cifar)
+    save()
+    flowers = [f"data.root={args.flowers}", "model.img_size=32", "data.val_fraction=0.15",
+               f"train.epochs={args.flowers_epochs}", "train.batch_size=64", "train.lr=1e-3",
+               "train.warmup_epochs=1", "data.scale=[0.35,1.0]", "data.randaug_n=1",
+               "data.randaug_m=5", "data.workers=2", "train.device=cpu"]
+    results["runs"].append(run("flowers_scratch", None,
+                               [*flowers, "model.name=vit_nano_patch4_32"], args.out))
+    save()
+    pretrained = Path(cifar["run_dir"]) / "best.pt"
+    results["runs"].append(run("flowers_finetune", None,
+                               [*flowers, f"train.pretrained={pretrained}"], args.out))
+    save()
+    for r in results["runs"]:
+        print(f"{r['name']:18s} best top-1 {r['best_top1']:.2f}%  wall {r['wall_s'] / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
