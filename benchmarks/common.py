@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import shlex
-import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,10 +31,11 @@ __all__ = [
     "cpu_model",
     "format_header",
     "format_table",
+    "load_average",
     "machine_info",
     "parse_list",
     "pin_malloc",
-    "spread",
+    "run_cli",
     "time_alternating",
     "time_call",
     "write_json",
@@ -70,9 +70,14 @@ def command_line(script: str | os.PathLike[str], argv: Sequence[str]) -> str:
     return shlex.join(["python", str(shown), *argv])
 
 
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (runnable processes; compare with the core count)."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
 def machine_info(device: torch.device, command: str) -> dict[str, Any]:
     """Facts that must travel with every number: when, what command, on which machine."""
-    info: dict[str, Any] = {
+    return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": command,
         "cpu": cpu_model(),
@@ -83,22 +88,25 @@ def machine_info(device: torch.device, command: str) -> dict[str, Any]:
         "platform": platform.platform(),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "loadavg": [round(v, 2) for v in os.getloadavg()],
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "loadavg": load_average(),
     }
-    return info
 
 
 def format_header(info: Mapping[str, Any]) -> str:
-    """The header lines every benchmark prints before its table."""
+    """The header lines every benchmark prints before its table (``loadavg_end`` if present)."""
     lines = [
         f"date:    {info['date']}",
         f"command: {info['command']}",
         f"cpu:     {info['cpu']}, {info['cpu_count']} cores, torch threads {info['torch_threads']}",
         f"torch:   {info['torch']}, python {info['python']}, {info['platform']}",
-        f"device:  {info['device']}" + (f" ({info['gpu']})" if info.get("gpu") else ""),
+        f"device:  {info['device']}"
+        + (f" ({info['gpu']}, CUDA {info['cuda']})" if info.get("gpu") else ""),
         "load:    {:.2f} {:.2f} {:.2f} (1, 5, 15 min averages; above the core count means "
         "other work competed for the CPU)".format(*info["loadavg"]),
     ]
+    if "loadavg_end" in info:
+        lines.append("load:    {:.2f} {:.2f} {:.2f} at the end".format(*info["loadavg_end"]))
     return "\n".join(lines)
 
 
@@ -142,12 +150,13 @@ def time_call(fn: Callable[[], object], device: torch.device, iters: int = 1) ->
         raise ValueError(f"iters must be >= 1, got {iters}")
     _synchronize(device)
     if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            fn()
-        end.record()
-        end.synchronize()
+        with torch.cuda.device(device):  # events go on this device's current stream
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(iters):
+                fn()
+            end.record()
+            end.synchronize()
         return start.elapsed_time(end) / 1e3 / iters
     start_s = time.perf_counter()
     for _ in range(iters):
@@ -177,11 +186,6 @@ def time_alternating(
         for name in names if r % 2 == 0 else reversed(names):
             times[name].append(time_call(fns[name], device, iters))
     return times
-
-
-def spread(values: Sequence[float]) -> tuple[float, float, float]:
-    """(median, min, max)."""
-    return statistics.median(values), min(values), max(values)
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -228,3 +232,12 @@ def write_json(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path
 def parse_list(text: str) -> list[str]:
     """``"a,b, c"`` -> ``["a", "b", "c"]``; empty items dropped."""
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Run a benchmark's ``main``; a ``VitError`` becomes one line on stderr and exit status 1."""
+    try:
+        main()
+    except VitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,7 +1,8 @@
 """Images per second through the data pipeline, and how much of a training step waits for data.
 
     mkdir -p /tmp/data && tar -xzf /work/shared/data/cifar10-train.tar.gz -C /tmp/data
-    mkdir -p /tmp/data/flowers && tar -xf /work/shared/data/flowers256-train.tar -C /tmp/data/flowers
+    mkdir -p /tmp/data/flowers
+    tar -xf /work/shared/data/flowers256-train.tar -C /tmp/data/flowers
     python benchmarks/data_speed.py --cifar /tmp/data --flowers /tmp/data/flowers --json out.json
 
 Each folder may be the image folder itself (``<class>/<image>``) or hold ``train/<class>/...``.
@@ -9,7 +10,8 @@ A fixed random subset of ``--limit`` images goes through, per data set (CIFAR-10
 32 px pipeline, flower photos with the 224 px one):
 
     decode              vit.data.load_image, in this process
-    train augment       the training transform alone (RandomResizedCrop, flip, RandAugment, normalise)
+    train augment       the training transform alone (random resized crop, flip, RandAugment,
+                        normalise)
     decode + train      both: what one loader worker does per image
     decode + eval       load_image + the evaluation transform (resize, centre crop, normalise)
     loader, N workers   ImageFolderDataset through build_dataloader, after the first batch
@@ -25,7 +27,7 @@ import argparse
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,6 @@ from vit.data import (
     scan_image_folder,
 )
 from vit.engine import train_one_epoch
-from vit.errors import VitError
 from vit.model import create_model
 
 if not __package__:  # run as `python benchmarks/data_speed.py`: make `benchmarks` importable
@@ -54,10 +55,14 @@ from benchmarks.common import (  # noqa: E402
     command_line,
     format_header,
     format_table,
+    load_average,
     machine_info,
     parse_list,
+    run_cli,
     write_json,
 )
+
+Samples = list[tuple[str, int]]  # (image path, class index)
 
 
 @dataclass(frozen=True)
@@ -106,8 +111,7 @@ TRAIN_COLUMNS = (
 # --- data ---------------------------------------------------------------------------------------
 
 
-def sample_subset(root: str | Path, *, limit: int, seed: int) -> tuple[list[tuple[str, int]],
-                                                                         list[str]]:
+def sample_subset(root: str | Path, *, limit: int, seed: int) -> tuple[Samples, list[str]]:
     """A fixed random subset of at most ``limit`` samples of the training images under ``root``."""
     train_dir, _ = resolve_data_dirs(root)
     samples, classes = scan_image_folder(train_dir)
@@ -157,7 +161,7 @@ def single_process_rows(dataset: str, paths: Sequence[str], *, img_size: int, se
     return [stage_row(dataset, stage, 0, len(paths), s) for stage, s in stages.items()]
 
 
-def make_loader(samples: Sequence[tuple[str, int]], classes: Sequence[str], *, img_size: int,
+def make_loader(samples: Samples, classes: Sequence[str], *, img_size: int,
                 batch: int, workers: int, seed: int) -> torch.utils.data.DataLoader:
     """The training loader the trainer builds: train transform, shuffled, seeded."""
     transform = build_transform(img_size=img_size, train=True)
@@ -167,10 +171,11 @@ def make_loader(samples: Sequence[tuple[str, int]], classes: Sequence[str], *, i
 
 
 class TimedLoader:
-    """Iterates over ``loader`` (at most ``max_batches``), timing each ``next()``.
+    """Iterates over a loader of ``(x, y)`` batches (at most ``max_batches``), timing ``next()``.
 
-    ``waits[i]`` is the time spent blocked fetching batch ``i``; ``handed[i]`` is when it was
-    handed over; ``end`` is when the consumer came back after the last batch.
+    ``waits[i]`` is the time spent blocked fetching batch ``i``, ``handed[i]`` when it was handed
+    over and ``sizes[i]`` its number of images; ``end`` is when the consumer came back after the
+    last batch.
     """
 
     def __init__(self, loader: Iterable, max_batches: int | None = None):
@@ -178,6 +183,7 @@ class TimedLoader:
         self.max_batches = max_batches
         self.waits: list[float] = []
         self.handed: list[float] = []
+        self.sizes: list[int] = []
         self.end = 0.0
 
     def __len__(self) -> int:
@@ -185,7 +191,7 @@ class TimedLoader:
         return n if self.max_batches is None else min(n, self.max_batches)
 
     def __iter__(self) -> Iterator[Any]:
-        self.waits, self.handed = [], []
+        self.waits, self.handed, self.sizes = [], [], []
         iterator = iter(self.loader)
         for _ in range(len(self)):
             start = time.perf_counter()
@@ -195,25 +201,28 @@ class TimedLoader:
                 break
             self.waits.append(now - start)
             self.handed.append(now)
+            self.sizes.append(len(batch[1]))
             yield batch
         self.end = time.perf_counter()
 
-    def steady_state(self) -> tuple[float, float, int]:
-        """(seconds, seconds waiting, batches) after the first batch."""
+    def steady_state(self) -> tuple[float, float, int, int]:
+        """(seconds, seconds waiting, batches, images) after the first batch."""
         if len(self.handed) < 2:
             raise BenchmarkError("need at least 2 batches to time the steady state; raise "
                                  "--limit or --train-batches")
-        return self.end - self.handed[0], sum(self.waits[1:]), len(self.handed) - 1
+        seconds = self.end - self.handed[0]
+        return seconds, sum(self.waits[1:]), len(self.sizes) - 1, sum(self.sizes[1:])
 
 
-def loader_row(dataset: str, samples: Sequence[tuple[str, int]], classes: Sequence[str], *,
+def loader_row(dataset: str, samples: Samples, classes: Sequence[str], *,
                img_size: int, batch: int, workers: int, seed: int) -> dict[str, Any]:
     """Images/s through the loader alone (no model), after the first batch."""
     loader = TimedLoader(make_loader(samples, classes, img_size=img_size, batch=batch,
                                      workers=workers, seed=seed))
-    sizes = [len(y) for _, y in loader]
-    seconds, _, _ = loader.steady_state()
-    row = stage_row(dataset, "loader, train aug", workers, sum(sizes[1:]), seconds)
+    for _ in loader:
+        pass
+    seconds, _, _, images = loader.steady_state()
+    row = stage_row(dataset, "loader, train aug", workers, images, seconds)
     row["first_batch_s"] = loader.waits[0]
     return row
 
@@ -221,7 +230,7 @@ def loader_row(dataset: str, samples: Sequence[tuple[str, int]], classes: Sequen
 # --- training loop ------------------------------------------------------------------------------
 
 
-def train_loop_row(dataset: str, samples: Sequence[tuple[str, int]], classes: Sequence[str], *,
+def train_loop_row(dataset: str, samples: Samples, classes: Sequence[str], *,
                    pipeline: Pipeline, batch: int, workers: int, batches: int, seed: int
                    ) -> dict[str, Any]:
     """Run ``train_one_epoch`` on a tiny model; how much of the loop is spent waiting for data."""
@@ -234,12 +243,12 @@ def train_loop_row(dataset: str, samples: Sequence[tuple[str, int]], classes: Se
         criterion=nn.CrossEntropyLoss(), device=torch.device("cpu"), precision="fp32",
         lr_at=lambda step: 1e-4, step=0, num_batches=len(loader), show_progress=False,
     )
-    seconds, waiting, measured = loader.steady_state()
+    seconds, waiting, measured, images = loader.steady_state()
     return {
         "dataset": dataset, "model": pipeline.model_label(), "batch": batch, "workers": workers,
         "batches": measured, "first_batch_s": loader.waits[0], "step_ms": 1e3 * seconds / measured,
         "wait_ms": 1e3 * waiting / measured, "wait_pct": 100 * waiting / seconds,
-        "img_s": measured * batch / seconds,
+        "img_s": images / seconds,
     }
 
 
@@ -306,9 +315,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         stages += s
         loops += loop
 
-    info["loadavg_end"] = machine_info(torch.device("cpu"), "")["loadavg"]
+    info["loadavg_end"] = load_average()
     print(format_header(info))
-    print(f"load at the end: {' '.join(f'{v:.2f}' for v in info['loadavg_end'])}")
     print("workers 0 = in this process; loader rows leave out the first batch (worker start-up)\n")
     print(format_table(stages, STAGE_COLUMNS))
     if loops:
@@ -321,13 +329,5 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return payload
 
 
-def _run_cli(entry: Callable[[], object]) -> None:
-    try:
-        entry()
-    except VitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
-
-
 if __name__ == "__main__":
-    _run_cli(main)
+    run_cli(main)

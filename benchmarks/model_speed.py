@@ -15,12 +15,18 @@ Then, after a warm-up, each round times ours and timm once each, in alternating 
 and the table shows median images/s, the ratio ours/timm (>= 1.0 means ours is at least as fast)
 with its range over the rounds, and the achieved GFLOP/s (analytic FLOPs, ``count_flops_per_image``;
 training counts forward + backward as 3x forward). ``--profile`` adds torch.profiler tables.
+
+glibc's malloc is kept from unmapping freed memory (``--malloc pinned``, see ``pin_malloc``):
+otherwise page faults, which depend on what ran just before, bias the turns by several percent.
+On a machine busy with other work, ``--threads 1`` avoids OpenMP threads waiting for each other
+(2 threads ran 6x slower than 1 at load 5 on 2 cores); the header records threads and load.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import statistics
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,7 +39,6 @@ from timm.models.vision_transformer import VisionTransformer as TimmVisionTransf
 from torch import nn
 
 from vit.engine import autocast, resolve_device, resolve_precision
-from vit.errors import VitError
 from vit.model import (
     VisionTransformer,
     ViTConfig,
@@ -51,9 +56,11 @@ from benchmarks.common import (  # noqa: E402
     command_line,
     format_header,
     format_table,
+    load_average,
     machine_info,
     parse_list,
-    spread,
+    pin_malloc,
+    run_cli,
     time_alternating,
     write_json,
 )
@@ -106,7 +113,9 @@ def build_timm(name: str) -> nn.Module:
     return TimmVisionTransformer(**timm_kwargs(create_model(name).config))
 
 
-def build_pair(name: str, *, device: torch.device, seed: int) -> tuple[VisionTransformer, nn.Module]:
+def build_pair(
+    name: str, *, device: torch.device, seed: int
+) -> tuple[VisionTransformer, nn.Module]:
     """(ours, timm's) with identical weights: timm's random init copied into ours (strict)."""
     torch.manual_seed(seed)
     theirs = build_timm(name)
@@ -185,14 +194,13 @@ def summarize(
     name: str, mode: str, batch: int, times: dict[str, list[float]], cfg: ViTConfig
 ) -> dict[str, Any]:
     """One table row from the per-round seconds of ours and timm."""
-    ours_s, _, _ = spread(times["ours"])
-    timm_s, _, _ = spread(times["timm"])
-    _, lo, hi = spread([t / o for o, t in zip(times["ours"], times["timm"], strict=True)])
+    ours_s, timm_s = statistics.median(times["ours"]), statistics.median(times["timm"])
+    round_ratios = [t / o for o, t in zip(times["ours"], times["timm"], strict=True)]
     gflop = count_flops_per_image(cfg, train=mode == "train") / 1e9
     return {
         "model": name, "mode": mode, "batch": batch,
         "ours_img_s": batch / ours_s, "timm_img_s": batch / timm_s, "ratio": timm_s / ours_s,
-        "ratio_range": f"{lo:.2f}-{hi:.2f}", "gflop_per_img": gflop,
+        "ratio_range": f"{min(round_ratios):.2f}-{max(round_ratios):.2f}", "gflop_per_img": gflop,
         "ours_gflop_s": gflop * batch / ours_s, "timm_gflop_s": gflop * batch / timm_s,
         "ours_seconds": times["ours"], "timm_seconds": times["timm"],
     }
@@ -234,6 +242,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, default=None,
                         help="calls per timed sample (default: 1 on CPU, 10 on CUDA)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--malloc", default="pinned", choices=("pinned", "system"),
+                        help="pinned (default): keep freed memory mapped so page faults do not "
+                             "add allocator noise (see common.pin_malloc); system: glibc as is")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true",
                         help="also print torch.profiler tables of one step of each model")
@@ -244,6 +255,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"unknown models {unknown}; choose from {', '.join(list_models())}")
     if not set(parse_list(args.modes)) <= set(MODES) or not parse_list(args.modes):
         parser.error(f"--modes takes {', '.join(MODES)}, got {args.modes!r}")
+    if args.repeats < 1 or (args.batch is not None and args.batch < 1):
+        parser.error("--repeats and --batch must be at least 1")
     return args
 
 
@@ -271,7 +284,7 @@ def bench_model(
     """Rows of one preset, its max logit difference, and profiler tables if asked for."""
     ours, theirs = build_pair(name, device=device, seed=args.seed)
     cfg = ours.config
-    probe = torch.randn(2, 3, cfg.img_size, cfg.img_size,
+    probe = torch.randn(2, cfg.in_chans, cfg.img_size, cfg.img_size,
                         generator=torch.Generator().manual_seed(args.seed)).to(device)
     diff = check_same_logits(ours, theirs, probe)
     models: dict[str, nn.Module] = {"ours": ours, "timm": theirs}
@@ -301,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    malloc = "pinned" if args.malloc == "pinned" and pin_malloc() else "system"
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     resolve_defaults(args, device)
@@ -315,26 +329,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         profiles += model_profiles
         gc.collect()
 
-    info["loadavg_end"] = machine_info(device, "")["loadavg"]
+    info["loadavg_end"] = load_average()
     print(format_header(info))
-    print(f"settings: precision {precision}, compile {args.compile}, median of {args.repeats} "
-          f"rounds x {args.iters} call(s) after {args.warmup} warm-up round(s), seed {args.seed}")
+    print(f"settings: precision {precision}, compile {args.compile}, malloc {malloc}, median of "
+          f"{args.repeats} rounds x {args.iters} call(s) after {args.warmup} warm-up round(s), "
+          f"seed {args.seed}")
     print("max |logit diff| ours vs timm (fp32, before timing): "
-          + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
-    print(f"load at the end: {' '.join(f'{v:.2f}' for v in info['loadavg_end'])}\n")
+          + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) + "\n")
     print(format_table(rows, COLUMNS))
     for table in profiles:
         print("\n" + table)
     payload = {"benchmark": "model_speed", "machine": info, "settings": vars(args),
-               "precision": precision, "logit_max_abs_diff": diffs, "results": rows}
+               "precision": precision, "malloc": malloc, "logit_max_abs_diff": diffs,
+               "results": rows}
     if args.json:
         write_json(args.json, payload)
     return payload
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except VitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(main)

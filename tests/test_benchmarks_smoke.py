@@ -146,12 +146,19 @@ def test_check_same_logits_rejects_different_weights() -> None:
 # --- benchmarks/data_speed.py -------------------------------------------------------------------
 
 
-def test_timed_loader_counts_waits_and_stops_at_max_batches() -> None:
-    loader = data_speed.TimedLoader([[1], [2], [3], [4]], max_batches=3)
-    assert list(loader) == [[1], [2], [3]]
-    assert len(loader) == 3 and len(loader.waits) == len(loader.handed) == 3
-    seconds, waiting, batches = loader.steady_state()
-    assert batches == 2 and 0.0 <= waiting <= seconds
+def test_timed_loader_counts_batches_and_images_after_the_first() -> None:
+    batches = [("x", [0, 1, 2]), ("x", [3, 4]), ("x", [5]), ("x", [6])]
+    loader = data_speed.TimedLoader(batches, max_batches=3)
+    assert list(loader) == batches[:3] and len(loader) == 3
+    seconds, waiting, measured, images = loader.steady_state()
+    assert (measured, images) == (2, 3) and 0.0 <= waiting <= seconds
+
+
+def test_timed_loader_needs_two_batches() -> None:
+    loader = data_speed.TimedLoader([("x", [0])])
+    list(loader)
+    with pytest.raises(common.BenchmarkError, match="at least 2 batches"):
+        loader.steady_state()
 
 
 def test_data_speed_main_smallest(shapes_dataset: Path, tmp_path: Path,

@@ -256,7 +256,8 @@ class VisionTransformer(nn.Module):
         num_tokens = self.num_prefix_tokens + self.patch_embed.num_patches
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, D))
 
-        drop_path_rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        # stochastic depth grows linearly from 0 (first block) to drop_path_rate (last block)
+        drop_path_rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList([Block(cfg, drop_path=r) for r in drop_path_rates])
         # timm names the final norm `fc_norm` (applied after pooling) when pooling by mean.
         use_fc_norm = cfg.global_pool == "avg"
