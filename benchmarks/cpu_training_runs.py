@@ -45,6 +45,7 @@ def main() -> None:
     p.add_argument("--flowers", type=Path, required=True, help="folder holding train/<class>/...")
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--cifar-epochs", type=int, default=4)
     p.add_argument("--flowers-epochs", type=int, default=15)
     p.add_argument("--skip-cifar-1", action="store_true")
     args = p.parse_args()
@@ -61,7 +62,8 @@ def main() -> None:
         results["runs"].append(run("cifar_1epoch", cifar_cfg,
                                    [f"data.root={args.cifar}", "train.epochs=1"], args.out))
         save()
-    cifar = run("cifar_4epochs", cifar_cfg, [f"data.root={args.cifar}", "train.epochs=4"], args.out)
+    cifar = run(f"cifar_{args.cifar_epochs}epochs", cifar_cfg,
+                [f"data.root={args.cifar}", f"train.epochs={args.cifar_epochs}"], args.out)
     results["runs"].append(cifar)
     save()
     flowers = [f"data.root={args.flowers}", "model.img_size=32", "data.val_fraction=0.15",

@@ -378,9 +378,18 @@ def preflight(
         else:
             logger.warning("Skipping %s: %s", sample[0], reason)
             skipped.append({"path": sample[0], "reason": reason})
-    if skipped:
-        logger.warning("Skipped %d of %d images that cannot be read", len(skipped), len(paths))
     return good, skipped
+
+
+def check_classes_readable(root: Path, classes: Sequence[str], good: Sequence[Sample],
+                           skipped: Sequence[dict[str, str]]) -> None:
+    """Raise ``DataError`` when the pre-flight check left a class without a single image."""
+    present = {t for _, t in good}
+    empty = [name for t, name in enumerate(classes) if t not in present]
+    if empty:
+        raise DataError(
+            f"class folders without readable images in {root}: {empty}; all "
+            f"{len(skipped)} unreadable files are listed above; replace them or remove the folders")
 
 
 # ---------------------------------------------------------------------------------------------

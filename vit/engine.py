@@ -161,8 +161,12 @@ def train_one_epoch(
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             if scaler is not None:
                 scaler.unscale_(optimizer)
-            if clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), clip_grad or math.inf)
+            if scaler is None and not torch.isfinite(grad_norm):
+                raise NonFiniteLossError(
+                    f"the gradients became {grad_norm.item()} at step {step + 1} (epoch "
+                    f"{epoch + 1}); the last good checkpoint is kept. Lower the learning rate "
+                    "(--lr) or set train.clip_grad, then resume with --resume.")
             if scaler is not None:
                 scale_before = scaler.get_scale()
                 scaler.step(optimizer)  # skipped when the gradients hold inf/NaN

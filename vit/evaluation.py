@@ -73,13 +73,11 @@ def resolve_eval_dir(data_dir: str | os.PathLike[str]) -> Path:
                         "; pass a folder of class sub-folders")
     for name in EVAL_SUBDIRS:
         if (root / name).is_dir():
-            logger.info("evaluating on %s (the %s/ split of %s)", root / name, name, root)
             return root / name
     if (root / "train").is_dir():
         raise DataError(
             f"{root} has a train/ folder but no test/ or val/ folder to evaluate on; pass "
             f"--data {root / 'train'} if you really want to evaluate on the training images")
-    logger.info("evaluating on %s", root)
     return root
 
 
@@ -234,8 +232,11 @@ def evaluate_folder(
 ) -> dict[str, Any]:
     """Evaluate ``clf`` on an image folder; write report.json, predictions.csv and the plots
     to ``output_dir`` (when given) and return the report."""
-    eval_set = scan_eval_folder(resolve_eval_dir(data_dir), clf.classes)
+    eval_dir = resolve_eval_dir(data_dir)
+    eval_set = scan_eval_folder(eval_dir, clf.classes)
     out = _prepare_output_dir(Path(output_dir)) if output_dir is not None else None
+    split = f" (the {eval_dir.name}/ split of {data_dir})" if eval_dir != Path(data_dir) else ""
+    logger.info("evaluating on %s%s: %d images", eval_dir, split, len(eval_set.samples))
     scored = score_images(clf, eval_set.samples, batch_size=batch_size,
                           show_progress=show_progress)
     report = compute_report(scored.probs, scored.targets, clf.classes)

@@ -108,6 +108,9 @@ def read_pretrained(source: str | Path) -> PretrainedWeights:
     if isinstance(source, str) and source.startswith(TIMM_PREFIX):
         return _read_timm(source[len(TIMM_PREFIX):])
     path = Path(source)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; pass a weights file inside it (.pt, .pth, "
+                              ".bin or .safetensors)")
     if not path.is_file():
         raise CheckpointError(
             f"pretrained weights not found: {path} (pass a .pt, .pth, .bin or .safetensors file, "
@@ -143,6 +146,12 @@ def _torch_load_weights_only(path: Path) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        from vit.checkpoint import _looks_like_text
+
+        with open(path, "rb") as f:
+            head = f.read(512)
+        if not head.startswith((b"PK", b"\x80")) and _looks_like_text(head):
+            raise CheckpointError(f"{path} is not a weights file: it is a text file") from None
         if "Weights only load failed" not in str(err):
             raise CheckpointError(f"cannot read {path} as a PyTorch file: {_one_line(err)}") from None
         raise CheckpointError(

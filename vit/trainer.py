@@ -114,13 +114,17 @@ def prepare_data(cfg: Config, *, img_size: int, show_progress: bool) -> RunData:
     if d.root is None:
         raise ConfigError("no data folder given: pass --data DIR (DIR/<class>/<image> or DIR/train/...)")
     train_dir, val_dir = data_lib.resolve_data_dirs(d.root)
-    samples, classes = data_lib.scan_image_folder(train_dir)
+    scan = data_lib.scan_folder(train_dir)
+    samples, classes, ignored = scan.samples, scan.classes, list(scan.ignored)
     skipped: list[dict[str, str]] = []
     if d.preflight:
         samples, bad = data_lib.preflight(samples, workers=max(d.workers, 1))
+        data_lib.check_classes_readable(train_dir, classes, samples, bad)
         skipped += bad
     if val_dir is not None:
-        val_samples, val_classes = data_lib.scan_image_folder(val_dir)
+        val_scan = data_lib.scan_folder(val_dir)
+        val_samples, val_classes = val_scan.samples, val_scan.classes
+        ignored += val_scan.ignored
         if val_classes != classes:
             raise VitError(
                 f"{val_dir} has classes {val_classes} but {train_dir} has {classes}; they must match"
@@ -146,7 +150,7 @@ def prepare_data(cfg: Config, *, img_size: int, show_progress: bool) -> RunData:
         img_size=img_size, train=True, scale=tuple(d.scale), ratio=tuple(d.ratio), hflip=d.hflip,
         randaug_n=d.randaug_n, randaug_m=d.randaug_m, **aug)
     eval_tf = data_lib.build_transform(img_size=img_size, train=False, crop_pct=d.crop_pct, **aug)
-    report = data_lib.build_data_report(classes, train_samples, val_samples, skipped, [])
+    report = data_lib.build_data_report(classes, train_samples, val_samples, skipped, ignored)
     return RunData(
         classes=classes,
         # per-sample augmentation seeds (seed, epoch, index): resume and worker count change nothing
@@ -349,9 +353,11 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
         write_json(run_dir / "data_report.json", data.report)
         write_json(run_dir / "split.json", data.split)
         n_skipped = len(data.report.get("skipped", []))
-        logger.info("%d classes, %d training / %d validation images%s", num_classes,
-                    len(data.train_set), len(data.val_set),
-                    f"; {n_skipped} unreadable files skipped (see data_report.json)" if n_skipped else "")
+        logger.info("%d classes, %d training / %d validation images", num_classes,
+                    len(data.train_set), len(data.val_set))
+        if n_skipped:
+            logger.warning("%d unreadable files skipped; they are listed with the reason in %s",
+                           n_skipped, run_dir / "data_report.json")
         logger.info("model %s: %.2fM parameters, device %s, precision %s, global batch %d",
                     cfg.model.name, sum(p.numel() for p in model.parameters()) / 1e6, device,
                     precision, cfg.train.batch_size * cfg.train.accum_steps)

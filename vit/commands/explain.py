@@ -30,6 +30,10 @@ def run(args: argparse.Namespace) -> int:
     from vit.explain_cli import explain_files
     from vit.predict import expand_paths
 
+    if args.batch_size < 1:
+        from vit.errors import VitError
+
+        raise VitError(f"--batch-size must be at least 1, got {args.batch_size}")
     paths = expand_paths(args.paths)
     results = explain_files(
         checkpoint=args.checkpoint, paths=paths, output=args.output, method=args.method,

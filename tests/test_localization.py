@@ -1,0 +1,260 @@
+"""Does attention rollout find the object, and is it faithful? (synthetic shapes, known boxes)
+
+Fast tests check the geometry of ``benchmarks/explain_quality.py`` (object box -> patch grid,
+through the eval resize and centre crop) against hand-computed grids, and run the script once
+on an untrained tiny checkpoint. The slow tests train the quickstart model briefly on the
+synthetic shapes and check rollout against the object boxes with an independent reference:
+at 48 px with crop_pct 1.0 the eval geometry is the identity, so patch (i, j) is "on the
+object" when its centre ((j + 1/2) * 8, (i + 1/2) * 8) lies in the box [x0, x1) x [y0, y1).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import explain_quality as eq  # noqa: E402
+from vit.checkpoint import make_checkpoint  # noqa: E402
+from vit.data import load_image, scan_folder  # noqa: E402
+from vit.errors import DataError  # noqa: E402
+from vit.explain import attention_rollout, deletion_auc, random_saliency  # noqa: E402
+from vit.model import VisionTransformer  # noqa: E402
+from vit.predict import Classifier  # noqa: E402
+from vit.quickstart import quickstart_config  # noqa: E402
+from vit.synthetic import load_boxes, make_shapes_dataset  # noqa: E402
+
+# --- geometry: box -> patch grid ----------------------------------------------------------------
+
+
+def test_box_to_patches_without_resize_is_the_centre_test() -> None:
+    # 48 px, crop_pct 1.0: identity. Patch centres at 4, 12, 20, 28, 36, 44 px.
+    # x in [8, 21) holds the centres 12 and 20 (columns 1, 2); y in [0, 13) holds 4 and 12.
+    mask = eq.mask_in_view(eq.box_mask((8, 0, 21, 13), 48, 48), img_size=48, crop_pct=1.0)
+    expected = torch.zeros(6, 6, dtype=torch.bool)
+    expected[0:2, 1:3] = True
+    assert torch.equal(eq.patch_centres_inside(mask, (8, 8)), expected)
+
+
+def test_box_edges_are_exclusive_at_a_patch_centre() -> None:
+    # x1 = 20 excludes the centre at x = 20; x0 = 20 includes it.
+    left = eq.mask_in_view(eq.box_mask((0, 0, 20, 48), 48, 48), img_size=48, crop_pct=1.0)
+    right = eq.mask_in_view(eq.box_mask((20, 0, 48, 48), 48, 48), img_size=48, crop_pct=1.0)
+    assert eq.patch_centres_inside(left, (8, 8))[0].tolist() == [True, True, False] + [False] * 3
+    assert eq.patch_centres_inside(right, (8, 8))[0].tolist() == [False, False, True] + [True] * 3
+
+
+def test_box_follows_the_eval_resize_and_centre_crop() -> None:
+    # A 100x60 (w x h) image at img_size 32, crop_pct 0.8: the shorter side goes to
+    # floor(32 / 0.8) = 40 px (scale 2/3, so 67x40), then the centre 32x32 is cut at
+    # x offset (67 - 32) // 2 = 17, y offset (40 - 32) // 2 = 4.
+    # The box x [45, 90), y [21, 45) becomes x [30, 60) - 17 = [13, 43) -> [13, 32) after the
+    # crop and y [14, 30) - 4 = [10, 26). Patch centres at 4, 12, 20, 28: columns 2, 3 and
+    # rows 1, 2 (every edge is at least 2 px from a centre, so resampling cannot flip one).
+    mask = eq.mask_in_view(eq.box_mask((45, 21, 90, 45), 60, 100), img_size=32, crop_pct=0.8)
+    assert mask.shape == (32, 32)
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[1:3, 2:4] = True
+    assert torch.equal(eq.patch_centres_inside(mask, (8, 8)), expected)
+
+
+def test_pointing_hits_share_ties_between_the_highest_patches() -> None:
+    inside = torch.tensor([[True, True], [False, False]])  # the top row is on the object
+    saliency = torch.tensor([[[0.1, 0.9], [0.2, 0.3]],   # top patch (0, 1): inside
+                             [[0.1, 0.2], [0.9, 0.3]],   # (1, 0): outside
+                             [[0.5, 0.1], [0.5, 0.5]],   # a 3-way tie, 1 of them inside
+                             [[0.0, 0.0], [0.0, 0.0]]])  # constant: the chance level, 2 of 4
+    hits = eq.pointing_hits(saliency, inside.expand(4, 2, 2))
+    assert hits.tolist() == pytest.approx([1.0, 0.0, 1 / 3, 0.5])
+
+
+def test_pick_balanced_lets_classes_take_turns() -> None:
+    labels = [0, 0, 0, 0, 1, 1, 2]
+    picked = eq.pick_balanced(labels, limit=5, seed=0)
+    assert sorted(labels[i] for i in picked) == [0, 0, 1, 1, 2]
+    assert picked == sorted(picked) and len(set(picked)) == 5
+    assert eq.pick_balanced(labels, limit=5, seed=0) == picked
+    assert eq.pick_balanced(labels, limit=50, seed=3) == list(range(7))
+
+
+def test_held_out_images_are_the_runs_validation_split(tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "shapes", num_per_class=2, img_size=32,
+                               classes=["circle", "square"], seed=0)
+    run = tmp_path / "run"
+    run.mkdir()
+    val_files = [str(data / "square" / "00001.png"), str(data / "circle" / "00000.png")]
+    (run / "split.json").write_text(json.dumps({"kind": "stratified", "val_files": val_files}))
+
+    images, source = eq.held_out_images(data, run / "best.pt", ["circle", "square"])
+    assert images == [(Path(val_files[0]), 1), (Path(val_files[1]), 0)]
+    assert source.endswith("split.json (val_files)")
+    samples, _ = eq.load_samples(data, run / "best.pt", ["circle", "square"], limit=5, seed=0)
+    assert [s.box for s in samples] == [load_boxes(data)["square/00001.png"],
+                                        load_boxes(data)["circle/00000.png"]]
+
+
+def test_train_folder_without_held_out_images_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "data" / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(DataError, match="held-out"):
+        eq.held_out_images(tmp_path / "data", tmp_path / "best.pt", ["cat"])
+
+
+def test_mean_and_sem_match_numpy() -> None:
+    values = torch.tensor([1.0, 2.0, 4.0, 7.0])
+    mean, sem = eq.mean_and_sem(values)
+    assert mean == pytest.approx(3.5)
+    assert sem == pytest.approx(np.std([1, 2, 4, 7], ddof=1) / 2.0)
+
+
+# --- the script end to end, on an untrained tiny model ------------------------------------------
+
+
+def _centres_in_box(box: tuple[int, int, int, int], *, grid: int, patch: int) -> torch.Tensor:
+    """Reference: (grid, grid) bool, patch centre inside [x0, x1) x [y0, y1) (no resize)."""
+    x0, y0, x1, y1 = box
+    centres = (torch.arange(grid) + 0.5) * patch
+    in_x = (centres >= x0) & (centres < x1)
+    in_y = (centres >= y0) & (centres < y1)
+    return in_y[:, None] & in_x[None, :]
+
+
+def test_script_writes_every_row_and_the_chance_level(tmp_path: Path) -> None:
+    classes = ["circle", "square", "triangle"]
+    data = make_shapes_dataset(tmp_path / "shapes", num_per_class=4, img_size=32,
+                               classes=classes, seed=0, val_fraction=0.5)
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=8, num_classes=3, embed_dim=32, depth=2,
+                              num_heads=2)
+    ckpt = make_checkpoint(model=model, classes=classes, config={}, epoch=0, step=0,
+                           best_top1=None, metrics={},
+                           preprocess={"img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
+                                       "crop_pct": 1.0})
+    torch.save(ckpt, tmp_path / "tiny.pt")
+    out = tmp_path / "quality.json"
+
+    eq.main(["--checkpoint", str(tmp_path / "tiny.pt"), "--data", str(data), "--limit", "6",
+             "--json", str(out)])
+
+    result = json.loads(out.read_text())
+    assert result["images"] == 6  # the 2 val images of each of the 3 classes
+    boxes = [box for key, box in load_boxes(data).items() if key.startswith("val/")]
+    chance = np.mean([_centres_in_box(b, grid=4, patch=8).float().mean() for b in boxes])
+    assert result["chance"] == pytest.approx(chance)
+    rows = {row["method"]: row for row in result["rows"]}
+    assert set(rows) == {"rollout", "grad-rollout", "attention", "random",
+                         "rollout, random weights", "grad-rollout, random weights",
+                         "attention, random weights"}
+    for name in ("rollout", "grad-rollout", "attention", "random"):
+        assert 0.0 <= rows[name]["pointing"] <= 1.0
+        assert 0.0 <= rows[name]["deletion"] <= 1.0 and 0.0 <= rows[name]["insertion"] <= 1.0
+    assert result["setup"]["curve_steps"] == 16 and result["machine"]["cpu_count"] >= 1
+
+
+# --- a trained model ------------------------------------------------------------------------------
+
+# The quickstart (its model, data and optimiser settings) for 8 epochs instead of 30: 56 % val
+# accuracy, enough for a clear deletion gap (see the numbers at each assertion). 200 images per
+# class for 8 epochs reached only 41 % and a deletion gap of 0.03, too close to call.
+# Measured on 2 shared cores: the module took 315 s wall (load 6-9) and 251 s (load 4-5), for
+# 210 and 225 s CPU (user + sys, data-loader workers included); about 2.5 minutes when idle.
+SHAPES_PER_CLASS = 400
+EPOCHS = 8
+MIN_VAL_ACCURACY = 50.0  # measured 56.25 %; below, the run learned too little to test
+DELETION_STEPS = 12  # 3 patches per step on the 6x6 grid: a close, cheaper curve
+
+
+@dataclass
+class Trained:
+    classifier: Classifier
+    images: torch.Tensor  # (N, 3, 48, 48) held-out images, normalised
+    inside: torch.Tensor  # (N, 6, 6) bool: patch centre inside the object's box
+    val_top1: float
+    seconds: float  # data + training, wall
+    cpu_seconds: float  # data + training, this process and its finished children (workers)
+
+
+def _cpu_seconds() -> float:
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
+
+
+def _held_out(root: Path, classifier: Classifier) -> tuple[torch.Tensor, torch.Tensor]:
+    samples = scan_folder(root / "val", classes=classifier.classes).samples
+    boxes = load_boxes(root)
+    paths = [Path(path) for path, _ in samples]
+    images = classifier.transform([np.asarray(load_image(p)) for p in paths])
+    inside = torch.stack([
+        _centres_in_box(boxes[p.relative_to(root).as_posix()], grid=6, patch=8) for p in paths
+    ])
+    return images, inside
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    from vit.trainer import train
+
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
+    tmp = tmp_path_factory.mktemp("localization")
+    root = make_shapes_dataset(tmp / "shapes", num_per_class=SHAPES_PER_CLASS, img_size=48,
+                               seed=0, val_fraction=0.2)
+    cfg = quickstart_config()
+    cfg = replace(cfg, data=replace(cfg.data, root=str(root)),
+                  train=replace(cfg.train, epochs=EPOCHS, output=str(tmp / "run"),
+                                explain_samples=0))
+    summary = train(cfg, show_progress=False)
+    classifier = Classifier.from_checkpoint(summary.run_dir / "best.pt", device="cpu")
+    assert classifier.img_size == 48 and classifier.preprocess["crop_pct"] == 1.0  # identity
+    images, inside = _held_out(root, classifier)
+    return Trained(classifier, images, inside, float(summary.best_top1),
+                   time.perf_counter() - start, _cpu_seconds() - cpu_start)
+
+
+@pytest.mark.slow
+def test_training_learned_the_shapes(trained: Trained) -> None:
+    print(f"\ntrained to {trained.val_top1:.1f}% in {trained.seconds:.0f} s wall, "
+          f"{trained.cpu_seconds:.0f} s CPU")
+    assert trained.val_top1 >= MIN_VAL_ACCURACY
+
+
+@pytest.mark.slow
+def test_rollout_points_inside_the_object(trained: Trained) -> None:
+    saliency = attention_rollout(trained.classifier.model, trained.images)
+    top = saliency.flatten(1).argmax(dim=1)
+    hit_rate = trained.inside.flatten(1).gather(1, top[:, None]).float().mean().item()
+    chance = trained.inside.flatten(1).float().mean().item()
+    # Measured: 97.0 % of the 400 held-out images, chance 16.2 %. A map off by one patch scores
+    # 54 %, a transposed one 46 %, a mirrored one 38 %. Rollout of a freshly initialised model
+    # points at the bright shape too (99.5 %, benchmarks/explain_quality.py): this checks the
+    # map's geometry (grid order, prefix tokens, orientation), not what training taught; the
+    # deletion test below does that.
+    assert hit_rate >= 0.85
+    assert hit_rate >= chance + 0.5
+
+
+@pytest.mark.slow
+def test_rollout_deletion_beats_random_order(trained: Trained) -> None:
+    model, images = trained.classifier.model, trained.images
+    generator = torch.Generator().manual_seed(0)
+    orders = {
+        "rollout": attention_rollout(model, images),
+        "random": random_saliency(images.shape[0], (6, 6), generator),
+    }
+    auc = {name: deletion_auc(model, images, saliency, steps=DELETION_STEPS, batch_size=1024)
+           for name, saliency in orders.items()}
+    gap = auc["random"] - auc["rollout"]  # paired: same images, same target class
+    sem = gap.std().item() / len(gap) ** 0.5
+    # Measured: rollout 0.243, random 0.351: gap 0.108 +- 0.011 (standard error) on the 400
+    # held-out images. A freshly initialised model has none (0.264 vs 0.263 on 100 images).
+    assert gap.mean().item() >= 0.05
+    assert gap.mean().item() >= 4 * sem

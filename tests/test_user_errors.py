@@ -1,0 +1,231 @@
+"""User mistakes: every command answers with one ``error:`` line that names the culprit, exit
+code 2 and no traceback; ``--debug`` brings the traceback back.
+
+The helpers at the top (``run_cli``, ``error_line``, the tiny training arguments) are shared
+with test_hostile_data.py and test_numerics.py.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from test_predict import save_checkpoint, tiny_model
+from test_train import make_folder
+
+from vit.cli import main
+from vit.errors import DataError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# ---------------------------------------------------------------------------------------------
+# shared helpers
+# ---------------------------------------------------------------------------------------------
+
+# Flags first, key=value overrides last: argparse takes the overrides as one positional group.
+# No key is set twice, so a flag added after these wins.
+TRAIN_FLAGS = ("--model", "vit_nano_patch4_32", "--img-size", "16", "--device", "cpu",
+               "--workers", "0", "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.25")
+TRAIN_OVERRIDES = ("model.embed_dim=32", "model.depth=2", "model.num_heads=2",
+                   "model.drop_path_rate=0.0", "train.explain_samples=0")
+
+
+def train_argv(data: object, output: object, *flags: object,
+               overrides: tuple[str, ...] = ()) -> list:
+    """`vit train` on ``data`` with the tiny model; later flags and overrides win."""
+    return ["train", "--data", data, "--output", output, *TRAIN_FLAGS, *flags,
+            *TRAIN_OVERRIDES, *overrides]
+
+
+def run_cli(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
+    """``vit.cli.main`` in this process: (exit code, stdout, stderr)."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_line(err: str, *, tolerate: str | None = None) -> str:
+    """The single line on stderr, which must start with ``error: ``.
+
+    Lines matching the regex ``tolerate`` (e.g. one warning per unreadable file) may come first.
+    """
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines, "nothing on stderr"
+    others = [line for line in lines[:-1] if not (tolerate and re.search(tolerate, line))]
+    assert not others, f"more than the error line on stderr:\n{err}"
+    assert lines[-1].startswith("error: "), err
+    return lines[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# the mistakes
+# ---------------------------------------------------------------------------------------------
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+NOT_A_FOLDER = re.compile(r"(?i)not a (directory|folder)|is a file")
+SKIP_WARNING = r"WARNING Skipp"  # the per-file warnings of the pre-flight check
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory) -> dict[str, Path]:
+    """What users point commands at: good and broken folders, files, a checkpoint."""
+    root = tmp_path_factory.mktemp("mistakes")
+    data = make_folder(root / "data", per_class=4)
+    broken = make_folder(root / "broken", classes=("red", "green"), per_class=4)
+    (broken / "broken_class").mkdir()
+    for i in range(2):  # image names, text inside: nothing in this class can be decoded
+        (broken / "broken_class" / f"{i}.jpg").write_text("not an image")
+    for name in ("empty", "run_folder"):
+        (root / name).mkdir()
+    (root / "a_file").write_text("a file, where a folder is expected")
+    (root / "notes.pt").write_text("my notes, not a checkpoint\n")
+    ckpt = save_checkpoint(root / "best.pt", tiny_model(), ["blue", "green", "red"])
+    return {"data": data, "broken": broken, "empty": root / "empty",
+            "missing": root / "no_such_folder", "folder": root / "run_folder",
+            "file": root / "a_file", "text": root / "notes.pt", "ckpt": ckpt,
+            "image": data / "red" / "000.png"}
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A command line and what its error line must contain; ``{name}`` is a path of
+    ``places`` (``{out}``: the test's tmp_path). Fragments are substrings or regexes."""
+
+    argv: tuple[str, ...]
+    says: tuple[str | re.Pattern, ...]
+    tolerate: str | None = None  # regex of lines allowed before the error line
+    marks: tuple = ()
+
+
+def train(data: str, *flags: str, overrides: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return tuple(train_argv(data, "{out}/run", *flags, overrides=overrides))
+
+
+MISTAKES = {
+    # vit train
+    "train: missing data folder": Mistake(train("{missing}"), ("{missing}", "does not exist")),
+    "train: empty data folder": Mistake(train("{empty}"), ("{empty}", "no class sub-folders")),
+    "train: class folder without readable images": Mistake(
+        train("{broken}"), ("broken_class", "readable"), tolerate=SKIP_WARNING),
+    "train: unknown model": Mistake(train("{data}", "--model", "vit_hugee"), ("'vit_hugee'",)),
+    "train: unknown config key": Mistake(
+        train("{data}", overrides=("train.epochz=3",)), ("'train.epochz'",)),
+    "train: --device cuda without a GPU": Mistake(
+        train("{data}", "--device", "cuda"), ("--device cuda",), marks=(NO_GPU,)),
+    "train: --precision fp16 on the CPU": Mistake(
+        train("{data}", "--precision", "fp16"), ("--precision fp16", "CUDA")),
+    "train: --batch-size 0": Mistake(train("{data}", "--batch-size", "0"), ("--batch-size",)),
+    "train: output folder under a file": Mistake(
+        train("{data}", "--output", "{file}/run"), ("{file}", NOT_A_FOLDER)),
+    "train: --val-fraction 1.5": Mistake(
+        train("{data}", "--val-fraction", "1.5"), ("--val-fraction", "1.5")),
+    "train: unknown --freeze": Mistake(
+        train("{data}", "--freeze", "backbon"), ("--freeze", "'backbon'")),
+    "train --resume: a folder without last.pt": Mistake(
+        ("train", "--resume", "{folder}"), ("{folder}", "last.pt")),
+    "train --resume: a text file": Mistake(
+        ("train", "--resume", "{text}"), ("{text}", "text file")),
+    "train --pretrained: a folder": Mistake(
+        train("{data}", "--pretrained", "{folder}"), ("{folder}", "is a folder")),
+    "train --pretrained: a text file": Mistake(
+        train("{data}", "--pretrained", "{text}"), ("{text}", "text file")),
+    # vit predict (a missing path and --batch-size 0: test_cli_predict.py)
+    "predict: empty folder": Mistake(
+        ("predict", "--checkpoint", "{ckpt}", "{empty}"), ("{empty}", "no images")),
+    "predict: --device cuda without a GPU": Mistake(
+        ("predict", "--checkpoint", "{ckpt}", "{image}", "--device", "cuda"), ("--device cuda",),
+        marks=(NO_GPU,)),
+    "predict: output file under a file": Mistake(
+        ("predict", "--checkpoint", "{ckpt}", "{image}", "--output", "{file}/p.csv"),
+        ("{file}", NOT_A_FOLDER)),
+    # vit evaluate
+    "evaluate: missing data folder": Mistake(
+        ("evaluate", "--checkpoint", "{ckpt}", "--data", "{missing}", "--output", "{out}"),
+        ("{missing}", "does not exist")),
+    "evaluate: empty data folder": Mistake(
+        ("evaluate", "--checkpoint", "{ckpt}", "--data", "{empty}", "--output", "{out}"),
+        ("{empty}", "no class sub-folders")),
+    "evaluate: --device cuda without a GPU": Mistake(
+        ("evaluate", "--checkpoint", "{ckpt}", "--data", "{data}", "--output", "{out}",
+         "--device", "cuda"), ("--device cuda",), marks=(NO_GPU,)),
+    "evaluate: --batch-size 0": Mistake(
+        ("evaluate", "--checkpoint", "{ckpt}", "--data", "{data}", "--output", "{out}",
+         "--batch-size", "0"), ("--batch-size",)),
+    "evaluate: output folder under a file": Mistake(
+        ("evaluate", "--checkpoint", "{ckpt}", "--data", "{data}", "--output", "{file}/eval"),
+        ("{file}", NOT_A_FOLDER)),
+    # vit explain
+    "explain: checkpoint is a folder": Mistake(
+        ("explain", "--checkpoint", "{folder}", "{image}", "--output", "{out}"),
+        ("{folder}", "is a folder")),
+    "explain: checkpoint is a text file": Mistake(
+        ("explain", "--checkpoint", "{text}", "{image}", "--output", "{out}"),
+        ("{text}", "text file")),
+    "explain: --device cuda without a GPU": Mistake(
+        ("explain", "--checkpoint", "{ckpt}", "{image}", "--output", "{out}", "--device", "cuda"),
+        ("--device cuda",), marks=(NO_GPU,)),
+    "explain: --batch-size 0": Mistake(
+        ("explain", "--checkpoint", "{ckpt}", "{image}", "--output", "{out}", "--batch-size", "0"),
+        ("--batch-size",)),
+    "explain: output folder under a file": Mistake(
+        ("explain", "--checkpoint", "{ckpt}", "{image}", "--output", "{file}/x"),
+        ("{file}", NOT_A_FOLDER)),
+    # vit export (bad checkpoints: test_cli_predict.py)
+    "export: output file under a file": Mistake(
+        ("export", "--checkpoint", "{ckpt}", "--output", "{file}/m.safetensors"),
+        ("{file}", NOT_A_FOLDER)),
+}
+
+
+def fill(template: str, places: dict[str, Path], out: Path) -> str:
+    return template.format(**places, out=out)
+
+
+def command_line(name: str, places: dict[str, Path], out: Path) -> list[str]:
+    return [fill(a, places, out) for a in MISTAKES[name].argv]
+
+
+def assert_says(line: str, fragments: tuple[str | re.Pattern, ...]) -> None:
+    for fragment in fragments:
+        if isinstance(fragment, re.Pattern):
+            assert fragment.search(line), f"{fragment.pattern!r} not in {line!r}"
+        else:
+            assert fragment in line, f"{fragment!r} not in {line!r}"
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=m.marks) for name, m in MISTAKES.items()])
+def test_a_mistake_is_one_line_naming_the_culprit(name, places, tmp_path, capsys):
+    mistake = MISTAKES[name]
+    code, _, err = run_cli(capsys, *command_line(name, places, tmp_path))
+    assert code == 2, err
+    line = error_line(err, tolerate=mistake.tolerate)
+    assert_says(line, tuple(f if isinstance(f, re.Pattern) else fill(f, places, tmp_path)
+                            for f in mistake.says))
+
+
+def test_debug_raises_the_same_error_instead(places, tmp_path, capsys):
+    """--debug: the exception escapes main (Python prints its traceback), same message."""
+    argv = command_line("train: missing data folder", places, tmp_path)
+    _, _, err = run_cli(capsys, *argv)
+    line = error_line(err)
+    with pytest.raises(DataError) as info:
+        main([*argv[:1], "--debug", *argv[1:]])
+    assert f"error: {info.value}" == line
+
+
+@pytest.mark.slow
+def test_no_traceback_reaches_the_terminal(places, tmp_path):
+    """A real `python train.py` process: one line on stderr, nothing on stdout, exit 2."""
+    argv = command_line("train: unknown config key", places, tmp_path)
+    proc = subprocess.run([sys.executable, "train.py", *argv[1:]], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert_says(error_line(proc.stderr), ("'train.epochz'",))
