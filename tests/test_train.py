@@ -179,17 +179,20 @@ def test_torchrun_two_processes_match_one(tmp_path):
     single = _run_cli(_cli_args(data, tmp_path / "single", 2))
     assert single.wait(timeout=300) == 0, single.communicate()[1]
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    # one machine: gloo over loopback, whatever the host name resolves to
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+           "GLOO_SOCKET_IFNAME": "lo"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--master_port=0", str(ROOT / "train.py"),
            *_cli_args(data, tmp_path / "ddp", 2)]
     # rdzv on a free port; --master_port=0 is not accepted by every torch version
     cmd = [c for c in cmd if c != "--master_port=0"]
-    cmd.insert(4, "--rdzv-endpoint=localhost:0")
+    cmd.insert(4, "--rdzv-endpoint=127.0.0.1:0")
     cmd.insert(4, "--rdzv-backend=c10d")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+    assert proc.stdout.count("done: best val top-1") == 1  # only rank 0 talks
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # rank 0 alone writes files
     assert_same_weights(weights(tmp_path / "single" / "last.pt"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from vit.config import Config, load_config, set_value
@@ -109,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     except TrainingInterrupted as e:
         print(str(e), file=sys.stderr)
         return 130
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports for everyone
+        return 0
     if quick and cfg.train.explain_samples > 0:
         from vit.quickstart import write_quickstart_overlays
 
