@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from importlib import import_module
@@ -47,8 +48,17 @@ def error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_]+\.[A-Za-z_]+=")
+
+
+def overrides_last(argv: Sequence[str]) -> list[str]:
+    """Move ``section.key=value`` tokens after the flags, so they may appear anywhere."""
+    flags = [a for a in argv if not _OVERRIDE.match(a)]
+    return flags + [a for a in argv if _OVERRIDE.match(a)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = overrides_last(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
