@@ -200,3 +200,55 @@ def test_torchrun_two_processes_match_one(tmp_path):
     one = [json.loads(x) for x in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
     two = [json.loads(x) for x in lines]
     assert one[-1]["val_top1"] == pytest.approx(two[-1]["val_top1"])
+
+
+KILL_DURING_WRITE = r"""
+import sys, time
+from pathlib import Path
+import vit.checkpoint as ck
+
+marker = Path(sys.argv[1])
+real = ck._atomic_write
+calls = {"last.pt": 0}
+
+def hanging_write(path, write):
+    path = Path(path)
+    if path.name == "last.pt":
+        calls["last.pt"] += 1
+        if calls["last.pt"] == 2:  # epoch 2's checkpoint: write part of it, then hang
+            def partial(f):
+                f.write(b"PK\x03\x04 half of a checkpoint")
+                f.flush()
+                marker.write_text("writing")
+                time.sleep(600)
+            return real(path, partial)
+    return real(path, write)
+
+ck._atomic_write = hanging_write
+from vit.cli import main
+sys.exit(main(["train", *sys.argv[2:]]))
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_checkpoint_write_keeps_last_pt(tmp_path):
+    data = make_folder(tmp_path / "data")
+    ref = _run_cli(_cli_args(data, tmp_path / "ref", 3))
+    assert ref.wait(timeout=300) == 0, ref.communicate()[1]
+
+    marker = tmp_path / "writing"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_DURING_WRITE, str(marker), *_cli_args(data, tmp_path / "run", 3)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(marker, proc)
+    proc.send_signal(signal.SIGKILL)  # in the middle of writing epoch 2's last.pt
+    proc.wait(timeout=60)
+    proc.communicate()
+
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")  # the complete file of epoch 1
+    assert ckpt["epoch"] == 1
+    resumed = _run_cli(["--resume", str(tmp_path / "run")])
+    assert resumed.wait(timeout=300) == 0, resumed.communicate()[1]
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 3
+    assert not list((tmp_path / "run").glob(".*.tmp"))  # the cut-short write was cleaned up
+    assert_same_weights(weights(tmp_path / "ref" / "last.pt"), weights(tmp_path / "run" / "last.pt"))

@@ -340,6 +340,8 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
                     skip_batches, step)
         if dist_info.is_main:
             truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
+            for stale in run_dir.glob(".*.pt.*.tmp"):  # a write that a crash cut short
+                stale.unlink(missing_ok=True)
 
     train_model: nn.Module = model
     if cfg.train.compile:
