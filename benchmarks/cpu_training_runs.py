@@ -46,7 +46,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--cifar-epochs", type=int, default=4)
-    p.add_argument("--flowers-epochs", type=int, default=15)
+    p.add_argument("--flowers-epochs", type=int, default=10)
     p.add_argument("--skip-cifar-1", action="store_true")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -66,15 +66,12 @@ def main() -> None:
                 [f"data.root={args.cifar}", f"train.epochs={args.cifar_epochs}"], args.out)
     results["runs"].append(cifar)
     save()
-    flowers = [f"data.root={args.flowers}", "model.img_size=32", "data.val_fraction=0.15",
-               f"train.epochs={args.flowers_epochs}", "train.batch_size=64", "train.lr=1e-3",
-               "train.warmup_epochs=1", "data.scale=[0.35,1.0]", "data.randaug_n=1",
-               "data.randaug_m=5", "data.workers=2", "train.device=cpu"]
-    results["runs"].append(run("flowers_scratch", None,
-                               [*flowers, "model.name=vit_nano_patch4_32"], args.out))
+    flowers_cfg = ROOT / "configs" / "flowers_vit_nano_cpu.yaml"
+    flowers = [f"data.root={args.flowers}", f"train.epochs={args.flowers_epochs}"]
+    results["runs"].append(run("flowers_scratch", flowers_cfg, flowers, args.out))
     save()
     pretrained = Path(cifar["run_dir"]) / "best.pt"
-    results["runs"].append(run("flowers_finetune", None,
+    results["runs"].append(run("flowers_finetune", flowers_cfg,
                                [*flowers, f"train.pretrained={pretrained}"], args.out))
     save()
     for r in results["runs"]:

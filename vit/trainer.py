@@ -360,8 +360,10 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
         if n_skipped:
             logger.warning("%d unreadable files skipped; they are listed with the reason in %s",
                            n_skipped, run_dir / "data_report.json")
-        logger.info("model %s: %.2fM parameters, device %s, precision %s, global batch %d",
-                    cfg.model.name, sum(p.numel() for p in model.parameters()) / 1e6, device,
+        arch = (f"from {cfg.train.pretrained}" if cfg.train.pretrained else cfg.model.name)
+        logger.info("model %s (%d blocks, width %d): %.2fM parameters, device %s, precision %s, "
+                    "global batch %d", arch, model.config.depth, model.config.embed_dim,
+                    sum(p.numel() for p in model.parameters()) / 1e6, device,
                     precision, cfg.train.batch_size * cfg.train.accum_steps)
 
     def lr_at(s: int) -> float:
