@@ -8,6 +8,7 @@ predictions; ``DIR/grid.png`` shows the whole set.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,14 @@ def explain_files(
     elif method == "attention":
         kwargs = {"head_fusion": head_fusion}
 
+    # DIR/<stem>_<method>.png; when two inputs share a stem (a/1.png, b/1.png) the folder
+    # name is put in front so no overlay overwrites another
+    stems = Counter(Path(p).stem for p in paths)
+
+    def out_name(path: Path) -> str:
+        stem = path.stem if stems[path.stem] == 1 else f"{path.parent.name}_{path.stem}"
+        return f"{stem}_{method}.png"
+
     results: list[ExplainedImage] = []
     overlays, titles = [], []
     batches = [list(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)]
@@ -87,7 +96,7 @@ def explain_files(
         views = clf.view(images)
         for path, view, sal, preds in zip(good, views, saliency, predictions, strict=True):
             blended = overlay(view, sal, alpha=alpha)
-            target = out_dir / f"{path.stem}_{method}.png"
+            target = out_dir / out_name(path)
             plot_side_by_side(view, blended, _title(preds), target)
             results.append(ExplainedImage(path, target, preds))
             overlays.append(blended)
