@@ -252,3 +252,24 @@ def test_sigkill_during_checkpoint_write_keeps_last_pt(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 3
     assert not list((tmp_path / "run").glob(".*.tmp"))  # the cut-short write was cleaned up
     assert_same_weights(weights(tmp_path / "ref" / "last.pt"), weights(tmp_path / "run" / "last.pt"))
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    """The mixed-precision path end to end where this machine allows it (CPU bf16 autocast)."""
+    data = make_folder(tmp_path / "data")
+    summary = train(tiny_config(data, tmp_path / "run", "train.precision=bf16", "train.epochs=3"),
+                    show_progress=False)
+    records = [json.loads(x) for x in (summary.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["train_loss"]) for r in records)
+    assert records[-1]["val_top1"] >= 75.0
+    assert load_checkpoint(summary.run_dir / "best.pt")["model"]["head.weight"].dtype == torch.float32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_on_gpu(tmp_path, precision):
+    data = make_folder(tmp_path / "data")
+    summary = train(tiny_config(data, tmp_path / "run", f"train.precision={precision}",
+                                "train.device=cuda", "train.epochs=3"), show_progress=False)
+    assert summary.best_top1 is not None and summary.best_top1 >= 75.0
