@@ -7,7 +7,6 @@ version and threads, GPU name and the load average (a busy machine gives slower 
 
 from __future__ import annotations
 
-import ctypes
 import datetime
 import json
 import os
@@ -114,25 +113,10 @@ def format_header(info: Mapping[str, Any]) -> str:
 
 
 def pin_malloc() -> bool:
-    """Keep freed memory mapped between steps (glibc on Linux); True if it took effect.
+    """Keep freed memory mapped between steps (see ``vit.perf.keep_freed_memory``)."""
+    from vit.perf import keep_freed_memory
 
-    By default glibc unmaps large freed blocks and trims the heap, so the next step page-faults
-    that memory back in: 5,000 to 60,000 minor faults per ViT step on CPU, 5-10% of its CPU
-    time. How many depends on the allocation history, i.e. on which model ran just before, which
-    biased alternating A/B timings of two identical-op models by up to 7% either way. Fixing the
-    trim and mmap thresholds (as ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_`` would)
-    removes the faults after the first step.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (e.g. musl)
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    trimmed = libc.mallopt(m_trim_threshold, 1 << 30)
-    mapped = libc.mallopt(m_mmap_threshold, 32 << 20)  # 32 MiB: glibc's largest allowed value
-    return bool(trimmed and mapped)
+    return keep_freed_memory()
 
 
 def _synchronize(device: torch.device) -> None:

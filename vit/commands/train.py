@@ -94,8 +94,10 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vit.perf import keep_freed_memory
     from vit.trainer import TrainingInterrupted, train
 
+    keep_freed_memory()  # 5-10% faster CPU steps; changes no result
     cfg = resolve_config(args)
     quick = is_quickstart(args)
     if quick:
