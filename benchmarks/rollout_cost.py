@@ -19,39 +19,20 @@ The issue's goal: attention_rollout at most about 1.3x one forward pass.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from vit.explain import attention_rollout, gradient_rollout, rollout_from_attentions
 from vit.model import create_model, list_models
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_info(device: torch.device) -> list[str]:
-    lines = [
-        f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"cpu: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
-        f"torch: {torch.__version__}, python {platform.python_version()}",
-    ]
-    if device.type == "cuda":
-        lines.append(f"gpu: {torch.cuda.get_device_name(device)}")
-    return lines
+if not __package__:  # run as `python benchmarks/rollout_cost.py`: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import format_header, machine_info  # noqa: E402
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -145,7 +126,7 @@ def main() -> None:
 
     device = torch.device(args.device)
     times = run(args.model, args.batch, args.repeats, args.warmup, device, args.seed)
-    print("\n".join(machine_info(device)))
+    print(format_header(machine_info(device, " ".join(sys.argv))))
     print(f"model: {args.model}, batch {args.batch}, device {device}, "
           f"median of {args.repeats} after {args.warmup} warm-up\n")
     print(format_table(times, args.batch))

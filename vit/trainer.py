@@ -108,7 +108,7 @@ class RunData:
     split: dict[str, Any]
 
 
-def prepare_data(cfg: Config, *, img_size: int, show_progress: bool) -> RunData:
+def prepare_data(cfg: Config, *, img_size: int) -> RunData:
     """Scan, pre-flight, split and wrap the image folder in datasets with their transforms."""
     d = cfg.data
     if d.root is None:
@@ -143,7 +143,9 @@ def prepare_data(cfg: Config, *, img_size: int, show_progress: bool) -> RunData:
         split = {"kind": "stratified", "val_fraction": d.val_fraction, "seed": cfg.train.seed,
                  "val_files": [p for p, _ in val_samples]}
     if not train_samples or not val_samples:
-        raise DataErrorForSplit(len(train_samples), len(val_samples))
+        raise data_lib.DataError(
+            f"the split left {len(train_samples)} training and {len(val_samples)} validation "
+            "images; add images or change --val-fraction")
 
     aug = dict(mean=d.mean, std=d.std)
     train_tf = data_lib.build_transform(
@@ -159,13 +161,6 @@ def prepare_data(cfg: Config, *, img_size: int, show_progress: bool) -> RunData:
         train_targets=[t for _, t in train_samples],
         report=report,
         split=split,
-    )
-
-
-def DataErrorForSplit(n_train: int, n_val: int) -> VitError:  # noqa: N802 - reads as an error
-    return data_lib.DataError(
-        f"the split left {n_train} training and {n_val} validation images; add images or change "
-        "--val-fraction"
     )
 
 
@@ -289,7 +284,7 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
 
             pretrained = read_pretrained(cfg.train.pretrained)
         img_size = _img_size(cfg, pretrained)
-    data = prepare_data(cfg, img_size=img_size, show_progress=show_progress)
+    data = prepare_data(cfg, img_size=img_size)
     num_classes = len(data.classes)
     if resume_state is not None:
         if resume_state["classes"] != data.classes:
