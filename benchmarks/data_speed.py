@@ -14,11 +14,16 @@ A fixed random subset of ``--limit`` images goes through, per data set (CIFAR-10
                         normalise)
     decode + train      both: what one loader worker does per image
     decode + eval       load_image + the evaluation transform (resize, centre crop, normalise)
-    loader, N workers   ImageFolderDataset through build_dataloader, after the first batch
+    loader, N workers   ImageFolderDataset through vit.loader.build_loader, after the first batch
+    memory: decode once vit.fastdata.decode_images (the one-off cost of data.pipeline=memory)
+    memory: augment     vit.fastdata.BatchAugment on whole batches on --device (crop, flip,
+                        RandAugment, normalise), timed with device events
 
 and then ``vit.engine.train_one_epoch`` runs ``--train-batches`` batches on a tiny model while the
 loader is timed: "data wait" is the time blocked in ``next(loader)``, as a share of the loop's
-time (the first batch, which includes starting the workers, is left out and shown apart).
+time (the first batch, which includes starting the workers, is left out and shown apart). The
+loop runs once per ``--train-workers`` count with the worker pipeline and once with
+``data.pipeline=memory`` (workers "mem").
 """
 
 from __future__ import annotations
@@ -35,15 +40,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from vit import fastdata
 from vit.data import (
     ImageFolderDataset,
-    build_dataloader,
     build_transform,
     load_image,
     resolve_data_dirs,
     scan_image_folder,
 )
 from vit.engine import train_one_epoch
+from vit.loader import build_loader, set_epoch
 from vit.model import create_model
 
 if not __package__:  # run as `python benchmarks/data_speed.py`: make `benchmarks` importable
@@ -59,6 +65,7 @@ from benchmarks.common import (  # noqa: E402
     machine_info,
     parse_list,
     run_cli,
+    time_call,
     write_json,
 )
 
@@ -165,9 +172,44 @@ def make_loader(samples: Samples, classes: Sequence[str], *, img_size: int,
                 batch: int, workers: int, seed: int) -> torch.utils.data.DataLoader:
     """The training loader the trainer builds: train transform, shuffled, seeded."""
     transform = build_transform(img_size=img_size, train=True)
-    dataset = ImageFolderDataset(samples, classes, transform)
-    return build_dataloader(dataset, batch_size=batch, shuffle=True, workers=workers,
-                            drop_last=False, seed=seed, pin_memory=False)
+    dataset = ImageFolderDataset(samples, classes, transform, seed=seed)
+    loader = build_loader(dataset, batch_size=batch, shuffle=True, drop_last=False,
+                          workers=workers, seed=seed)
+    set_epoch(loader, 0)
+    return loader
+
+
+def make_memory_loader(samples: Samples, *, img_size: int, batch: int, seed: int,
+                       device: torch.device) -> fastdata.MemoryLoader:
+    """The data.pipeline=memory training loader: decoded once, augmented on ``device``."""
+    images, kept, _ = fastdata.decode_images([p for p, _ in samples], size=img_size)
+    augment = fastdata.BatchAugment(img_size=img_size, mean=(0.5,) * 3, std=(0.25,) * 3)
+    loader = fastdata.MemoryLoader(images.to(device), [samples[i][1] for i in kept],
+                                   augment=augment, batch_size=batch, shuffle=True,
+                                   drop_last=False, seed=seed)
+    loader.set_epoch(0)
+    return loader
+
+
+def memory_rows(dataset: str, samples: Samples, *, img_size: int, batch: int,
+                device: torch.device) -> list[dict[str, Any]]:
+    """The one-off decode and the per-batch augmentation of data.pipeline=memory."""
+    paths = [p for p, _ in samples]
+    start = time.perf_counter()
+    images, _, _ = fastdata.decode_images(paths, size=img_size)
+    decode_s = time.perf_counter() - start
+    images = images.to(device)
+    augment = fastdata.BatchAugment(img_size=img_size, mean=(0.5,) * 3, std=(0.25,) * 3)
+    chunk = images[:batch] if images.shape[0] >= batch else images
+    counter = iter(range(10**9))
+
+    def one_batch() -> None:
+        augment(chunk, torch.Generator().manual_seed(next(counter)))
+
+    one_batch()  # warm-up
+    seconds = time_call(one_batch, device, iters=max(1, 2048 // chunk.shape[0]))
+    return [stage_row(dataset, "memory: decode once", 0, len(paths), decode_s),
+            stage_row(dataset, f"memory: augment ({device.type})", 0, chunk.shape[0], seconds)]
 
 
 class TimedLoader:
@@ -230,23 +272,23 @@ def loader_row(dataset: str, samples: Samples, classes: Sequence[str], *,
 # --- training loop ------------------------------------------------------------------------------
 
 
-def train_loop_row(dataset: str, samples: Samples, classes: Sequence[str], *,
-                   pipeline: Pipeline, batch: int, workers: int, batches: int, seed: int
-                   ) -> dict[str, Any]:
+def train_loop_row(dataset: str, loader: Iterable, *, classes: Sequence[str],
+                   pipeline: Pipeline, batch: int, workers: int | str, batches: int, seed: int,
+                   device: torch.device) -> dict[str, Any]:
     """Run ``train_one_epoch`` on a tiny model; how much of the loop is spent waiting for data."""
     torch.manual_seed(seed)
-    model = create_model(pipeline.model, num_classes=len(classes), **pipeline.model_overrides)
-    loader = TimedLoader(make_loader(samples, classes, img_size=pipeline.img_size, batch=batch,
-                                     workers=workers, seed=seed), max_batches=batches)
+    model = create_model(pipeline.model, num_classes=len(classes),
+                         **pipeline.model_overrides).to(device)
+    timed = TimedLoader(loader, max_batches=batches)
     train_one_epoch(
-        model=model, loader=loader, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4),
-        criterion=nn.CrossEntropyLoss(), device=torch.device("cpu"), precision="fp32",
-        lr_at=lambda step: 1e-4, step=0, num_batches=len(loader), show_progress=False,
+        model=model, loader=timed, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4),
+        criterion=nn.CrossEntropyLoss(), device=device, precision="fp32",
+        lr_at=lambda step: 1e-4, step=0, num_batches=len(timed), show_progress=False,
     )
-    seconds, waiting, measured, images = loader.steady_state()
+    seconds, waiting, measured, images = timed.steady_state()
     return {
         "dataset": dataset, "model": pipeline.model_label(), "batch": batch, "workers": workers,
-        "batches": measured, "first_batch_s": loader.waits[0], "step_ms": 1e3 * seconds / measured,
+        "batches": measured, "first_batch_s": timed.waits[0], "step_ms": 1e3 * seconds / measured,
         "wait_ms": 1e3 * waiting / measured, "wait_pct": 100 * waiting / seconds,
         "img_s": images / seconds,
     }
@@ -268,6 +310,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="batches of the training loop (0 skips it)")
     parser.add_argument("--train-workers", default="2", help="worker counts for the loop")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--device", default="cpu",
+                        help="where the training loop and the memory pipeline's augmentation run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write settings and results to this file")
     args = parser.parse_args(argv)
@@ -290,12 +334,19 @@ def bench_dataset(name: str, root: str, args: argparse.Namespace
     for workers in map(int, parse_list(args.workers)):
         stages.append(loader_row(name, samples, classes, img_size=pipeline.img_size, batch=batch,
                                  workers=workers, seed=args.seed))
+    device = torch.device(args.device)
+    stages += memory_rows(name, samples, img_size=pipeline.img_size, batch=batch, device=device)
     loops = []
     if args.train_batches > 0:
+        common = dict(classes=classes, pipeline=pipeline, batch=batch,
+                      batches=args.train_batches, seed=args.seed, device=device)
         for workers in map(int, parse_list(args.train_workers)):
-            loops.append(train_loop_row(name, samples, classes, pipeline=pipeline, batch=batch,
-                                        workers=workers, batches=args.train_batches,
-                                        seed=args.seed))
+            loader = make_loader(samples, classes, img_size=pipeline.img_size, batch=batch,
+                                 workers=workers, seed=args.seed)
+            loops.append(train_loop_row(name, loader, workers=workers, **common))
+        memory = make_memory_loader(samples, img_size=pipeline.img_size, batch=batch,
+                                    seed=args.seed, device=device)
+        loops.append(train_loop_row(name, memory, workers="mem", **common))
     return stages, loops
 
 
@@ -305,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    info = machine_info(torch.device("cpu"), command_line(__file__, argv))
+    info = machine_info(torch.device(args.device), command_line(__file__, argv))
     roots: dict[str, str] = {k: v for k, v in (("cifar", args.cifar), ("flowers", args.flowers))
                              if v is not None}
     stages: list[dict[str, Any]] = []
@@ -320,7 +371,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print("workers 0 = in this process; loader rows leave out the first batch (worker start-up)\n")
     print(format_table(stages, STAGE_COLUMNS))
     if loops:
-        print("\ntraining loop (vit.engine.train_one_epoch, fp32, CPU), after the first batch:")
+        print(f"\ntraining loop (vit.engine.train_one_epoch, fp32, {args.device}), after the first "
+              "batch; workers 'mem' = data.pipeline=memory:")
         print(format_table(loops, TRAIN_COLUMNS))
     payload = {"benchmark": "data_speed", "machine": info, "settings": vars(args),
                "data": roots, "stages": stages, "train_loop": loops}

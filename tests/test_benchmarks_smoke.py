@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts, not an installed package
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, data_speed, model_speed  # noqa: E402
+from benchmarks import common, data_speed, gpu_efficiency, model_speed, time_to_accuracy  # noqa: E402
 from vit.model import VisionTransformer, ViTConfig, count_flops_per_image  # noqa: E402
 
 HEADER_KEYS = {"date", "command", "cpu", "cpu_count", "torch", "torch_threads", "loadavg"}
@@ -182,8 +182,59 @@ def test_data_speed_main_smallest(shapes_dataset: Path, tmp_path: Path,
         assert stages[(dataset, "decode", 0)]["images"] == 12
         for workers in (0, 1):  # 12 images in batches of 4, the first batch left out
             assert stages[(dataset, "loader, train aug", workers)]["images"] == 8
+    for dataset in ("cifar", "flowers"):  # the in-memory pipeline's two stages
+        assert stages[(dataset, "memory: decode once", 0)]["images"] == 12
+        assert stages[(dataset, "memory: augment (cpu)", 0)]["images"] == 4
     loops = payload["train_loop"]
-    assert [(r["dataset"], r["batches"]) for r in loops] == [("cifar", 2), ("flowers", 2)]
+    assert [(r["dataset"], r["workers"], r["batches"]) for r in loops] == [
+        ("cifar", 0, 2), ("cifar", "mem", 2), ("flowers", 0, 2), ("flowers", "mem", 2)]
     assert all(0.0 <= r["wait_pct"] <= 100.0 for r in loops)
     assert json.loads(out.read_text())["data"] == {"cifar": str(shapes_dataset),
                                                    "flowers": str(shapes_dataset)}
+
+
+def test_gpu_efficiency_main_on_cpu_smallest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    payload = gpu_efficiency.main([
+        "--device", "cpu", "--models", "vit_nano_patch4_32", "--batches", "4", "--compile", "off",
+        "--precision", "fp32", "--peak-size", "128", "--warmup", "1", "--iters", "1",
+        "--repeats", "2", "--json", str(tmp_path / "eff.json")])
+    row = payload["rows"][0]
+    expected = row["img_per_s"] * row["gflop_per_img"] * 1e9 / payload["matmul_peak"]["flops"]
+    assert row["mfu"] == pytest.approx(expected) and 0 < row["mfu"]
+    assert row["gflop_per_img"] == pytest.approx(count_flops_per_image(
+        model_speed_config("vit_nano_patch4_32"), train=True) / 1e9)
+    assert "MFU %" in capsys.readouterr().out
+    assert json.loads((tmp_path / "eff.json").read_text())["rows"][0]["batch"] == 4
+
+
+def model_speed_config(name: str) -> ViTConfig:
+    from vit.model import create_model
+
+    return create_model(name, num_classes=1000).config
+
+
+def test_time_to_accuracy_table_and_budgets() -> None:
+    epochs = [{"val_top1": 30.0, "elapsed_s": 100.0}, {"val_top1": 45.0, "elapsed_s": 290.0},
+              {"val_top1": 44.0, "elapsed_s": 400.0}]
+    assert time_to_accuracy.best_within(epochs, 300) == 45.0
+    assert time_to_accuracy.best_within(epochs, 60) is None
+    run = {"config": "configs/x.yaml", "epochs": epochs, "wall_s": 410.0, "final_top1": 44.0,
+           "best_top1": 45.0}
+    text = time_to_accuracy.table([run], [1.0, 5.0])
+    assert "| x.yaml | 3 | 6.8 min | 44.00% | 45.00% | - | 45.00% |" in text
+
+
+def test_time_to_accuracy_main_runs_a_config(shapes_dataset: Path, tmp_path: Path) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "model: {name: vit_nano_patch4_32, img_size: 16, embed_dim: 32, depth: 1, num_heads: 2}\n"
+        "data: {workers: 0, pipeline: memory, val_fraction: 0.25}\n"
+        "train: {epochs: 2, batch_size: 8, device: cpu, explain_samples: 0}\n")
+    payload = time_to_accuracy.main([
+        "--data", str(shapes_dataset), "--config", str(config), "--out", str(tmp_path / "runs"),
+        "--budget-min", "5", "--json", str(tmp_path / "tta.json"), "--png", str(tmp_path / "t.png")])
+    run = payload["runs"][0]
+    assert [e["epoch"] for e in run["epochs"]] == [1, 2]
+    times = [e["elapsed_s"] for e in run["epochs"]]
+    assert 0 < times[0] < times[1] <= run["wall_s"]
+    assert (tmp_path / "t.png").stat().st_size > 1000

@@ -20,14 +20,12 @@ from vit.data import (
     UnreadableImageError,
     balanced_class_weights,
     build_data_report,
-    build_dataloader,
     build_transform,
     class_counts,
     eval_geometry,
     eval_image,
     eval_transform_for,
     load_image,
-    make_weighted_sampler,
     preflight,
     resolve_crop_pct,
     resolve_data_dirs,
@@ -36,6 +34,7 @@ from vit.data import (
     stratified_split,
 )
 from vit.errors import ConfigError, DataError
+from vit.loader import EpochSampler, build_loader, set_epoch
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -389,14 +388,37 @@ def test_class_weights_and_counts():
     assert torch.allclose(weights, torch.tensor([12 / 27, 12 / 9, 0.0]))
 
 
-def test_weighted_sampler_balances_nine_to_one():
+def test_weighted_epoch_sampler_balances_nine_to_one():
     targets = [0] * 900 + [1] * 100
-    indices = list(make_weighted_sampler(targets, 2, seed=0))
+    weights = [1 / 900 if t == 0 else 1 / 100 for t in targets]
+
+    def draw(seed, epoch=0):
+        sampler = EpochSampler(len(targets), shuffle=True, seed=seed, weights=weights)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    indices = draw(0)
     drawn = [targets[i] for i in indices]
     assert len(drawn) == 1000
     assert 0.43 < np.mean(drawn) < 0.57
-    assert list(make_weighted_sampler(targets, 2, seed=0)) == indices
-    assert list(make_weighted_sampler(targets, 2, seed=1)) != indices
+    assert draw(0) == indices
+    assert draw(1) != indices and draw(0, epoch=1) != indices
+
+
+def test_epoch_sampler_shards_without_padding_and_resumes_mid_epoch():
+    shards = []
+    for rank in range(3):
+        sampler = EpochSampler(10, shuffle=True, seed=4, rank=rank, world_size=3)
+        sampler.set_epoch(2)
+        shards.append(list(sampler))
+    assert sorted(i for shard in shards for i in shard) == list(range(10))
+    assert [len(s) for s in shards] == [4, 3, 3]
+    whole = EpochSampler(10, shuffle=True, seed=4, batch_size=3, drop_last=True)
+    whole.set_epoch(2)
+    full = list(whole)
+    assert len(full) == 9
+    whole.set_epoch(2, start_batch=2)
+    assert list(whole) == full[6:] and len(whole) == 3
 
 
 def test_data_report_is_json_and_counts(tmp_path):
@@ -498,21 +520,23 @@ def make_small_dataset(root: Path, seed: int | None = None) -> ImageFolderDatase
                               seed=seed)
 
 
-@pytest.fixture
-def small_dataset(tmp_path) -> ImageFolderDataset:
-    return make_small_dataset(tmp_path / "small")
-
-
 def _epoch(loader) -> list[torch.Tensor]:
     return [x for x, _ in loader]
+
+
+def _loader(dataset, *, workers, seed=0, epoch=0, batch_size=4):
+    loader = build_loader(dataset, batch_size=batch_size, shuffle=True, drop_last=False,
+                          workers=workers, seed=seed)
+    set_epoch(loader, epoch)
+    return loader
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_loader_augmentation_is_reproducible_for_a_seed(tmp_path, workers):
     def run(seed):  # a new dataset each time, as in a new training run
-        loader = build_dataloader(make_small_dataset(tmp_path / "small"), batch_size=4,
-                                  shuffle=True, workers=workers, drop_last=False, seed=seed)
-        return _epoch(loader) + _epoch(loader)
+        ds = make_small_dataset(tmp_path / "small", seed=seed)
+        return _epoch(_loader(ds, workers=workers, seed=seed)) + _epoch(
+            _loader(ds, workers=workers, seed=seed, epoch=1))
 
     first, again, other = run(0), run(0), run(1)
     assert len(first) == 4 and first[0].shape == (4, 3, 16, 16)
@@ -522,10 +546,10 @@ def test_loader_augmentation_is_reproducible_for_a_seed(tmp_path, workers):
 
 
 def test_workers_do_not_share_one_random_stream(tmp_path):
-    """Forked workers start from one state; each must be reseeded or they augment alike."""
+    """Without per-sample seeds, forked workers start from one state and must be reseeded."""
     path = save(noise_image((20, 20)), tmp_path / "a" / "x.png")
     ds = ImageFolderDataset([(str(path), 0)] * 4, ["a"], build_transform(img_size=16, train=True))
-    loader = build_dataloader(ds, batch_size=1, shuffle=False, workers=2, drop_last=False, seed=0)
+    loader = build_loader(ds, batch_size=1, shuffle=False, workers=2, drop_last=False, seed=0)
     first, second = _epoch(loader)[:2]  # the first sample of worker 0 and of worker 1
     assert not torch.equal(first, second)
 
@@ -534,34 +558,11 @@ def test_per_sample_seeds_ignore_worker_count_and_follow_the_epoch(tmp_path):
     make_small_dataset(tmp_path / "small")
 
     def run(workers, epoch=0):
-        ds = make_small_dataset(tmp_path / "small", seed=7)
-        ds.set_epoch(epoch)
-        loader = build_dataloader(ds, batch_size=4, shuffle=True, workers=workers,
-                                  drop_last=False, seed=0)
-        return _epoch(loader)
+        return _epoch(_loader(make_small_dataset(tmp_path / "small", seed=7), workers=workers,
+                              epoch=epoch))
 
     base = run(0)
     assert all(torch.equal(a, b) for a, b in zip(base, run(2), strict=True))
     assert not any(torch.equal(a, b) for a, b in zip(base, run(0, epoch=1), strict=True))
     ds = make_small_dataset(tmp_path / "small", seed=7)
     assert torch.equal(ds[3][0], ds[3][0])  # a function of (seed, epoch, index) alone
-
-
-def test_loader_with_sampler_and_distributed(small_dataset, tmp_path):
-    sampler = make_weighted_sampler(small_dataset.targets, 2, seed=0)
-    loader = build_dataloader(small_dataset, batch_size=8, shuffle=True, workers=0,
-                              drop_last=True, sampler=sampler, seed=0)
-    assert loader.sampler is sampler and len(loader) == 1
-    with pytest.raises(ConfigError, match="distributed"):
-        build_dataloader(small_dataset, batch_size=4, shuffle=True, workers=0, drop_last=False,
-                         sampler=sampler, seed=0, distributed=True)
-
-    torch.distributed.init_process_group(
-        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        loader = build_dataloader(small_dataset, batch_size=4, shuffle=True, workers=0,
-                                  drop_last=False, seed=5, distributed=True)
-        assert isinstance(loader.sampler, torch.utils.data.DistributedSampler)
-        assert loader.sampler.seed == 5 and len(loader) == 2
-    finally:
-        torch.distributed.destroy_process_group()

@@ -84,10 +84,11 @@ def test_train_writes_every_file(tmp_path):
     assert again.train.epochs == 3 and again.model.depth == 2
 
 
-def test_resume_is_bit_identical(tmp_path, monkeypatch):
+@pytest.mark.parametrize("pipeline", ["albumentations", "memory"])
+def test_resume_is_bit_identical(tmp_path, monkeypatch, pipeline):
     data = make_folder(tmp_path / "data")
-    straight = train(tiny_config(data, tmp_path / "straight", "train.ema=true"),
-                     show_progress=False)
+    extra = ("train.ema=true", f"data.pipeline={pipeline}")
+    straight = train(tiny_config(data, tmp_path / "straight", *extra), show_progress=False)
 
     # "kill" the second run right after its first epoch's checkpoint: nothing after it survives
     import vit.trainer as trainer_mod
@@ -104,13 +105,13 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer_mod, "train_one_epoch", dies_in_epoch_2)
     with pytest.raises(Killed):
-        train(tiny_config(data, tmp_path / "resumed", "train.ema=true"), show_progress=False)
+        train(tiny_config(data, tmp_path / "resumed", *extra), show_progress=False)
     monkeypatch.setattr(trainer_mod, "train_one_epoch", real)
 
     # scramble the global RNGs: resume must restore them, not depend on luck
     torch.manual_seed(999)
     np.random.seed(999)
-    resumed = train(tiny_config(data, tmp_path / "resumed", "train.ema=true"),
+    resumed = train(tiny_config(data, tmp_path / "resumed", *extra),
                     resume=tmp_path / "resumed", show_progress=False)
     assert resumed.epochs_done == straight.epochs_done
     assert_same_weights(weights(tmp_path / "straight" / "last.pt"),
@@ -252,6 +253,24 @@ def test_sigkill_during_checkpoint_write_keeps_last_pt(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 3
     assert not list((tmp_path / "run").glob(".*.tmp"))  # the cut-short write was cleaned up
     assert_same_weights(weights(tmp_path / "ref" / "last.pt"), weights(tmp_path / "run" / "last.pt"))
+
+
+def test_memory_pipeline_trains_as_well_as_the_worker_pipeline(tmp_path):
+    data = make_folder(tmp_path / "data")
+    summary = train(tiny_config(data, tmp_path / "run", "data.pipeline=memory", "train.epochs=3",
+                                "data.randaug_n=2"), show_progress=False)
+    records = [json.loads(x) for x in (summary.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["val_top1"] >= 75.0
+    assert load_config(summary.run_dir / "config.yaml").data.pipeline == "memory"
+    # the checkpoint predicts with the ordinary (albumentations) evaluation transform
+    from vit.predict import Classifier
+
+    clf = Classifier.from_checkpoint(summary.run_dir / "best.pt", device="cpu")
+    val_files = json.loads((summary.run_dir / "split.json").read_text())["val_files"]
+    labels = [Path(f).parent.name for f in val_files]
+    predicted = [top[0][0] for top in clf.predict(val_files)]
+    agree = np.mean([a == b for a, b in zip(labels, predicted, strict=True)]) * 100
+    assert abs(agree - summary.best_top1) < 1e-6
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path):

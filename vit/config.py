@@ -56,6 +56,10 @@ class DataConfig:
     randaug_n: int = 2  # RandAugment-style ops per image (0: off)
     randaug_m: int = 9  # their strength, 0..10
     sampler: str = "random"  # "random" or "weighted" (inverse class frequency)
+    # "albumentations": decode + augment per image in loader workers (any data set);
+    # "memory": decode once into a uint8 tensor on the device, augment batches there
+    # (small images; see vit/fastdata.py)
+    pipeline: str = "albumentations"
 
 
 @dataclass
@@ -102,6 +106,7 @@ class Config:
 _CHOICES = {
     "model.global_pool": (None, "token", "avg"),
     "data.sampler": ("random", "weighted"),
+    "data.pipeline": ("albumentations", "memory"),
     "loss.class_weights": ("none", "balanced"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
 }

@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
-from torch.utils.data.distributed import DistributedSampler
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from vit.errors import ConfigError, DataError
@@ -47,7 +46,6 @@ __all__ = [
     "stratified_split",
     "class_counts",
     "balanced_class_weights",
-    "make_weighted_sampler",
     "build_data_report",
     "resolve_crop_pct",
     "ImageTransform",
@@ -56,8 +54,6 @@ __all__ = [
     "eval_geometry",
     "eval_image",
     "ImageFolderDataset",
-    "seed_worker",
-    "build_dataloader",
 ]
 
 logger = logging.getLogger(__name__)
@@ -442,21 +438,6 @@ def balanced_class_weights(targets: Sequence[int], num_classes: int) -> torch.Te
     return torch.where(counts > 0, weights, torch.zeros_like(weights))
 
 
-def make_weighted_sampler(
-    targets: Sequence[int], num_classes: int, *, seed: int, num_samples: int | None = None
-) -> WeightedRandomSampler:
-    """A sampler drawing (with replacement) every class equally often on average."""
-    counts = np.asarray(class_counts(targets, num_classes), dtype=np.float64)
-    per_sample = 1.0 / counts[np.asarray(targets, dtype=np.int64)]
-    generator = torch.Generator().manual_seed(seed)
-    return WeightedRandomSampler(
-        torch.as_tensor(per_sample, dtype=torch.double),
-        num_samples=len(targets) if num_samples is None else num_samples,
-        replacement=True,
-        generator=generator,
-    )
-
-
 def _split_summary(classes: Sequence[str], samples: Sequence[Sample]) -> dict[str, Any]:
     counts = class_counts([t for _, t in samples], len(classes))
     return {"images": len(samples), "per_class": dict(zip(classes, counts, strict=True))}
@@ -665,7 +646,7 @@ class ImageFolderDataset(Dataset):
       ``set_epoch(e)`` before every epoch, or every epoch repeats the same augmentations.
     * ``seed=None``: the transform's own random stream; each loader worker seeds it from
       PyTorch's per-worker seed, which a loader with a seeded ``generator`` makes reproducible
-      for a fixed number of workers (see ``build_dataloader``).
+      for a fixed number of workers (see ``vit.loader.build_loader``).
     """
 
     def __init__(
@@ -748,77 +729,3 @@ class ImageFolderDataset(Dataset):
             f"(last reason: {self.skipped[-1]['reason'] if self.skipped else 'see log'}); "
             "check the data, e.g. with the preflight check enabled"
         )
-
-
-def _seed_dataset_transforms(dataset: Any, seed: int) -> None:
-    """Seed ``seed_transform`` on the dataset and on any datasets it wraps (Subset, Concat)."""
-    stack = [dataset]
-    while stack:
-        current = stack.pop()
-        if hasattr(current, "seed_transform"):
-            current.seed_transform(seed)
-        if hasattr(current, "dataset"):
-            stack.append(current.dataset)
-        stack.extend(getattr(current, "datasets", []))
-
-
-def seed_worker(worker_id: int) -> None:
-    """``worker_init_fn``: seed ``random`` and ``numpy`` from the worker's PyTorch seed.
-
-    PyTorch gives each worker the seed ``base_seed + worker_id``, where ``base_seed`` comes from
-    the loader's generator. (``ImageFolderDataset`` seeds its albumentations transform itself,
-    since albumentations 2.x ignores the global ``random`` and ``numpy`` generators.)
-    """
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-
-
-def build_dataloader(
-    dataset: Dataset,
-    *,
-    batch_size: int,
-    shuffle: bool,
-    workers: int,
-    drop_last: bool,
-    sampler: Sampler | None = None,
-    seed: int,
-    distributed: bool = False,
-    pin_memory: bool | None = None,
-) -> DataLoader:
-    """A ``DataLoader`` whose order and augmentation repeat for the same ``seed``.
-
-    ``distributed=True`` uses a ``DistributedSampler`` (call ``loader.sampler.set_epoch(epoch)``
-    every epoch); it cannot be combined with a custom ``sampler``, and each rank augments
-    differently. A ``sampler`` replaces ``shuffle``. Workers are persistent;
-    ``pin_memory=None`` pins when CUDA is available. For results that do not depend on the
-    number of workers, give the dataset a ``seed`` and call its ``set_epoch`` every epoch.
-    """
-    if batch_size < 1 or workers < 0:
-        raise ConfigError(f"batch_size must be >= 1 and workers >= 0, got {batch_size}, {workers}")
-    rank = 0
-    if distributed:
-        if sampler is not None:
-            raise ConfigError(
-                "class-balanced sampling cannot be combined with distributed training; "
-                "use class-weighted loss instead"
-            )
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-        rank = sampler.rank
-    # Different ranks draw different augmentations; the same seed and rank repeat them.
-    stream_seed = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
-    generator = torch.Generator().manual_seed(stream_seed)
-    if workers == 0:
-        _seed_dataset_transforms(dataset, stream_seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
-        num_workers=workers,
-        drop_last=drop_last,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        persistent_workers=workers > 0,
-        worker_init_fn=seed_worker,
-        generator=generator,
-    )

@@ -92,6 +92,9 @@ def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, drop_last:
 
 def set_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
     """Point the sampler and the dataset's augmentation seeds at ``epoch``."""
+    if hasattr(loader, "set_epoch"):  # vit.fastdata.MemoryLoader
+        loader.set_epoch(epoch, start_batch)
+        return
     sampler = loader.sampler
     if isinstance(sampler, EpochSampler):
         sampler.set_epoch(epoch, start_batch)

@@ -164,6 +164,61 @@ def prepare_data(cfg: Config, *, img_size: int) -> RunData:
     )
 
 
+def build_loaders(cfg: Config, data: RunData, *, img_size: int, device: torch.device,
+                  batch_size: int, rank: int = 0, world_size: int = 1) -> tuple[Any, Any]:
+    """Training and validation loaders for ``data.pipeline``: albumentations workers or memory."""
+    if cfg.data.pipeline == "memory":
+        return _memory_loaders(cfg, data, img_size=img_size, device=device,
+                               batch_size=batch_size, rank=rank, world_size=world_size)
+    d, pin = cfg.data, device.type == "cuda"
+    shard = dict(batch_size=batch_size, workers=d.workers, seed=cfg.train.seed, rank=rank,
+                 world_size=world_size, pin_memory=pin)
+    train_loader = loader_lib.build_loader(
+        data.train_set, shuffle=True, drop_last=True,
+        weights=_sampler_weights(cfg, data.train_targets, len(data.classes)), **shard)
+    val_loader = loader_lib.build_loader(data.val_set, shuffle=False, drop_last=False, **shard)
+    return train_loader, val_loader
+
+
+def _memory_loaders(cfg: Config, data: RunData, *, img_size: int, device: torch.device,
+                    batch_size: int, rank: int, world_size: int) -> tuple[Any, Any]:
+    """Decode both splits once into uint8 tensors on ``device``; augment batches there."""
+    from vit import fastdata
+
+    d = cfg.data
+    train_images, kept, skipped = fastdata.decode_images(
+        [p for p, _ in data.train_set.samples], size=img_size, crop_pct=1.0,
+        workers=max(d.workers, 1), desc="decoding training images")
+    val_images, val_kept, val_skipped = fastdata.decode_images(
+        [p for p, _ in data.val_set.samples], size=img_size,
+        crop_pct=data_lib.resolve_crop_pct(img_size, d.crop_pct), workers=max(d.workers, 1),
+        desc="decoding validation images")
+    data.report["skipped"] += skipped + val_skipped  # only when the pre-flight check was off
+    data.report["num_skipped"] = len(data.report["skipped"])
+    train_targets = [data.train_targets[i] for i in kept]
+    val_targets = [data.val_set.samples[i][1] for i in val_kept]
+    logger.info("data.pipeline=memory: %.0f MiB of uint8 images on %s",
+                (train_images.numel() + val_images.numel()) / 2**20, device)
+
+    norm = dict(img_size=img_size, mean=d.mean, std=d.std)
+    train_aug = fastdata.BatchAugment(train=True, scale=d.scale, ratio=d.ratio, hflip=d.hflip,
+                                      randaug_n=d.randaug_n, randaug_m=d.randaug_m, **norm)
+    shard = dict(batch_size=batch_size, seed=cfg.train.seed, rank=rank, world_size=world_size)
+    train_loader = fastdata.MemoryLoader(
+        train_images.to(device), train_targets, augment=train_aug, shuffle=True, drop_last=True,
+        weights=_sampler_weights(cfg, train_targets, len(data.classes)), **shard)
+    val_loader = fastdata.MemoryLoader(
+        val_images.to(device), val_targets, augment=fastdata.BatchAugment(train=False, **norm),
+        shuffle=False, drop_last=False, **shard)
+    return train_loader, val_loader
+
+
+def _sampler_weights(cfg: Config, targets: list[int], num_classes: int) -> list[float] | None:
+    if cfg.data.sampler != "weighted":
+        return None
+    return _inverse_frequency_weights(targets, num_classes)
+
+
 # --- model, loss ------------------------------------------------------------------------------
 
 
@@ -253,6 +308,7 @@ def _preprocess(cfg: Config, model: VisionTransformer) -> dict[str, Any]:
 def train(cfg: Config, *, resume: str | os.PathLike | None = None,
           show_progress: bool = True) -> TrainSummary:
     """Run (or resume) a training run described by ``cfg``; returns where the files are."""
+    started = time.perf_counter()
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     dist_info = init_distributed(device.type)
@@ -301,16 +357,9 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
 
     world = dist_info.world_size
     per_process_batch = cfg.train.batch_size // world
-    train_loader = loader_lib.build_loader(
-        data.train_set, batch_size=per_process_batch, shuffle=True, drop_last=True,
-        workers=cfg.data.workers, seed=cfg.train.seed, rank=dist_info.rank, world_size=world,
-        weights=(_inverse_frequency_weights(data.train_targets, num_classes)
-                 if cfg.data.sampler == "weighted" else None),
-        pin_memory=device.type == "cuda")
-    val_loader = loader_lib.build_loader(
-        data.val_set, batch_size=per_process_batch, shuffle=False, drop_last=False,
-        workers=cfg.data.workers, seed=cfg.train.seed, rank=dist_info.rank, world_size=world,
-        pin_memory=device.type == "cuda")
+    train_loader, val_loader = build_loaders(cfg, data, img_size=img_size, device=device,
+                                             batch_size=per_process_batch, rank=dist_info.rank,
+                                             world_size=world)
     batches_per_epoch = len(train_loader)
     if batches_per_epoch == 0:
         raise ConfigError(
@@ -375,6 +424,9 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
             extra={"batches_done": batches_done, "rng": ckpt_lib.capture_rng_state()})
 
     metrics: dict[str, Any] = {}
+    elapsed_before = 0.0
+    if resume_state is not None:
+        elapsed_before = float((resume_state.get("metrics") or {}).get("elapsed_s", 0.0))
     epoch = start_epoch
     with stop_on_sigint() as stop:
         def should_stop() -> bool:
@@ -406,6 +458,9 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
             metrics = {
                 "epoch": epoch + 1, "lr": result.lr, "train_loss": result.train_loss, **val,
                 "images_per_s": images / max(result.seconds, 1e-9), "seconds": result.seconds,
+                # wall time since the run started (set-up and evaluation included), summed over
+                # resumed sessions: the x axis of accuracy-vs-time plots
+                "elapsed_s": elapsed_before + time.perf_counter() - started,
             }
             if result.skipped_steps:
                 metrics["skipped_steps"] = result.skipped_steps
