@@ -22,6 +22,7 @@ Resume keys whose value would be None are left out (``ckpt.get("ema")`` reads th
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -306,7 +307,7 @@ def _what_file(head: bytes) -> str:
     return "it is not a file written by torch.save"
 
 
-def _load_error(path: Path, error: Exception) -> CheckpointError:
+def _load_error(path: Path, error: Exception, noun: str) -> CheckpointError:
     """Turn what ``torch.load`` raised into one line a user can act on."""
     with open(path, "rb") as f:
         head = f.read(512)
@@ -318,14 +319,22 @@ def _load_error(path: Path, error: Exception) -> CheckpointError:
             f"{path} contains arbitrary Python objects{what} and is refused for safety; only "
             "plain tensors and data are loaded (if you trust the file, re-save its state_dict "
             "and pass that to --pretrained)")
-    return CheckpointError(f"{path} is not a vit checkpoint: {_what_file(head)}")
+    return CheckpointError(f"{path} is not {noun}: {_what_file(head)}")
 
 
-def _torch_load(path: Path, map_location: Any) -> Any:
+def torch_load_plain(path: Path, *, map_location: Any = "cpu",
+                     noun: str = "a vit checkpoint") -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain data only, never code.
+
+    ``argparse.Namespace`` is allowed too: timm's train.py stores its arguments beside the
+    weights, and building one runs no code. Any failure becomes one ``CheckpointError`` line
+    that says "PATH is not NOUN: why", or that the file was refused for safety.
+    """
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types here: UnpicklingError, RuntimeError, ...
-        raise _load_error(path, e) from e
+        raise _load_error(path, e, noun) from e
 
 
 def _check_checkpoint(path: Path, obj: Any) -> dict[str, Any]:
@@ -396,7 +405,7 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
     if path.suffix == ".safetensors":
         obj = _read_safetensors(path, map_location)
     else:
-        obj = _torch_load(path, map_location)
+        obj = torch_load_plain(path, map_location=map_location)
     return _check_checkpoint(path, obj)
 
 

@@ -26,12 +26,9 @@ arbitrary objects are refused.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-import pickle
-import re
 import socket
 import urllib.parse
 from collections.abc import Sequence
@@ -43,6 +40,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from vit.checkpoint import torch_load_plain
 from vit.errors import CheckpointError, ConfigError
 from vit.model import (
     VisionTransformer,
@@ -125,7 +123,7 @@ def read_pretrained(source: str | Path) -> PretrainedWeights:
 
 
 def _read_torch(path: Path) -> PretrainedWeights:
-    obj = _torch_load_weights_only(path)
+    obj = torch_load_plain(path, noun="a weights file")
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict of tensors")
     if obj.get("format") == CHECKPOINT_FORMAT:
@@ -136,39 +134,6 @@ def _read_torch(path: Path) -> PretrainedWeights:
     if inside:
         logger.info("%s: using the weights under %s", path, " -> ".join(repr(k) for k in inside))
     return PretrainedWeights(state_dict=state_dict, description=str(path))
-
-
-def _torch_load_weights_only(path: Path) -> Any:
-    """torch.load that refuses arbitrary pickled objects, with one-line errors."""
-    try:
-        # timm's train.py stores its argparse.Namespace next to the weights; building one runs
-        # no code, so allow it rather than refuse every timm training checkpoint.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        from vit.checkpoint import _looks_like_text
-
-        with open(path, "rb") as f:
-            head = f.read(512)
-        if not head.startswith((b"PK", b"\x80")) and _looks_like_text(head):
-            raise CheckpointError(f"{path} is not a weights file: it is a text file") from None
-        if "Weights only load failed" not in str(err):
-            raise CheckpointError(f"cannot read {path} as a PyTorch file: {_one_line(err)}") from None
-        raise CheckpointError(
-            f"refusing to load {path}: it contains {_unsafe_global(err)}, and unpickling it could "
-            f"run arbitrary code (torch.load(weights_only=True) refused it). If you trust the file, "
-            f"re-save just its tensors with torch.save(state_dict, 'weights.pth') and pass that"
-        ) from None
-    except Exception as err:  # torch raises many types (KeyError, RuntimeError...) for non-files
-        raise CheckpointError(
-            f"cannot read {path} as a PyTorch file ({type(err).__name__}: {_one_line(err)}); "
-            f"expected a file written by torch.save"
-        ) from err
-
-
-def _unsafe_global(err: Exception) -> str:
-    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-    return f"a reference to {match.group(1)}" if match else "Python objects other than tensors"
 
 
 def _read_safetensors(path: Path) -> PretrainedWeights:
