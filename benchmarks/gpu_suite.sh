@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the performance issue, in two device calls of < 10 minutes each.
 #
-# Prepare once, on the development machine, in the repository root:
-#   echo /.whl/ >> .git/info/exclude; echo /.gpudata/ >> .git/info/exclude
+# Prepare once, on the development machine, in the repository root (.whl/ and .gpudata/ are
+# git-ignored, so nothing is committed):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     -d .whl albumentations==2.0.8 albucore==0.0.24 annotated-types==0.8.0 pydantic==2.14.3 \
