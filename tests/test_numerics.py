@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -201,3 +202,26 @@ def test_the_weight_comparison_tells_one_step_from_two():
     data = batches(2)
     with pytest.raises(AssertionError):
         assert_same_weights(trained_on(data[:1]), trained_on(data))
+
+
+def test_data_wait_counts_only_the_time_blocked_on_the_loader():
+    delay = 0.05
+
+    class SlowLoader:
+        def __init__(self, data):
+            self.data = data
+
+        def __len__(self):
+            return len(self.data)
+
+        def __iter__(self):
+            for batch in self.data:
+                time.sleep(delay)  # the loader is slow ...
+                yield batch
+
+    data = batches(4)
+    slow, _ = run_epoch(tiny_vit(), SlowLoader(data), nn.CrossEntropyLoss())
+    fast, _ = run_epoch(tiny_vit(), data, nn.CrossEntropyLoss())
+    assert 4 * delay <= slow.data_wait_s < 4 * delay + 0.5 * slow.seconds
+    assert fast.data_wait_s < 0.5 * delay  # ... a list is not
+    assert slow.data_wait_s <= slow.seconds

@@ -68,7 +68,7 @@ def test_train_writes_every_file(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
     for key in ("epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "images_per_s",
-                "seconds"):
+                "seconds", "data_wait_pct", "elapsed_s"):
         assert key in records[0]
     assert records[-1]["val_top1"] >= 75.0  # colours are easy: the run really learned
     report = json.loads((run / "data_report.json").read_text())

@@ -90,6 +90,7 @@ class EpochResult:
     skipped_steps: int  # fp16 overflow steps skipped by the GradScaler
     batches_done: int  # batches of this epoch finished (== len(loader) unless interrupted)
     interrupted: bool
+    data_wait_s: float = 0.0  # time blocked waiting for the loader's next batch
 
 
 
@@ -131,7 +132,10 @@ def train_one_epoch(
     interrupted = False
     batch_index = skip_batches
     optimizer.zero_grad(set_to_none=True)
+    data_wait = 0.0
+    fetch_start = time.perf_counter()
     for batch_index, (x, y) in enumerate(loader, start=skip_batches):
+        data_wait += time.perf_counter() - fetch_start
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         if mixup is not None:
@@ -189,6 +193,7 @@ def train_one_epoch(
         if is_update and should_stop is not None and should_stop():
             interrupted = batch_index + 1 < total
             break
+        fetch_start = time.perf_counter()
     bar.close()
     return EpochResult(
         train_loss=loss_sum / max(batches, 1),
@@ -199,6 +204,7 @@ def train_one_epoch(
         skipped_steps=skipped,
         batches_done=batch_index + 1 if batches else skip_batches,
         interrupted=interrupted,
+        data_wait_s=data_wait,
     )
 
 

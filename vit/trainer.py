@@ -458,6 +458,8 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
             metrics = {
                 "epoch": epoch + 1, "lr": result.lr, "train_loss": result.train_loss, **val,
                 "images_per_s": images / max(result.seconds, 1e-9), "seconds": result.seconds,
+                # share of the epoch spent blocked on the input pipeline (this process)
+                "data_wait_pct": 100.0 * result.data_wait_s / max(result.seconds, 1e-9),
                 # wall time since the run started (set-up and evaluation included), summed over
                 # resumed sessions: the x axis of accuracy-vs-time plots
                 "elapsed_s": elapsed_before + time.perf_counter() - started,
@@ -470,9 +472,9 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
             if dist_info.is_main:
                 _write_epoch_files(run_dir, metrics, checkpoint(epoch + 1, 0, metrics), improved)
                 logger.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  top1 %.2f%%  top5 %.2f%%  "
-                            "%.0f img/s  %.1fs", epoch + 1, cfg.train.epochs, result.train_loss,
-                            val["val_loss"], val["val_top1"], val["val_top5"],
-                            metrics["images_per_s"], result.seconds)
+                            "%.0f img/s  %.1fs  data wait %.1f%%", epoch + 1, cfg.train.epochs,
+                            result.train_loss, val["val_loss"], val["val_top1"], val["val_top5"],
+                            metrics["images_per_s"], result.seconds, metrics["data_wait_pct"])
             barrier()
 
     return TrainSummary(run_dir=run_dir, best_top1=best_top1, last_metrics=metrics,
