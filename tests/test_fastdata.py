@@ -304,3 +304,18 @@ def test_augmentation_on_the_gpu_equals_the_cpu():
     # and a threshold op (solarize, posterize) can turn that into more at a few pixels
     grey_levels = (gpu - cpu).abs() * torch.tensor(STD).view(1, 3, 1, 1) * 255
     assert (grey_levels > 1.5).float().mean() < 0.01
+
+
+def test_two_shards_augment_exactly_as_one_process_with_the_global_batch():
+    images = torch.randint(0, 256, (26, 16, 16, 3), dtype=torch.uint8)
+    one = _train_loader(images, batch_size=8)
+    shards = [_train_loader(images, batch_size=4, rank=r, world_size=2) for r in range(2)]
+    for loader in (one, *shards):
+        loader.set_epoch(3)
+    whole = list(one)
+    parts = [list(s) for s in shards]
+    assert len(whole) == len(parts[0]) == len(parts[1]) == 3
+    for b, (x, y) in enumerate(whole):
+        for r in range(2):
+            torch.testing.assert_close(parts[r][b][0], x[r::2], atol=0, rtol=0)
+            assert torch.equal(parts[r][b][1], y[r::2])

@@ -174,10 +174,11 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, sig):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("pipeline", ["albumentations", "memory"])
+def test_torchrun_two_processes_match_one(tmp_path, pipeline):
     """2 gloo processes with half the batch each take the same steps as 1 process."""
     data = make_folder(tmp_path / "data", per_class=16)
-    single = _run_cli(_cli_args(data, tmp_path / "single", 2))
+    single = _run_cli([*_cli_args(data, tmp_path / "single", 2), f"data.pipeline={pipeline}"])
     assert single.wait(timeout=300) == 0, single.communicate()[1]
 
     # one machine: gloo over loopback, whatever the host name resolves to
@@ -185,7 +186,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
            "GLOO_SOCKET_IFNAME": "lo"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--master_port=0", str(ROOT / "train.py"),
-           *_cli_args(data, tmp_path / "ddp", 2)]
+           *_cli_args(data, tmp_path / "ddp", 2), f"data.pipeline={pipeline}"]
     # rdzv on a free port; --master_port=0 is not accepted by every torch version
     cmd = [c for c in cmd if c != "--master_port=0"]
     cmd.insert(4, "--rdzv-endpoint=127.0.0.1:0")

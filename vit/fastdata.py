@@ -15,9 +15,10 @@ and augments each batch there with tensor ops:
 Training images are stored as their centre square resized to ``img_size`` (CIFAR-10 at 32 px is
 stored as is), so crops come from the central square of a non-square photo; evaluation images
 are stored exactly as the albumentations evaluation transform crops them. Randomness comes from
-``(seed, epoch, batch, rank)``, so a resumed run draws the same augmentations as one that was
-never stopped. ``tests/test_fastdata.py`` checks the crop and flip distribution against the
-albumentations pipeline and each op against albumentations' own implementation.
+``(seed, epoch, batch)``, so a resumed run draws the same augmentations as one that was never
+stopped, and torchrun processes together augment as one process would. ``tests/test_fastdata.py``
+checks the crop and flip distribution against the albumentations pipeline and each op against
+albumentations' own implementation.
 """
 
 from __future__ import annotations
@@ -337,7 +338,15 @@ class BatchAugment:
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x / 255.0 - _to(self.mean, x).view(1, 3, 1, 1)) / _to(self.std, x).view(1, 3, 1, 1)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None, *,
+                 shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+        """Augment (training) or just normalise (evaluation) one batch.
+
+        ``shard=(rank, world_size)``: this batch holds every ``world_size``-th sample of a
+        global batch, starting at ``rank`` (how ``EpochSampler`` shards). The random draws are
+        made for the whole global batch and this shard's rows kept, so torchrun processes
+        together augment exactly as one process with the global batch would.
+        """
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected uint8 images (B, H, W, 3), got {images.dtype} "
                              f"{tuple(images.shape)}")
@@ -345,28 +354,33 @@ class BatchAugment:
         if self.train:
             if generator is None:
                 raise ValueError("training augmentation needs a generator")
-            x = self.crop_flip(x, generator)
+            x = self.crop_flip(x, generator, shard)
             if self.randaug_n > 0:
-                x = self.randaugment(x, generator)
+                x = self.randaugment(x, generator, shard)
         elif x.shape[-2:] != (self.img_size, self.img_size):
             raise ValueError(f"evaluation images must be stored at {self.img_size} px, "
                              f"got {tuple(x.shape[-2:])}")
         return self.normalize(x)
 
-    def crop_flip(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def crop_flip(self, x: torch.Tensor, generator: torch.Generator,
+                  shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
         b, _, height, width = x.shape
-        boxes = sample_crop_boxes(b, height=height, width=width, scale=self.scale,
-                                  ratio=self.ratio, generator=generator)
-        flip = torch.rand(b, generator=generator) < self.hflip
+        (rank, world), n = shard, b * shard[1]  # draws for the global batch, then this shard
+        boxes = sample_crop_boxes(n, height=height, width=width, scale=self.scale,
+                                  ratio=self.ratio, generator=generator)[rank::world]
+        flip = (torch.rand(n, generator=generator) < self.hflip)[rank::world]
         theta = crop_flip_theta(boxes, flip, height=height, width=width)
         grid = crop_grid(_to(boxes, x), _to(theta, x), height=height, width=width,
                          size=self.img_size)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         return _as_uint8_values(out)
 
-    def randaugment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def randaugment(self, x: torch.Tensor, generator: torch.Generator,
+                    shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
         """Each sample applies its chosen ops in the list's order (as ``A.SomeOf`` sorts them)."""
-        p = sample_randaugment(x.shape[0], n=self.randaug_n, generator=generator)
+        rank, world = shard
+        p = sample_randaugment(x.shape[0] * world, n=self.randaug_n, generator=generator)
+        p = RandAugmentParams(chosen=p.chosen[rank::world], strength=p.strength[rank::world])
         f = self.randaug_m / 10.0
         rot, shear, shift, enhance = 30.0 * f, 17.0 * f, 0.45 * f, 0.9 * f
         fill = _to(255.0 * self.mean, x)
@@ -407,9 +421,9 @@ def _posterize_bits(unit: torch.Tensor, f: float) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
-    """A 63-bit seed that depends on all four numbers (for the augmentation of one batch)."""
-    state = np.random.SeedSequence([seed % 2**32, epoch, batch, rank]).generate_state(2)
+def batch_seed(seed: int, epoch: int, batch: int) -> int:
+    """A 63-bit seed that depends on all three numbers (for the augmentation of one batch)."""
+    state = np.random.SeedSequence([seed % 2**32, epoch, batch]).generate_state(2)
     return int(state[0]) << 31 ^ int(state[1])
 
 
@@ -418,7 +432,9 @@ class MemoryLoader:
 
     Same contract as the DataLoader from ``vit.loader.build_loader``: an ``EpochSampler``
     orders and shards the indices, ``set_epoch(epoch, start_batch)`` before each epoch, and
-    ``len()`` counts this process's batches.
+    ``len()`` counts this process's batches. With ``drop_last`` (training), ``world_size``
+    processes with batch B see and augment exactly what one process with batch B x world_size
+    would.
     """
 
     def __init__(self, images: torch.Tensor, targets: Sequence[int], *, augment: BatchAugment,
@@ -433,7 +449,7 @@ class MemoryLoader:
         self.augment = augment
         self.batch_size = batch_size
         self.drop_last = drop_last
-        self.seed, self.rank = seed, rank
+        self.seed, self.rank, self.world_size = seed, rank, world_size
         self.sampler = EpochSampler(images.shape[0], shuffle=shuffle, seed=seed, rank=rank,
                                     world_size=world_size, weights=weights, drop_last=drop_last,
                                     batch_size=batch_size)
@@ -453,7 +469,8 @@ class MemoryLoader:
             index = order[b * self.batch_size:(b + 1) * self.batch_size]
             index = index.to(self.images.device, non_blocking=True)
             g = None
-            if self.augment.train:
+            if self.augment.train:  # the same draws in every process; each keeps its shard's
                 batch = self.start_batch + b
-                g = torch.Generator().manual_seed(batch_seed(self.seed, self.epoch, batch, self.rank))
-            yield self.augment(self.images[index], g), self.targets[index]
+                g = torch.Generator().manual_seed(batch_seed(self.seed, self.epoch, batch))
+            x = self.augment(self.images[index], g, shard=(self.rank, self.world_size))
+            yield x, self.targets[index]
