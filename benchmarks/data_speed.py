@@ -179,28 +179,19 @@ def make_loader(samples: Samples, classes: Sequence[str], *, img_size: int,
     return loader
 
 
-def make_memory_loader(samples: Samples, *, img_size: int, batch: int, seed: int,
-                       device: torch.device) -> fastdata.MemoryLoader:
-    """The data.pipeline=memory training loader: decoded once, augmented on ``device``."""
+def memory_pipeline(dataset: str, samples: Samples, *, img_size: int, batch: int, seed: int,
+                    device: torch.device) -> tuple[list[dict[str, Any]], fastdata.MemoryLoader]:
+    """The data.pipeline=memory training loader (decoded once, augmented on ``device``) and the
+    rows of its two stages: the one-off decode and the augmentation of one batch."""
+    start = time.perf_counter()
     images, kept, _ = fastdata.decode_images([p for p, _ in samples], size=img_size)
+    decode_s = time.perf_counter() - start
     augment = fastdata.BatchAugment(img_size=img_size, mean=(0.5,) * 3, std=(0.25,) * 3)
     loader = fastdata.MemoryLoader(images.to(device), [samples[i][1] for i in kept],
                                    augment=augment, batch_size=batch, shuffle=True,
                                    drop_last=False, seed=seed)
-    loader.set_epoch(0)
-    return loader
-
-
-def memory_rows(dataset: str, samples: Samples, *, img_size: int, batch: int,
-                device: torch.device) -> list[dict[str, Any]]:
-    """The one-off decode and the per-batch augmentation of data.pipeline=memory."""
-    paths = [p for p, _ in samples]
-    start = time.perf_counter()
-    images, _, _ = fastdata.decode_images(paths, size=img_size)
-    decode_s = time.perf_counter() - start
-    images = images.to(device)
-    augment = fastdata.BatchAugment(img_size=img_size, mean=(0.5,) * 3, std=(0.25,) * 3)
-    chunk = images[:batch] if images.shape[0] >= batch else images
+    set_epoch(loader, 0)
+    chunk = loader.images[:batch]
     counter = iter(range(10**9))
 
     def one_batch() -> None:
@@ -208,8 +199,9 @@ def memory_rows(dataset: str, samples: Samples, *, img_size: int, batch: int,
 
     one_batch()  # warm-up
     seconds = time_call(one_batch, device, iters=max(1, 2048 // chunk.shape[0]))
-    return [stage_row(dataset, "memory: decode once", 0, len(paths), decode_s),
+    rows = [stage_row(dataset, "memory: decode once", 0, len(samples), decode_s),
             stage_row(dataset, f"memory: augment ({device.type})", 0, chunk.shape[0], seconds)]
+    return rows, loader
 
 
 class TimedLoader:
@@ -335,7 +327,9 @@ def bench_dataset(name: str, root: str, args: argparse.Namespace
         stages.append(loader_row(name, samples, classes, img_size=pipeline.img_size, batch=batch,
                                  workers=workers, seed=args.seed))
     device = torch.device(args.device)
-    stages += memory_rows(name, samples, img_size=pipeline.img_size, batch=batch, device=device)
+    memory_stages, memory = memory_pipeline(name, samples, img_size=pipeline.img_size,
+                                            batch=batch, seed=args.seed, device=device)
+    stages += memory_stages
     loops = []
     if args.train_batches > 0:
         common = dict(classes=classes, pipeline=pipeline, batch=batch,
@@ -344,8 +338,6 @@ def bench_dataset(name: str, root: str, args: argparse.Namespace
             loader = make_loader(samples, classes, img_size=pipeline.img_size, batch=batch,
                                  workers=workers, seed=args.seed)
             loops.append(train_loop_row(name, loader, workers=workers, **common))
-        memory = make_memory_loader(samples, img_size=pipeline.img_size, batch=batch,
-                                    seed=args.seed, device=device)
         loops.append(train_loop_row(name, memory, workers="mem", **common))
     return stages, loops
 

@@ -70,24 +70,29 @@ def train_step_fn(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: t
     return step
 
 
-def measure(name: str, *, batch: int, compiled: bool, device: torch.device, bf16: bool,
-            warmup: int, iters: int, repeats: int, peak: float) -> dict[str, Any]:
+def make_step(name: str, *, batch: int, compiled: bool, device: torch.device, bf16: bool):
+    """(model, step): a fresh model, fused AdamW on CUDA, one random batch, and its train step."""
     torch.manual_seed(0)
     model = create_model(name, num_classes=1000).to(device)
-    fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
-    cfg = model.config
-    x = torch.randn(batch, 3, cfg.img_size, cfg.img_size, device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    size = model.config.img_size
+    x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
-    run = torch.compile(model) if compiled else model
-    step = train_step_fn(run, optimizer, x, y, bf16=bf16)
+    step = train_step_fn(torch.compile(model) if compiled else model, optimizer, x, y, bf16=bf16)
+    return model, step
+
+
+def measure(name: str, *, batch: int, compiled: bool, device: torch.device, bf16: bool,
+            warmup: int, iters: int, repeats: int, peak: float) -> dict[str, Any]:
+    model, step = make_step(name, batch=batch, compiled=compiled, device=device, bf16=bf16)
+    cfg = model.config
     for _ in range(warmup):
         step()
     times = [time_call(step, device, iters=iters) for _ in range(repeats)]
     seconds = statistics.median(times)
     flops = count_flops_per_image(cfg, train=True)
     images_per_s = batch / seconds
-    row = {"model": name, "batch": batch, "compile": compiled, "fused_adamw": fused,
+    row = {"model": name, "batch": batch, "compile": compiled, "fused_adamw": device.type == "cuda",
            "img_per_s": images_per_s, "step_ms": 1000 * seconds,
            "spread": (max(times) - min(times)) / seconds, "gflop_per_img": flops / 1e9,
            "tflops": images_per_s * flops / 1e12, "mfu": images_per_s * flops / peak,
@@ -101,12 +106,7 @@ def measure(name: str, *, batch: int, compiled: bool, device: torch.device, bf16
 def profile_top_kernels(name: str, *, batch: int, device: torch.device, bf16: bool) -> str:
     from torch.profiler import ProfilerActivity, profile
 
-    model = create_model(name, num_classes=1000).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    cfg = model.config
-    x = torch.randn(batch, 3, cfg.img_size, cfg.img_size, device=device)
-    y = torch.randint(0, 1000, (batch,), device=device)
-    step = train_step_fn(torch.compile(model), optimizer, x, y, bf16=bf16)
+    _, step = make_step(name, batch=batch, compiled=True, device=device, bf16=bf16)
     for _ in range(3):
         step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])

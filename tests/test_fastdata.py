@@ -15,6 +15,7 @@ import vit.data as data_lib
 from vit import fastdata
 from vit.data import A, build_transform
 from vit.errors import ConfigError
+from vit.loader import set_epoch
 
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 
@@ -74,11 +75,10 @@ def test_crop_and_resize_match_albumentations_pixels():
     for x0, y0, w, h in [(0, 0, 32, 32), (4, 6, 20, 17), (10, 0, 22, 30), (3, 3, 9, 9)]:
         expected = rrc.apply(image, crop_coords=(x0, y0, x0 + w, y0 + h))
         for flip in (False, True):
-            theta = fastdata.crop_flip_theta(torch.tensor([[x0, y0, w, h]], dtype=torch.float64),
-                                             torch.tensor([flip]), height=32, width=32)
             x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
             box = torch.tensor([[x0, y0, w, h]], dtype=torch.float64)
-            grid = fastdata.crop_grid(box, theta, height=32, width=32, size=32).float()
+            grid = fastdata.crop_grid(box, torch.tensor([flip]), height=32, width=32,
+                                      size=32).float()
             ours = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border",
                                                    align_corners=False)
             ours = ours.round().clamp(0, 255)[0].permute(1, 2, 0).numpy()
@@ -264,23 +264,23 @@ def _train_loader(images, **kwargs):
 def test_memory_loader_is_reproducible_resumable_and_sharded():
     images = torch.randint(0, 256, (18, 16, 16, 3), dtype=torch.uint8)
     loader = _train_loader(images)
-    loader.set_epoch(1)
+    set_epoch(loader, 1)
     full = list(loader)
     assert len(full) == len(loader) == 4
-    loader.set_epoch(1)
+    set_epoch(loader, 1)
     again = list(loader)
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full, again, strict=True))
-    loader.set_epoch(1, start_batch=2)  # a resumed run continues with the same batches
+    set_epoch(loader, 1, start_batch=2)  # a resumed run continues with the same batches
     tail = list(loader)
     assert len(tail) == 2
     assert all(torch.equal(a[0], b[0]) for a, b in zip(full[2:], tail, strict=True))
-    loader.set_epoch(2)
+    set_epoch(loader, 2)
     assert not torch.equal(list(loader)[0][0], full[0][0])  # a new epoch, new draws
 
     shards = [_train_loader(images, rank=r, world_size=2, drop_last=False, batch_size=3)
               for r in range(2)]
     for s in shards:
-        s.set_epoch(0)
+        set_epoch(s, 0)
     seen = torch.cat([y for s in shards for _, y in s])
     assert sorted(seen.tolist()) == list(range(18))
 
@@ -311,7 +311,7 @@ def test_two_shards_augment_exactly_as_one_process_with_the_global_batch():
     one = _train_loader(images, batch_size=8)
     shards = [_train_loader(images, batch_size=4, rank=r, world_size=2) for r in range(2)]
     for loader in (one, *shards):
-        loader.set_epoch(3)
+        set_epoch(loader, 3)
     whole = list(one)
     parts = [list(s) for s in shards]
     assert len(whole) == len(parts[0]) == len(parts[1]) == 3

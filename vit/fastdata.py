@@ -170,7 +170,7 @@ def crop_flip_theta(boxes: torch.Tensor, flip: torch.Tensor, *, height: int,
     x_n = (w / W) * u_n + (2 * x0 + w) / W - 1. A flip negates the u_n coefficient.
     """
     x0, y0, w, h = boxes.unbind(1)
-    theta = torch.zeros((boxes.shape[0], 2, 3), dtype=torch.float64)
+    theta = boxes.new_zeros((boxes.shape[0], 2, 3))
     theta[:, 0, 0] = torch.where(flip, -w / width, w / width)
     theta[:, 0, 2] = (2 * x0 + w) / width - 1
     theta[:, 1, 1] = h / height
@@ -178,11 +178,12 @@ def crop_flip_theta(boxes: torch.Tensor, flip: torch.Tensor, *, height: int,
     return theta
 
 
-def crop_grid(boxes: torch.Tensor, theta: torch.Tensor, *, height: int, width: int,
+def crop_grid(boxes: torch.Tensor, flip: torch.Tensor, *, height: int, width: int,
               size: int) -> torch.Tensor:
-    """The ``grid_sample`` grid ``(B, size, size, 2)``, clamped to the centres of the box's
-    edge pixels: a resize of the cropped array repeats its border rather than reading the
-    pixels beyond it."""
+    """The ``grid_sample`` grid ``(B, size, size, 2)`` that resizes each box (flipped where
+    ``flip``) to ``size``, clamped to the centres of the box's edge pixels: a resize of the
+    cropped array repeats its border rather than reading the pixels beyond it."""
+    theta = crop_flip_theta(boxes, flip, height=height, width=width)
     grid = F.affine_grid(theta, [boxes.shape[0], 3, size, size], align_corners=False)
     x0, y0, w, h = (v.view(-1, 1, 1) for v in boxes.unbind(1))
     lo_x, hi_x = (2 * x0 + 1) / width - 1, (2 * (x0 + w) - 1) / width - 1
@@ -227,8 +228,9 @@ def affine(x: torch.Tensor, theta: torch.Tensor, fill: torch.Tensor) -> torch.Te
     """Warp by ``theta`` (B, 2, 3, output -> input, normalised); outside pixels become ``fill``."""
     grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
     shifted = x - fill.view(1, 3, 1, 1)
-    return F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros",
-                         align_corners=False) + fill.view(1, 3, 1, 1)
+    warped = F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros",
+                           align_corners=False)
+    return _as_uint8_values(warped + fill.view(1, 3, 1, 1))
 
 
 def _rotation(deg: torch.Tensor) -> torch.Tensor:
@@ -369,9 +371,8 @@ class BatchAugment:
         boxes = sample_crop_boxes(n, height=height, width=width, scale=self.scale,
                                   ratio=self.ratio, generator=generator)[rank::world]
         flip = (torch.rand(n, generator=generator) < self.hflip)[rank::world]
-        theta = crop_flip_theta(boxes, flip, height=height, width=width)
-        grid = crop_grid(_to(boxes, x), _to(theta, x), height=height, width=width,
-                         size=self.img_size)
+        grid = crop_grid(_to(boxes, x), flip.to(x.device, non_blocking=True), height=height,
+                         width=width, size=self.img_size)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         return _as_uint8_values(out)
 
@@ -387,11 +388,11 @@ class BatchAugment:
         s = _to(p.strength, x)  # (B, 13) in [-1, 1]
         unit = (s + 1) / 2  # (B, 13) in [0, 1]
         ops = [
-            lambda v, i: _as_uint8_values(affine(v, _rotation(rot * s[i, 0]), fill)),
-            lambda v, i: _as_uint8_values(affine(v, _shear(shear * s[i, 1], axis=0), fill)),
-            lambda v, i: _as_uint8_values(affine(v, _shear(shear * s[i, 2], axis=1), fill)),
-            lambda v, i: _as_uint8_values(affine(v, _translate(shift * s[i, 3], axis=0), fill)),
-            lambda v, i: _as_uint8_values(affine(v, _translate(shift * s[i, 4], axis=1), fill)),
+            lambda v, i: affine(v, _rotation(rot * s[i, 0]), fill),
+            lambda v, i: affine(v, _shear(shear * s[i, 1], axis=0), fill),
+            lambda v, i: affine(v, _shear(shear * s[i, 2], axis=1), fill),
+            lambda v, i: affine(v, _translate(shift * s[i, 3], axis=0), fill),
+            lambda v, i: affine(v, _translate(shift * s[i, 4], axis=1), fill),
             lambda v, i: brightness_contrast(v, 1.0, enhance * s[i, 5]),
             lambda v, i: brightness_contrast(v, 1 + enhance * s[i, 6], 0.0),
             lambda v, i: saturation(v, 1 + enhance * s[i, 7]),
@@ -433,8 +434,8 @@ class MemoryLoader:
     """Batches ``(x, y)`` from a ``uint8`` image tensor, augmented on the tensor's device.
 
     Same contract as the DataLoader from ``vit.loader.build_loader``: an ``EpochSampler``
-    orders and shards the indices, ``set_epoch(epoch, start_batch)`` before each epoch, and
-    ``len()`` counts this process's batches. With ``drop_last`` (training), ``world_size``
+    orders and shards the indices, ``vit.loader.set_epoch(loader, epoch, start_batch)`` before
+    each epoch, and ``len()`` counts this process's batches. With ``drop_last`` (training), ``world_size``
     processes with batch B see and augment exactly what one process with batch B x world_size
     would.
     """
@@ -455,11 +456,6 @@ class MemoryLoader:
         self.sampler = EpochSampler(images.shape[0], shuffle=shuffle, seed=seed, rank=rank,
                                     world_size=world_size, weights=weights, drop_last=drop_last,
                                     batch_size=batch_size)
-        self.epoch, self.start_batch = 0, 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-        self.sampler.set_epoch(epoch, start_batch)
 
     def __len__(self) -> int:
         n = len(self.sampler)
@@ -472,7 +468,7 @@ class MemoryLoader:
             index = index.to(self.images.device, non_blocking=True)
             g = None
             if self.augment.train:  # the same draws in every process; each keeps its shard's
-                batch = self.start_batch + b
-                g = torch.Generator().manual_seed(batch_seed(self.seed, self.epoch, batch))
+                batch = self.sampler.start // self.batch_size + b  # counted from the epoch's start
+                g = torch.Generator().manual_seed(batch_seed(self.seed, self.sampler.epoch, batch))
             x = self.augment(self.images[index], g, shard=(self.rank, self.world_size))
             yield x, self.targets[index]

@@ -91,13 +91,14 @@ def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, drop_last:
 
 
 def set_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
-    """Point the sampler and the dataset's augmentation seeds at ``epoch``."""
-    if hasattr(loader, "set_epoch"):  # vit.fastdata.MemoryLoader
-        loader.set_epoch(epoch, start_batch)
-        return
+    """Point the sampler and the dataset's augmentation seeds at ``epoch``.
+
+    Works for the DataLoader of ``build_loader`` and for ``vit.fastdata.MemoryLoader`` (an
+    ``EpochSampler`` and no dataset object).
+    """
     sampler = loader.sampler
     if isinstance(sampler, EpochSampler):
         sampler.set_epoch(epoch, start_batch)
-    dataset = loader.dataset
+    dataset = getattr(loader, "dataset", None)
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
