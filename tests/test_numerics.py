@@ -182,6 +182,41 @@ def test_without_a_scaler_a_non_finite_step_raises_before_touching_the_weights(
     assert_same_weights(model, trained_on(data[:1], clip_grad=clip_grad))  # step 1, not 2
 
 
+@pytest.mark.parametrize("poison", [{"loss": float("nan")}, {"gradient": float("inf")}],
+                         ids=["nan loss", "inf gradient"])
+def test_checking_every_few_steps_still_names_the_first_bad_step(poison):
+    """On a GPU the loop reads its flags back only every ``check_every`` batches (no host wait
+    per step); a bad step 2 of 6 must still raise, name step 2, and end the epoch early."""
+    data = batches(6)
+    seen = []
+    model = tiny_vit()
+    criterion = poisoned(nn.CrossEntropyLoss(), at_call=2, **poison)
+
+    def counting(logits, y):
+        seen.append(1)
+        return criterion(logits, y)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+    with pytest.raises(NonFiniteLossError, match=r"at step 2\b"):
+        train_one_epoch(model=model, loader=data, optimizer=optimizer, criterion=counting,
+                        device=CPU, precision="fp32", lr_at=lambda step: LR, step=0,
+                        show_progress=False, check_every=3)
+    assert len(seen) == 3  # read back after batch 3, not at the end of the epoch
+
+
+def test_checking_every_few_steps_gives_the_same_mean_loss():
+    data = batches(5)
+    results = []
+    for check_every in (1, 4):
+        model = tiny_vit()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+        results.append(train_one_epoch(
+            model=model, loader=data, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
+            device=CPU, precision="fp32", lr_at=lambda step: LR, step=0, show_progress=False,
+            check_every=check_every).train_loss)
+    assert results[0] == pytest.approx(results[1], rel=1e-6) and results[0] > 0
+
+
 def test_grad_scaler_skips_an_overflowing_step_and_training_goes_on():
     """fp16's loss scaling, on the CPU: the step whose gradients overflow is skipped (the
     weights end exactly where training on the other batches alone puts them), counted in

@@ -293,3 +293,53 @@ def test_mixed_precision_trains_on_gpu(tmp_path, precision):
     summary = train(tiny_config(data, tmp_path / "run", f"train.precision={precision}",
                                 "train.device=cuda", "train.epochs=3"), show_progress=False)
     assert summary.best_top1 is not None and summary.best_top1 >= 75.0
+
+
+# ---------------------------------------------------------------------------------------------
+# time budget and throttled saving
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("elapsed, epoch_s, expected", [
+    (40.0, 10.0, 2 + 25),  # 260 s left x 0.97 / 10 s per epoch -> 25 more
+    (40.0, 0.0, 100),  # no measurable epoch time: capped at max_epochs
+    (400.0, 10.0, 2),  # already over the budget: stop after the two done
+])
+def test_fit_epochs_to_budget(elapsed, epoch_s, expected):
+    from vit.trainer import fit_epochs_to_budget
+
+    assert fit_epochs_to_budget(budget_s=300.0, elapsed_s=elapsed, epoch_s=epoch_s,
+                                epochs_done=2, max_epochs=100) == expected
+
+
+def test_a_time_budget_sets_the_epochs_and_ends_the_schedule_there(tmp_path, monkeypatch):
+    """After epoch 2 the epoch count is fitted to the budget (here forced to 4 of at most 50),
+    written to config.yaml and the checkpoint, and the learning rate reaches min_lr at the end."""
+    import vit.trainer as trainer
+
+    monkeypatch.setattr(trainer, "fit_epochs_to_budget", lambda **kw: 4)
+    data = make_folder(tmp_path / "data")
+    summary = train(tiny_config(data, tmp_path / "run", "train.epochs=50",
+                                "train.time_budget_min=1", "train.min_lr=1e-5"),
+                    show_progress=False)
+    records = [json.loads(x) for x in (summary.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    assert records[-1]["lr"] < 1e-4 < 2e-3 < records[1]["lr"]  # 50 epochs would still be at ~3e-3
+    assert "epochs: 4" in (summary.run_dir / "config.yaml").read_text()
+    assert load_checkpoint(summary.run_dir / "last.pt")["config"]["train"]["epochs"] == 4
+
+
+def test_throttled_saving_writes_the_last_epoch_and_the_best_weights(tmp_path):
+    """save_every_s longer than the run: only the final epoch writes last.pt, best.pt holds the
+    best epoch's weights (kept in memory until then), metrics.jsonl has every epoch."""
+    data = make_folder(tmp_path / "data")
+    summary = train(tiny_config(data, tmp_path / "run", "train.epochs=3",
+                                "train.save_every_s=3600"), show_progress=False)
+    records = [json.loads(x) for x in (summary.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 3
+    last, best = (load_checkpoint(summary.run_dir / n) for n in ("last.pt", "best.pt"))
+    assert last["epoch"] == 3
+    best_epoch = max(records, key=lambda r: (r["val_top1"], -r["epoch"]))["epoch"]
+    assert best["epoch"] == best_epoch and best["best_top1"] == summary.best_top1
+    if best_epoch == 3:
+        assert_same_weights(best["model"], last["model"])

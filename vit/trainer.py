@@ -410,9 +410,10 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
                     sum(p.numel() for p in model.parameters()) / 1e6, device,
                     precision, cfg.train.batch_size * cfg.train.accum_steps)
 
+    schedule = {"warmup_steps": warmup_steps, "total_steps": total_steps}
+
     def lr_at(s: int) -> float:
-        return lr_at_step(s, base_lr=cfg.train.lr, min_lr=cfg.train.min_lr,
-                          warmup_steps=warmup_steps, total_steps=total_steps)
+        return lr_at_step(s, base_lr=cfg.train.lr, min_lr=cfg.train.min_lr, **schedule)
 
     def checkpoint(epoch: int, batches_done: int, metrics: dict[str, Any]) -> dict[str, Any]:
         eval_model = ema.module if ema is not None else model
@@ -428,12 +429,15 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
     if resume_state is not None:
         elapsed_before = float((resume_state.get("metrics") or {}).get("elapsed_s", 0.0))
     epoch = start_epoch
+    saver = _EpochSaver(run_dir, every_s=cfg.train.save_every_s)
+    max_epochs, first_epoch_end = cfg.train.epochs, 0.0
     with stop_on_sigint() as stop:
         def should_stop() -> bool:
             flag = float(stop.is_set())
             return all_reduce_sum([flag], device)[0] > 0 if dist_info.enabled else bool(flag)
 
-        for epoch in range(start_epoch, cfg.train.epochs):
+        epoch = start_epoch
+        while epoch < cfg.train.epochs:
             loader_lib.set_epoch(train_loader, epoch, start_batch=skip_batches)
             result = train_one_epoch(
                 model=train_model, loader=train_loader, optimizer=optimizer, criterion=criterion,
@@ -444,6 +448,7 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
             step = result.step
             if result.interrupted:
                 if dist_info.is_main:
+                    saver.flush_best()
                     ckpt_lib.atomic_save(checkpoint(epoch, result.batches_done, metrics),
                                          run_dir / "last.pt")
                 barrier()
@@ -469,13 +474,34 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
             improved = best_top1 is None or val["val_top1"] > best_top1
             if improved:
                 best_top1 = val["val_top1"]
+            if epoch == 0:
+                first_epoch_end = metrics["elapsed_s"]
+            budget = cfg.train.time_budget_min
+            if (budget is not None and start_epoch == 0 and epoch >= 1
+                    and metrics["elapsed_s"] < 30 * budget):  # refit during the first half
+                epochs = fit_epochs_to_budget(
+                    budget_s=60 * budget, elapsed_s=metrics["elapsed_s"],
+                    epoch_s=(metrics["elapsed_s"] - first_epoch_end) / epoch,
+                    epochs_done=epoch + 1, max_epochs=max_epochs)
+                epochs = int(broadcast_object(epochs))
+                if epochs != cfg.train.epochs:
+                    cfg = replace(cfg, train=replace(cfg.train, epochs=epochs))
+                    schedule["total_steps"] = steps_per_epoch * epochs
+                    schedule["warmup_steps"] = min(warmup_steps, schedule["total_steps"])
+                    if dist_info.is_main:
+                        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+                        logger.info("time budget %.1f min: %d epochs fit (the schedule ends "
+                                    "there)", budget, epochs)
             if dist_info.is_main:
-                _write_epoch_files(run_dir, metrics, checkpoint(epoch + 1, 0, metrics), improved)
+                final = epoch + 1 == cfg.train.epochs
+                saver.epoch_done(metrics, checkpoint(epoch + 1, 0, metrics), improved,
+                                 force=final)
                 logger.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  top1 %.2f%%  top5 %.2f%%  "
                             "%.0f img/s  %.1fs  data wait %.1f%%", epoch + 1, cfg.train.epochs,
                             result.train_loss, val["val_loss"], val["val_top1"], val["val_top5"],
                             metrics["images_per_s"], result.seconds, metrics["data_wait_pct"])
             barrier()
+            epoch += 1
 
     return TrainSummary(run_dir=run_dir, best_top1=best_top1, last_metrics=metrics,
                         epochs_done=cfg.train.epochs)
@@ -497,6 +523,10 @@ def _check_train_config(cfg: Config, dist_info: DistInfo) -> None:
         raise ConfigError(f"--val-fraction must be between 0 and 1, got {cfg.data.val_fraction}")
     if cfg.data.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {cfg.data.workers}")
+    if t.time_budget_min is not None and t.time_budget_min <= 0:
+        raise ConfigError(f"train.time_budget_min must be positive, got {t.time_budget_min}")
+    if t.save_every_s < 0:
+        raise ConfigError(f"train.save_every_s must be >= 0, got {t.save_every_s}")
 
 
 def _img_size(cfg: Config, pretrained: Any) -> int:
@@ -540,22 +570,64 @@ def _restore(state: dict[str, Any], *, model: nn.Module, optimizer: torch.optim.
     return state["epoch"], int(extra.get("batches_done", 0)), state["step"], state.get("best_top1")
 
 
-def _write_epoch_files(run_dir: Path, metrics: dict[str, Any], checkpoint: dict[str, Any],
-                       improved: bool) -> None:
-    # metrics first: a crash before last.pt is written redoes this epoch, and resume drops the
-    # line again (truncate_metrics), so metrics.jsonl never holds an epoch twice.
-    append_jsonl(run_dir / "metrics.jsonl", metrics)
-    if improved:
-        best = {k: v for k, v in checkpoint.items()
-                if k not in ("optimizer", "scaler", "ema", "train_model", "extra")}
-        ckpt_lib.atomic_save(best, run_dir / "best.pt")
-    ckpt_lib.atomic_save(checkpoint, run_dir / "last.pt")
-    try:
-        from vit.plots import plot_training_curves
+def fit_epochs_to_budget(*, budget_s: float, elapsed_s: float, epoch_s: float, epochs_done: int,
+                        max_epochs: int, margin: float = 0.03) -> int:
+    """How many epochs in all end within ``budget_s``, given that ``epochs_done`` took
+    ``elapsed_s`` and the latest took ``epoch_s``; at least ``epochs_done``, at most ``max_epochs``.
+    ``margin`` keeps a share of the remaining time free for noise between epochs."""
+    if budget_s <= 0:
+        raise ConfigError(f"train.time_budget_min must be positive, got {budget_s / 60:g}")
+    more = math.floor((budget_s - elapsed_s) * (1.0 - margin) / max(epoch_s, 1e-9))
+    return int(min(max_epochs, epochs_done + max(more, 0)))
 
-        plot_training_curves(read_jsonl(run_dir / "metrics.jsonl"), run_dir / "curves.png")
-    except Exception as e:  # a plotting problem must never end a training run
-        logger.warning("could not draw curves.png: %s", e)
+
+def _snapshot(obj: Any) -> Any:
+    """A copy with every tensor cloned to the CPU (what a checkpoint holds at this moment)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_snapshot(v) for v in obj)
+    return obj
+
+
+class _EpochSaver:
+    """The per-epoch files: metrics.jsonl every epoch; last.pt, best.pt and curves.png every
+    epoch, or at most every ``every_s`` seconds (the best weights wait in memory meanwhile)."""
+
+    def __init__(self, run_dir: Path, *, every_s: float):
+        self.run_dir, self.every_s = run_dir, every_s
+        self.last_write = time.perf_counter()
+        self.pending_best: dict[str, Any] | None = None
+
+    def epoch_done(self, metrics: dict[str, Any], checkpoint: dict[str, Any], improved: bool,
+                   *, force: bool = False) -> None:
+        # metrics first: a crash before last.pt is written redoes this epoch, and resume drops
+        # the line again (truncate_metrics), so metrics.jsonl never holds an epoch twice.
+        append_jsonl(self.run_dir / "metrics.jsonl", metrics)
+        due = force or self.every_s <= 0 or time.perf_counter() - self.last_write >= self.every_s
+        if improved:
+            best = {k: v for k, v in checkpoint.items()
+                    if k not in ("optimizer", "scaler", "ema", "train_model", "extra")}
+            self.pending_best = best if due else _snapshot(best)
+        if not due:
+            return
+        self.flush_best()
+        ckpt_lib.atomic_save(checkpoint, self.run_dir / "last.pt")
+        self.last_write = time.perf_counter()
+        try:
+            from vit.plots import plot_training_curves
+
+            plot_training_curves(read_jsonl(self.run_dir / "metrics.jsonl"),
+                                 self.run_dir / "curves.png")
+        except Exception as e:  # a plotting problem must never end a training run
+            logger.warning("could not draw curves.png: %s", e)
+
+    def flush_best(self) -> None:
+        if self.pending_best is not None:
+            ckpt_lib.atomic_save(self.pending_best, self.run_dir / "best.pt")
+            self.pending_best = None
 
 
 def truncate_metrics(path: Path, epochs_done: int) -> None:

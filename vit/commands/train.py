@@ -103,9 +103,13 @@ def run(args: argparse.Namespace) -> int:
     if quick:
         from vit.quickstart import prepare_quickstart_data
 
+        from vit.engine import resolve_device, resolve_precision
+
         cfg.data.root = str(prepare_quickstart_data(cfg))
+        device = resolve_device(cfg.train.device)
         print(f"quickstart: synthetic shapes in {cfg.data.root}; training {cfg.model.name} "
-              f"for {cfg.train.epochs} epochs on {cfg.train.device}", file=sys.stderr)
+              f"for {cfg.train.epochs} epochs on {device} "
+              f"({resolve_precision(cfg.train.precision, device)})", file=sys.stderr)
     show_progress = sys.stderr.isatty() and not args.quiet
     try:
         summary = train(cfg, resume=args.resume, show_progress=show_progress)

@@ -1,0 +1,83 @@
+"""What only a GPU can show: a GPU-trained checkpoint on the CPU, explanations on the GPU, and
+the quickstart choosing the GPU by itself. Skipped (with the reason) where no CUDA GPU is
+visible; the CPU half of each promise is tested in the other files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vit.engine import resolve_device, resolve_precision
+from vit.explain import attention_rollout, gradient_rollout
+from vit.model import VisionTransformer
+from vit.quickstart import quickstart_config
+
+HAS_GPU = torch.cuda.is_available()
+needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().cpu(), b.double().cpu()
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.skipif(HAS_GPU, reason="needs a machine without CUDA")
+def test_quickstart_runs_on_the_cpu_in_fp32_without_a_gpu():
+    train = quickstart_config().train
+    device = resolve_device(train.device)
+    assert device.type == "cpu" and resolve_precision(train.precision, device) == "fp32"
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_quickstart_picks_the_gpu_and_bf16_by_itself():
+    train = quickstart_config().train
+    device = resolve_device(train.device)
+    assert device.type == "cuda"
+    assert resolve_precision(train.precision, device) == "bf16"  # every GPU since Ampere
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_a_checkpoint_trained_on_the_gpu_gives_the_same_labels_on_the_cpu(tmp_path):
+    from test_train import make_folder, tiny_config
+    from vit.predict import Classifier
+    from vit.trainer import train
+
+    data = make_folder(tmp_path / "data", per_class=24)
+    summary = train(tiny_config(data, tmp_path / "run", "train.device=cuda",
+                                "train.precision=bf16", "train.epochs=3"), show_progress=False)
+    images = sorted(data.rglob("*.png"))
+    on_gpu = Classifier.from_checkpoint(summary.run_dir / "best.pt", device="cuda")
+    on_cpu = Classifier.from_checkpoint(summary.run_dir / "best.pt", device="cpu")
+    on_gpu.precision = "fp32"  # the same arithmetic on both sides; bf16 may flip a near-tie
+    p_gpu, p_cpu = on_gpu.predict_proba(images), on_cpu.predict_proba(images)
+    assert p_gpu.shape == (len(images), 3) and p_cpu.std() > 0
+    assert torch.equal(p_gpu.argmax(1).cpu(), p_cpu.argmax(1))
+    assert relative_error(p_gpu, p_cpu) < 1e-3
+
+
+def explained_model() -> VisionTransformer:
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=4, num_classes=10, embed_dim=64, depth=4,
+                              num_heads=4, reg_tokens=2).eval()
+    with torch.no_grad():  # the zero-initialised head would make every gradient map zero
+        model.head.weight.normal_(0.0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("method", [attention_rollout, gradient_rollout],
+                         ids=["rollout", "gradient rollout"])
+@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-3), ("bf16", 3e-2)])
+@pytest.mark.gpu
+@needs_gpu
+def test_explanations_on_the_gpu_match_the_cpu(method, precision, tolerance):
+    model = explained_model()
+    images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    on_cpu = method(model, images)
+    gpu_model = explained_model().cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        on_gpu = method(gpu_model, images.cuda())
+    assert on_gpu.device.type == "cuda" and on_gpu.shape == on_cpu.shape == (6, 8, 8)
+    assert torch.isfinite(on_gpu).all() and on_cpu.std() > 0
+    assert relative_error(on_gpu.float(), on_cpu) < tolerance
