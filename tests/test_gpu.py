@@ -41,6 +41,7 @@ def test_quickstart_picks_the_gpu_and_bf16_by_itself():
 @needs_gpu
 def test_a_checkpoint_trained_on_the_gpu_gives_the_same_labels_on_the_cpu(tmp_path):
     from test_train import make_folder, tiny_config
+
     from vit.predict import Classifier
     from vit.trainer import train
 

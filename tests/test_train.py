@@ -301,7 +301,7 @@ def test_mixed_precision_trains_on_gpu(tmp_path, precision):
 
 
 @pytest.mark.parametrize("elapsed, epoch_s, expected", [
-    (40.0, 10.0, 2 + 25),  # 260 s left x 0.97 / 10 s per epoch -> 25 more
+    (40.0, 10.0, 2 + 24),  # 260 s left x 0.95 / 10 s per epoch -> 24 more
     (40.0, 0.0, 100),  # no measurable epoch time: capped at max_epochs
     (400.0, 10.0, 2),  # already over the budget: stop after the two done
 ])

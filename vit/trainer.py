@@ -571,7 +571,7 @@ def _restore(state: dict[str, Any], *, model: nn.Module, optimizer: torch.optim.
 
 
 def fit_epochs_to_budget(*, budget_s: float, elapsed_s: float, epoch_s: float, epochs_done: int,
-                        max_epochs: int, margin: float = 0.03) -> int:
+                        max_epochs: int, margin: float = 0.05) -> int:
     """How many epochs in all end within ``budget_s``, given that ``epochs_done`` took
     ``elapsed_s`` and the latest took ``epoch_s``; at least ``epochs_done``, at most ``max_epochs``.
     ``margin`` keeps a share of the remaining time free for noise between epochs."""

@@ -101,9 +101,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args)
     quick = is_quickstart(args)
     if quick:
-        from vit.quickstart import prepare_quickstart_data
-
         from vit.engine import resolve_device, resolve_precision
+        from vit.quickstart import prepare_quickstart_data
 
         cfg.data.root = str(prepare_quickstart_data(cfg))
         device = resolve_device(cfg.train.device)
