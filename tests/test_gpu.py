@@ -69,10 +69,11 @@ def explained_model() -> VisionTransformer:
 
 @pytest.mark.parametrize("method", [attention_rollout, gradient_rollout],
                          ids=["rollout", "gradient rollout"])
-@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-3), ("bf16", 3e-2)])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.gpu
 @needs_gpu
-def test_explanations_on_the_gpu_match_the_cpu(method, precision, tolerance):
+def test_explanations_on_the_gpu_match_the_cpu(method, precision):
+    """Explanations switch an outer autocast off: under bf16 they are the fp32 maps."""
     model = explained_model()
     images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     on_cpu = method(model, images)
@@ -81,4 +82,4 @@ def test_explanations_on_the_gpu_match_the_cpu(method, precision, tolerance):
         on_gpu = method(gpu_model, images.cuda())
     assert on_gpu.device.type == "cuda" and on_gpu.shape == on_cpu.shape == (6, 8, 8)
     assert torch.isfinite(on_gpu).all() and on_cpu.std() > 0
-    assert relative_error(on_gpu.float(), on_cpu) < tolerance
+    assert on_gpu.dtype == torch.float32 and relative_error(on_gpu, on_cpu) < 1e-3
