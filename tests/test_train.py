@@ -312,6 +312,17 @@ def test_fit_epochs_to_budget(elapsed, epoch_s, expected):
                                 epochs_done=2, max_epochs=100) == expected
 
 
+def test_recent_pace_is_the_slower_of_the_overall_and_the_recent_mean():
+    from vit.trainer import recent_pace
+
+    assert recent_pace([60.0, 63.0]) == pytest.approx(3.0)  # epoch 1 (compile) left out
+    steady = [60.0 + 2 * i for i in range(11)]
+    assert recent_pace(steady) == pytest.approx(2.0)
+    slowing = steady + [steady[-1] + 4 * i for i in range(1, 6)]
+    assert recent_pace(slowing) == pytest.approx(4.0)  # the last 5 epochs took 4 s each
+    assert recent_pace(slowing[:-5] + [slowing[-5] - 1.0]) > 1.9  # a fast blip changes little
+
+
 def test_a_time_budget_sets_the_epochs_and_ends_the_schedule_there(tmp_path, monkeypatch):
     """After epoch 2 the epoch count is fitted to the budget (here forced to 4 of at most 50),
     written to config.yaml and the checkpoint, and the learning rate reaches min_lr at the end."""

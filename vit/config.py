@@ -92,11 +92,10 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     output: str | None = None  # run folder; default runs/<timestamp>
-    # Wall-clock budget in minutes (set-up and evaluation included). From epoch 2 on (epoch 1
-    # carries start-up costs such as torch.compile) until half the budget is spent, `epochs` is
-    # set after every epoch to the number of whole epochs that fit at the mean pace of the epochs
-    # since the first, and the learning-rate schedule ends with them; `epochs` is the ceiling.
-    # A resumed run keeps the count it was saved with. None: no budget.
+    # Wall-clock budget in minutes (set-up and evaluation included). After every epoch from the
+    # second on (the first carries start-up costs such as torch.compile), `epochs` is set to the
+    # number of whole epochs that fit at the recent pace, and the learning-rate schedule ends
+    # with them; `epochs` is the ceiling. A resumed run keeps the count it was saved with.
     time_budget_min: float | None = None
     # Write last.pt, best.pt and curves.png at most every this many seconds (0: every epoch).
     # The final epoch and an interruption always write; metrics.jsonl gets every epoch.

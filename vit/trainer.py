@@ -430,7 +430,7 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
         elapsed_before = float((resume_state.get("metrics") or {}).get("elapsed_s", 0.0))
     epoch = start_epoch
     saver = _EpochSaver(run_dir, every_s=cfg.train.save_every_s)
-    max_epochs, first_epoch_end = cfg.train.epochs, 0.0
+    max_epochs, epoch_ends = cfg.train.epochs, []
     with stop_on_sigint() as stop:
         def should_stop() -> bool:
             flag = float(stop.is_set())
@@ -474,15 +474,12 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
             improved = best_top1 is None or val["val_top1"] > best_top1
             if improved:
                 best_top1 = val["val_top1"]
-            if epoch == 0:
-                first_epoch_end = metrics["elapsed_s"]
+            epoch_ends.append(metrics["elapsed_s"])
             budget = cfg.train.time_budget_min
-            if (budget is not None and start_epoch == 0 and epoch >= 1
-                    and metrics["elapsed_s"] < 30 * budget):  # refit during the first half
+            if budget is not None and start_epoch == 0 and epoch >= 1:
                 epochs = fit_epochs_to_budget(
                     budget_s=60 * budget, elapsed_s=metrics["elapsed_s"],
-                    epoch_s=(metrics["elapsed_s"] - first_epoch_end) / epoch,
-                    epochs_done=epoch + 1, max_epochs=max_epochs)
+                    epoch_s=recent_pace(epoch_ends), epochs_done=epoch + 1, max_epochs=max_epochs)
                 epochs = int(broadcast_object(epochs))
                 if epochs != cfg.train.epochs:
                     cfg = replace(cfg, train=replace(cfg.train, epochs=epochs))
@@ -581,6 +578,17 @@ def fit_epochs_to_budget(*, budget_s: float, elapsed_s: float, epoch_s: float, e
     return int(min(max_epochs, epochs_done + max(more, 0)))
 
 
+def recent_pace(epoch_ends: list[float], *, window: int = 5) -> float:
+    """Seconds per epoch from the wall-clock times at which epochs ended: the slower of the mean
+    since the first epoch (which carries start-up costs, so it is left out) and the mean of the
+    last ``window`` epochs, so a machine that slows down mid-run still ends within budget."""
+    if len(epoch_ends) < 2:
+        raise ValueError("the pace needs at least two epochs")
+    overall = (epoch_ends[-1] - epoch_ends[0]) / (len(epoch_ends) - 1)
+    recent = epoch_ends[-min(window, len(epoch_ends) - 1) - 1:]
+    return max(overall, (recent[-1] - recent[0]) / (len(recent) - 1))
+
+
 def _snapshot(obj: Any) -> Any:
     """A copy with every tensor cloned to the CPU (what a checkpoint holds at this moment)."""
     if isinstance(obj, torch.Tensor):
@@ -592,13 +600,18 @@ def _snapshot(obj: Any) -> Any:
     return obj
 
 
+PLOT_EVERY_S = 10.0  # curves.png is redrawn at most this often, and after the last epoch
+
+
 class _EpochSaver:
-    """The per-epoch files: metrics.jsonl every epoch; last.pt, best.pt and curves.png every
-    epoch, or at most every ``every_s`` seconds (the best weights wait in memory meanwhile)."""
+    """The per-epoch files: metrics.jsonl every epoch; last.pt and best.pt every epoch, or at
+    most every ``every_s`` seconds (the best weights wait in memory meanwhile); curves.png at
+    most every ``PLOT_EVERY_S`` seconds and at the end."""
 
     def __init__(self, run_dir: Path, *, every_s: float):
         self.run_dir, self.every_s = run_dir, every_s
         self.last_write = time.perf_counter()
+        self.last_plot = -math.inf
         self.pending_best: dict[str, Any] | None = None
 
     def epoch_done(self, metrics: dict[str, Any], checkpoint: dict[str, Any], improved: bool,
@@ -616,6 +629,9 @@ class _EpochSaver:
         self.flush_best()
         ckpt_lib.atomic_save(checkpoint, self.run_dir / "last.pt")
         self.last_write = time.perf_counter()
+        if not force and self.last_write - self.last_plot < PLOT_EVERY_S:
+            return  # drawing takes ~0.5 s: more than a whole epoch on a GPU
+        self.last_plot = self.last_write
         try:
             from vit.plots import plot_training_curves
 
