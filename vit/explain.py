@@ -1,5 +1,7 @@
-"""Saliency maps for a ViT's decision: attention rollout, gradient rollout, raw attention.
+"""Saliency maps for a ViT's decision, overlays, and how faithful a map is.
 
+    saliency(model, images, method=...)  # every method, batched: vit.explainers (re-exported)
+    attention_maps(model, images, ...)   # chosen layers', heads' and query rows' attention
     attention_rollout(model, images)   # Abnar & Zuidema 2020: how much [CLS] draws from each patch
     gradient_rollout(model, images)    # Chefer et al. 2021: attention weighted by its gradient
     raw_attention(model, images)       # one layer's [CLS] attention
@@ -9,9 +11,10 @@
 Every map is ``(B, grid_h, grid_w)``: the [CLS] row on the patch tokens, register tokens left out,
 with the grid of the input size (which may differ from the trained size).
 
-The model stays fused (scaled_dot_product_attention) for training and prediction; the explainers
-ask for the attention weights with ``model(x, return_attention=True)`` for that call only, with
-the model in eval mode, and restore every module's train/eval flag afterwards.
+The model stays fused (scaled_dot_product_attention) for training and prediction, and the
+methods use it fused too (vit/explainers.py says how), in eval mode, restoring every module's
+train/eval flag afterwards. ``rollout_from_attentions`` and ``grad_rollout_from_attentions`` do
+the same arithmetic on given (B, heads, N, N) attention tensors.
 
 Rollout needs only the [CLS] row of ``M_L @ ... @ M_1``. Multiplying the row vector ``e_0``
 from the left, last layer first, costs O(N^2) per layer instead of the O(N^3) of the full product.
@@ -36,7 +39,6 @@ from vit.errors import ConfigError
 
 __all__ = [
     "HEAD_FUSIONS",
-    "METHODS",
     "BASELINES",
     "attention_rollout",
     "gradient_rollout",
@@ -56,7 +58,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 HEAD_FUSIONS = ("mean", "max", "min")
-METHODS = ("rollout", "grad-rollout", "attention")
 BASELINES = ("blur", "mean", "zero")
 MAX_DEFAULT_STEPS = 256  # deletion/insertion: one patch per step up to this many patches
 BLUR_KERNEL, BLUR_SIGMA = 11, 5.0  # RISE's blurred baseline
@@ -284,16 +285,14 @@ def attention_rollout(
     discard_ratio: float = 0.0,
     start_layer: int = 0,
 ) -> torch.Tensor:
-    """Attention rollout (Abnar & Zuidema 2020) of a batch -> (B, grid_h, grid_w) raw weights."""
-    _check_images(images)
-    _check_rollout_args(head_fusion, discard_ratio, start_layer, depth=len(model.blocks))
-    x = images.to(_model_device(model, images.device))
-    with _eval_mode(model), torch.no_grad():
-        _, attentions = model(x, return_attention=True)
-        return rollout_from_attentions(
-            attentions, model.num_prefix_tokens, _input_grid(model, x),
-            head_fusion=head_fusion, discard_ratio=discard_ratio, start_layer=start_layer,
-        )
+    """Attention rollout (Abnar & Zuidema 2020) of a batch -> (B, grid_h, grid_w) raw weights.
+
+    The same as ``saliency(model, images, "rollout", ...)`` (``vit.explainers.rollout``).
+    """
+    from vit.explainers import rollout
+
+    return rollout(model, images, head_fusion=head_fusion, discard_ratio=discard_ratio,
+                   start_layer=start_layer)
 
 
 def gradient_rollout(
@@ -301,45 +300,44 @@ def gradient_rollout(
 ) -> torch.Tensor:
     """Gradient-weighted rollout (Chefer et al. 2021) for ``target`` (default: predicted class).
 
-    One backward pass gives every image's gradients (the images are independent); only the
-    attention tensors get gradients, so the parameters' ``.grad`` are left untouched.
+    The same as ``saliency(model, images, "grad-rollout", target)``; parameters' ``.grad`` are
+    left untouched.
     """
-    _check_images(images)
-    if torch.is_inference_mode_enabled():
-        raise ConfigError("gradient_rollout needs autograd: call it outside torch.inference_mode()")
-    # A leaf that requires grad keeps the graph alive even when the parameters are frozen.
-    x = images.detach().to(_model_device(model, images.device)).requires_grad_(True)
-    with _eval_mode(model), torch.enable_grad():
-        logits, attentions = model(x, return_attention=True)
-        classes = _resolve_target(target, logits.detach())
-        score = logits.gather(1, classes[:, None]).sum()
-        gradients = torch.autograd.grad(score, attentions)
-        return grad_rollout_from_attentions([a.detach() for a in attentions], gradients,
-                                            model.num_prefix_tokens, _input_grid(model, x))
+    from vit.explainers import grad_rollout
+
+    return grad_rollout(model, images, target=target)
 
 
 def raw_attention(
     model: nn.Module, images: torch.Tensor, *, layer: int = -1, head_fusion: str = "mean"
 ) -> torch.Tensor:
     """One layer's head-fused [CLS] attention on the patches -> (B, grid_h, grid_w)."""
-    _check_images(images)
-    _check_choice("head_fusion", head_fusion, HEAD_FUSIONS)
-    _check_layer_index("layer", layer, len(model.blocks), allow_negative=True)
-    x = images.to(_model_device(model, images.device))
-    with _eval_mode(model), torch.no_grad():
-        _, attentions = model(x, return_attention=True)
-        fused = fuse_heads(attentions[layer].float(), head_fusion)
-        return _patch_map(fused[:, 0], model.num_prefix_tokens, _input_grid(model, x))
+    from vit.explainers import attention
+
+    return attention(model, images, layer=layer, head_fusion=head_fusion)
 
 
 def explain(
     model: nn.Module, images: torch.Tensor, *, method: str = "rollout", **kwargs: Any
 ) -> torch.Tensor:
-    """Saliency (B, grid_h, grid_w) by name: "rollout", "grad-rollout" or "attention"."""
-    _check_choice("method", method, METHODS)
-    explainer = {"rollout": attention_rollout, "grad-rollout": gradient_rollout,
-                 "attention": raw_attention}[method]
-    return explainer(model, images, **kwargs)
+    """Saliency (B, grid_h, grid_w) by name: ``vit.explainers.saliency`` (see its METHODS)."""
+    from vit.explainers import saliency
+
+    return saliency(model, images, method=method, **kwargs)
+
+
+# Names that live in vit.explainers, importable from here too (loaded on first use, so the two
+# modules can import each other): from vit.explain import saliency, attention_maps, METHODS.
+_FROM_EXPLAINERS = ("METHODS", "CLASS_SPECIFIC", "saliency", "attention_maps", "legrad", "attnlrp",
+                  "gradcam")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_EXPLAINERS:
+        from vit import explainers
+
+        return getattr(explainers, name)
+    raise AttributeError(f"module 'vit.explain' has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------------------------------
