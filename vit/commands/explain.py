@@ -9,18 +9,22 @@ import sys
 def register(sub: argparse._SubParsersAction) -> None:
     from vit.cli import add_common_flags
 
-    p = sub.add_parser("explain", help="draw attention-rollout overlays for images",
+    p = sub.add_parser("explain", help="draw saliency overlays for images",
                        description="Overlay where the model looks on each image; writes "
-                       "DIR/<stem>_<method>.png per image and DIR/grid.png.")
+                       "DIR/<stem>_<method>.png per image and method, and DIR/grid.png (with "
+                       "several methods: one image per row, one method per column).")
     p.add_argument("--checkpoint", required=True, metavar="CKPT")
     p.add_argument("paths", nargs="+", metavar="PATH", help="images, folders or globs")
     p.add_argument("--output", required=True, metavar="DIR")
-    p.add_argument("--method", default="rollout", choices=["rollout", "grad-rollout", "attention"])
+    p.add_argument("--method", default="rollout", metavar="NAME",
+                   help="rollout, grad-rollout, attention, legrad, attnlrp or gradcam; a "
+                   "comma-separated list of them; or all (default: rollout)")
     p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"])
     p.add_argument("--discard-ratio", type=float, default=0.0, metavar="F")
     p.add_argument("--alpha", type=float, default=0.5, metavar="A")
     p.add_argument("--topk", type=int, default=3, metavar="K")
     p.add_argument("--batch-size", type=int, default=16, metavar="N")
+    p.add_argument("--grid", metavar="PNG", help="where to write the grid (default DIR/grid.png)")
     p.add_argument("--device", default="auto")
     add_common_flags(p)
     p.set_defaults(func=run)
@@ -38,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     results = explain_files(
         checkpoint=args.checkpoint, paths=paths, output=args.output, method=args.method,
         head_fusion=args.head_fusion, discard_ratio=args.discard_ratio, alpha=args.alpha,
-        topk=args.topk, batch_size=args.batch_size, device=args.device,
+        topk=args.topk, batch_size=args.batch_size, device=args.device, grid=args.grid,
         show_progress=sys.stderr.isatty() and not args.quiet)
     for r in results:
         if not r.error:  # unreadable files were already reported as warnings
