@@ -1,6 +1,6 @@
-"""vit: train Vision Transformers on image folders, classify images, explain with attention rollout.
+"""vit: train Vision Transformers on image folders, classify images, explain them.
 
-    from vit import create_model, Classifier, attention_rollout, overlay
+    from vit import create_model, Classifier, saliency, attention_maps, overlay
 """
 
 from importlib import import_module
@@ -18,6 +18,8 @@ _LAZY = {
     "overlay": "vit.explain",
     "raw_attention": "vit.explain",
     "explain": "vit.explain",
+    "saliency": "vit.explain",
+    "attention_maps": "vit.explain",
     "deletion_auc": "vit.explain",
     "insertion_auc": "vit.explain",
     "load_config": "vit.config",
