@@ -26,6 +26,7 @@ from vit.explain_bench import (
     spearman,
     token_drop_auc,
     token_drop_curve,
+    token_drop_curves,
 )
 from vit.squares import make_squares_dataset, make_two_squares_set
 
@@ -81,6 +82,13 @@ def test_token_deletion_and_insertion_curves_equal_key_masking():
     torch.testing.assert_close(deletion[:, 0], full)  # nothing removed yet: the model's output
     auc = token_drop_auc(model, x, saliency, classes, insert=False, steps=4)
     torch.testing.assert_close(auc, torch.trapezoid(deletion, dx=0.25, dim=1))
+    # several curves at once share forward passes between sequences of equal length
+    together = token_drop_curves(model, x, {"del": (saliency, False), "ins": (saliency, True),
+                                            "lerf": (-saliency, False)}, classes, steps=4)
+    for name, sal, insert in (("del", saliency, False), ("ins", saliency, True),
+                              ("lerf", -saliency, False)):
+        alone, _ = token_drop_curve(model, x, sal, classes, insert=insert, steps=4)
+        torch.testing.assert_close(together[name][0], alone)
 
 
 # --- occlusion, ranks, the cascade, the asked object --------------------------------------------

@@ -52,6 +52,7 @@ __all__ = [
     "SANITY_THRESHOLD",
     "explain_bench",
     "token_drop_auc",
+    "token_drop_curves",
     "occlusion",
     "spearman",
     "randomised_cascade",
@@ -87,30 +88,59 @@ def _target_probability(model: nn.Module, tokens: torch.Tensor, keep: torch.Tens
     return probs.gather(1, classes[:, None])[:, 0]
 
 
-def token_drop_curve(
-    model: nn.Module, images: torch.Tensor, saliency_map: torch.Tensor, classes: torch.Tensor,
-    *, insert: bool, steps: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The class probability (B, steps + 1) as patch tokens leave (deletion) or join
-    (insertion) the sequence, most salient first, and the fraction of patches moved at each point.
+def _probabilities(model: nn.Module, tokens: torch.Tensor, kept: Sequence[torch.Tensor],
+                   classes: torch.Tensor) -> list[torch.Tensor]:
+    """The class probability (B,) for each set of kept patches (B, K); sets of the same length
+    share one forward pass."""
+    by_length: dict[int, list[int]] = {}
+    for i, keep in enumerate(kept):
+        by_length.setdefault(keep.shape[1], []).append(i)
+    out: list[torch.Tensor] = [classes] * len(kept)
+    b = tokens.shape[0]
+    for members in by_length.values():
+        keep = torch.cat([kept[i] for i in members])  # (len(members) * B, K)
+        probs = _target_probability(model, tokens.repeat(len(members), 1, 1), keep,
+                                    classes.repeat(len(members)))
+        for j, i in enumerate(members):
+            out[i] = probs[j * b:(j + 1) * b]
+    return out
+
+
+def token_drop_curves(
+    model: nn.Module, images: torch.Tensor, orders: Mapping[str, tuple[torch.Tensor, bool]],
+    classes: torch.Tensor, *, steps: int,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """For each ``name: (saliency_map, insert)``, the class probability (B, steps + 1) as patch
+    tokens leave (deletion) or join (insertion) the sequence, most salient first, and the
+    fraction of patches moved at each point.
 
     Tokens keep their position embedding, so what remains is the same image with holes, not a
     shifted one. A model pooling by the patch mean needs at least one patch: its curves stop
     one patch short of the empty sequence.
     """
-    num_patches = saliency_map[0].numel()
-    order = saliency_map.flatten(1).argsort(dim=1, descending=True, stable=True)  # (B, P)
     least = 1 if model.global_pool == "avg" else 0
-    counts = torch.linspace(0, num_patches - least, steps + 1).round().long()
-    with _eval_mode(model), torch.no_grad():
-        tokens = model.embed(images)
-        points = []
+    kept, points = [], {}
+    for name, (saliency_map, insert) in orders.items():
+        num_patches = saliency_map[0].numel()
+        order = saliency_map.flatten(1).argsort(dim=1, descending=True, stable=True)  # (B, P)
+        counts = torch.linspace(0, num_patches - least, steps + 1).round().long()
+        points[name] = (len(kept), counts.float() / num_patches)
         for count in counts.tolist():
-            keep = order[:, :count] if insert else order[:, count:]
-            if insert and model.global_pool == "avg":
-                keep = order[:, :count + least]
-            points.append(_target_probability(model, tokens, keep.sort(dim=1).values, classes))
-    return torch.stack(points, dim=1), counts.float() / num_patches
+            keep = order[:, :count + least] if insert else order[:, count:]
+            kept.append(keep.sort(dim=1).values.to(images.device))
+    with _eval_mode(model), torch.no_grad():
+        probs = _probabilities(model, model.embed(images), kept, classes)
+    return {name: (torch.stack(probs[first:first + steps + 1], dim=1), x)
+            for name, (first, x) in points.items()}
+
+
+def token_drop_curve(
+    model: nn.Module, images: torch.Tensor, saliency_map: torch.Tensor, classes: torch.Tensor,
+    *, insert: bool, steps: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One curve of ``token_drop_curves``: (B, steps + 1) probabilities, fractions moved."""
+    return token_drop_curves(model, images, {"curve": (saliency_map, insert)}, classes,
+                             steps=steps)["curve"]
 
 
 def token_drop_auc(
@@ -246,15 +276,17 @@ def _faithfulness(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, classes
     pixels = {"target": classes, "steps": steps, "batch_size": 256}
     morf = deletion_auc(model, x, maps, baseline="zero", **pixels)
     lerf = deletion_auc(model, x, -maps, baseline="zero", **pixels)
-    token_morf = token_drop_auc(model, x, maps, classes, insert=False, steps=steps)
-    token_lerf = token_drop_auc(model, x, -maps, classes, insert=False, steps=steps)
+    curves = token_drop_curves(model, x, {"deletion": (maps, False), "insertion": (maps, True),
+                                          "lerf": (-maps, False)}, classes, steps=steps)
+    token = {name: torch.trapezoid(curve, fraction.to(curve), dim=1)
+             for name, (curve, fraction) in curves.items()}
     return {
         "pixel_deletion": morf,
         "pixel_insertion": insertion_auc(model, x, maps, baseline="blur", **pixels),
         "pixel_gap": lerf - morf,
-        "token_deletion": token_morf,
-        "token_insertion": token_drop_auc(model, x, maps, classes, insert=True, steps=steps),
-        "token_gap": token_lerf - token_morf,
+        "token_deletion": token["deletion"],
+        "token_insertion": token["insertion"],
+        "token_gap": token["lerf"] - token["deletion"],
     }
 
 
