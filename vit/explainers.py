@@ -79,6 +79,7 @@ LRP_RULES = ("attnlrp", "cp")  # in the attention: the paper's rules, or CP-LRP 
 LEGRAD_POOLS = ("mean", "model")
 
 Query = int | tuple[int, int] | None
+MLP_CHUNK = 256  # tokens per MLP call in the forward passes without a graph
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,13 +139,14 @@ def _attention_rows(q: torch.Tensor, k: torch.Tensor, scale: float, start: int, 
 
 def _layer_inputs(model: nn.Module, tokens: torch.Tensor, first: int, last: int
                   ) -> list[torch.Tensor]:
-    """The inputs (B, N, D) of blocks first..last; runs blocks 0..last-1, fused."""
+    """The inputs (B, N, D) of blocks first..last; runs blocks 0..last-1, fused, the MLPs
+    ``MLP_CHUNK`` tokens at a time (the kept inputs plus one block's work stay small)."""
     inputs = []
     for index in range(last + 1):
         if index >= first:
             inputs.append(tokens)
         if index < last:
-            tokens, _ = model.blocks[index](tokens)
+            tokens, _ = model.blocks[index](tokens, mlp_chunk=MLP_CHUNK)
     return inputs
 
 
@@ -152,7 +154,7 @@ def _forward_keeping_inputs(model: nn.Module, tokens: torch.Tensor
                             ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Every block's input and the last block's output, fused and without a graph."""
     inputs = _layer_inputs(model, tokens, 0, len(model.blocks) - 1)
-    output, _ = model.blocks[-1](inputs[-1])
+    output, _ = model.blocks[-1](inputs[-1], mlp_chunk=MLP_CHUNK)
     return inputs, output
 
 

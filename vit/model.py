@@ -216,12 +216,21 @@ class Block(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(
-        self, x: torch.Tensor, return_attention: bool = False, attend: Attend | None = None
+        self, x: torch.Tensor, return_attention: bool = False, attend: Attend | None = None,
+        mlp_chunk: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``mlp_chunk``: run the MLP on that many tokens at a time. It acts on each token
+        alone, so the result is the same with a fraction of the memory (for inference: while
+        training, stochastic depth would draw per chunk)."""
         y, attn = self.attn(self.norm1(x), return_attention=return_attention, attend=attend)
         x = x + self.drop_path1(self.ls1(y))
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        return x, attn
+        if mlp_chunk is None:
+            return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))), attn
+        out = torch.empty_like(x)
+        for start in range(0, x.shape[1], mlp_chunk):
+            part = x[:, start:start + mlp_chunk]  # (B, chunk, D)
+            out[:, start:start + mlp_chunk] = part + self.drop_path2(self.ls2(self.mlp(self.norm2(part))))
+        return out, attn
 
 
 def resample_pos_embed(
