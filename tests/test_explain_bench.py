@@ -176,6 +176,16 @@ def test_bench_rows_sanity_verdicts_and_asked_objects():
     assert rows["rollout"]["sanity"] == ("pass" if rows["rollout"]["random_1"] < SANITY_THRESHOLD
                                          else "FAIL")
     assert "random_0" not in rows["random"] and "sanity" not in rows["random"]
+    # the lead of each column's best contender, paired image by image
+    deletion = result["paired"]["token_deletion"]
+    best = deletion["best"]
+    assert best in ("rollout", "legrad")
+    per_image = result["per_image"]
+    for other, (mean, sem) in deletion["ahead_of"].items():
+        diff = torch.tensor(per_image[other]["token_deletion"]) - torch.tensor(
+            per_image[best]["token_deletion"])  # lower deletion is better
+        assert mean == pytest.approx(diff.mean().item(), abs=1e-6)
+        assert sem == pytest.approx(diff.std().item() / 2.0, abs=1e-6)  # 4 images
     table = markdown_report(result)
     assert "| random (reference) |" in table and "asked object (%)" in table
     with pytest.raises(VitError, match="unknown methods"):

@@ -385,16 +385,37 @@ def explain_bench(
         for method, measures in measured.items():
             for name, values in measures.items():
                 per_image[method].setdefault(name, []).append(values)
+    values = {m: {name: torch.cat(chunks) for name, chunks in measures.items()}
+              for m, measures in per_image.items()}
     rows = []
-    for method, measures in per_image.items():
+    for method, measures in values.items():
         row: dict[str, Any] = {"method": method}
-        for name, chunks in measures.items():
-            row[name], row[f"{name}_sem"] = mean_and_sem(torch.cat(chunks))
+        for name, v in measures.items():
+            row[name], row[f"{name}_sem"] = mean_and_sem(v)
         rows.append(row)
     depth = len(model.blocks)
-    result = {"images": len(images), "depth": depth, "half_stage": half_stage(depth), "rows": rows}
+    result = {"images": len(images), "depth": depth, "half_stage": half_stage(depth), "rows": rows,
+              "paired": _paired_gaps(values),
+              "per_image": {m: {k: v.tolist() for k, v in measures.items()}
+                            for m, measures in values.items()}}
     _add_verdicts(result)
     return result
+
+
+def _paired_gaps(values: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, Any]:
+    """Per faithfulness measure, the best contender and, paired image by image, how far it is
+    ahead of every other method: {"best": name, "ahead_of": {name: [mean, sem]}}."""
+    out = {}
+    for key, _, higher in COLUMNS:
+        contenders = [m for m in values if m not in REFERENCES and key in values[m]]
+        if not contenders:
+            continue
+        sign = 1.0 if higher else -1.0
+        best = max(contenders, key=lambda m: sign * float(values[m][key].mean()))
+        out[key] = {"best": best, "ahead_of": {
+            m: list(mean_and_sem(sign * (values[best][key] - values[m][key])))
+            for m in values if m != best and key in values[m]}}
+    return out
 
 
 def _add_verdicts(result: dict[str, Any]) -> None:
@@ -453,7 +474,19 @@ def markdown_report(result: Mapping[str, Any]) -> str:
         cells = [f"**{_cell(row, k, s, d)}**" if best[k] == row["method"] else _cell(row, k, s, d)
                  for k, _, _, s, d in columns]
         lines.append(_line([name, *cells, row.get("sanity", "-")]))
-    return "\n".join([*lines, "", _cascade_table(result)])
+    return "\n".join([*lines, "", _paired_lines(result), "", _cascade_table(result)])
+
+
+def _paired_lines(result: Mapping[str, Any]) -> str:
+    """How far the best method of each column is ahead of the others, paired per image."""
+    lines = ["Best per column and its lead over each other method (mean ± standard error of the "
+             "per-image difference; positive = ahead):", ""]
+    for key, title, _ in COLUMNS:
+        if key in result.get("paired", {}):
+            found = result["paired"][key]
+            leads = ", ".join(f"{m} {d:+.3f} ± {e:.3f}" for m, (d, e) in found["ahead_of"].items())
+            lines.append(f"- {title}: **{found['best']}**, ahead of {leads}")
+    return "\n".join(lines)
 
 
 def _cascade_table(result: Mapping[str, Any]) -> str:
