@@ -9,7 +9,6 @@ import sys
 
 def register(sub: argparse._SubParsersAction) -> None:
     from vit.cli import add_common_flags
-    from vit.explain_bench import BENCH_METHODS
 
     p = sub.add_parser(
         "explain-bench", help="measure the saliency methods: faithfulness and sanity",
@@ -21,8 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="best.pt from `vit train`")
     p.add_argument("--data", required=True, metavar="DIR",
                    help="its val/ part, the run's held-out split, or a folder with objects.json")
-    p.add_argument("--methods", default=",".join(BENCH_METHODS), metavar="LIST",
-                   help=f"comma-separated, from {', '.join(BENCH_METHODS)} (default: all)")
+    p.add_argument("--methods", default="all", metavar="LIST",
+                   help="comma-separated, from rollout, grad-rollout, attention, legrad, attnlrp, "
+                   "gradcam, random, occlusion (default: all)")
     p.add_argument("--images", type=int, default=200, metavar="N", help="at most N images")
     p.add_argument("--steps", type=int, default=32, metavar="N",
                    help="points on each deletion/insertion curve (at most the patch count)")
@@ -36,9 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vit.explain_bench import markdown_report, run_explain_bench
+    from vit.explain_bench import BENCH_METHODS, markdown_report, run_explain_bench
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = list(BENCH_METHODS) if args.methods == "all" else \
+        [m.strip() for m in args.methods.split(",") if m.strip()]
     result, paths = run_explain_bench(
         args.checkpoint, args.data, methods=methods, images=args.images, steps=args.steps,
         seed=args.seed, batch_size=args.batch_size, sanity=not args.no_sanity,
