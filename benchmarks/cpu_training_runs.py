@@ -24,7 +24,7 @@ from vit.trainer import read_jsonl, train
 
 if not __package__:  # run as `python benchmarks/cpu_training_runs.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import machine_info  # noqa: E402
+from benchmarks.common import machine_info
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -55,7 +55,7 @@ from vit.model import create_model
 if not __package__:  # run as `python benchmarks/data_speed.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     BenchmarkError,
     Column,
     command_line,
@@ -275,7 +275,7 @@ def train_loop_row(dataset: str, loader: Iterable, *, classes: Sequence[str],
     train_one_epoch(
         model=model, loader=timed, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4),
         criterion=nn.CrossEntropyLoss(), device=device, precision="fp32",
-        lr_at=lambda step: 1e-4, step=0, num_batches=len(timed), show_progress=False,
+        lr_at=lambda _step: 1e-4, step=0, num_batches=len(timed), show_progress=False,
     )
     seconds, waiting, measured, images = timed.steady_state()
     return {

@@ -69,7 +69,7 @@ from vit.synthetic import BOXES_FILE, load_boxes
 if not __package__:  # run as `python benchmarks/explain_quality.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import command_line, format_header, machine_info, write_json  # noqa: E402
+from benchmarks.common import command_line, format_header, machine_info, write_json
 
 logger = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ from vit.trainer import read_jsonl, train
 
 if not __package__:  # run as `python benchmarks/gpu_check.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import command_line, format_header, machine_info, run_cli, write_json  # noqa: E402
+from benchmarks.common import command_line, format_header, machine_info, run_cli, write_json
 
 CIFAR_NORM = ["data.mean=[0.4914,0.4822,0.4465]", "data.std=[0.2470,0.2435,0.2616]"]
 RUNS = (("bf16", "memory"), ("bf16", "albumentations"), ("fp16", "memory"),

@@ -29,7 +29,7 @@ from vit.model import count_flops_per_image, create_model
 
 if not __package__:  # run as `python benchmarks/gpu_efficiency.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     Column,
     command_line,
     format_header,

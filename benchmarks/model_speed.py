@@ -50,7 +50,7 @@ from vit.model import (
 if not __package__:  # run as `python benchmarks/model_speed.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     BenchmarkError,
     Column,
     command_line,

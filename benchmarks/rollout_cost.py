@@ -32,7 +32,7 @@ from vit.model import create_model, list_models
 
 if not __package__:  # run as `python benchmarks/rollout_cost.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import format_header, machine_info  # noqa: E402
+from benchmarks.common import format_header, machine_info
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:

@@ -29,7 +29,7 @@ from vit.trainer import read_jsonl, train
 
 if not __package__:  # run as `python benchmarks/time_to_accuracy.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     command_line,
     format_header,
     load_average,

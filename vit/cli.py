@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         error("interrupted")
         return 130
-    except Exception as e:  # noqa: BLE001 - the one place that turns surprises into one line
+    except Exception as e:  # the one place that turns surprises into one line
         if debug:
             raise
         error(f"{type(e).__name__}: {e} (run again with --debug for the traceback)")

@@ -28,8 +28,8 @@ from vit.errors import ConfigError, DataError
 # albumentations asks PyPI for a newer version on every import (and warns offline); skip that
 # unless the user has set the variable themselves.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-import albumentations as A  # noqa: E402
-from albumentations.pytorch import ToTensorV2  # noqa: E402
+import albumentations as A
+from albumentations.pytorch import ToTensorV2
 
 __all__ = [
     "IMG_EXTENSIONS",

@@ -399,8 +399,8 @@ class BatchAugment:
             lambda v, i: sharpen(v, min(enhance, 1.0) * unit[i, 8]),
             lambda v, i: posterize(v, _posterize_bits(unit[i, 9], f)),
             lambda v, i: solarize(v, 1.0 - f * unit[i, 10]),
-            lambda v, i: equalize(v),
-            lambda v, i: equalize(v),  # AutoContrast(method="cdf"): nearly the same, see equalize
+            lambda v, _: equalize(v),
+            lambda v, _: equalize(v),  # AutoContrast(method="cdf"): nearly the same, see equalize
         ]
         assert len(ops) == NUM_RANDAUG_OPS
         for k, op in enumerate(ops):
