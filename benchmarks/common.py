@@ -113,8 +113,8 @@ def format_header(info: Mapping[str, Any]) -> str:
 
 
 def pin_malloc() -> bool:
-    """Keep freed memory mapped between steps (see ``vit.perf.keep_freed_memory``)."""
-    from vit.perf import keep_freed_memory
+    """Keep freed memory mapped between steps (see ``vit.runtime.keep_freed_memory``)."""
+    from vit.runtime import keep_freed_memory
 
     return keep_freed_memory()
 

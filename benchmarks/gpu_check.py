@@ -40,9 +40,9 @@ import torch
 
 from vit.config import load_config
 from vit.data import resolve_data_dirs, scan_folder
-from vit.engine import resolve_device
 from vit.explain import attention_rollout, gradient_rollout
 from vit.predict import Classifier
+from vit.runtime import resolve_device
 from vit.trainer import read_jsonl, train
 
 if not __package__:  # run as `python benchmarks/gpu_check.py`

@@ -38,7 +38,6 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
 from torch import nn
 
-from vit.engine import autocast, resolve_device, resolve_precision
 from vit.model import (
     VisionTransformer,
     ViTConfig,
@@ -46,6 +45,7 @@ from vit.model import (
     create_model,
     list_models,
 )
+from vit.runtime import autocast, resolve_device, resolve_precision
 
 if not __package__:  # run as `python benchmarks/model_speed.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

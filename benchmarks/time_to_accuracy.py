@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     budgets = args.budget_min or [5.0, 30.0]
-    pin_malloc()  # what `python train.py` does at start-up (vit.perf.keep_freed_memory)
+    pin_malloc()  # what `python train.py` does at start-up (vit.runtime.keep_freed_memory)
     device = torch.device("cuda" if any(o.startswith("train.device=cuda") for o in args.overrides)
                           else "cpu")
     results = {"machine": machine_info(device, command_line(__file__, argv)),

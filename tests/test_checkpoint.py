@@ -26,12 +26,12 @@ from vit.checkpoint import (
     make_checkpoint,
     model_from_checkpoint,
     restore_rng_state,
-    unwrap_model,
 )
 from vit.config import Config, to_dict
 from vit.errors import CheckpointError
 from vit.model import VisionTransformer
 from vit.optim import build_optimizer
+from vit.runtime import unwrap_model
 
 TINY = dict(img_size=32, patch_size=8, num_classes=3, embed_dim=32, depth=2, num_heads=2)
 CLASSES = ["cat", "dog", "fox"]

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vit.engine import resolve_device, resolve_precision
 from vit.explain import attention_rollout, gradient_rollout
 from vit.model import VisionTransformer
 from vit.quickstart import quickstart_config
+from vit.runtime import resolve_device, resolve_precision
 
 HAS_GPU = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")

@@ -43,6 +43,7 @@ from torch import nn
 from vit import __version__
 from vit.errors import CheckpointError
 from vit.model import VisionTransformer, ViTConfig, config_dict
+from vit.runtime import unwrap_model
 
 __all__ = [
     "FORMAT",
@@ -56,7 +57,6 @@ __all__ = [
     "model_from_checkpoint",
     "export_safetensors",
     "find_resume_checkpoint",
-    "unwrap_model",
     "clean_state_dict",
 ]
 
@@ -127,18 +127,6 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 # --- building a checkpoint --------------------------------------------------------------------
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain model inside DistributedDataParallel (``.module``) and torch.compile
-    (``._orig_mod``) wrappers, in any nesting."""
-    while True:
-        inner = getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            inner = getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
 
 
 def _strip_prefixes(name: str) -> str:

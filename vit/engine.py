@@ -18,63 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from vit.checkpoint import unwrap_model
 from vit.distributed import all_reduce_sum
-from vit.errors import ConfigError, VitError
+from vit.errors import VitError
+from vit.runtime import autocast, unwrap_model
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
 class NonFiniteLossError(VitError):
     """The loss became NaN or infinite; the run stops before any weights are saved from it."""
-
-
-# --- device and precision, chosen once --------------------------------------------------------
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU. Asking for CUDA without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: no CUDA GPU is visible; use --device cpu or auto")
-        return torch.device(name)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
-    if name not in PRECISIONS:
-        raise ConfigError(f"--precision must be one of {PRECISIONS}, got {name!r}")
-    if name == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
-    if name == "fp16" and device.type != "cuda":
-        raise ConfigError("--precision fp16 needs a CUDA GPU; on CPU use fp32 (or bf16)")
-    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("--precision bf16 is not supported by this GPU; use fp16")
-    return name
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed-precision context for the forward pass (a no-op for fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def make_grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
-    """fp16 needs loss scaling; a step whose gradients overflow is skipped, not applied."""
-    if precision != "fp16":
-        return None
-    return torch.amp.GradScaler(device.type)
 
 
 # --- training ---------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from vit.checkpoint import unwrap_model
 from vit.errors import ConfigError
+from vit.runtime import unwrap_model
 
 __all__ = [
     "param_groups",

@@ -36,8 +36,8 @@ from tqdm.auto import tqdm
 
 from vit import data as data_lib
 from vit.data import UnreadableImageError, is_image_file, load_image
-from vit.engine import autocast, resolve_device
 from vit.errors import CheckpointError, ConfigError, DataError, VitError
+from vit.runtime import autocast, inference_precision, resolve_device
 
 __all__ = [
     "ImageInput",
@@ -287,13 +287,6 @@ def _check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
-def _inference_precision(device: torch.device) -> str:
-    """bf16 autocast on GPUs that support it, fp32 elsewhere."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
-
-
 class Classifier:
     """A model in eval mode with its class names and evaluation preprocessing.
 
@@ -315,7 +308,7 @@ class Classifier:
         self.model = model.eval().to(self.device)
         self.classes = _check_classes(model, classes)
         self.preprocess = _check_preprocess(preprocess)
-        self.precision = _inference_precision(self.device)
+        self.precision = inference_precision(self.device)
         p = self.preprocess
         self._normalise = data_lib.eval_transform_for(
             p["img_size"], mean=p["mean"], std=p["std"], crop_pct=p["crop_pct"])

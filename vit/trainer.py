@@ -31,16 +31,11 @@ from vit import data as data_lib
 from vit import loader as loader_lib
 from vit.config import Config, to_dict, to_yaml
 from vit.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
-from vit.engine import (
-    evaluate,
-    make_grad_scaler,
-    resolve_device,
-    resolve_precision,
-    train_one_epoch,
-)
+from vit.engine import evaluate, train_one_epoch
 from vit.errors import ConfigError, VitError
 from vit.model import VisionTransformer, ViTConfig, create_model
 from vit.optim import build_optimizer, freeze_parameters, lr_at_step
+from vit.runtime import make_grad_scaler, resolve_device, resolve_precision
 
 logger = logging.getLogger(__name__)
 
