@@ -41,9 +41,10 @@ import torch
 from vit.config import load_config
 from vit.data import resolve_data_dirs, scan_folder
 from vit.explain import attention_rollout, gradient_rollout
+from vit.io import read_jsonl
 from vit.predict import Classifier
 from vit.runtime import resolve_device
-from vit.trainer import read_jsonl, train
+from vit.trainer import train
 
 if not __package__:  # run as `python benchmarks/gpu_check.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

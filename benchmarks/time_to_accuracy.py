@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from vit.config import load_config
-from vit.trainer import read_jsonl, train
+from vit.io import read_jsonl
+from vit.trainer import train
 
 if not __package__:  # run as `python benchmarks/time_to_accuracy.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vit.checkpoint import atomic_save, export_safetensors, load_checkpoint, make_checkpoint
+from vit.checkpoint import export_safetensors, load_checkpoint, make_checkpoint
 from vit.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -25,6 +25,7 @@ from vit.data import (
     build_transform,
 )
 from vit.errors import CheckpointError, DataError
+from vit.io import atomic_save
 from vit.model import VisionTransformer
 from vit.predict import Classifier, ImageInputError, expand_paths, to_rgb_array
 

@@ -207,13 +207,13 @@ def test_torchrun_two_processes_match_one(tmp_path, pipeline):
 KILL_DURING_WRITE = r"""
 import sys, time
 from pathlib import Path
-import vit.checkpoint as ck
+import vit.io as io_lib
 
 marker = Path(sys.argv[1])
-real = ck._atomic_write
+real = io_lib.atomic_write
 calls = {"last.pt": 0}
 
-def hanging_write(path, write):
+def hanging_write(path, write, **options):
     path = Path(path)
     if path.name == "last.pt":
         calls["last.pt"] += 1
@@ -223,10 +223,10 @@ def hanging_write(path, write):
                 f.flush()
                 marker.write_text("writing")
                 time.sleep(600)
-            return real(path, partial)
-    return real(path, write)
+            return real(path, partial, **options)
+    return real(path, write, **options)
 
-ck._atomic_write = hanging_write
+io_lib.atomic_write = hanging_write
 from vit.cli import main
 sys.exit(main(["train", *sys.argv[2:]]))
 """

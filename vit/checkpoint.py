@@ -1,4 +1,4 @@
-"""Checkpoints: atomic save, exact resume, safe load (``weights_only=True``), safetensors export.
+"""Checkpoints: exact resume, safe load (``weights_only=True``), safetensors export.
 
 A checkpoint is a plain dict of tensors and plain data, so ``torch.load(weights_only=True)``
 reads it and no file can run code while loading::
@@ -29,10 +29,9 @@ import logging
 import os
 import random
 import re
-import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import safetensors
@@ -42,6 +41,7 @@ from torch import nn
 
 from vit import __version__
 from vit.errors import CheckpointError
+from vit.io import atomic_write
 from vit.model import VisionTransformer, ViTConfig, config_dict
 from vit.runtime import unwrap_model
 
@@ -49,7 +49,6 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "CheckpointError",
-    "atomic_save",
     "make_checkpoint",
     "capture_rng_state",
     "restore_rng_state",
@@ -70,60 +69,6 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.
 # What torch's weights_only unpickler says when it refuses a global, call or object.
 _REFUSED = re.compile(
     r"GLOBAL (\S+)|unrecognized function|Can only create new object|must be imported to load")
-
-
-# --- atomic writes ----------------------------------------------------------------------------
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX; directories cannot be opened on Windows)."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as e:  # some network file systems cannot fsync a directory
-        logger.debug("could not fsync %s: %s", folder, e)
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Call ``write(file)`` on a temp file beside ``path``, then rename it onto ``path``.
-
-    A crash at any moment leaves the old complete file or the new complete one; the temp file
-    is removed when ``write`` fails. ``os.open`` with mode 0o666 lets the umask decide the
-    permissions, as for any ordinary file.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise CheckpointError(f"cannot write {path}: {blocker} is a file, not a folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as e:
-        raise CheckpointError(
-            f"cannot write {path}: {e.strerror or e}; choose a folder you can write to") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise CheckpointError(f"could not write {path}: {e.strerror or e}") from e
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` that never leaves a partial file behind (see ``_atomic_write``)."""
-    _atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
 # --- building a checkpoint --------------------------------------------------------------------
@@ -464,8 +409,8 @@ def export_safetensors(ckpt: Mapping[str, Any], path: str | os.PathLike) -> tupl
     weights = {k: v.detach().cpu().contiguous() for k, v in clean_state_dict(ckpt["model"]).items()}
     payload = safetensors.torch.save(weights, metadata={"vit": text})
     sidecar = _sidecar_path(path)
-    _atomic_write(path, lambda f: f.write(payload))
-    _atomic_write(sidecar, lambda f: f.write(text.encode() + b"\n"))
+    atomic_write(path, payload)
+    atomic_write(sidecar, text + "\n")
     return path, sidecar
 
 

@@ -15,3 +15,7 @@ class DataError(VitError):
 
 class CheckpointError(VitError):
     """A file that is not a checkpoint, or one this version cannot load."""
+
+
+class OutputError(VitError):
+    """A file or folder that cannot be written: a path under a file, no permission, a full disk."""

@@ -21,7 +21,7 @@ Files written to the output folder:
 from __future__ import annotations
 
 import csv
-import json
+import io
 import logging
 import os
 from collections.abc import Sequence
@@ -32,7 +32,8 @@ from typing import Any
 import torch
 
 from vit.data import scan_folder
-from vit.errors import DataError, VitError
+from vit.errors import DataError
+from vit.io import atomic_write, make_output_dir, write_json
 from vit.metrics import EvalAccumulator, build_report, most_confident_mistakes, reliability_bins
 from vit.predict import Classifier
 
@@ -175,23 +176,16 @@ def score_images(
 # --- files ------------------------------------------------------------------------------------
 
 
-def _prepare_output_dir(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise VitError(f"cannot create output folder {path}: {e.strerror or e}") from e
-    return path
-
-
 def write_predictions_csv(path: Path, scored: Scored, classes: Sequence[str]) -> None:
     """One row per image: path, true, predicted, confidence, correct."""
     confidence, predicted = scored.probs.max(dim=1)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "true", "predicted", "confidence", "correct"])
-        for p, t, y, c in zip(scored.paths, scored.targets.tolist(), predicted.tolist(),
-                              confidence.tolist(), strict=True):
-            writer.writerow([p, classes[t], classes[y], f"{c:.6f}", int(t == y)])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["path", "true", "predicted", "confidence", "correct"])
+    for p, t, y, c in zip(scored.paths, scored.targets.tolist(), predicted.tolist(),
+                          confidence.tolist(), strict=True):
+        writer.writerow([p, classes[t], classes[y], f"{c:.6f}", int(t == y)])
+    atomic_write(path, text.getvalue())
 
 
 def _mistake_title(scored: Scored, i: int, classes: Sequence[str]) -> str:
@@ -234,7 +228,7 @@ def evaluate_folder(
     to ``output_dir`` (when given) and return the report."""
     eval_dir = resolve_eval_dir(data_dir)
     eval_set = scan_eval_folder(eval_dir, clf.classes)
-    out = _prepare_output_dir(Path(output_dir)) if output_dir is not None else None
+    out = make_output_dir(output_dir) if output_dir is not None else None
     split = f" (the {eval_dir.name}/ split of {data_dir})" if eval_dir != Path(data_dir) else ""
     logger.info("evaluating on %s%s: %d images", eval_dir, split, len(eval_set.samples))
     scored = score_images(clf, eval_set.samples, batch_size=batch_size,
@@ -252,7 +246,7 @@ def evaluate_folder(
         write_predictions_csv(out / PREDICTIONS_FILE, scored, clf.classes)
         report["plots"] = [p.name for p in write_plots(out, scored, report, clf,
                                                        num_mistakes=num_mistakes)]
-        (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(out / REPORT_FILE, report)
     return report
 
 

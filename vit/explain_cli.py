@@ -16,6 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from vit.errors import VitError
+from vit.io import make_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +57,7 @@ def explain_files(
 
     if method not in METHODS:
         raise VitError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    out_dir = Path(output)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise VitError(f"cannot create output folder {str(out_dir)!r}: {e.strerror or e}") from e
+    out_dir = make_output_dir(output)
     clf = Classifier.from_checkpoint(checkpoint, device=device)
     kwargs = {}
     if method == "rollout":

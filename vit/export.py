@@ -16,7 +16,6 @@ onnxruntime is installed the file is run once and compared with PyTorch before i
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import warnings
@@ -30,6 +29,7 @@ from torch import nn
 
 from vit.checkpoint import export_safetensors, load_checkpoint, model_from_checkpoint
 from vit.errors import ConfigError, VitError
+from vit.io import atomic_write, write_json
 
 __all__ = [
     "FORMATS",
@@ -91,17 +91,6 @@ def _onnx_info(ckpt: Mapping[str, Any], *, opset: int, max_abs_diff: float | Non
                    "dtype": "float32", "meaning": "logits; softmax gives the probabilities"},
         "max_abs_diff_vs_pytorch": max_abs_diff,
     }
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise VitError(f"cannot write {path}: {e.strerror or e}") from e
 
 
 def _onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int) -> bytes:
@@ -173,10 +162,10 @@ def export_onnx(
     example = torch.zeros(2, 3, img_size, img_size)
     onnx_model = _onnx_bytes(model, example, opset)
     max_abs_diff = _verify(onnx_model, model, img_size) if verify else None
-    _write_atomically(path, onnx_model)
+    atomic_write(path, onnx_model)
     sidecar = onnx_sidecar_path(path)
     info = _onnx_info(ckpt, opset=opset, max_abs_diff=max_abs_diff)
-    _write_atomically(sidecar, (json.dumps(info, indent=2) + "\n").encode())
+    write_json(sidecar, info)
     return path, sidecar
 
 

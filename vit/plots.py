@@ -21,6 +21,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from vit.io import atomic_write
+
 logger = logging.getLogger(__name__)
 
 DPI = 120
@@ -44,15 +46,10 @@ def _new_figure(size: tuple[float, float]) -> Figure:
 
 def _save(figure: Figure, path: PathLike) -> Path:
     """Write `figure` as a PNG to `path` atomically, free it, and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
     try:
-        figure.savefig(tmp, dpi=DPI, format="png")
-        os.replace(tmp, path)
+        path = atomic_write(path, lambda f: figure.savefig(f, dpi=DPI, format="png"))
     finally:
         figure.clear()
-        tmp.unlink(missing_ok=True)
     logger.debug("wrote %s", path)
     return path
 

@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from vit.errors import ConfigError, DataError
+from vit.io import atomic_write, write_json
 
 __all__ = [
     "SHAPES",
@@ -277,7 +278,7 @@ def _prepare_root(root: Path, manifest: dict[str, Any] | None) -> None:
 def _write_manifest(root: Path, params: dict[str, Any], dirs: list[str], complete: bool) -> None:
     manifest = {"generator": "vit.synthetic.shapes", "params": params, "dirs": dirs,
                 "complete": complete}
-    (root / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_json(root / MANIFEST_FILE, manifest)
 
 
 def make_shapes_dataset(
@@ -325,12 +326,14 @@ def make_shapes_dataset(
                 key = f"{split}{name}/{i:05d}.png"
                 rng = np.random.default_rng([seed, SHAPES.index(name), i])
                 image, _, box = render_shape_image(name, rng, img_size)
-                (root / key).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(image).save(root / key, format="PNG")
+                # not fsync'ed one by one (5 ms each): the manifest, written durably last,
+                # says whether the set is complete
+                atomic_write(root / key, lambda f, im=image: Image.fromarray(im).save(f, format="PNG"),
+                             durable=False)
                 boxes[key] = list(box)
                 bar.update()
 
-    (root / BOXES_FILE).write_text(json.dumps(boxes, indent=0, sort_keys=True) + "\n")
+    write_json(root / BOXES_FILE, boxes, indent=0, sort_keys=True)
     _write_manifest(root, params, dirs, complete=True)
     logger.info("Wrote %d synthetic shape images to %s", len(boxes), root)
     return root

@@ -33,6 +33,15 @@ from vit.config import Config, to_dict, to_yaml
 from vit.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
 from vit.engine import evaluate, train_one_epoch
 from vit.errors import ConfigError, VitError
+from vit.io import (
+    append_jsonl,
+    atomic_save,
+    atomic_write,
+    make_output_dir,
+    read_jsonl,
+    remove_stale_temp_files,
+    write_json,
+)
 from vit.model import VisionTransformer, ViTConfig, create_model
 from vit.optim import build_optimizer, freeze_parameters, lr_at_step
 from vit.runtime import make_grad_scaler, resolve_device, resolve_precision
@@ -57,37 +66,6 @@ class TrainSummary:
 
 def default_run_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-
-
-def prepare_run_dir(path: Path) -> Path:
-    """Create the run folder and prove it is writable, before any long work starts."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"output folder {str(path)!r} is not writable: {e.strerror or e}") from e
-    return path
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -321,7 +299,7 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
         run_dir = Path(cfg.train.output) if cfg.train.output else default_run_dir()
     run_dir = Path(broadcast_object(str(run_dir)))
     if dist_info.is_main:
-        prepare_run_dir(run_dir)
+        make_output_dir(run_dir)
     cfg = replace(cfg, train=replace(cfg.train, output=str(run_dir)))
 
     torch.manual_seed(cfg.train.seed)
@@ -379,8 +357,7 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
                     skip_batches, step)
         if dist_info.is_main:
             truncate_metrics(run_dir / "metrics.jsonl", start_epoch)
-            for stale in run_dir.glob(".*.pt.*.tmp"):  # a write that a crash cut short
-                stale.unlink(missing_ok=True)
+            remove_stale_temp_files(run_dir)  # writes that a crash cut short
 
     train_model: nn.Module = model
     if cfg.train.compile:
@@ -390,7 +367,7 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
             train_model, device_ids=[device.index] if device.type == "cuda" else None)
 
     if dist_info.is_main:
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        atomic_write(run_dir / "config.yaml", to_yaml(cfg))
         write_json(run_dir / "data_report.json", data.report)
         write_json(run_dir / "split.json", data.split)
         n_skipped = len(data.report.get("skipped", []))
@@ -444,7 +421,7 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
             if result.interrupted:
                 if dist_info.is_main:
                     saver.flush_best()
-                    ckpt_lib.atomic_save(checkpoint(epoch, result.batches_done, metrics),
+                    atomic_save(checkpoint(epoch, result.batches_done, metrics),
                                          run_dir / "last.pt")
                 barrier()
                 raise TrainingInterrupted(
@@ -481,7 +458,7 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
                     schedule["total_steps"] = steps_per_epoch * epochs
                     schedule["warmup_steps"] = min(warmup_steps, schedule["total_steps"])
                     if dist_info.is_main:
-                        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+                        atomic_write(run_dir / "config.yaml", to_yaml(cfg))
                         logger.info("time budget %.1f min: %d epochs fit (the schedule ends "
                                     "there)", budget, epochs)
             if dist_info.is_main:
@@ -622,7 +599,7 @@ class _EpochSaver:
         if not due:
             return
         self.flush_best()
-        ckpt_lib.atomic_save(checkpoint, self.run_dir / "last.pt")
+        atomic_save(checkpoint, self.run_dir / "last.pt")
         self.last_write = time.perf_counter()
         if not force and self.last_write - self.last_plot < PLOT_EVERY_S:
             return  # drawing takes ~0.5 s: more than a whole epoch on a GPU
@@ -637,16 +614,14 @@ class _EpochSaver:
 
     def flush_best(self) -> None:
         if self.pending_best is not None:
-            ckpt_lib.atomic_save(self.pending_best, self.run_dir / "best.pt")
+            atomic_save(self.pending_best, self.run_dir / "best.pt")
             self.pending_best = None
 
 
 def truncate_metrics(path: Path, epochs_done: int) -> None:
     """Keep only the metrics of epochs a resumed run will not redo."""
     records = [r for r in read_jsonl(path) if r.get("epoch", 0) <= epochs_done]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def _inverse_frequency_weights(targets: list[int], num_classes: int) -> list[float]:

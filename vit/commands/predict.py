@@ -8,10 +8,10 @@ import io
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from vit.errors import DataError, VitError
+from vit.io import atomic_write
 from vit.predict import FilePrediction
 
 FORMATS = ("table", "json", "csv")
@@ -96,10 +96,7 @@ def write_text(text: str, output: str | None) -> None:
     if output is None:
         sys.stdout.write(text)
         return
-    try:
-        Path(output).write_text(text)
-    except OSError as e:
-        raise VitError(f"cannot write {output}: {e.strerror or e}") from e
+    atomic_write(output, text)
 
 
 # --- the command ------------------------------------------------------------------------------
