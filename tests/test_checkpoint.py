@@ -17,7 +17,6 @@ from vit import checkpoint as ckpt_lib
 from vit.checkpoint import (
     FORMAT_VERSION,
     capture_rng_state,
-    clean_state_dict,
     export_safetensors,
     find_resume_checkpoint,
     load_checkpoint,
@@ -120,7 +119,6 @@ def test_wrapped_model_keys_are_plain():
         ckpt = checkpoint_of(wrapped, ema_model=wrapped, optimizer=None)
         assert list(ckpt["model"]) == plain_keys
         assert list(ckpt["ema"]) == plain_keys
-    assert clean_state_dict({"module._orig_mod.head.bias": 1}) == {"head.bias": 1}
 
 
 @pytest.mark.slow
@@ -226,7 +224,7 @@ def _write(tmp_path, name, obj=None, text=None):
     (lambda d: _write(d, "sd.pt", {"head.weight": torch.zeros(3, 2)}),
      ["plain state_dict", "--pretrained"]),
     (lambda d: _write(d, "other.pt", {"epoch": 3, "net": {"w": torch.zeros(1)}}),
-     ["not a vit checkpoint", "'format'"]),
+     ["not a vit checkpoint", "without weights", "'epoch', 'net'"]),
     (lambda d: _write(d, "tensor.pt", torch.zeros(3)), ["not a vit checkpoint", "Tensor"]),
     (lambda d: _write(d, "future.pt", {"format": "vit-checkpoint",
                                        "format_version": FORMAT_VERSION + 1}),
@@ -297,7 +295,7 @@ def test_safetensors_errors(tmp_path):
         export_safetensors(ckpt, tmp_path / "model.pt")
     bare = tmp_path / "bare.safetensors"
     safetensors.torch.save_file({"w": torch.zeros(2)}, bare)
-    with pytest.raises(CheckpointError, match="no sidecar bare.json"):
+    with pytest.raises(CheckpointError, match="no sidecar bare.json.*--pretrained"):
         load_checkpoint(bare)
     junk = tmp_path / "junk.safetensors"
     junk.write_text("not safetensors")

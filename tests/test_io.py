@@ -5,18 +5,28 @@ import os
 import pickle
 
 import pytest
+import safetensors.torch
 import torch
 
-from vit.errors import OutputError
+from vit.checkpoint import load_checkpoint
+from vit.errors import CheckpointError, OutputError
 from vit.io import (
+    FORMAT,
+    FORMAT_VERSION,
     append_jsonl,
     atomic_save,
     atomic_write,
     make_output_dir,
     read_jsonl,
+    read_weights,
     remove_stale_temp_files,
     write_json,
 )
+from vit.pretrained import read_pretrained
+
+WEIGHTS = {"cls_token": torch.zeros(1, 1, 4), "blocks.0.attn.qkv.weight": torch.ones(12, 4)}
+INFO = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_config": {"depth": 1},
+        "classes": ["cat", "dog"], "preprocess": {"img_size": 8}}
 
 
 def files_in(folder) -> list[str]:
@@ -136,3 +146,55 @@ def test_atomic_save_read_only_folder(tmp_path):
         folder.chmod(0o700)
 
 
+
+
+# --- the one reader of weight files -----------------------------------------------------------
+
+
+def _same(state_dict, reference=WEIGHTS) -> bool:
+    return state_dict.keys() == reference.keys() and all(
+        torch.equal(state_dict[k], v) for k, v in reference.items())
+
+
+@pytest.mark.parametrize("kind", ["ours", "ours_sidecar", "ours_metadata"])
+def test_read_weights_of_ours(kind, tmp_path):
+    if kind == "ours":
+        path = tmp_path / "best.pt"
+        torch.save({**INFO, "model": WEIGHTS, "epoch": 3}, path)
+    else:
+        path = tmp_path / "model.safetensors"
+        meta = {"vit": json.dumps(INFO)} if kind == "ours_metadata" else None
+        safetensors.torch.save_file(WEIGHTS, path, metadata=meta)
+        if kind == "ours_sidecar":
+            (tmp_path / "model.json").write_text(json.dumps(INFO))
+    weights = read_weights(path)
+    assert _same(weights.state_dict)
+    assert weights.info["classes"] == ["cat", "dog"] and "model" not in weights.info
+    # both users of the reader see the same file the same way
+    assert load_checkpoint(path)["classes"] == read_pretrained(path).classes == ["cat", "dog"]
+
+
+@pytest.mark.parametrize("kind", ["plain", "ddp", "compiled_in_ddp", "container", "safetensors"])
+def test_read_weights_of_others(kind, tmp_path):
+    path = tmp_path / "w.pth"
+    if kind == "plain":
+        torch.save(WEIGHTS, path)
+    elif kind == "ddp":
+        torch.save({f"module.{k}": v for k, v in WEIGHTS.items()}, path)
+    elif kind == "compiled_in_ddp":
+        torch.save({f"module._orig_mod.{k}": v for k, v in WEIGHTS.items()}, path)
+    elif kind == "container":
+        torch.save({"epoch": 1, "state_dict": WEIGHTS, "state_dict_ema": WEIGHTS}, path)
+    else:
+        path = tmp_path / "w.safetensors"
+        safetensors.torch.save_file(WEIGHTS, path)
+    weights = read_weights(path)
+    assert weights.info is None and _same(weights.state_dict)
+
+
+def test_a_future_format_is_refused_by_every_reader(tmp_path):
+    path = tmp_path / "future.pt"
+    torch.save({**INFO, "format_version": FORMAT_VERSION + 1, "model": WEIGHTS}, path)
+    for read in (read_weights, load_checkpoint, read_pretrained):
+        with pytest.raises(CheckpointError, match="incompatible version.*upgrade vit"):
+            read(path)

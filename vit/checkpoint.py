@@ -22,26 +22,23 @@ Resume keys whose value would be None are left out (``ckpt.get("ema")`` reads th
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import os
 import random
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors
 import safetensors.torch
 import torch
 from torch import nn
 
 from vit import __version__
 from vit.errors import CheckpointError
-from vit.io import atomic_write
+from vit.io import FORMAT, FORMAT_VERSION, atomic_write, read_weights, sidecar_path
 from vit.model import VisionTransformer, ViTConfig, config_dict
 from vit.runtime import unwrap_model
 
@@ -56,37 +53,17 @@ __all__ = [
     "model_from_checkpoint",
     "export_safetensors",
     "find_resume_checkpoint",
-    "clean_state_dict",
 ]
 
 logger = logging.getLogger(__name__)
-
-FORMAT = "vit-checkpoint"
-FORMAT_VERSION = 1  # bump when a reader of the old format could misread the new one
-
-_REQUIRED_KEYS = ("model", "model_config", "classes", "preprocess")
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
-# What torch's weights_only unpickler says when it refuses a global, call or object.
-_REFUSED = re.compile(
-    r"GLOBAL (\S+)|unrecognized function|Can only create new object|must be imported to load")
 
 
 # --- building a checkpoint --------------------------------------------------------------------
 
 
-def _strip_prefixes(name: str) -> str:
-    while name.startswith(_WRAPPER_PREFIXES):
-        name = name.split(".", 1)[1]
-    return name
-
-
-def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop ``module.`` / ``_orig_mod.`` prefixes so keys are the plain timm-style names."""
-    return {_strip_prefixes(k): v for k, v in state_dict.items()}
-
-
 def _model_state(model: nn.Module | None) -> dict[str, torch.Tensor] | None:
-    return None if model is None else clean_state_dict(unwrap_model(model).state_dict())
+    """The state_dict of the plain model: names without DDP / torch.compile prefixes."""
+    return None if model is None else unwrap_model(model).state_dict()
 
 
 def _plain(obj: Any) -> Any:
@@ -219,127 +196,26 @@ def _check_file(path: Path) -> None:
         raise CheckpointError(f"checkpoint {path} does not exist")
 
 
-def _looks_like_text(head: bytes) -> bool:
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def _what_file(head: bytes) -> str:
-    """What a file that torch.load could not read seems to be, from its first bytes."""
-    if head.startswith(b"PK"):  # torch.save's zip container
-        return "it looks like a PyTorch file but is truncated or corrupted"
-    if not head:
-        return "it is empty"
-    if head.startswith(b"\x80"):
-        return "it is a Python pickle, not a file written by torch.save"
-    if _looks_like_text(head):
-        return "it is a text file"
-    return "it is not a file written by torch.save"
-
-
-def _load_error(path: Path, error: Exception, noun: str) -> CheckpointError:
-    """Turn what ``torch.load`` raised into one line a user can act on."""
-    with open(path, "rb") as f:
-        head = f.read(512)
-    is_pickle = head.startswith((b"PK", b"\x80"))  # zip (torch.save) or pickle protocol >= 2
-    refused = _REFUSED.search(str(error)) if is_pickle else None
-    if refused:
-        what = f" ({refused.group(1)})" if refused.group(1) else ""
-        return CheckpointError(
-            f"{path} contains arbitrary Python objects{what} and is refused for safety; only "
-            "plain tensors and data are loaded (if you trust the file, re-save its state_dict "
-            "and pass that to --pretrained)")
-    return CheckpointError(f"{path} is not {noun}: {_what_file(head)}")
-
-
-def torch_load_plain(path: Path, *, map_location: Any = "cpu",
-                     noun: str = "a vit checkpoint") -> Any:
-    """``torch.load(weights_only=True)``: tensors and plain data only, never code.
-
-    ``argparse.Namespace`` is allowed too: timm's train.py stores its arguments beside the
-    weights, and building one runs no code. Any failure becomes one ``CheckpointError`` line
-    that says "PATH is not NOUN: why", or that the file was refused for safety.
-    """
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types here: UnpicklingError, RuntimeError, ...
-        raise _load_error(path, e, noun) from e
-
-
-def _check_checkpoint(path: Path, obj: Any) -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} is not a vit checkpoint: it holds a {type(obj).__name__}")
-    if "format" not in obj:
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            what = "it looks like a plain state_dict (weights only, no classes or model config)"
-        else:
-            what = f"it is a dict without a 'format' key (keys: {', '.join(map(str, obj))[:200]})"
-        raise CheckpointError(
-            f"{path} is not a vit checkpoint: {what}; to fine-tune from its weights use "
-            f"--pretrained {path}")
-    if obj["format"] != FORMAT:
-        raise CheckpointError(f"{path} is not a vit checkpoint (format {obj['format']!r})")
-    version = obj.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"{path} has an invalid format_version {version!r}")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has format_version {version} (written by vit {obj.get('vit_version')}), "
-            f"an incompatible version: this vit {__version__} reads format_version up to "
-            f"{FORMAT_VERSION}; upgrade vit")
-    missing = [k for k in _REQUIRED_KEYS if k not in obj]
-    if missing:
-        raise CheckpointError(f"{path} is an incomplete vit checkpoint: missing {missing}")
-    return obj
-
-
-def _sidecar_path(path: Path) -> Path:
-    return path.with_suffix(".json")
-
-
-def _read_safetensors(path: Path, map_location: Any) -> dict[str, Any]:
-    """Weights from ``path``, everything else from the JSON sidecar (or, when the sidecar is
-    gone, from the copy ``export_safetensors`` keeps in the file's own metadata)."""
-    device = str(map_location) if isinstance(map_location, str | torch.device) else "cpu"
-    try:
-        with safetensors.safe_open(path, framework="pt", device=device) as f:
-            weights = {k: f.get_tensor(k) for k in f.keys()}
-            metadata = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own SafetensorError, OSError, ...
-        raise CheckpointError(f"{path} is not a readable .safetensors file ({e})") from e
-    sidecar = _sidecar_path(path)
-    if sidecar.is_file():
-        text = sidecar.read_text()
-    elif "vit" in metadata:
-        text = metadata["vit"]
-    else:
-        raise CheckpointError(
-            f"{path} has no sidecar {sidecar.name} with its classes and model config; keep the "
-            "two files export_safetensors wrote together")
-    try:
-        info = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{sidecar} is not valid JSON ({e})") from e
-    return {**info, "model": weights}
-
-
 def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a checkpoint (``.pt`` from training or ``.safetensors`` from ``export_safetensors``).
 
-    Only plain tensors and data are accepted (``weights_only=True``); every other case raises a
-    one-line ``CheckpointError`` that says what the file is and what to pass instead.
+    The file is read by ``vit.io.read_weights``, the reader of every weights file; this adds
+    that it must be one of ours (classes, model config, preprocessing). Every other case raises
+    a one-line ``CheckpointError`` that says what the file is and what to pass instead.
     """
     path = Path(path)
     _check_file(path)
-    if path.suffix == ".safetensors":
-        obj = _read_safetensors(path, map_location)
-    else:
-        obj = torch_load_plain(path, map_location=map_location)
-    return _check_checkpoint(path, obj)
+    weights = read_weights(path, map_location=map_location, noun="a vit checkpoint")
+    if weights.info is None:
+        if path.suffix == ".safetensors":
+            what = (f"it holds weights only, and no sidecar {sidecar_path(path).name} (nor a copy "
+                    "in its metadata) with its classes and model config; keep the two files "
+                    "`vit export` wrote together")
+        else:
+            what = "it looks like a plain state_dict (weights only, no classes or model config)"
+        raise CheckpointError(f"{path} is not a vit checkpoint: {what}; to fine-tune from its "
+                              f"weights use --pretrained {path}")
+    return {**weights.info, "model": weights.state_dict}
 
 
 def _shape_mismatches(
@@ -366,7 +242,7 @@ def model_from_checkpoint(ckpt: Mapping[str, Any]) -> VisionTransformer:
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"the checkpoint's model_config is invalid: {e}") from e
     model = VisionTransformer(config)
-    weights = clean_state_dict(ckpt["model"])
+    weights = ckpt["model"]
     problems = _shape_mismatches(model.state_dict(), weights)
     if problems:
         raise CheckpointError("the checkpoint's weights do not fit its model_config: "
@@ -406,9 +282,9 @@ def export_safetensors(ckpt: Mapping[str, Any], path: str | os.PathLike) -> tupl
         **_metrics_summary(ckpt),
     }
     text = json.dumps(info, indent=2)
-    weights = {k: v.detach().cpu().contiguous() for k, v in clean_state_dict(ckpt["model"]).items()}
+    weights = {k: v.detach().cpu().contiguous() for k, v in ckpt["model"].items()}
     payload = safetensors.torch.save(weights, metadata={"vit": text})
-    sidecar = _sidecar_path(path)
+    sidecar = sidecar_path(path)
     atomic_write(path, payload)
     atomic_write(sidecar, text + "\n")
     return path, sidecar

@@ -20,13 +20,12 @@ What is adapted (every other tensor must match exactly, else ``CheckpointError``
                 resize (timm.layers.resample_patch_embed), which keeps the patch embedding of an
                 image resized by the same factor unchanged
 
-Files are read with ``torch.load(weights_only=True)`` only: pickles that would construct
-arbitrary objects are refused.
+Files are read by ``vit.io.read_weights``, the one reader of weight files, with
+``torch.load(weights_only=True)`` only: pickles that would construct arbitrary objects are refused.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import socket
@@ -37,11 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
-from vit.checkpoint import torch_load_plain
 from vit.errors import CheckpointError, ConfigError
+from vit.io import read_weights
 from vit.model import (
     VisionTransformer,
     ViTConfig,
@@ -62,10 +59,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "vit-checkpoint"
 TIMM_PREFIX = "timm:"
-# Where training scripts keep the weights, in timm's order of preference (EMA first).
-CONTAINER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
 # num_heads of timm's ViTs by width (head_dim 64 up to 1024, 16 heads above).
 TIMM_NUM_HEADS = {192: 3, 256: 4, 320: 5, 384: 6, 512: 8, 640: 10, 768: 12, 1024: 16, 1152: 16,
                   1280: 16}
@@ -102,7 +96,8 @@ class LoadReport:
 
 
 def read_pretrained(source: str | Path) -> PretrainedWeights:
-    """Read weights from a file of ours or timm's, or fetch ``timm:<name>`` through timm."""
+    """Read weights from a file of ours or timm's (``vit.io.read_weights``), or fetch
+    ``timm:<name>`` through timm."""
     if isinstance(source, str) and source.startswith(TIMM_PREFIX):
         return _read_timm(source[len(TIMM_PREFIX):])
     path = Path(source)
@@ -114,99 +109,10 @@ def read_pretrained(source: str | Path) -> PretrainedWeights:
             f"pretrained weights not found: {path} (pass a .pt, .pth, .bin or .safetensors file, "
             f"or timm:<model name>)"
         )
-    weights = _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)
-    state_dict, prefix = _strip_wrapper_prefix(weights.state_dict)
-    if prefix:
-        logger.info("%s: removed the prefix %r from every parameter name", path, prefix)
-    weights.state_dict = state_dict
-    return weights
-
-
-def _read_torch(path: Path) -> PretrainedWeights:
-    obj = torch_load_plain(path, noun="a weights file")
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict of tensors")
-    if obj.get("format") == CHECKPOINT_FORMAT:
-        if not isinstance(obj.get("model"), dict):
-            raise CheckpointError(f"{path} is a {CHECKPOINT_FORMAT} without a 'model' state_dict")
-        return _ours(obj["model"], meta=obj, description=str(path))
-    state_dict, inside = _unwrap_state_dict(obj, path)
-    if inside:
-        logger.info("%s: using the weights under %s", path, " -> ".join(repr(k) for k in inside))
-    return PretrainedWeights(state_dict=state_dict, description=str(path))
-
-
-def _read_safetensors(path: Path) -> PretrainedWeights:
-    try:
-        state_dict = load_file(path, device="cpu")
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(
-            f"cannot read {path} as a safetensors file: {_one_line(err)}"
-        ) from err
-    meta = _read_sidecar(path.with_suffix(".json"))
-    if meta is None:
-        return PretrainedWeights(state_dict=state_dict, description=str(path))
-    return _ours(state_dict, meta=meta, description=str(path))
-
-
-def _read_sidecar(path: Path) -> dict[str, Any] | None:
-    """The JSON next to an exported .safetensors of ours; None when there is none."""
-    if not path.is_file():
-        return None
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read the sidecar {path}: {err}") from err
-    return meta if isinstance(meta, dict) and meta.get("format") == CHECKPOINT_FORMAT else None
-
-
-def _ours(state_dict: dict, *, meta: dict[str, Any], description: str) -> PretrainedWeights:
-    config, classes = meta.get("model_config"), meta.get("classes")
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{description} is a {CHECKPOINT_FORMAT} without a 'model_config'")
-    if classes is not None and not (
-        isinstance(classes, list) and all(isinstance(c, str) for c in classes)
-    ):
-        raise CheckpointError(f"{description}: 'classes' must be a list of names, got {classes!r}")
-    return PretrainedWeights(
-        state_dict=dict(state_dict), model_config=dict(config), classes=classes,
-        description=description,
-    )
-
-
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(
-        isinstance(v, torch.Tensor) for v in obj.values()
-    )
-
-
-def _unwrap_state_dict(obj: dict, path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Find the state_dict in a training checkpoint ({"state_dict": ...}, {"model": ...})."""
-    inside: list[str] = []
-    while not _is_state_dict(obj):
-        key = next((k for k in CONTAINER_KEYS if isinstance(obj.get(k), dict)), None)
-        if key is None:
-            found = ", ".join(repr(k) for k in list(obj)[:8])
-            raise CheckpointError(
-                f"no state_dict found in {path}: its keys are {found or 'none'}; expected a dict "
-                f"of tensors, or one under {', '.join(repr(k) for k in CONTAINER_KEYS)}"
-            )
-        obj = obj[key]
-        inside.append(key)
-    return obj, inside
-
-
-def _strip_wrapper_prefix(state_dict: StateDict) -> tuple[StateDict, str]:
-    """Remove prefixes that every key shares: "module." (DistributedDataParallel), "_orig_mod."
-    (torch.compile), "model.", ... A ViT's own keys never share one (cls_token, blocks., ...)."""
-    removed = ""
-    while True:
-        heads = {key.partition(".")[0] for key in state_dict}
-        if len(heads) != 1 or not all("." in key for key in state_dict):
-            return state_dict, removed
-        prefix = heads.pop() + "."
-        state_dict = {key[len(prefix):]: value for key, value in state_dict.items()}
-        removed += prefix
+    weights = read_weights(path)
+    info = weights.info or {}
+    return PretrainedWeights(state_dict=weights.state_dict, model_config=info.get("model_config"),
+                             classes=info.get("classes"), description=str(path))
 
 
 # --- timm:<name> ------------------------------------------------------------------------------
