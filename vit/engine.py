@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from vit.distributed import all_reduce_sum
 from vit.errors import VitError
+from vit.metrics import percent, topk_correct
 from vit.runtime import autocast, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -248,17 +249,15 @@ def evaluate(
         with autocast(device, precision):
             logits = model(x)
         logits = logits.float()
-        k = min(5, logits.shape[1])
-        hits = logits.topk(k, dim=1).indices == y[:, None]  # (B, k)
-        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
-                             hits[:, 0].sum().double(), hits.any(dim=1).sum().double(),
-                             torch.tensor(float(y.numel()), device=device, dtype=torch.float64)])
+        loss = F.cross_entropy(logits, y, reduction="sum").double()
+        count = torch.tensor(float(y.numel()), device=device, dtype=torch.float64)
+        sums += torch.cat([loss[None], topk_correct(logits, y, ks=(1, 5)), count[None]])
     model.train(was_training)
     loss_sum, correct1, correct5, count = all_reduce_sum(sums.tolist(), device)
     if count == 0:
         raise VitError("evaluation saw no images")
     return {
         "val_loss": loss_sum / count,
-        "val_top1": 100.0 * correct1 / count,
-        "val_top5": 100.0 * correct5 / count,
+        "val_top1": percent(correct1, count),
+        "val_top5": percent(correct5, count),
     }

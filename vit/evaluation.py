@@ -11,7 +11,8 @@ folder may hold fewer classes, or classes the model does not know (reported and 
 
 Files written to the output folder:
     report.json             top1, top5, loss, ece, num_images, per_class, confusion_matrix,
-                            unknown_classes, missing_classes, skipped, ...
+                            unknown_classes, missing_classes, skipped, ...; accuracies,
+                            precision, recall and F1 in percent, ECE in [0, 1]
     predictions.csv         per image: path, true label, predicted label, confidence
     confusion_matrix.png    rows normalised to the true class
     reliability.png         accuracy per confidence bin (calibration)
@@ -251,7 +252,7 @@ def evaluate_folder(
 
 
 def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2%}"
+    return "n/a" if value is None else f"{value:.2f}%"
 
 
 def _number(value: float | None) -> str:
@@ -266,10 +267,10 @@ def format_summary(report: dict[str, Any]) -> str:
         f"loss {_number(report['loss'])}   ECE {_number(report['ece'])}",
     ]
     width = max(len("class"), *(len(name) for name in report["per_class"]))
-    lines.append(f"{'class':<{width}}  precision  recall      f1  support")
+    lines.append(f"{'class':<{width}}  precision   recall       f1  support")
     for name, row in report["per_class"].items():
-        lines.append(f"{name:<{width}}  {_number(row['precision']):>9}  "
-                     f"{_number(row['recall']):>6}  {_number(row['f1']):>6}  {row['support']:>7}")
+        lines.append(f"{name:<{width}}  {_percent(row['precision']):>9}  "
+                     f"{_percent(row['recall']):>7}  {_percent(row['f1']):>7}  {row['support']:>7}")
     for key, what in (("unknown_classes", "folders the model does not know (left out)"),
                       ("missing_classes", "model classes without a folder"),
                       ("skipped", "unreadable files skipped")):

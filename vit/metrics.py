@@ -1,9 +1,14 @@
 """Classification metrics for evaluation and training.
 
-`EvalAccumulator` gathers everything `vit eval` reports (accuracy, per-class scores, confusion
+Accuracy is a percent (0-100) everywhere a user reads it: ``metrics.jsonl``, checkpoints,
+``report.json``, logs. ``topk_correct`` is the one top-k count; the validation pass of training
+(``vit.engine.evaluate``) and ``EvalAccumulator`` both sum it and turn it into a percent with
+``percent``. Probabilities, confidences and the calibration error stay in [0, 1].
+
+`EvalAccumulator` gathers everything `vit evaluate` reports (accuracy, per-class scores, confusion
 matrix, calibration error, mean loss) on top of torchmetrics, so it works on any device and
 synchronises across processes under DDP. The module-level functions are small, pure helpers
-for the training loop and for plotting data.
+for plotting data.
 """
 
 from __future__ import annotations
@@ -15,9 +20,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import (
-    MulticlassAccuracy,
     MulticlassCalibrationError,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
@@ -70,6 +74,22 @@ def _check_inputs(scores: Tensor, targets: Tensor) -> None:
         )
 
 
+def topk_correct(scores: Tensor, targets: Tensor, ks: Sequence[int] = (1, 5)) -> Tensor:
+    """How many rows of `scores` (N, C) have their target among their k highest scores, for each
+    k in `ks` (k capped at C, so top-5 of 3 classes counts every row): a float64 tensor
+    (len(ks),) on the scores' device, so summing it over batches never waits for the device."""
+    _check_inputs(scores, targets)
+    num_classes = scores.shape[1]
+    top = scores.topk(min(max(ks), num_classes), dim=1).indices  # (N, max k)
+    hits = top == targets[:, None]  # (N, max k): at most one hit per row
+    return torch.stack([hits[:, :min(k, num_classes)].any(dim=1).sum() for k in ks]).double()
+
+
+def percent(part: float, whole: float) -> float:
+    """``part`` of ``whole`` in percent: the one unit of accuracy."""
+    return 100.0 * part / whole
+
+
 class EvalAccumulator:
     """Accumulates multiclass evaluation metrics over batches.
 
@@ -89,8 +109,6 @@ class EvalAccumulator:
         kwargs: dict[str, Any] = {"num_classes": num_classes, "process_group": process_group}
         self._metrics = MetricCollection(
             {
-                "top1": MulticlassAccuracy(top_k=1, average="micro", **kwargs),
-                "top5": MulticlassAccuracy(top_k=self.top_k, average="micro", **kwargs),
                 "precision": MulticlassPrecision(average=None, **kwargs),
                 "recall": MulticlassRecall(average=None, **kwargs),
                 "f1": MulticlassF1Score(average=None, **kwargs),
@@ -99,6 +117,8 @@ class EvalAccumulator:
             }
         )
         self._loss = MeanMetric(process_group=process_group)
+        self._top1 = SumMetric(process_group=process_group)  # rows right at top-1 / top-5
+        self._top5 = SumMetric(process_group=process_group)
 
     @property
     def device(self) -> torch.device:
@@ -108,14 +128,14 @@ class EvalAccumulator:
     def to(self, device: torch.device | str) -> EvalAccumulator:
         """Move the metric states to `device` and return self."""
         logger.debug("moving evaluation metric states to %s", device)
-        self._metrics.to(device)
-        self._loss.to(device)
+        for metric in (self._metrics, self._loss, self._top1, self._top5):
+            metric.to(device)
         return self
 
     def reset(self) -> None:
         """Forget everything accumulated so far."""
-        self._metrics.reset()
-        self._loss.reset()
+        for metric in (self._metrics, self._loss, self._top1, self._top5):
+            metric.reset()
 
     @torch.no_grad()
     def update(
@@ -135,7 +155,11 @@ class EvalAccumulator:
         if scores.device != self.device:
             self.to(scores.device)
         targets = targets.to(device=scores.device, dtype=torch.long)
-        self._metrics.update(as_probabilities(scores), targets)
+        probs = as_probabilities(scores)
+        self._metrics.update(probs, targets)
+        top1, top5 = topk_correct(probs, targets, ks=(1, self.top_k))
+        self._top1.update(top1)
+        self._top5.update(top5)
         if loss_sum is None:
             losses = -_log_probabilities(scores).gather(1, targets.unsqueeze(1)).squeeze(1)
             self._loss.update(losses)
@@ -147,22 +171,24 @@ class EvalAccumulator:
     def compute(self) -> dict[str, Any]:
         """Metrics over everything seen (all ranks under DDP), as CPU tensors and Python numbers.
 
-        Keys: top1, top5, loss, ece, num_images (numbers); precision, recall, f1, support (C,)
-        and confusion_matrix (C, C), rows = true class (tensors).
+        Keys: top1, top5 (percent), loss, ece (in [0, 1]), num_images (numbers); precision,
+        recall, f1 (percent), support (C,) and confusion_matrix (C, C), rows = true class
+        (tensors).
         """
         values = {name: value.detach().cpu() for name, value in self._metrics.compute().items()}
         loss = self._loss.compute().detach().cpu()
         matrix = values["confusion_matrix"].long()
         support = matrix.sum(dim=1)
+        num_images = int(support.sum())
         return {
-            "top1": float(values["top1"]),
-            "top5": float(values["top5"]),
+            "top1": percent(float(self._top1.compute()), num_images) if num_images else math.nan,
+            "top5": percent(float(self._top5.compute()), num_images) if num_images else math.nan,
             "loss": float(loss),
             "ece": float(values["ece"]),
-            "num_images": int(support.sum()),
-            "precision": values["precision"].float(),
-            "recall": values["recall"].float(),
-            "f1": values["f1"].float(),
+            "num_images": num_images,
+            "precision": 100.0 * values["precision"].float(),
+            "recall": 100.0 * values["recall"].float(),
+            "f1": 100.0 * values["f1"].float(),
             "support": support,
             "confusion_matrix": matrix,
         }
@@ -247,21 +273,3 @@ def most_confident_mistakes(probs: Tensor, targets: Tensor, k: int) -> list[int]
     wrong = torch.nonzero(predicted.ne(targets.to(predicted.device))).flatten()
     order = torch.sort(confidence[wrong], descending=True, stable=True).indices
     return wrong[order][: max(k, 0)].tolist()
-
-
-def topk_accuracy(logits: Tensor, targets: Tensor, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
-    """Fraction of samples whose target is among the top-k scores, as {"top{k}": value}.
-
-    k is capped at the number of classes (so top5 with 3 classes is 1.0). Soft targets
-    (N, C), e.g. from mixup, are reduced to their argmax.
-    """
-    if targets.ndim == 2:
-        targets = targets.argmax(dim=-1)
-    _check_inputs(logits, targets)
-    if logits.shape[0] == 0:
-        raise ValueError("topk_accuracy needs at least one sample")
-    num_classes = logits.shape[1]
-    max_k = min(max(ks), num_classes)
-    top = logits.detach().topk(max_k, dim=-1).indices
-    hits = top.eq(targets.to(top.device).unsqueeze(1))
-    return {f"top{k}": float(hits[:, : min(k, num_classes)].any(dim=1).float().mean()) for k in ks}

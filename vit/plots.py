@@ -126,7 +126,7 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], path: PathLike) -
             color="crimson",
             bbox={"facecolor": "white", "edgecolor": "crimson"},
         )
-    _finish_axes(acc_axes, "Validation accuracy", "accuracy", any(plotted))
+    _finish_axes(acc_axes, "Validation accuracy", "accuracy (%)", any(plotted))
 
     has_lr = _plot_series(lr_axes, epochs, _series(rows, "lr"), "lr", color="tab:green")
     lr_axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
