@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from vit.distributed import all_reduce_sum
 from vit.errors import VitError
 from vit.metrics import percent, topk_correct
+from vit.optim import set_lr
 from vit.runtime import autocast, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -120,8 +121,7 @@ def train_one_epoch(
 
         if is_update:
             lr = lr_at(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
+            set_lr(optimizer, lr)
             skipped += _optimizer_step(model, optimizer, scaler=scaler, clip_grad=clip_grad,
                                        health=health, check_now=check_every == 1, epoch=epoch)
             step += 1

@@ -30,7 +30,6 @@ __all__ = [
     "create_model",
     "list_models",
     "from_timm",
-    "resample_pos_embed",
 ]
 
 
@@ -211,21 +210,6 @@ class Block(nn.Module):
         return x, attn
 
 
-def resample_pos_embed(
-    pos_embed: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int],
-    num_prefix_tokens: int,
-) -> torch.Tensor:
-    """Bicubically resample the patch part of a (1, prefix + h*w, D) position embedding."""
-    if tuple(old_grid) == tuple(new_grid):
-        return pos_embed
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    D = grid.shape[-1]
-    grid = grid.float().reshape(1, old_grid[0], old_grid[1], D).permute(0, 3, 1, 2)  # (1, D, h, w)
-    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False, antialias=True)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], D)  # (1, h'*w', D)
-    return torch.cat([prefix, grid.to(pos_embed.dtype)], dim=1)
-
-
 # ---------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------
@@ -288,6 +272,14 @@ class VisionTransformer(nn.Module):
         """Parameters that AdamW should not decay (besides biases and norms)."""
         return {"pos_embed", "cls_token", "reg_token"}
 
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Layers for timm's layer-wise lr decay, as timm's ViT: the embeddings, each block (the
+        final norm with the last one), then the head (unmatched names come last)."""
+        return dict(
+            stem=r"^cls_token|reg_token|pos_embed|patch_embed",
+            blocks=r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+        )
+
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the head (zero-initialised) for a new number of classes."""
         if global_pool is not None and global_pool != self.global_pool:
@@ -306,9 +298,13 @@ class VisionTransformer(nn.Module):
         if self.reg_token is not None:
             prefix.append(self.reg_token.expand(B, -1, -1))
         x = torch.cat(prefix + [x], dim=1)  # (B, N, D)
-        pos_embed = resample_pos_embed(
-            self.pos_embed, self.patch_embed.grid_size, grid, self.num_prefix_tokens
-        )
+        pos_embed = self.pos_embed
+        if grid != self.patch_embed.grid_size:  # another input size: resample the patch grid
+            from timm.layers import resample_abs_pos_embed  # bicubic; timm takes seconds to import
+
+            pos_embed = resample_abs_pos_embed(
+                pos_embed, new_size=list(grid), old_size=list(self.patch_embed.grid_size),
+                num_prefix_tokens=self.num_prefix_tokens)  # (1, prefix + h' * w', D)
         return x + pos_embed
 
     def _forward_tokens(

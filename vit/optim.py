@@ -6,11 +6,11 @@
                                      warmup_steps=500, total_steps=total_steps))
         ...
 
-Weight decay follows timm: none for biases, other 1-D tensors (norm weights, LayerScale gamma)
-and the names in ``model.no_weight_decay()`` (position embedding, [CLS] and register tokens).
-Layer-wise lr decay follows BEiT/MAE: the same scales as ``timm.optim.param_groups_layer_decay``
-on a timm ViT, except the final ``norm``, which timm puts in the last block's layer and BEiT/MAE
-(and we) in the head's.
+The parameter groups are timm's (``timm.optim.param_groups_weight_decay`` and, with layer decay,
+``param_groups_layer_decay``): no weight decay for biases, other 1-D tensors (norm weights,
+LayerScale gamma) and the names in ``model.no_weight_decay()`` (position embedding, [CLS] and
+register tokens); layer-wise lr decay as BEiT/MAE with the layers of ``model.group_matcher()``
+(embeddings, each block, the head; the final norm goes with the last block, as in timm).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from vit.runtime import unwrap_model
 
 __all__ = [
     "param_groups",
-    "layer_id",
     "lr_at_step",
     "set_lr",
     "build_optimizer",
@@ -38,65 +37,31 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_EMBEDDING_PREFIXES = ("patch_embed.", "cls_token", "reg_token", "pos_embed")
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
 _FREEZE_LAST_N = re.compile(r"^all-but-last-(\d+)$")
 
 
 # --- parameter groups -------------------------------------------------------------------------
 
 
-def _no_weight_decay(name: str, param: torch.Tensor, skip: set[str]) -> bool:
-    return param.ndim <= 1 or name.endswith(".bias") or name in skip
+def param_groups(model: nn.Module, *, weight_decay: float,
+                 layer_decay: float | None = None) -> list[dict]:
+    """Trainable parameters grouped by timm for AdamW (see the module docstring).
 
-
-def layer_id(name: str, depth: int) -> int:
-    """0 for the embeddings, i + 1 for ``blocks.i.*``, depth + 1 for the final norm and head."""
-    if name.startswith(_EMBEDDING_PREFIXES):
-        return 0
-    match = _BLOCK.match(name)
-    if match:
-        return int(match.group(1)) + 1
-    return depth + 1
-
-
-def param_groups(
-    model: nn.Module, *, weight_decay: float, base_lr: float, layer_decay: float | None = None
-) -> list[dict]:
-    """Trainable parameters grouped by (layer, decay / no decay), ready for an optimizer.
-
-    Each group has ``params``, ``weight_decay``, ``lr_scale``, ``lr`` (= base_lr * lr_scale) and
-    a ``name`` ("decay", "no_decay", or "layer_3_decay" with layer decay). With ``layer_decay``
-    the lr scale of layer ``i`` is ``layer_decay ** (depth + 1 - i)``, so the head gets 1.0.
-    Frozen parameters (``requires_grad=False``) are left out. Empty groups are not returned.
+    Each group has ``params`` and ``weight_decay``; with ``layer_decay`` also ``lr_scale``
+    (``layer_decay ** (depth + 1 - layer)``, 1.0 for the head). Frozen parameters
+    (``requires_grad=False``) are left out. DDP and torch.compile wrappers are looked through.
     """
+    from timm.optim import param_groups_layer_decay, param_groups_weight_decay  # slow import
+
     if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
         raise ConfigError(f"train.layer_decay must be in (0, 1], got {layer_decay}")
     model = unwrap_model(model)
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    depth = len(model.blocks) if hasattr(model, "blocks") else 0
-
-    groups: dict[str, dict] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        no_decay = _no_weight_decay(name, param, skip)
-        decay_name = "no_decay" if no_decay else "decay"
-        if layer_decay is None:
-            group_name, scale = decay_name, 1.0
-        else:
-            layer = layer_id(name, depth)
-            group_name, scale = f"layer_{layer}_{decay_name}", layer_decay ** (depth + 1 - layer)
-        if group_name not in groups:
-            groups[group_name] = {
-                "name": group_name,
-                "params": [],
-                "weight_decay": 0.0 if no_decay else weight_decay,
-                "lr_scale": scale,
-                "lr": base_lr * scale,
-            }
-        groups[group_name]["params"].append(param)
-    return list(groups.values())
+    skip = sorted(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else []
+    if layer_decay is None:
+        return param_groups_weight_decay(model, weight_decay=weight_decay,
+                                         no_weight_decay_list=skip)
+    return param_groups_layer_decay(model, weight_decay=weight_decay, no_weight_decay_list=skip,
+                                    layer_decay=layer_decay)
 
 
 # --- learning-rate schedule -------------------------------------------------------------------
@@ -163,7 +128,7 @@ def build_optimizer(
     fused: bool | None = None,
 ) -> torch.optim.AdamW:
     """AdamW over ``param_groups``; the fused CUDA kernel when every parameter is on a GPU."""
-    groups = param_groups(model, weight_decay=weight_decay, base_lr=lr, layer_decay=layer_decay)
+    groups = param_groups(model, weight_decay=weight_decay, layer_decay=layer_decay)
     params = [p for g in groups for p in g["params"]]
     if not params:
         raise ConfigError("the model has no trainable parameters; check --freeze")
@@ -171,7 +136,9 @@ def build_optimizer(
         fused = True if _all_on_cuda(params) else None  # None: torch picks foreach / for-loop
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay,
                                   fused=fused)
-    logger.debug("AdamW: %s", ", ".join(f"{g['name']} ({len(g['params'])})" for g in groups))
+    set_lr(optimizer, lr)  # each group at lr * lr_scale from the start
+    logger.debug("AdamW: %d parameter groups of %s tensors", len(groups),
+                 "/".join(str(len(g["params"])) for g in groups))
     return optimizer
 
 

@@ -45,7 +45,6 @@ from vit.model import (
     config_dict,
     from_timm,
     model_config,
-    resample_pos_embed,
 )
 
 __all__ = [
@@ -348,7 +347,10 @@ def _adapt_tokens(state: StateDict, *, model: VisionTransformer, **_: Any) -> Ad
     old_grid = _square_grid(patch_pos.shape[1])
     new_grid = tuple(model.patch_embed.grid_size)
     if old_grid != new_grid:
-        patch_pos = resample_pos_embed(patch_pos, old_grid, new_grid, num_prefix_tokens=0)
+        from timm.layers import resample_abs_pos_embed  # timm takes seconds to import
+
+        patch_pos = resample_abs_pos_embed(patch_pos, new_size=list(new_grid),
+                                           old_size=list(old_grid), num_prefix_tokens=0)
         notes["pos_embed"] = _join(
             notes.get("pos_embed"),
             f"patch grid resampled bicubically {_grid(old_grid)} -> {_grid(new_grid)}",

@@ -43,7 +43,7 @@ from vit.io import (
     write_json,
 )
 from vit.model import VisionTransformer, ViTConfig, create_model
-from vit.optim import build_optimizer, freeze_parameters, lr_at_step
+from vit.optim import build_optimizer, count_parameters, freeze_parameters, lr_at_step
 from vit.runtime import make_grad_scaler, resolve_device, resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -377,10 +377,11 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
             logger.warning("%d unreadable files skipped; they are listed with the reason in %s",
                            n_skipped, run_dir / "data_report.json")
         arch = (f"from {cfg.train.pretrained}" if cfg.train.pretrained else cfg.model.name)
-        logger.info("model %s (%d blocks, width %d): %.2fM parameters, device %s, precision %s, "
-                    "global batch %d", arch, model.config.depth, model.config.embed_dim,
-                    sum(p.numel() for p in model.parameters()) / 1e6, device,
-                    precision, cfg.train.batch_size * cfg.train.accum_steps)
+        total, trainable = count_parameters(model)
+        logger.info("model %s (%d blocks, width %d): %.2fM parameters (%.2fM trained), device %s, "
+                    "precision %s, global batch %d", arch, model.config.depth,
+                    model.config.embed_dim, total / 1e6, trainable / 1e6, device, precision,
+                    cfg.train.batch_size * cfg.train.accum_steps)
 
     schedule = {"warmup_steps": warmup_steps, "total_steps": total_steps}
 
@@ -528,7 +529,15 @@ def _restore(state: dict[str, Any], *, model: nn.Module, optimizer: torch.optim.
                                        "resumed; use it with --pretrained to start a new run")
     train_weights = state.get("train_model") or state["model"]
     model.load_state_dict(train_weights)
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError as e:  # torch: "... parameter group that doesn't match the size ..."
+        raise ckpt_lib.CheckpointError(
+            f"this checkpoint's optimizer state does not fit the parameter groups of this run "
+            f"({e}); the groups changed (train.freeze, train.layer_decay or train.weight_decay "
+            "differ, or the checkpoint was written by an older vit whose layer decay grouped "
+            "the final norm with the head); start a new run from its weights with --pretrained"
+        ) from e
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     if ema is not None and state.get("ema"):
