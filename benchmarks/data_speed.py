@@ -46,7 +46,7 @@ from vit.data import (
     build_transform,
     load_image,
     resolve_data_dirs,
-    scan_image_folder,
+    scan_folder,
 )
 from vit.engine import train_one_epoch
 from vit.loader import build_loader, set_epoch
@@ -121,7 +121,8 @@ TRAIN_COLUMNS = (
 def sample_subset(root: str | Path, *, limit: int, seed: int) -> tuple[Samples, list[str]]:
     """A fixed random subset of at most ``limit`` samples of the training images under ``root``."""
     train_dir, _ = resolve_data_dirs(root)
-    samples, classes = scan_image_folder(train_dir)
+    scan = scan_folder(train_dir)
+    samples, classes = scan.samples, scan.classes
     if limit < len(samples):
         samples = sorted(random.Random(seed).sample(samples, limit))
     return samples, classes

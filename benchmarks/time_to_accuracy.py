@@ -26,6 +26,7 @@ import torch
 
 from vit.config import load_config
 from vit.io import read_jsonl
+from vit.plots import plot_accuracy_vs_time
 from vit.trainer import train
 
 if not __package__:  # run as `python benchmarks/time_to_accuracy.py`
@@ -72,27 +73,9 @@ def table(runs: list[dict], budgets: list[float]) -> str:
 
 
 def plot(runs: list[dict], budgets: list[float], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    for r in runs:
-        minutes = [e["elapsed_s"] / 60 for e in r["epochs"]]
-        top1 = [e["val_top1"] for e in r["epochs"]]
-        ax.plot(minutes, top1, marker="o", label=Path(r["config"]).stem)
-    for b in budgets:
-        ax.axvline(b, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("wall time since start (min), set-up and evaluation included")
-    ax.set_ylabel("held-out top-1 (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    series = {Path(r["config"]).stem: [(e["elapsed_s"], e["val_top1"]) for e in r["epochs"]]
+              for r in runs}
+    plot_accuracy_vs_time(series, path, title=title, budgets_s=[60 * b for b in budgets])
 
 
 def main(argv: list[str] | None = None) -> dict:

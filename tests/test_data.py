@@ -30,7 +30,6 @@ from vit.data import (
     resolve_crop_pct,
     resolve_data_dirs,
     scan_folder,
-    scan_image_folder,
     stratified_split,
 )
 from vit.errors import ConfigError, DataError
@@ -135,7 +134,6 @@ def test_scan_sorts_classes_and_paths_and_filters_files(tmp_path):
                      "apple/d.Png", "apple/nested/e.jpeg", "zebra/a.png", "zebra/b.png"]
     assert [t for _, t in scan.samples] == [0, 0, 1, 1, 1, 1, 1, 2, 2]
     assert [Path(p).name for p in scan.ignored] == ["notes.txt"]
-    assert scan_image_folder(tmp_path) == (scan.samples, scan.classes)
 
 
 def _no_classes(root: Path) -> None:
@@ -168,16 +166,16 @@ def test_scan_errors(tmp_path, build, match):
     root = tmp_path / "data"
     build(root)
     with pytest.raises(DataError, match=match):
-        scan_image_folder(root)
+        scan_folder(root)
 
 
 def test_scan_with_given_classes_uses_their_order(tmp_path):
     make_folder(tmp_path / "val", {"cat": 1, "dog": 1})
-    samples, classes = scan_image_folder(tmp_path / "val", classes=["dog", "cat", "eel"])
-    assert classes == ["dog", "cat", "eel"]
-    assert [(Path(p).parent.name, t) for p, t in samples] == [("dog", 0), ("cat", 1)]
+    scan = scan_folder(tmp_path / "val", classes=["dog", "cat", "eel"])
+    assert scan.classes == ["dog", "cat", "eel"]
+    assert [(Path(p).parent.name, t) for p, t in scan.samples] == [("dog", 0), ("cat", 1)]
     with pytest.raises(DataError, match=r"class folders \['dog'\]"):
-        scan_image_folder(tmp_path / "val", classes=["cat"])
+        scan_folder(tmp_path / "val", classes=["cat"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +309,7 @@ def test_preflight_drops_bad_files_with_reasons(tmp_path):
     make_folder(tmp_path, {"a": 3, "b": 3})
     (tmp_path / "a" / "001.png").write_bytes(b"")
     (tmp_path / "b" / "002.png").write_text("text")
-    samples, _ = scan_image_folder(tmp_path)
+    samples = scan_folder(tmp_path).samples
     for workers in (0, 2):
         good, skipped = preflight(samples, workers=workers)
         assert good == [s for s in samples if not s[0].endswith(("a/001.png", "b/002.png"))]
@@ -328,7 +326,8 @@ def test_preflight_drops_bad_files_with_reasons(tmp_path):
 
 def test_dataset_substitutes_a_file_that_breaks_after_preflight(tmp_path, caplog):
     make_folder(tmp_path, {"a": 2, "b": 2})
-    samples, classes = scan_image_folder(tmp_path)
+    scan = scan_folder(tmp_path)
+    samples, classes = scan.samples, scan.classes
     ds = ImageFolderDataset(samples, classes, build_transform(img_size=8, train=False))
     Path(samples[1][0]).write_bytes(b"")  # a/001.png breaks; next is b/000.png
     x, y = ds[1]
@@ -344,7 +343,8 @@ def test_dataset_substitutes_a_file_that_breaks_after_preflight(tmp_path, caplog
 
 def test_dataset_raises_after_too_many_consecutive_failures(tmp_path):
     make_folder(tmp_path, {"a": 4})
-    samples, classes = scan_image_folder(tmp_path)
+    scan = scan_folder(tmp_path)
+    samples, classes = scan.samples, scan.classes
     for path, _ in samples:
         Path(path).write_bytes(b"")
     ds = ImageFolderDataset(samples, classes, max_consecutive_failures=3)
@@ -515,7 +515,8 @@ def make_small_dataset(root: Path, seed: int | None = None) -> ImageFolderDatase
     if not root.exists():
         for i in range(8):
             save(noise_image((20, 20), seed=i), root / f"c{i % 2}" / f"{i}.png")
-    samples, classes = scan_image_folder(root)
+    scan = scan_folder(root)
+    samples, classes = scan.samples, scan.classes
     return ImageFolderDataset(samples, classes, build_transform(img_size=16, train=True),
                               seed=seed)
 

@@ -40,7 +40,6 @@ __all__ = [
     "is_image_file",
     "resolve_data_dirs",
     "scan_folder",
-    "scan_image_folder",
     "load_image",
     "preflight",
     "stratified_split",
@@ -215,14 +214,6 @@ def scan_folder(
         logger.info("Ignored %d files in %s that are not images in a class folder, e.g. %s",
                     len(ignored), root, ignored[0])
     return FolderScan(samples, class_list, ignored)
-
-
-def scan_image_folder(
-    root: str | os.PathLike[str], *, classes: Sequence[str] | None = None
-) -> tuple[list[Sample], list[str]]:
-    """``(samples, classes)`` of ``scan_folder``; use ``scan_folder`` to also get ignored files."""
-    scan = scan_folder(root, classes=classes)
-    return scan.samples, scan.classes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -669,14 +660,6 @@ class ImageFolderDataset(Dataset):
         self.skipped: list[dict[str, str]] = []
         self._bad: set[int] = set()
         self._seeded_worker: int | None = None
-
-    @property
-    def targets(self) -> list[int]:
-        return [t for _, t in self.samples]
-
-    @property
-    def class_to_idx(self) -> dict[str, int]:
-        return {name: i for i, name in enumerate(self.classes)}
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -331,11 +331,15 @@ def _time_unit(max_seconds: float) -> tuple[str, float]:
 
 
 def plot_accuracy_vs_time(
-    series: Mapping[str, Sequence[tuple[float, float]]], path: PathLike
+    series: Mapping[str, Sequence[tuple[float, float]]], path: PathLike, *,
+    title: str = "Accuracy vs. training time", budgets_s: Sequence[float] = (),
 ) -> Path:
-    """Accuracy against wall-clock time, one line per named run (e.g. per benchmark setup)."""
+    """Accuracy (percent) against wall-clock seconds, one line per named run (e.g. per training
+    recipe, from the ``elapsed_s`` and ``val_top1`` of its metrics.jsonl); a dotted vertical
+    line at each of ``budgets_s``."""
     points = {name: sorted(values) for name, values in series.items() if values}
-    max_seconds = max((t for values in points.values() for t, _ in values), default=0.0)
+    max_seconds = max([*budgets_s, *(t for values in points.values() for t, _ in values)],
+                      default=0.0)
     unit, scale = _time_unit(max_seconds)
     figure = _new_figure(ACCURACY_VS_TIME_SIZE)
     axes = figure.subplots()
@@ -348,9 +352,11 @@ def plot_accuracy_vs_time(
             markersize=3,
             label=f"{name} (best {np.nanmax(accuracy):.4g})",
         )
-    axes.set_title("Accuracy vs. training time")
-    axes.set_xlabel(f"wall-clock time ({unit})")
-    axes.set_ylabel("accuracy")
+    for budget in budgets_s:
+        axes.axvline(budget / scale, color="grey", linestyle=":", linewidth=1)
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel(f"wall-clock time ({unit}), set-up and evaluation included")
+    axes.set_ylabel("accuracy (%)")
     axes.grid(alpha=0.3)
     if points:
         axes.legend(loc="lower right", fontsize=9)
