@@ -23,9 +23,8 @@ from vit.data import (
     build_transform,
     class_counts,
     eval_geometry,
-    eval_image,
-    eval_transform_for,
     load_image,
+    normalize_transform,
     preflight,
     resolve_crop_pct,
     resolve_data_dirs,
@@ -466,7 +465,7 @@ def test_randaugment_extremes_run(n, m):
 
 def test_eval_transform_normalises_and_is_deterministic():
     mean_colour = tuple(round(255 * m) for m in IMAGENET_MEAN)
-    t = eval_transform_for(16, IMAGENET_MEAN, IMAGENET_STD, None)
+    t = build_transform(img_size=16, train=False, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     x = t(solid(mean_colour, (20, 16)))
     assert x.shape == (3, 16, 16) and x.abs().max() < 0.01
     white = t(solid((255, 255, 255), (16, 16)))
@@ -474,12 +473,16 @@ def test_eval_transform_normalises_and_is_deterministic():
         IMAGENET_STD), atol=1e-5)
     img = noise_image()
     assert torch.equal(t(img), t(img))
+    # the eval transform in two steps (what Classifier does): the same tensor, bit for bit
+    two_steps = normalize_transform(IMAGENET_MEAN, IMAGENET_STD)(
+        eval_geometry(16)(image=np.asarray(img))["image"])
+    assert torch.equal(two_steps, t(img))
 
 
 def test_eval_crop_224_resizes_to_256_then_centre_crops():
     assert resolve_crop_pct(224, None) == 0.875 and resolve_crop_pct(48, None) == 1.0
     arr = np.asarray(noise_image((256, 300)))
-    out = eval_image(Image.fromarray(arr), img_size=224, crop_pct=0.875)
+    out = eval_geometry(224, crop_pct=0.875)(image=arr)["image"]
     assert out.dtype == np.uint8 and out.shape == (224, 224, 3)
     assert np.array_equal(out, arr[16:240, 38:262])  # no resize needed, only the crop
     big = eval_geometry(224, 0.875)(image=np.asarray(noise_image((512, 1024))))["image"]
@@ -492,7 +495,7 @@ def test_eval_crop_224_resizes_to_256_then_centre_crops():
 
 def test_small_images_are_not_centre_cropped():
     arr = np.asarray(noise_image((48, 48)))
-    assert np.array_equal(eval_image(arr, img_size=48), arr)
+    assert np.array_equal(eval_geometry(48)(image=arr)["image"], arr)
 
 
 @pytest.mark.parametrize(

@@ -342,6 +342,17 @@ def test_raw_attention_is_the_fused_cls_row_of_one_layer():
         raw_attention(model, x, layer=2)
 
 
+@pytest.mark.parametrize("method", ["rollout", "grad-rollout", "attention"])
+def test_return_logits_gives_the_same_map_and_the_models_logits(method):
+    model = tiny_model()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    maps, logits = explain(model, x, method=method, return_logits=True)
+    torch.testing.assert_close(maps, explain(model, x, method=method), rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model.eval()(x), atol=1e-5, rtol=1e-5)
+    assert not logits.requires_grad
+
+
 def test_explain_rejects_an_unknown_method():
     with pytest.raises(VitError, match="rollout"):
         explain(tiny_model(), torch.zeros(1, 3, 32, 32), method="gradcam")

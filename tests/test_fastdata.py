@@ -231,7 +231,8 @@ def test_decode_images_matches_the_eval_transform_and_skips_bad_files(tmp_path):
     assert [s["path"] for s in skipped] == [paths[3]]
     assert images.shape == (10, 16, 16, 3) and images.dtype == torch.uint8
     for row, i in enumerate(kept):
-        expected = data_lib.eval_image(data_lib.load_image(paths[i]), img_size=16, crop_pct=0.875)
+        image = np.asarray(data_lib.load_image(paths[i]))
+        expected = data_lib.eval_geometry(16, crop_pct=0.875)(image=image)["image"]
         assert np.array_equal(images[row].numpy(), expected)
 
 

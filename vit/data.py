@@ -49,9 +49,8 @@ __all__ = [
     "resolve_crop_pct",
     "ImageTransform",
     "build_transform",
-    "eval_transform_for",
+    "normalize_transform",
     "eval_geometry",
-    "eval_image",
     "ImageFolderDataset",
 ]
 
@@ -573,7 +572,7 @@ def build_transform(
     Normalize; ``scale``, ``ratio``, ``hflip`` and ``randaug_*`` are ignored.
     """
     _check_transform_args(img_size, mean, std, scale, ratio, hflip, randaug_n, randaug_m)
-    normalize = [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+    normalize = _normalize_ops(mean, std)
     if not train:
         return ImageTransform(A.Compose([*_eval_geometry_ops(img_size, crop_pct), *normalize],
                                         seed=seed))
@@ -588,28 +587,21 @@ def build_transform(
     return ImageTransform(A.Compose([*ops, *normalize], seed=seed))
 
 
-def eval_transform_for(
-    img_size: int,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    crop_pct: float | None = None,
+def _normalize_ops(mean: Sequence[float], std: Sequence[float]) -> list[Any]:
+    return [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+
+
+def normalize_transform(
+    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> ImageTransform:
-    """The evaluation transform from plain values (e.g. those stored in a checkpoint)."""
-    return build_transform(img_size=img_size, train=False, mean=mean, std=std, crop_pct=crop_pct)
+    """HxWx3 uint8 (e.g. what ``eval_geometry`` gives) -> normalised float tensor (3, H, W):
+    the last step of every transform. ``eval_geometry`` then this is the eval transform."""
+    return ImageTransform(A.Compose(_normalize_ops(mean, std)))
 
 
 def eval_geometry(img_size: int, crop_pct: float | None = None) -> A.Compose:
     """Just the resize + centre crop of the eval transform (uint8 in, uint8 out)."""
     return A.Compose(_eval_geometry_ops(img_size, crop_pct))
-
-
-def eval_image(
-    image: Image.Image | np.ndarray, *, img_size: int, crop_pct: float | None = None
-) -> np.ndarray:
-    """The HxWx3 uint8 image the model sees at evaluation, before normalisation."""
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    return eval_geometry(img_size, crop_pct)(image=image)["image"]
 
 
 # ---------------------------------------------------------------------------------------------

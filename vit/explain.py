@@ -276,6 +276,9 @@ def _resolve_target(target: int | torch.Tensor | None, logits: torch.Tensor) -> 
     return target
 
 
+Maps = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
 def attention_rollout(
     model: nn.Module,
     images: torch.Tensor,
@@ -283,26 +286,33 @@ def attention_rollout(
     head_fusion: str = "mean",
     discard_ratio: float = 0.0,
     start_layer: int = 0,
-) -> torch.Tensor:
-    """Attention rollout (Abnar & Zuidema 2020) of a batch -> (B, grid_h, grid_w) raw weights."""
+    return_logits: bool = False,
+) -> Maps:
+    """Attention rollout (Abnar & Zuidema 2020) of a batch -> (B, grid_h, grid_w) raw weights.
+
+    With ``return_logits`` also the (B, num_classes) logits of the same forward pass.
+    """
     _check_images(images)
     _check_rollout_args(head_fusion, discard_ratio, start_layer, depth=len(model.blocks))
     x = images.to(_model_device(model, images.device))
     with _eval_mode(model), torch.no_grad():
-        _, attentions = model(x, return_attention=True)
-        return rollout_from_attentions(
+        logits, attentions = model(x, return_attention=True)
+        maps = rollout_from_attentions(
             attentions, model.num_prefix_tokens, _input_grid(model, x),
             head_fusion=head_fusion, discard_ratio=discard_ratio, start_layer=start_layer,
         )
+    return (maps, logits) if return_logits else maps
 
 
 def gradient_rollout(
-    model: nn.Module, images: torch.Tensor, *, target: int | torch.Tensor | None = None
-) -> torch.Tensor:
+    model: nn.Module, images: torch.Tensor, *, target: int | torch.Tensor | None = None,
+    return_logits: bool = False,
+) -> Maps:
     """Gradient-weighted rollout (Chefer et al. 2021) for ``target`` (default: predicted class).
 
     One backward pass gives every image's gradients (the images are independent); only the
-    attention tensors get gradients, so the parameters' ``.grad`` are left untouched.
+    attention tensors get gradients, so the parameters' ``.grad`` are left untouched. With
+    ``return_logits`` also the (B, num_classes) logits of the same forward pass.
     """
     _check_images(images)
     if torch.is_inference_mode_enabled():
@@ -314,28 +324,33 @@ def gradient_rollout(
         classes = _resolve_target(target, logits.detach())
         score = logits.gather(1, classes[:, None]).sum()
         gradients = torch.autograd.grad(score, attentions)
-        return grad_rollout_from_attentions([a.detach() for a in attentions], gradients,
+        maps = grad_rollout_from_attentions([a.detach() for a in attentions], gradients,
                                             model.num_prefix_tokens, _input_grid(model, x))
+    return (maps, logits.detach()) if return_logits else maps
 
 
 def raw_attention(
-    model: nn.Module, images: torch.Tensor, *, layer: int = -1, head_fusion: str = "mean"
-) -> torch.Tensor:
-    """One layer's head-fused [CLS] attention on the patches -> (B, grid_h, grid_w)."""
+    model: nn.Module, images: torch.Tensor, *, layer: int = -1, head_fusion: str = "mean",
+    return_logits: bool = False,
+) -> Maps:
+    """One layer's head-fused [CLS] attention on the patches -> (B, grid_h, grid_w); with
+    ``return_logits`` also the (B, num_classes) logits of the same forward pass."""
     _check_images(images)
     _check_choice("head_fusion", head_fusion, HEAD_FUSIONS)
     _check_layer_index("layer", layer, len(model.blocks), allow_negative=True)
     x = images.to(_model_device(model, images.device))
     with _eval_mode(model), torch.no_grad():
-        _, attentions = model(x, return_attention=True)
+        logits, attentions = model(x, return_attention=True)
         fused = fuse_heads(attentions[layer].float(), head_fusion)
-        return _patch_map(fused[:, 0], model.num_prefix_tokens, _input_grid(model, x))
+        maps = _patch_map(fused[:, 0], model.num_prefix_tokens, _input_grid(model, x))
+    return (maps, logits) if return_logits else maps
 
 
 def explain(
     model: nn.Module, images: torch.Tensor, *, method: str = "rollout", **kwargs: Any
-) -> torch.Tensor:
-    """Saliency (B, grid_h, grid_w) by name: "rollout", "grad-rollout" or "attention"."""
+) -> Maps:
+    """Saliency (B, grid_h, grid_w) by name: "rollout", "grad-rollout" or "attention"
+    (``return_logits=True``: and the logits of the same forward pass)."""
     _check_choice("method", method, METHODS)
     explainer = {"rollout": attention_rollout, "grad-rollout": gradient_rollout,
                  "attention": raw_attention}[method]

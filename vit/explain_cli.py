@@ -12,15 +12,19 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
+from vit.data import UnreadableImageError, load_image
 from vit.errors import VitError
+from vit.explain import METHODS, explain, overlay
 from vit.io import make_output_dir
+from vit.plots import plot_image_grid, plot_side_by_side
+from vit.predict import Classifier, top_labels
 
 logger = logging.getLogger(__name__)
-
-METHODS = ("rollout", "grad-rollout", "attention")
 
 
 @dataclass
@@ -33,6 +37,39 @@ class ExplainedImage:
 
 def _title(predictions: list[tuple[str, float]]) -> str:
     return ", ".join(f"{label} {p:.0%}" for label, p in predictions)
+
+
+def _output_names(paths: Sequence[str | Path], method: str) -> dict[Path, str]:
+    """``<stem>_<method>.png`` per input; when two inputs share a stem (a/1.png, b/1.png) the
+    folder name is put in front, so no overlay overwrites another."""
+    stems = Counter(Path(p).stem for p in paths)
+    return {Path(p): (Path(p).stem if stems[Path(p).stem] == 1
+                      else f"{Path(p).parent.name}_{Path(p).stem}") + f"_{method}.png"
+            for p in paths}
+
+
+def _method_options(method: str, head_fusion: str, discard_ratio: float) -> dict[str, Any]:
+    if method not in METHODS:
+        raise VitError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method == "rollout":
+        return {"head_fusion": head_fusion, "discard_ratio": discard_ratio}
+    if method == "attention":
+        return {"head_fusion": head_fusion}
+    return {}
+
+
+def _read_views(clf: Classifier, paths: Sequence[str | Path]
+                ) -> tuple[list[Path], list[np.ndarray], list[ExplainedImage]]:
+    """Decode and crop each image once: (readable paths, their views, skipped files)."""
+    good, views, skipped = [], [], []
+    for p in paths:
+        try:
+            views.extend(clf.view(load_image(p)))
+            good.append(Path(p))
+        except UnreadableImageError as e:
+            logger.warning("skipping %s: %s", p, e.reason)
+            skipped.append(ExplainedImage(Path(p), None, [], error=e.reason))
+    return good, views, skipped
 
 
 def explain_files(
@@ -49,52 +86,30 @@ def explain_files(
     device: str = "auto",
     show_progress: bool = False,
 ) -> list[ExplainedImage]:
-    """Write one side-by-side PNG per readable image and a grid; unreadable files are skipped."""
-    from vit.data import UnreadableImageError, load_image
-    from vit.explain import explain, overlay
-    from vit.plots import plot_image_grid, plot_side_by_side
-    from vit.predict import Classifier
+    """Write one side-by-side PNG per readable image and a grid; unreadable files are skipped.
 
-    if method not in METHODS:
-        raise VitError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    Each batch is decoded and cropped once, and one forward pass gives both the saliency maps
+    and the predictions in the titles.
+    """
+    options = _method_options(method, head_fusion, discard_ratio)
     out_dir = make_output_dir(output)
     clf = Classifier.from_checkpoint(checkpoint, device=device)
-    kwargs = {}
-    if method == "rollout":
-        kwargs = {"head_fusion": head_fusion, "discard_ratio": discard_ratio}
-    elif method == "attention":
-        kwargs = {"head_fusion": head_fusion}
-
-    # DIR/<stem>_<method>.png; when two inputs share a stem (a/1.png, b/1.png) the folder
-    # name is put in front so no overlay overwrites another
-    stems = Counter(Path(p).stem for p in paths)
-
-    def out_name(path: Path) -> str:
-        stem = path.stem if stems[path.stem] == 1 else f"{path.parent.name}_{path.stem}"
-        return f"{stem}_{method}.png"
-
+    names = _output_names(paths, method)
     results: list[ExplainedImage] = []
     overlays, titles = [], []
-    batches = [list(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)]
-    for batch in tqdm(batches, desc=f"explain ({method})", disable=not show_progress or len(batches) < 2):
-        images, good = [], []
-        for p in batch:
-            try:
-                images.append(load_image(p))
-                good.append(Path(p))
-            except UnreadableImageError as e:
-                logger.warning("skipping %s: %s", p, e.reason)
-                results.append(ExplainedImage(Path(p), None, [], error=e.reason))
-        if not images:
+    batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+    for batch in tqdm(batches, desc=f"explain ({method})",
+                      disable=not show_progress or len(batches) < 2):
+        good, views, skipped = _read_views(clf, batch)
+        results += skipped
+        if not views:
             continue
-        x = clf.transform(images).to(clf.device)
-        saliency = explain(clf.model, x, method=method, **kwargs).cpu()
-        predictions = clf.predict(images, topk=topk)
-        views = clf.view(images)
-        for path, view, sal, preds in zip(good, views, saliency, predictions, strict=True):
+        saliency, logits = explain(clf.model, clf.normalise(views).to(clf.device), method=method,
+                                   return_logits=True, **options)
+        predictions = top_labels(logits.float().softmax(dim=-1).cpu(), clf.classes, topk)
+        for path, view, sal, preds in zip(good, views, saliency.cpu(), predictions, strict=True):
             blended = overlay(view, sal, alpha=alpha)
-            target = out_dir / out_name(path)
-            plot_side_by_side(view, blended, _title(preds), target)
+            target = plot_side_by_side(view, blended, _title(preds), out_dir / names[path])
             results.append(ExplainedImage(path, target, preds))
             overlays.append(blended)
             titles.append(f"{path.stem}: {_title(preds[:1])}")

@@ -6,7 +6,7 @@
 
 Everything comes from the checkpoint file: the architecture, the class names and the evaluation
 preprocessing (resize, centre crop, normalisation), which is the same pipeline the model saw on
-its validation images during training (``vit.data.eval_transform_for``).
+its validation images during training (``vit.data.eval_geometry`` + ``normalize_transform``).
 
 An image can be given as
   * a path (``str`` or ``os.PathLike``), decoded by ``vit.data.load_image``;
@@ -310,8 +310,8 @@ class Classifier:
         self.preprocess = _check_preprocess(preprocess)
         self.precision = inference_precision(self.device)
         p = self.preprocess
-        self._normalise = data_lib.eval_transform_for(
-            p["img_size"], mean=p["mean"], std=p["std"], crop_pct=p["crop_pct"])
+        self._geometry = data_lib.eval_geometry(p["img_size"], p["crop_pct"])
+        self._normalise = data_lib.normalize_transform(mean=p["mean"], std=p["std"])
 
     @classmethod
     def from_checkpoint(
@@ -341,18 +341,18 @@ class Classifier:
 
     def transform(self, images: ImageInput | Sequence[ImageInput]) -> torch.Tensor:
         """The (N, 3, S, S) float batch the model sees: eval resize, centre crop, normalise."""
-        arrays = [to_rgb_array(image) for image in _as_list(images)]
-        if not arrays:
-            return torch.empty(0, 3, self.img_size, self.img_size)
-        return torch.stack([self._normalise(a) for a in arrays])
+        return self.normalise(self.view(images))
 
     def view(self, images: ImageInput | Sequence[ImageInput]) -> list[np.ndarray]:
         """The images after the eval resize and centre crop, as HxWx3 uint8 (for overlays)."""
-        return [
-            data_lib.eval_image(to_rgb_array(image), img_size=self.img_size,
-                                crop_pct=self.preprocess["crop_pct"])
-            for image in _as_list(images)
-        ]
+        return [self._geometry(image=to_rgb_array(image))["image"] for image in _as_list(images)]
+
+    def normalise(self, views: Sequence[np.ndarray]) -> torch.Tensor:
+        """``view``'s images -> the (N, 3, S, S) batch the model sees (``transform`` in two
+        steps, for callers that need both without decoding twice)."""
+        if not views:
+            return torch.empty(0, 3, self.img_size, self.img_size)
+        return torch.stack([self._normalise(v) for v in views])
 
     # --- predictions --------------------------------------------------------------------------
 
