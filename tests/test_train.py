@@ -85,6 +85,31 @@ def test_train_writes_every_file(tmp_path):
 
 
 @pytest.mark.parametrize("pipeline", ["albumentations", "memory"])
+def test_every_run_ends_with_overlays_of_held_out_images(tmp_path, pipeline):
+    data = make_folder(tmp_path / "data")
+    summary = train(tiny_config(data, tmp_path / "run", "train.epochs=1", "train.explain_samples=4",
+                                f"data.pipeline={pipeline}"), show_progress=False)
+    assert summary.overlays == tmp_path / "run" / "overlays"
+    held_out = [Path(p) for p in json.loads((tmp_path / "run" / "split.json").read_text())["val_files"]]
+    drawn = sorted(p.name for p in summary.overlays.iterdir())
+    # one class after another: blue, green, red, then blue again
+    by_class = {c: [p for p in held_out if p.parent.name == c] for c in ("blue", "green", "red")}
+    expected = [by_class["blue"][0], by_class["green"][0], by_class["red"][0], by_class["blue"][1]]
+    stems = [p.stem for p in expected]  # two held-out files of one name get their folder's too
+    names = [f"{p.parent.name}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in expected]
+    assert drawn == sorted(["grid.png", *(f"{name}_rollout.png" for name in names)])
+
+
+def test_held_out_examples_take_one_class_after_another():
+    from vit.trainer import held_out_examples
+
+    samples = [("a0", 0), ("a1", 0), ("a2", 0), ("b0", 1), ("c0", 2), ("c1", 2)]
+    assert held_out_examples(samples, 5) == ["a0", "b0", "c0", "a1", "c1"]
+    assert held_out_examples(samples, 2) == ["a0", "b0"]
+    assert held_out_examples(samples, 10) == ["a0", "b0", "c0", "a1", "c1", "a2"]
+
+
+@pytest.mark.parametrize("pipeline", ["albumentations", "memory"])
 def test_resume_is_bit_identical(tmp_path, monkeypatch, pipeline):
     data = make_folder(tmp_path / "data")
     extra = ("train.ema=true", f"data.pipeline={pipeline}")

@@ -1,8 +1,8 @@
 """The quickstart: `python train.py` with no arguments.
 
 It writes a synthetic shapes image folder (no download), trains a small ViT on it (on the GPU in
-bf16 when there is one, else on the CPU in a few minutes), and draws attention-rollout overlays
-of held-out images. ``configs/quickstart.yaml`` holds the same settings (a test keeps the two
+bf16 when there is one, else on the CPU in a few minutes), and, like every run, draws
+attention-rollout overlays of held-out images (``train.explain_samples``). ``configs/quickstart.yaml`` holds the same settings (a test keeps the two
 equal).
 """
 
@@ -37,21 +37,3 @@ def prepare_quickstart_data(cfg: Config) -> Path:
     img_size = cfg.model.img_size or 48
     return make_shapes_dataset(root, num_per_class=SHAPES_PER_CLASS, img_size=img_size,
                                seed=0, val_fraction=SHAPES_VAL_FRACTION)
-
-
-def write_quickstart_overlays(run_dir: Path, *, num_images: int = 8) -> Path:
-    """Attention-rollout overlays of the first validation images, into RUN_DIR/overlays."""
-    from vit.explain_cli import explain_files
-
-    cfg_root = Path(QUICKSTART["data"]["root"])
-    val_dir = cfg_root / "val"
-    paths = sorted(val_dir.rglob("*.png"))
-    # one image per class first, so the grid shows every shape
-    by_class: dict[str, list[Path]] = {}
-    for p in paths:
-        by_class.setdefault(p.parent.name, []).append(p)
-    picked = [p for i in range(num_images) for ps in by_class.values() if i < len(ps)
-              for p in [ps[i]]][:num_images]
-    out = run_dir / "overlays"
-    explain_files(checkpoint=run_dir / "best.pt", paths=picked, output=out, method="rollout")
-    return out

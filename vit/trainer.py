@@ -5,12 +5,14 @@
     summary = train(load_config("configs/quickstart.yaml", ["data.root=data/shapes"]))
 
 Files written to the run folder (rank 0 only): config.yaml, data_report.json, split.json,
-metrics.jsonl, curves.png, last.pt, best.pt (and overlays/ at the end when asked for).
+metrics.jsonl, curves.png, last.pt, best.pt, and at the end overlays/ (attention rollout of
+``train.explain_samples`` held-out images; 0: none).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -59,6 +61,7 @@ class TrainSummary:
     best_top1: float | None
     last_metrics: dict[str, Any]
     epochs_done: int
+    overlays: Path | None = None  # RUN/overlays, when train.explain_samples > 0
 
 
 # --- the run folder ---------------------------------------------------------------------------
@@ -473,8 +476,38 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
             barrier()
             epoch += 1
 
+    overlays = None
+    if dist_info.is_main and cfg.train.explain_samples > 0:
+        overlays = write_overlays(run_dir, data.val_set.samples,
+                                  num_images=cfg.train.explain_samples, device=device)
     return TrainSummary(run_dir=run_dir, best_top1=best_top1, last_metrics=metrics,
-                        epochs_done=cfg.train.epochs)
+                        epochs_done=cfg.train.epochs, overlays=overlays)
+
+
+def held_out_examples(samples: list[tuple[str, int]], num_images: int) -> list[str]:
+    """Up to ``num_images`` paths from ``samples``, one class after another, so that a grid of
+    them shows every class."""
+    by_class: dict[int, list[str]] = {}
+    for path, target in samples:
+        by_class.setdefault(target, []).append(path)
+    rounds = itertools.zip_longest(*by_class.values())
+    return [path for row in rounds for path in row if path is not None][:num_images]
+
+
+def write_overlays(run_dir: Path, val_samples: list[tuple[str, int]], *, num_images: int,
+                   device: torch.device) -> Path | None:
+    """Attention-rollout overlays of held-out images by best.pt, into RUN/overlays (the last
+    step of a run: ``train.explain_samples``); None when they could not be drawn."""
+    from vit.explain_cli import explain_files
+
+    out = run_dir / "overlays"
+    try:
+        explain_files(checkpoint=run_dir / "best.pt", output=out, method="rollout",
+                      paths=held_out_examples(val_samples, num_images), device=str(device))
+    except Exception as e:  # a drawing problem must never end a finished run
+        logger.warning("could not draw the attention overlays: %s", e)
+        return None
+    return out
 
 
 def _check_train_config(cfg: Config, dist_info: DistInfo) -> None:

@@ -117,11 +117,8 @@ def run(args: argparse.Namespace) -> int:
         return 130
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports for everyone
         return 0
-    if quick and cfg.train.explain_samples > 0:
-        from vit.quickstart import write_quickstart_overlays
-
-        out = write_quickstart_overlays(summary.run_dir, num_images=cfg.train.explain_samples)
-        print(f"attention overlays: {out}", file=sys.stderr)
+    if summary.overlays is not None:
+        print(f"attention overlays: {summary.overlays}", file=sys.stderr)
     best = f"{summary.best_top1:.2f}%" if summary.best_top1 is not None else "n/a"
     print(f"done: best val top-1 {best}; run folder {summary.run_dir} "
           f"(best.pt, last.pt, metrics.jsonl, curves.png)")
