@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from vit.checkpoint import load_checkpoint
+from vit.cli import main
 from vit.config import load_config
 from vit.trainer import train
 
@@ -98,6 +99,17 @@ def test_every_run_ends_with_overlays_of_held_out_images(tmp_path, pipeline):
     stems = [p.stem for p in expected]  # two held-out files of one name get their folder's too
     names = [f"{p.parent.name}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in expected]
     assert drawn == sorted(["grid.png", *(f"{name}_rollout.png" for name in names)])
+
+
+def test_resume_reads_last_pt_once(tmp_path, monkeypatch):
+    data = make_folder(tmp_path / "data", per_class=4)
+    train(tiny_config(data, tmp_path / "run", "train.epochs=1"), show_progress=False)
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: loads.append(Path(f).name) or
+                        real_load(f, *a, **k))
+    assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2"]) == 0
+    assert loads.count("last.pt") == 1
 
 
 def test_held_out_examples_take_one_class_after_another():

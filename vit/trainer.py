@@ -55,6 +55,20 @@ class TrainingInterrupted(VitError):
     """Ctrl-C: a resumable last.pt was written; the message says how to resume."""
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """A run's last.pt, read once: by the CLI for the run's config, then by ``train``."""
+
+    path: Path
+    state: dict[str, Any]
+
+    @classmethod
+    def load(cls, run_dir_or_checkpoint: str | os.PathLike) -> ResumePoint:
+        """``RUN_DIR`` (its last.pt) or a ``.pt`` file."""
+        path = ckpt_lib.find_resume_checkpoint(run_dir_or_checkpoint)
+        return cls(path=path, state=ckpt_lib.load_checkpoint(path, map_location="cpu"))
+
+
 @dataclass
 class TrainSummary:
     run_dir: Path
@@ -281,9 +295,12 @@ def _preprocess(cfg: Config, model: VisionTransformer) -> dict[str, Any]:
 
 
 
-def train(cfg: Config, *, resume: str | os.PathLike | None = None,
+def train(cfg: Config, *, resume: str | os.PathLike | ResumePoint | None = None,
           show_progress: bool = True) -> TrainSummary:
-    """Run (or resume) a training run described by ``cfg``; returns where the files are."""
+    """Run (or resume) a training run described by ``cfg``; returns where the files are.
+
+    ``resume`` is a run folder, its last.pt, or a ``ResumePoint`` already read.
+    """
     started = time.perf_counter()
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
@@ -295,9 +312,10 @@ def train(cfg: Config, *, resume: str | os.PathLike | None = None,
 
     resume_state: dict[str, Any] | None = None
     if resume is not None:
-        resume_path = ckpt_lib.find_resume_checkpoint(resume)
-        resume_state = ckpt_lib.load_checkpoint(resume_path, map_location="cpu")
-        run_dir = Path(cfg.train.output) if cfg.train.output else resume_path.parent
+        if not isinstance(resume, ResumePoint):
+            resume = ResumePoint.load(resume)
+        resume_state = resume.state
+        run_dir = Path(cfg.train.output) if cfg.train.output else resume.path.parent
     else:
         run_dir = Path(cfg.train.output) if cfg.train.output else default_run_dir()
     run_dir = Path(broadcast_object(str(run_dir)))

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any
 
 from vit.config import Config, load_config, set_value
 
@@ -66,14 +67,16 @@ def is_quickstart(args: argparse.Namespace) -> bool:
     return args.data is None and args.config is None and args.resume is None
 
 
-def resolve_config(args: argparse.Namespace) -> Config:
-    """Recipe (or the resumed run's config) <- flags <- key=value overrides."""
+def resolve_config(args: argparse.Namespace,
+                   resume_state: dict[str, Any] | None = None) -> Config:
+    """Recipe (or the resumed run's config, from its checkpoint ``resume_state``) <- flags <-
+    key=value overrides."""
     if args.resume is not None:
-        from vit.checkpoint import find_resume_checkpoint, load_checkpoint
         from vit.config import config_from_dict
 
-        state = load_checkpoint(find_resume_checkpoint(args.resume))
-        cfg = config_from_dict(state.get("config"))
+        if resume_state is None:
+            raise ValueError("resolving the config of a resumed run needs its checkpoint")
+        cfg = config_from_dict(resume_state.get("config"))
     elif is_quickstart(args):
         from vit.quickstart import quickstart_config
 
@@ -95,10 +98,11 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 def run(args: argparse.Namespace) -> int:
     from vit.runtime import keep_freed_memory
-    from vit.trainer import TrainingInterrupted, train
+    from vit.trainer import ResumePoint, TrainingInterrupted, train
 
     keep_freed_memory()  # 5-10% faster CPU steps; changes no result
-    cfg = resolve_config(args)
+    resume = ResumePoint.load(args.resume) if args.resume is not None else None  # read once
+    cfg = resolve_config(args, resume.state if resume is not None else None)
     quick = is_quickstart(args)
     if quick:
         from vit.quickstart import prepare_quickstart_data
@@ -111,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
               f"({resolve_precision(cfg.train.precision, device)})", file=sys.stderr)
     show_progress = sys.stderr.isatty() and not args.quiet
     try:
-        summary = train(cfg, resume=args.resume, show_progress=show_progress)
+        summary = train(cfg, resume=resume, show_progress=show_progress)
     except TrainingInterrupted as e:
         print(str(e), file=sys.stderr)
         return 130
