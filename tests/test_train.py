@@ -112,6 +112,27 @@ def test_resume_reads_last_pt_once(tmp_path, monkeypatch):
     assert loads.count("last.pt") == 1
 
 
+def test_memory_pipeline_decodes_each_image_once_and_reports_unreadable_ones(tmp_path,
+                                                                            monkeypatch):
+    import vit.data
+    import vit.fastdata
+
+    data = make_folder(tmp_path / "data")
+    (data / "red" / "broken.png").write_bytes(b"not a png")
+    decoded = []
+    for module in (vit.data, vit.fastdata):  # the pre-flight check and the memory pipeline
+        real = module.load_image
+        monkeypatch.setattr(module, "load_image",
+                            lambda path, real=real: decoded.append(str(path)) or real(path))
+    train(tiny_config(data, tmp_path / "run", "train.epochs=1", "data.pipeline=memory"),
+          show_progress=False)
+    assert len(decoded) == len(set(decoded)) == 3 * 12 + 1
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert [s["path"] for s in report["skipped"]] == [str(data / "red" / "broken.png")]
+    assert report["num_skipped"] == 1
+    assert report["train"]["images"] + report["val"]["images"] == 3 * 12
+
+
 def test_held_out_examples_take_one_class_after_another():
     from vit.trainer import held_out_examples
 

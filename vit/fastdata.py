@@ -104,7 +104,7 @@ def decode_images(paths: Sequence[str], *, size: int, crop_pct: float = 1.0, wor
             tqdm(total=len(paths), desc=desc, unit="img", disable=None, leave=False) as bar:
         for i, result in pool.map(decode, range(len(paths)), chunksize=64):
             if isinstance(result, str):
-                logger.warning("Skipping unreadable image %s (%s)", paths[i], result)
+                logger.warning("Skipping %s: %s", paths[i], result)  # as the pre-flight check
                 skipped.append({"path": paths[i], "reason": result})
             else:
                 buffer[len(kept)] = result

@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,103 +90,128 @@ def default_run_dir() -> Path:
 
 @dataclass
 class RunData:
+    """The images of a run: classes, the split, and what was left out and why."""
+
+    root: Path  # the training folder
     classes: list[str]
-    train_set: data_lib.ImageFolderDataset
-    val_set: data_lib.ImageFolderDataset
-    train_targets: list[int]
-    report: dict[str, Any]
-    split: dict[str, Any]
+    train_samples: list[tuple[str, int]]
+    val_samples: list[tuple[str, int]]
+    split: dict[str, Any]  # what split.json records
+    skipped: list[dict[str, str]] = field(default_factory=list)  # unreadable: path, reason
+    ignored: list[str] = field(default_factory=list)  # files that are not images
+
+    @property
+    def train_targets(self) -> list[int]:
+        return [t for _, t in self.train_samples]
+
+    def report(self) -> dict[str, Any]:
+        """What data_report.json holds."""
+        return data_lib.build_data_report(self.classes, self.train_samples, self.val_samples,
+                                          self.skipped, self.ignored)
 
 
-def prepare_data(cfg: Config, *, img_size: int) -> RunData:
-    """Scan, pre-flight, split and wrap the image folder in datasets with their transforms."""
+def prepare_data(cfg: Config) -> RunData:
+    """Scan the image folder, pre-flight it and split it.
+
+    The pre-flight check decodes every image once and skips the unreadable ones; the memory
+    pipeline skips it, since decoding the images into memory is that check (``build_loaders``).
+    """
     d = cfg.data
     if d.root is None:
         raise ConfigError("no data folder given: pass --data DIR (DIR/<class>/<image> or DIR/train/...)")
+    preflight = d.preflight and d.pipeline != "memory"
     train_dir, val_dir = data_lib.resolve_data_dirs(d.root)
-    scan = data_lib.scan_folder(train_dir)
-    samples, classes, ignored = scan.samples, scan.classes, list(scan.ignored)
-    skipped: list[dict[str, str]] = []
-    if d.preflight:
-        samples, bad = data_lib.preflight(samples, workers=max(d.workers, 1))
-        data_lib.check_classes_readable(train_dir, classes, samples, bad)
-        skipped += bad
+    train = _scan(train_dir, preflight=preflight, workers=d.workers, check_classes=True)
     if val_dir is not None:
-        val_scan = data_lib.scan_folder(val_dir)
-        val_samples, val_classes = val_scan.samples, val_scan.classes
-        ignored += val_scan.ignored
-        if val_classes != classes:
-            raise VitError(
-                f"{val_dir} has classes {val_classes} but {train_dir} has {classes}; they must match"
-            )
-        if d.preflight:
-            val_samples, bad = data_lib.preflight(val_samples, workers=max(d.workers, 1))
-            skipped += bad
-        train_samples = samples
-        split = {"kind": "folder", "val_dir": str(val_dir)}
+        val = _scan(val_dir, preflight=preflight, workers=d.workers)
+        if val.classes != train.classes:
+            raise VitError(f"{val_dir} has classes {val.classes} but {train_dir} has "
+                           f"{train.classes}; they must match")
+        data = RunData(root=train_dir, classes=train.classes, train_samples=train.samples,
+                       val_samples=val.samples, split={"kind": "folder", "val_dir": str(val_dir)},
+                       skipped=train.skipped + val.skipped, ignored=train.ignored + val.ignored)
     else:
-        targets = [t for _, t in samples]
-        train_idx, val_idx = data_lib.stratified_split(targets, val_fraction=d.val_fraction,
-                                                       seed=cfg.train.seed)
-        train_samples = [samples[i] for i in train_idx]
-        val_samples = [samples[i] for i in val_idx]
+        train_idx, val_idx = data_lib.stratified_split(
+            [t for _, t in train.samples], val_fraction=d.val_fraction, seed=cfg.train.seed)
+        val_samples = [train.samples[i] for i in val_idx]
         split = {"kind": "stratified", "val_fraction": d.val_fraction, "seed": cfg.train.seed,
                  "val_files": [p for p, _ in val_samples]}
-    if not train_samples or not val_samples:
+        data = RunData(root=train_dir, classes=train.classes,
+                       train_samples=[train.samples[i] for i in train_idx],
+                       val_samples=val_samples, split=split, skipped=train.skipped,
+                       ignored=train.ignored)
+    if not data.train_samples or not data.val_samples:
         raise data_lib.DataError(
-            f"the split left {len(train_samples)} training and {len(val_samples)} validation "
-            "images; add images or change --val-fraction")
+            f"the split left {len(data.train_samples)} training and {len(data.val_samples)} "
+            "validation images; add images or change --val-fraction")
+    return data
 
-    aug = dict(mean=d.mean, std=d.std)
-    train_tf = data_lib.build_transform(
-        img_size=img_size, train=True, scale=tuple(d.scale), ratio=tuple(d.ratio), hflip=d.hflip,
-        randaug_n=d.randaug_n, randaug_m=d.randaug_m, **aug)
-    eval_tf = data_lib.build_transform(img_size=img_size, train=False, crop_pct=d.crop_pct, **aug)
-    report = data_lib.build_data_report(classes, train_samples, val_samples, skipped, ignored)
-    return RunData(
-        classes=classes,
-        # per-sample augmentation seeds (seed, epoch, index): resume and worker count change nothing
-        train_set=data_lib.ImageFolderDataset(train_samples, classes, train_tf, seed=cfg.train.seed),
-        val_set=data_lib.ImageFolderDataset(val_samples, classes, eval_tf),
-        train_targets=[t for _, t in train_samples],
-        report=report,
-        split=split,
-    )
+
+@dataclass
+class _Scanned:
+    classes: list[str]
+    samples: list[tuple[str, int]]
+    skipped: list[dict[str, str]]
+    ignored: list[str]
+
+
+def _scan(folder: Path, *, preflight: bool, workers: int, check_classes: bool = False) -> _Scanned:
+    scan = data_lib.scan_folder(folder)
+    samples, skipped = scan.samples, []
+    if preflight:
+        samples, skipped = data_lib.preflight(samples, workers=max(workers, 1))
+        if check_classes:
+            data_lib.check_classes_readable(folder, scan.classes, samples, skipped)
+    return _Scanned(classes=scan.classes, samples=samples, skipped=skipped,
+                    ignored=list(scan.ignored))
 
 
 def build_loaders(cfg: Config, data: RunData, *, img_size: int, device: torch.device,
-                  batch_size: int, rank: int = 0, world_size: int = 1) -> tuple[Any, Any]:
-    """Training and validation loaders for ``data.pipeline``: albumentations workers or memory."""
+                  batch_size: int, rank: int = 0, world_size: int = 1
+                  ) -> tuple[Any, Any, RunData]:
+    """Training and validation loaders for ``data.pipeline`` (albumentations workers, or memory),
+    and the data they hold (the memory pipeline leaves out files it cannot decode)."""
     if cfg.data.pipeline == "memory":
         return _memory_loaders(cfg, data, img_size=img_size, device=device,
                                batch_size=batch_size, rank=rank, world_size=world_size)
-    d, pin = cfg.data, device.type == "cuda"
+    d = cfg.data
+    aug = dict(img_size=img_size, mean=d.mean, std=d.std)
+    train_tf = data_lib.build_transform(
+        train=True, scale=tuple(d.scale), ratio=tuple(d.ratio), hflip=d.hflip,
+        randaug_n=d.randaug_n, randaug_m=d.randaug_m, **aug)
+    eval_tf = data_lib.build_transform(train=False, crop_pct=d.crop_pct, **aug)
+    # per-sample augmentation seeds (seed, epoch, index): resume and worker count change nothing
+    train_set = data_lib.ImageFolderDataset(data.train_samples, data.classes, train_tf,
+                                            seed=cfg.train.seed)
+    val_set = data_lib.ImageFolderDataset(data.val_samples, data.classes, eval_tf)
     shard = dict(batch_size=batch_size, workers=d.workers, seed=cfg.train.seed, rank=rank,
-                 world_size=world_size, pin_memory=pin)
+                 world_size=world_size, pin_memory=device.type == "cuda")
     train_loader = loader_lib.build_loader(
-        data.train_set, shuffle=True, drop_last=True,
+        train_set, shuffle=True, drop_last=True,
         weights=_sampler_weights(cfg, data.train_targets, len(data.classes)), **shard)
-    val_loader = loader_lib.build_loader(data.val_set, shuffle=False, drop_last=False, **shard)
-    return train_loader, val_loader
+    val_loader = loader_lib.build_loader(val_set, shuffle=False, drop_last=False, **shard)
+    return train_loader, val_loader, data
 
 
 def _memory_loaders(cfg: Config, data: RunData, *, img_size: int, device: torch.device,
-                    batch_size: int, rank: int, world_size: int) -> tuple[Any, Any]:
-    """Decode both splits once into uint8 tensors on ``device``; augment batches there."""
+                    batch_size: int, rank: int, world_size: int) -> tuple[Any, Any, RunData]:
+    """Decode both splits once into uint8 tensors on ``device`` (unreadable files are skipped
+    and reported there); augment batches on the device."""
     from vit import fastdata
 
     d = cfg.data
     train_images, kept, skipped = fastdata.decode_images(
-        [p for p, _ in data.train_set.samples], size=img_size, crop_pct=1.0,
+        [p for p, _ in data.train_samples], size=img_size, crop_pct=1.0,
         workers=max(d.workers, 1), desc="decoding training images")
+    train_samples = [data.train_samples[i] for i in kept]
+    data_lib.check_classes_readable(data.root, data.classes, train_samples, skipped)
     val_images, val_kept, val_skipped = fastdata.decode_images(
-        [p for p, _ in data.val_set.samples], size=img_size,
+        [p for p, _ in data.val_samples], size=img_size,
         crop_pct=data_lib.resolve_crop_pct(img_size, d.crop_pct), workers=max(d.workers, 1),
         desc="decoding validation images")
-    data.report["skipped"] += skipped + val_skipped  # only when the pre-flight check was off
-    data.report["num_skipped"] = len(data.report["skipped"])
-    train_targets = [data.train_targets[i] for i in kept]
-    val_targets = [data.val_set.samples[i][1] for i in val_kept]
+    data = replace(data, train_samples=train_samples,
+                   val_samples=[data.val_samples[i] for i in val_kept],
+                   skipped=data.skipped + skipped + val_skipped)
     logger.info("data.pipeline=memory: %.0f MiB of uint8 images on %s",
                 (train_images.numel() + val_images.numel()) / 2**20, device)
 
@@ -195,12 +220,14 @@ def _memory_loaders(cfg: Config, data: RunData, *, img_size: int, device: torch.
                                       randaug_n=d.randaug_n, randaug_m=d.randaug_m, **norm)
     shard = dict(batch_size=batch_size, seed=cfg.train.seed, rank=rank, world_size=world_size)
     train_loader = fastdata.MemoryLoader(
-        train_images.to(device), train_targets, augment=train_aug, shuffle=True, drop_last=True,
-        weights=_sampler_weights(cfg, train_targets, len(data.classes)), **shard)
+        train_images.to(device), data.train_targets, augment=train_aug, shuffle=True,
+        drop_last=True, weights=_sampler_weights(cfg, data.train_targets, len(data.classes)),
+        **shard)
     val_loader = fastdata.MemoryLoader(
-        val_images.to(device), val_targets, augment=fastdata.BatchAugment(train=False, **norm),
-        shuffle=False, drop_last=False, **shard)
-    return train_loader, val_loader
+        val_images.to(device), [t for _, t in data.val_samples],
+        augment=fastdata.BatchAugment(train=False, **norm), shuffle=False, drop_last=False,
+        **shard)
+    return train_loader, val_loader, data
 
 
 def _sampler_weights(cfg: Config, targets: list[int], num_classes: int) -> list[float] | None:
@@ -334,7 +361,7 @@ def train(cfg: Config, *, resume: str | os.PathLike | ResumePoint | None = None,
 
             pretrained = read_pretrained(cfg.train.pretrained)
         img_size = _img_size(cfg, pretrained)
-    data = prepare_data(cfg, img_size=img_size)
+    data = prepare_data(cfg)
     num_classes = len(data.classes)
     if resume_state is not None:
         if resume_state["classes"] != data.classes:
@@ -351,13 +378,13 @@ def train(cfg: Config, *, resume: str | os.PathLike | ResumePoint | None = None,
 
     world = dist_info.world_size
     per_process_batch = cfg.train.batch_size // world
-    train_loader, val_loader = build_loaders(cfg, data, img_size=img_size, device=device,
-                                             batch_size=per_process_batch, rank=dist_info.rank,
-                                             world_size=world)
+    train_loader, val_loader, data = build_loaders(
+        cfg, data, img_size=img_size, device=device, batch_size=per_process_batch,
+        rank=dist_info.rank, world_size=world)
     batches_per_epoch = len(train_loader)
     if batches_per_epoch == 0:
         raise ConfigError(
-            f"--batch-size {cfg.train.batch_size} is larger than the {len(data.train_set)} training "
+            f"--batch-size {cfg.train.batch_size} is larger than the {len(data.train_samples)} training "
             "images; lower it")
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.train.accum_steps)
     total_steps = steps_per_epoch * cfg.train.epochs
@@ -389,11 +416,11 @@ def train(cfg: Config, *, resume: str | os.PathLike | ResumePoint | None = None,
 
     if dist_info.is_main:
         atomic_write(run_dir / "config.yaml", to_yaml(cfg))
-        write_json(run_dir / "data_report.json", data.report)
+        write_json(run_dir / "data_report.json", data.report())
         write_json(run_dir / "split.json", data.split)
-        n_skipped = len(data.report.get("skipped", []))
+        n_skipped = len(data.skipped)
         logger.info("%d classes, %d training / %d validation images", num_classes,
-                    len(data.train_set), len(data.val_set))
+                    len(data.train_samples), len(data.val_samples))
         if n_skipped:
             logger.warning("%d unreadable files skipped; they are listed with the reason in %s",
                            n_skipped, run_dir / "data_report.json")
@@ -496,7 +523,7 @@ def train(cfg: Config, *, resume: str | os.PathLike | ResumePoint | None = None,
 
     overlays = None
     if dist_info.is_main and cfg.train.explain_samples > 0:
-        overlays = write_overlays(run_dir, data.val_set.samples,
+        overlays = write_overlays(run_dir, data.val_samples,
                                   num_images=cfg.train.explain_samples, device=device)
     return TrainSummary(run_dir=run_dir, best_top1=best_top1, last_metrics=metrics,
                         epochs_done=cfg.train.epochs, overlays=overlays)
