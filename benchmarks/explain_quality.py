@@ -52,7 +52,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from vit.data import eval_geometry, load_image, resolve_data_dirs, scan_folder
+from vit.data.folders import eval_geometry, load_image, resolve_data_dirs, scan_folder
+from vit.data.synthetic import BOXES_FILE, load_boxes
 from vit.errors import DataError
 from vit.explain import (
     attention_rollout,
@@ -62,9 +63,8 @@ from vit.explain import (
     random_saliency,
     raw_attention,
 )
-from vit.model import VisionTransformer, config_dict
-from vit.predict import Classifier
-from vit.synthetic import BOXES_FILE, load_boxes
+from vit.inference.classifier import Classifier
+from vit.models.vision_transformer import VisionTransformer, config_dict
 
 if not __package__:  # run as `python benchmarks/explain_quality.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
 from torch import nn
 
-from vit.model import (
+from vit.models.vision_transformer import (
     VisionTransformer,
     ViTConfig,
     count_flops_per_image,
@@ -134,7 +134,7 @@ def check_same_logits(ours: nn.Module, theirs: nn.Module, x: torch.Tensor) -> fl
     if not diff <= LOGIT_ATOL:
         raise BenchmarkError(
             f"ours and timm's logits differ by {diff:.3g} (> {LOGIT_ATOL}); the comparison would "
-            "time two different functions. Check vit/model.py against timm before benchmarking."
+            "time two different functions. Check vit/models/vision_transformer.py against timm before benchmarking."
         )
     if a.std().item() == 0.0:
         raise BenchmarkError("the logits are constant, so the correctness check proves nothing")

@@ -5,7 +5,7 @@
         --out runs/tta --json benchmarks/results/time_to_accuracy_cpu.json \
         --png benchmarks/results/time_to_accuracy_cpu.png
 
-Each run is `vit.trainer.train` exactly as `python train.py --config ...` runs it, including
+Each run is `vit.training.trainer.train` exactly as `python train.py --config ...` runs it, including
 the allocator setting the CLI applies at start-up (without it the CPU runs here were 1.3-1.6x
 slower). Time is wall time from the start of the call (scanning, decoding, every evaluation
 included) to the end of each epoch, read from the ``elapsed_s`` field of metrics.jsonl. ``--budget-min`` adds a line
@@ -27,7 +27,7 @@ import torch
 from vit.config import load_config
 from vit.io import read_jsonl
 from vit.plots import plot_accuracy_vs_time
-from vit.trainer import train
+from vit.training.trainer import train
 
 if not __package__:  # run as `python benchmarks/time_to_accuracy.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -13,8 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import vit
-from vit import checkpoint as ckpt_lib
-from vit.checkpoint import (
+from vit.config import Config, to_dict
+from vit.errors import CheckpointError
+from vit.io import atomic_save
+from vit.models import checkpoint as ckpt_lib
+from vit.models.checkpoint import (
     FORMAT_VERSION,
     capture_rng_state,
     export_safetensors,
@@ -24,12 +27,9 @@ from vit.checkpoint import (
     model_from_checkpoint,
     restore_rng_state,
 )
-from vit.config import Config, to_dict
-from vit.errors import CheckpointError
-from vit.io import atomic_save
-from vit.model import VisionTransformer
-from vit.optim import build_optimizer
+from vit.models.vision_transformer import VisionTransformer
 from vit.runtime import unwrap_model
+from vit.training.optim import build_optimizer
 
 TINY = dict(img_size=32, patch_size=8, num_classes=3, embed_dim=32, depth=2, num_heads=2)
 CLASSES = ["cat", "dog", "fox"]

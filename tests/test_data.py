@@ -1,4 +1,4 @@
-"""vit.data: folder layouts, scanning errors, robust decoding, splits, transforms, loaders."""
+"""vit.data.folders: folder layouts, scanning errors, robust decoding, splits, transforms, loaders."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vit.data import (
+from vit.data.folders import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageFolderDataset,
@@ -31,8 +31,8 @@ from vit.data import (
     scan_folder,
     stratified_split,
 )
+from vit.data.loader import EpochSampler, build_loader, set_epoch
 from vit.errors import ConfigError, DataError
-from vit.loader import EpochSampler, build_loader, set_epoch
 
 # ---------------------------------------------------------------------------------------------
 # helpers

@@ -1,4 +1,4 @@
-"""vit.evaluation and `vit evaluate`: the report equals numbers computed by hand, folders are
+"""vit.inference.evaluate and `vit evaluate`: the report equals numbers computed by hand, folders are
 matched to the checkpoint's classes by name, and evaluate.py agrees with predict_proba."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from torch import nn
 
 from vit.cli import main
 from vit.errors import DataError
-from vit.evaluation import evaluate_folder, format_summary, match_classes, resolve_eval_dir
-from vit.predict import Classifier
+from vit.inference.classifier import Classifier
+from vit.inference.evaluate import evaluate_folder, format_summary, match_classes, resolve_eval_dir
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -23,7 +23,7 @@ from vit.explain import (
     raw_attention,
     rollout_from_attentions,
 )
-from vit.model import VisionTransformer
+from vit.models.vision_transformer import VisionTransformer
 
 TINY = dict(img_size=32, patch_size=8, num_classes=3, embed_dim=32, depth=2, num_heads=2)
 

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 from test_predict import save_checkpoint, tiny_model
 
-import vit.explain_cli
+import vit.inference.overlays
 from vit.cli import main
-from vit.model import VisionTransformer
+from vit.models.vision_transformer import VisionTransformer
 
 
 def test_same_named_files_in_different_folders_get_separate_overlays(tmp_path, capsys):
@@ -39,11 +39,11 @@ def test_each_image_is_decoded_once_and_each_batch_runs_the_model_once(tmp_path,
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(paths[-1])
     decoded, forwards = [], []
-    real_load, real_forward = vit.explain_cli.load_image, VisionTransformer.forward
-    monkeypatch.setattr(vit.explain_cli, "load_image", lambda p: decoded.append(p) or real_load(p))
+    real_load, real_forward = vit.inference.overlays.load_image, VisionTransformer.forward
+    monkeypatch.setattr(vit.inference.overlays, "load_image", lambda p: decoded.append(p) or real_load(p))
     monkeypatch.setattr(VisionTransformer, "forward",
                         lambda self, x, **kw: forwards.append(len(x)) or real_forward(self, x, **kw))
-    results = vit.explain_cli.explain_files(checkpoint=ckpt, paths=paths, output=tmp_path / "out",
+    results = vit.inference.overlays.explain_files(checkpoint=ckpt, paths=paths, output=tmp_path / "out",
                                             batch_size=2, device="cpu", topk=2)
     assert sorted(map(str, decoded)) == sorted(map(str, paths))
     assert forwards == [2, 2, 1]

@@ -8,7 +8,6 @@ import pytest
 import safetensors.torch
 import torch
 
-from vit.checkpoint import load_checkpoint
 from vit.errors import CheckpointError, OutputError
 from vit.io import (
     FORMAT,
@@ -22,7 +21,8 @@ from vit.io import (
     remove_stale_temp_files,
     write_json,
 )
-from vit.pretrained import read_pretrained
+from vit.models.checkpoint import load_checkpoint
+from vit.models.pretrained import read_pretrained
 
 WEIGHTS = {"cls_token": torch.zeros(1, 1, 4), "blocks.0.attn.qkv.weight": torch.ones(12, 4)}
 INFO = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_config": {"depth": 1},

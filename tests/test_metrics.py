@@ -1,4 +1,4 @@
-"""Tests for vit.metrics against small hand-computed cases."""
+"""Tests for vit.inference.metrics against small hand-computed cases."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torchmetrics.classification import MulticlassCalibrationError
 
-from vit.metrics import (
+from vit.inference.metrics import (
     EvalAccumulator,
     as_probabilities,
     build_report,

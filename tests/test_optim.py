@@ -10,8 +10,8 @@ from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from vit.errors import ConfigError
-from vit.model import VisionTransformer
-from vit.optim import (
+from vit.models.vision_transformer import VisionTransformer
+from vit.training.optim import (
     build_optimizer,
     count_parameters,
     freeze_parameters,

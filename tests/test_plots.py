@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from vit import plots
-from vit.metrics import reliability_bins
+from vit.inference.metrics import reliability_bins
 
 
 def _size(inches: tuple[float, float]) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""vit.predict: Classifier inputs, preprocessing, batching, unreadable files, path expansion.
+"""vit.inference.classifier: Classifier inputs, preprocessing, batching, unreadable files, path expansion.
 
 The helpers at the top (tiny checkpoints, coloured images, a short training loop) are shared
 with test_evaluate.py, test_export.py and test_cli_predict.py.
@@ -16,8 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vit.checkpoint import export_safetensors, load_checkpoint, make_checkpoint
-from vit.data import (
+from vit.data.folders import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageFolderDataset,
@@ -25,9 +24,10 @@ from vit.data import (
     build_transform,
 )
 from vit.errors import CheckpointError, DataError
+from vit.inference.classifier import Classifier, ImageInputError, expand_paths, to_rgb_array
 from vit.io import atomic_save
-from vit.model import VisionTransformer
-from vit.predict import Classifier, ImageInputError, expand_paths, to_rgb_array
+from vit.models.checkpoint import export_safetensors, load_checkpoint, make_checkpoint
+from vit.models.vision_transformer import VisionTransformer
 
 # ---------------------------------------------------------------------------------------------
 # shared helpers
@@ -249,7 +249,7 @@ def test_unreadable_file_raises_from_predict_but_predict_files_skips_it(clf, pic
     broken.write_bytes(b"not a jpeg")
     with pytest.raises(UnreadableImageError, match="broken.jpg"):
         clf.predict([picture, broken])
-    with caplog.at_level(logging.WARNING, logger="vit.predict"):
+    with caplog.at_level(logging.WARNING, logger="vit.inference.classifier"):
         results = clf.predict_files([picture, broken, picture], topk=2, batch_size=2)
     assert [r.path for r in results] == [str(picture), str(broken), str(picture)]
     assert results[1].predictions is None and "not an image" in results[1].error

@@ -15,14 +15,14 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 from vit.errors import CheckpointError, ConfigError, VitError
-from vit.model import VisionTransformer, config_dict, from_timm
-from vit.pretrained import (
+from vit.models.pretrained import (
     PretrainedWeights,
     build_finetune_model,
     infer_config,
     load_pretrained_into,
     read_pretrained,
 )
+from vit.models.vision_transformer import VisionTransformer, config_dict, from_timm
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 HEAD = ["head.weight", "head.bias"]

@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from vit.checkpoint import load_checkpoint
 from vit.cli import main
 from vit.config import load_config
-from vit.trainer import train
+from vit.models.checkpoint import load_checkpoint
+from vit.training.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_MODEL = ["model.name=vit_nano_patch4_32", "model.img_size=16", "model.embed_dim=32",
@@ -114,13 +114,13 @@ def test_resume_reads_last_pt_once(tmp_path, monkeypatch):
 
 def test_memory_pipeline_decodes_each_image_once_and_reports_unreadable_ones(tmp_path,
                                                                             monkeypatch):
-    import vit.data
-    import vit.fastdata
+    import vit.data.folders
+    import vit.data.memory
 
     data = make_folder(tmp_path / "data")
     (data / "red" / "broken.png").write_bytes(b"not a png")
     decoded = []
-    for module in (vit.data, vit.fastdata):  # the pre-flight check and the memory pipeline
+    for module in (vit.data.folders, vit.data.memory):  # the pre-flight check and the memory pipeline
         real = module.load_image
         monkeypatch.setattr(module, "load_image",
                             lambda path, real=real: decoded.append(str(path)) or real(path))
@@ -134,7 +134,7 @@ def test_memory_pipeline_decodes_each_image_once_and_reports_unreadable_ones(tmp
 
 
 def test_held_out_examples_take_one_class_after_another():
-    from vit.trainer import held_out_examples
+    from vit.training.trainer import held_out_examples
 
     samples = [("a0", 0), ("a1", 0), ("a2", 0), ("b0", 1), ("c0", 2), ("c1", 2)]
     assert held_out_examples(samples, 5) == ["a0", "b0", "c0", "a1", "c1"]
@@ -149,7 +149,7 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch, pipeline):
     straight = train(tiny_config(data, tmp_path / "straight", *extra), show_progress=False)
 
     # "kill" the second run right after its first epoch's checkpoint: nothing after it survives
-    import vit.trainer as trainer_mod
+    import vit.training.trainer as trainer_mod
 
     real = trainer_mod.train_one_epoch
 
@@ -322,7 +322,7 @@ def test_memory_pipeline_trains_as_well_as_the_worker_pipeline(tmp_path):
     assert records[-1]["val_top1"] >= 75.0
     assert load_config(summary.run_dir / "config.yaml").data.pipeline == "memory"
     # the checkpoint predicts with the ordinary (albumentations) evaluation transform
-    from vit.predict import Classifier
+    from vit.inference.classifier import Classifier
 
     clf = Classifier.from_checkpoint(summary.run_dir / "best.pt", device="cpu")
     val_files = json.loads((summary.run_dir / "split.json").read_text())["val_files"]
@@ -364,14 +364,14 @@ def test_mixed_precision_trains_on_gpu(tmp_path, precision):
     (400.0, 10.0, 2),  # already over the budget: stop after the two done
 ])
 def test_fit_epochs_to_budget(elapsed, epoch_s, expected):
-    from vit.trainer import fit_epochs_to_budget
+    from vit.training.trainer import fit_epochs_to_budget
 
     assert fit_epochs_to_budget(budget_s=300.0, elapsed_s=elapsed, epoch_s=epoch_s,
                                 epochs_done=2, max_epochs=100) == expected
 
 
 def test_recent_pace_is_the_slower_of_the_overall_and_the_recent_mean():
-    from vit.trainer import recent_pace
+    from vit.training.trainer import recent_pace
 
     assert recent_pace([60.0, 63.0]) == pytest.approx(3.0)  # epoch 1 (compile) left out
     steady = [60.0 + 2 * i for i in range(11)]
@@ -384,7 +384,7 @@ def test_recent_pace_is_the_slower_of_the_overall_and_the_recent_mean():
 def test_a_time_budget_sets_the_epochs_and_ends_the_schedule_there(tmp_path, monkeypatch):
     """After epoch 2 the epoch count is fitted to the budget (here forced to 4 of at most 50),
     written to config.yaml and the checkpoint, and the learning rate reaches min_lr at the end."""
-    import vit.trainer as trainer
+    import vit.training.trainer as trainer
 
     monkeypatch.setattr(trainer, "fit_epochs_to_budget", lambda **kw: 4)
     data = make_folder(tmp_path / "data")

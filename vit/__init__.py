@@ -6,20 +6,20 @@
 from importlib import import_module
 from typing import Any
 
-from vit.model import VisionTransformer, ViTConfig, create_model, list_models
+from vit.models.vision_transformer import VisionTransformer, ViTConfig, create_model, list_models
 
 __version__ = "0.1.0"
 
 # Heavier parts load on first use, so `import vit` stays fast.
 _LAZY = {
-    "Classifier": "vit.predict",
-    "attention_rollout": "vit.explain",
-    "gradient_rollout": "vit.explain",
-    "overlay": "vit.explain",
-    "raw_attention": "vit.explain",
-    "explain": "vit.explain",
-    "deletion_auc": "vit.explain",
-    "insertion_auc": "vit.explain",
+    "Classifier": "vit.inference.classifier",
+    "attention_rollout": "vit.explain.rollout",
+    "gradient_rollout": "vit.explain.rollout",
+    "overlay": "vit.explain.rollout",
+    "raw_attention": "vit.explain.rollout",
+    "explain": "vit.explain.rollout",
+    "deletion_auc": "vit.explain.rollout",
+    "insertion_auc": "vit.explain.rollout",
     "load_config": "vit.config",
     "Config": "vit.config",
 }

@@ -200,7 +200,7 @@ def plot_reliability_diagram(
 ) -> Path:
     """Accuracy per confidence bin against the diagonal, the gap shaded, counts below.
 
-    `bins` is `vit.metrics.reliability_bins(...)`; empty bins are left out.
+    `bins` is `vit.inference.metrics.reliability_bins(...)`; empty bins are left out.
     """
     accuracy = np.asarray(bins["bin_accuracy"], dtype=float)
     confidence = np.asarray(bins["bin_confidence"], dtype=float)

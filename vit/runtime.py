@@ -1,6 +1,6 @@
 """Where and how the model runs: device, precision, autocast, wrappers. Chosen once, asked here.
 
-Training (``vit.trainer``, ``vit.engine``) and inference (``vit.predict``) both import this
+Training (``vit.training.trainer``, ``vit.training.epoch``) and inference (``vit.inference.classifier``) both import this
 module; nothing else decides a device or a precision.
 
     device = resolve_device("auto")                   # cuda when there is a GPU, else cpu

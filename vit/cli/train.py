@@ -1,4 +1,4 @@
-"""`vit train` / `python train.py`: the command-line face of ``vit.trainer.train``."""
+"""`vit train` / `python train.py`: the command-line face of ``vit.training.trainer.train``."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ FLAG_KEYS = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli import add_common_flags
+    from vit.cli.main import add_common_flags
 
     p = sub.add_parser(
         "train", help="train on an image folder (no arguments: the quickstart)",
@@ -78,7 +78,7 @@ def resolve_config(args: argparse.Namespace,
             raise ValueError("resolving the config of a resumed run needs its checkpoint")
         cfg = config_from_dict(resume_state.get("config"))
     elif is_quickstart(args):
-        from vit.quickstart import quickstart_config
+        from vit.training.quickstart import quickstart_config
 
         cfg = quickstart_config()
     else:
@@ -98,15 +98,15 @@ def resolve_config(args: argparse.Namespace,
 
 def run(args: argparse.Namespace) -> int:
     from vit.runtime import keep_freed_memory
-    from vit.trainer import ResumePoint, TrainingInterrupted, train
+    from vit.training.trainer import ResumePoint, TrainingInterrupted, train
 
     keep_freed_memory()  # 5-10% faster CPU steps; changes no result
     resume = ResumePoint.load(args.resume) if args.resume is not None else None  # read once
     cfg = resolve_config(args, resume.state if resume is not None else None)
     quick = is_quickstart(args)
     if quick:
-        from vit.quickstart import prepare_quickstart_data
         from vit.runtime import resolve_device, resolve_precision
+        from vit.training.quickstart import prepare_quickstart_data
 
         cfg.data.root = str(prepare_quickstart_data(cfg))
         device = resolve_device(cfg.train.device)

@@ -276,7 +276,7 @@ def _prepare_root(root: Path, manifest: dict[str, Any] | None) -> None:
 
 
 def _write_manifest(root: Path, params: dict[str, Any], dirs: list[str], complete: bool) -> None:
-    manifest = {"generator": "vit.synthetic.shapes", "params": params, "dirs": dirs,
+    manifest = {"generator": "vit.data.synthetic.shapes", "params": params, "dirs": dirs,
                 "complete": complete}
     write_json(root / MANIFEST_FILE, manifest)
 

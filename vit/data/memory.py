@@ -8,7 +8,7 @@ and augments each batch there with tensor ops:
     RandomResizedCrop + horizontal flip   one ``grid_sample`` per batch, boxes drawn exactly as
                                           albumentations draws them (10 tries, then centre)
     RandAugment-style ops (``randaug_n``) the same 13 ops and strength ranges as the
-                                          albumentations pipeline in ``vit.data``, each sample
+                                          albumentations pipeline in ``vit.data.folders``, each sample
                                           picking its own ops, applied in list order
     Normalize
 
@@ -36,13 +36,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vit.data import UnreadableImageError, eval_geometry, load_image
+from vit.data.folders import UnreadableImageError, eval_geometry, load_image
 from vit.errors import ConfigError, DataError
-from vit.loader import EpochSampler
+from vit.data.loader import EpochSampler
 
 logger = logging.getLogger(__name__)
 
-NUM_RANDAUG_OPS = 13  # the list in vit.data._randaugment_ops, in the same order
+NUM_RANDAUG_OPS = 13  # the list in vit.data.folders._randaugment_ops, in the same order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,8 +433,8 @@ def batch_seed(seed: int, epoch: int, batch: int) -> int:
 class MemoryLoader:
     """Batches ``(x, y)`` from a ``uint8`` image tensor, augmented on the tensor's device.
 
-    Same contract as the DataLoader from ``vit.loader.build_loader``: an ``EpochSampler``
-    orders and shards the indices, ``vit.loader.set_epoch(loader, epoch, start_batch)`` before
+    Same contract as the DataLoader from ``vit.data.loader.build_loader``: an ``EpochSampler``
+    orders and shards the indices, ``vit.data.loader.set_epoch(loader, epoch, start_batch)`` before
     each epoch, and ``len()`` counts this process's batches. With ``drop_last`` (training), ``world_size``
     processes with batch B see and augment exactly what one process with batch B x world_size
     would.

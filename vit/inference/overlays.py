@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from vit.data import UnreadableImageError, load_image
+from vit.data.folders import UnreadableImageError, load_image
 from vit.errors import VitError
-from vit.explain import METHODS, explain, overlay
+from vit.explain.rollout import METHODS, explain, overlay
+from vit.inference.classifier import Classifier, top_labels
 from vit.io import make_output_dir
 from vit.plots import plot_image_grid, plot_side_by_side
-from vit.predict import Classifier, top_labels
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on an image folder: metrics, report.json and plots.
 
     from vit import Classifier
-    from vit.evaluation import evaluate_folder
+    from vit.inference.evaluate import evaluate_folder
     report = evaluate_folder(Classifier.from_checkpoint("runs/x/best.pt"), "data/pets",
                              output_dir="runs/x/eval")
 
@@ -32,11 +32,16 @@ from typing import Any
 
 import torch
 
-from vit.data import scan_folder
+from vit.data.folders import scan_folder
 from vit.errors import DataError
+from vit.inference.classifier import Classifier
+from vit.inference.metrics import (
+    EvalAccumulator,
+    build_report,
+    most_confident_mistakes,
+    reliability_bins,
+)
 from vit.io import atomic_write, make_output_dir, write_json
-from vit.metrics import EvalAccumulator, build_report, most_confident_mistakes, reliability_bins
-from vit.predict import Classifier
 
 __all__ = [
     "EVAL_SUBDIRS",
@@ -137,7 +142,7 @@ def scan_eval_folder(eval_dir: str | os.PathLike[str], model_classes: Sequence[s
 def compute_report(
     probs: torch.Tensor, targets: torch.Tensor, classes: Sequence[str]
 ) -> dict[str, Any]:
-    """The metrics of ``vit.metrics`` (torchmetrics) as a JSON-ready dict; see ``build_report``."""
+    """The metrics of ``vit.inference.metrics`` (torchmetrics) as a JSON-ready dict; see ``build_report``."""
     accumulator = EvalAccumulator(num_classes=len(classes))
     accumulator.update(probs, targets)
     return build_report(accumulator.compute(), classes)

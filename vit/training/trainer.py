@@ -1,7 +1,7 @@
 """A whole training run: folder -> data -> model -> epochs -> files in the run folder.
 
     from vit.config import load_config
-    from vit.trainer import train
+    from vit.training.trainer import train
     summary = train(load_config("configs/quickstart.yaml", ["data.root=data/shapes"]))
 
 Files written to the run folder (rank 0 only): config.yaml, data_report.json, split.json,
@@ -28,12 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from vit import checkpoint as ckpt_lib
-from vit import data as data_lib
-from vit import loader as loader_lib
 from vit.config import Config, to_dict, to_yaml
-from vit.distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
-from vit.engine import evaluate, train_one_epoch
+from vit.data import folders as data_lib
+from vit.data import loader as loader_lib
 from vit.errors import ConfigError, VitError
 from vit.io import (
     append_jsonl,
@@ -44,9 +41,18 @@ from vit.io import (
     remove_stale_temp_files,
     write_json,
 )
-from vit.model import VisionTransformer, ViTConfig, create_model
-from vit.optim import build_optimizer, count_parameters, freeze_parameters, lr_at_step
+from vit.models import checkpoint as ckpt_lib
+from vit.models.vision_transformer import VisionTransformer, ViTConfig, create_model
 from vit.runtime import make_grad_scaler, resolve_device, resolve_precision
+from vit.training.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    init_distributed,
+)
+from vit.training.epoch import evaluate, train_one_epoch
+from vit.training.optim import build_optimizer, count_parameters, freeze_parameters, lr_at_step
 
 logger = logging.getLogger(__name__)
 
@@ -197,15 +203,15 @@ def _memory_loaders(cfg: Config, data: RunData, *, img_size: int, device: torch.
                     batch_size: int, rank: int, world_size: int) -> tuple[Any, Any, RunData]:
     """Decode both splits once into uint8 tensors on ``device`` (unreadable files are skipped
     and reported there); augment batches on the device."""
-    from vit import fastdata
+    from vit.data import memory
 
     d = cfg.data
-    train_images, kept, skipped = fastdata.decode_images(
+    train_images, kept, skipped = memory.decode_images(
         [p for p, _ in data.train_samples], size=img_size, crop_pct=1.0,
         workers=max(d.workers, 1), desc="decoding training images")
     train_samples = [data.train_samples[i] for i in kept]
     data_lib.check_classes_readable(data.root, data.classes, train_samples, skipped)
-    val_images, val_kept, val_skipped = fastdata.decode_images(
+    val_images, val_kept, val_skipped = memory.decode_images(
         [p for p, _ in data.val_samples], size=img_size,
         crop_pct=data_lib.resolve_crop_pct(img_size, d.crop_pct), workers=max(d.workers, 1),
         desc="decoding validation images")
@@ -216,16 +222,16 @@ def _memory_loaders(cfg: Config, data: RunData, *, img_size: int, device: torch.
                 (train_images.numel() + val_images.numel()) / 2**20, device)
 
     norm = dict(img_size=img_size, mean=d.mean, std=d.std)
-    train_aug = fastdata.BatchAugment(train=True, scale=d.scale, ratio=d.ratio, hflip=d.hflip,
+    train_aug = memory.BatchAugment(train=True, scale=d.scale, ratio=d.ratio, hflip=d.hflip,
                                       randaug_n=d.randaug_n, randaug_m=d.randaug_m, **norm)
     shard = dict(batch_size=batch_size, seed=cfg.train.seed, rank=rank, world_size=world_size)
-    train_loader = fastdata.MemoryLoader(
+    train_loader = memory.MemoryLoader(
         train_images.to(device), data.train_targets, augment=train_aug, shuffle=True,
         drop_last=True, weights=_sampler_weights(cfg, data.train_targets, len(data.classes)),
         **shard)
-    val_loader = fastdata.MemoryLoader(
+    val_loader = memory.MemoryLoader(
         val_images.to(device), [t for _, t in data.val_samples],
-        augment=fastdata.BatchAugment(train=False, **norm), shuffle=False, drop_last=False,
+        augment=memory.BatchAugment(train=False, **norm), shuffle=False, drop_last=False,
         **shard)
     return train_loader, val_loader, data
 
@@ -249,7 +255,7 @@ def build_model(cfg: Config, *, classes: list[str], pretrained: Any = None) -> V
     m = cfg.model
     regularisation = dict(drop_rate=m.drop_rate, drop_path_rate=m.drop_path_rate)
     if pretrained is not None:
-        from vit.pretrained import build_finetune_model
+        from vit.models.pretrained import build_finetune_model
 
         model, _ = build_finetune_model(pretrained, num_classes=len(classes), classes=classes,
                                         img_size=m.img_size, overrides=regularisation)
@@ -357,7 +363,7 @@ def train(cfg: Config, *, resume: str | os.PathLike | ResumePoint | None = None,
         img_size = arch.img_size
     else:
         if cfg.train.pretrained:
-            from vit.pretrained import read_pretrained
+            from vit.models.pretrained import read_pretrained
 
             pretrained = read_pretrained(cfg.train.pretrained)
         img_size = _img_size(cfg, pretrained)
@@ -543,7 +549,7 @@ def write_overlays(run_dir: Path, val_samples: list[tuple[str, int]], *, num_ima
                    device: torch.device) -> Path | None:
     """Attention-rollout overlays of held-out images by best.pt, into RUN/overlays (the last
     step of a run: ``train.explain_samples``); None when they could not be drawn."""
-    from vit.explain_cli import explain_files
+    from vit.inference.overlays import explain_files
 
     out = run_dir / "overlays"
     try:
@@ -582,11 +588,11 @@ def _img_size(cfg: Config, pretrained: Any) -> int:
     if cfg.model.img_size is not None:
         return cfg.model.img_size
     if pretrained is not None:
-        from vit.pretrained import infer_config
+        from vit.models.pretrained import infer_config
 
         arch = pretrained.model_config or infer_config(pretrained.state_dict)
         return int(arch["img_size"])
-    from vit.model import model_config
+    from vit.models.vision_transformer import model_config
 
     try:
         return model_config(cfg.model.name).img_size

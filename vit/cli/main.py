@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vit", description="Train Vision Transformers on image folders, classify and explain.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        import_module(f"vit.commands.{name}").register(sub)
+        import_module(f"vit.cli.{name}").register(sub)
     return parser
 
 
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         error(f"{type(e).__name__}: {e} (run again with --debug for the traceback)")
         return 1
     finally:
-        from vit.distributed import shutdown
+        from vit.training.distributed import shutdown
 
         shutdown()
 

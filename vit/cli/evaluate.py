@@ -10,7 +10,7 @@ from vit.errors import VitError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli import add_common_flags
+    from vit.cli.main import add_common_flags
 
     p = sub.add_parser(
         "evaluate", help="measure a checkpoint on a labelled image folder",
@@ -37,8 +37,8 @@ def default_output_dir(checkpoint: str, data: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vit.evaluation import evaluate_folder, format_summary
-    from vit.predict import Classifier
+    from vit.inference.classifier import Classifier
+    from vit.inference.evaluate import evaluate_folder, format_summary
 
     if args.batch_size < 1:
         raise VitError(f"--batch-size must be at least 1, got {args.batch_size}")

@@ -1,6 +1,6 @@
 """One epoch of training and one pass of evaluation. Explicit arguments, no hidden state.
 
-The run-level orchestration (data, checkpoints, files) lives in ``vit.trainer``; these functions
+The run-level orchestration (data, checkpoints, files) lives in ``vit.training.trainer``; these functions
 only move batches through the model.
 """
 
@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from vit.distributed import all_reduce_sum
 from vit.errors import VitError
-from vit.metrics import percent, topk_correct
-from vit.optim import set_lr
+from vit.inference.metrics import percent, topk_correct
 from vit.runtime import autocast, unwrap_model
+from vit.training.distributed import all_reduce_sum
+from vit.training.optim import set_lr
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
     export_checkpoint("runs/x/best.pt", "model.onnx")         # + model.onnx.json
 
 ``safetensors``: the weights plus a JSON sidecar (model config, class names, preprocessing);
-``Classifier.from_checkpoint("model.safetensors")`` loads the pair (``vit.checkpoint``).
+``Classifier.from_checkpoint("model.safetensors")`` loads the pair (``vit.models.checkpoint``).
 
 ``onnx``: the model as an ONNX graph (opset >= 17), input ``images`` (N, 3, S, S) float32,
 normalised as the sidecar's ``preprocess`` says, output ``logits`` (N, C); the batch axis is
@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from vit.checkpoint import export_safetensors, load_checkpoint, model_from_checkpoint
 from vit.errors import ConfigError, VitError
 from vit.io import atomic_write, write_json
+from vit.models.checkpoint import export_safetensors, load_checkpoint, model_from_checkpoint
 
 __all__ = [
     "FORMATS",

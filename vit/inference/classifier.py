@@ -6,10 +6,10 @@
 
 Everything comes from the checkpoint file: the architecture, the class names and the evaluation
 preprocessing (resize, centre crop, normalisation), which is the same pipeline the model saw on
-its validation images during training (``vit.data.eval_geometry`` + ``normalize_transform``).
+its validation images during training (``vit.data.folders.eval_geometry`` + ``normalize_transform``).
 
 An image can be given as
-  * a path (``str`` or ``os.PathLike``), decoded by ``vit.data.load_image``;
+  * a path (``str`` or ``os.PathLike``), decoded by ``vit.data.folders.load_image``;
   * a ``PIL.Image`` in any mode (converted to RGB; transparency becomes white, as for files);
   * a ``numpy`` array, HxWx3 (or HxW grey) ``uint8`` in 0..255;
   * a ``torch`` tensor, CxHxW with C = 3 (or 1), ``uint8`` in 0..255 or floating point in 0..1
@@ -34,8 +34,8 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from vit import data as data_lib
-from vit.data import UnreadableImageError, is_image_file, load_image
+from vit.data import folders as data_lib
+from vit.data.folders import UnreadableImageError, is_image_file, load_image
 from vit.errors import CheckpointError, ConfigError, DataError, VitError
 from vit.runtime import autocast, inference_precision, resolve_device
 
@@ -319,7 +319,7 @@ class Classifier:
         batch_size: int = 64,
     ) -> Classifier:
         """Load a training checkpoint (``.pt``) or an exported ``.safetensors`` (+ JSON)."""
-        from vit.checkpoint import load_checkpoint, model_from_checkpoint
+        from vit.models.checkpoint import load_checkpoint, model_from_checkpoint
 
         ckpt = load_checkpoint(path, map_location="cpu")
         model = model_from_checkpoint(ckpt)

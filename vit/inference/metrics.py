@@ -2,7 +2,7 @@
 
 Accuracy is a percent (0-100) everywhere a user reads it: ``metrics.jsonl``, checkpoints,
 ``report.json``, logs. ``topk_correct`` is the one top-k count; the validation pass of training
-(``vit.engine.evaluate``) and ``EvalAccumulator`` both sum it and turn it into a percent with
+(``vit.training.epoch.evaluate``) and ``EvalAccumulator`` both sum it and turn it into a percent with
 ``percent``. Probabilities, confidences and the calibration error stay in [0, 1].
 
 `EvalAccumulator` gathers everything `vit evaluate` reports (accuracy, per-class scores, confusion

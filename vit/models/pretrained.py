@@ -39,7 +39,7 @@ import torch
 
 from vit.errors import CheckpointError, ConfigError
 from vit.io import read_weights
-from vit.model import (
+from vit.models.vision_transformer import (
     VisionTransformer,
     ViTConfig,
     config_dict,

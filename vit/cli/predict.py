@@ -11,15 +11,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from vit.errors import DataError, VitError
+from vit.inference.classifier import FilePrediction
 from vit.io import atomic_write
-from vit.predict import FilePrediction
 
 FORMATS = ("table", "json", "csv")
 CSV_COLUMNS = ("path", "rank", "label", "probability", "error")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli import add_common_flags
+    from vit.cli.main import add_common_flags
 
     p = sub.add_parser(
         "predict", help="classify images with a checkpoint",
@@ -110,7 +110,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vit.predict import Classifier, expand_paths
+    from vit.inference.classifier import Classifier, expand_paths
 
     _check_args(args)
     paths = expand_paths(args.paths)  # a mistyped path stops here, before the model loads

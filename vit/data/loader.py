@@ -93,7 +93,7 @@ def build_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, drop_last:
 def set_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
     """Point the sampler and the dataset's augmentation seeds at ``epoch``.
 
-    Works for the DataLoader of ``build_loader`` and for ``vit.fastdata.MemoryLoader`` (an
+    Works for the DataLoader of ``build_loader`` and for ``vit.data.memory.MemoryLoader`` (an
     ``EpochSampler`` and no dataset object).
     """
     sampler = loader.sampler

@@ -629,7 +629,7 @@ class ImageFolderDataset(Dataset):
       ``set_epoch(e)`` before every epoch, or every epoch repeats the same augmentations.
     * ``seed=None``: the transform's own random stream; each loader worker seeds it from
       PyTorch's per-worker seed, which a loader with a seeded ``generator`` makes reproducible
-      for a fixed number of workers (see ``vit.loader.build_loader``).
+      for a fixed number of workers (see ``vit.data.loader.build_loader``).
     """
 
     def __init__(

@@ -31,7 +31,7 @@ def quickstart_config() -> Config:
 
 def prepare_quickstart_data(cfg: Config) -> Path:
     """Write (or reuse) the synthetic shapes folder named by ``data.root``."""
-    from vit.synthetic import make_shapes_dataset
+    from vit.data.synthetic import make_shapes_dataset
 
     root = Path(cfg.data.root or QUICKSTART["data"]["root"])
     img_size = cfg.model.img_size or 48

@@ -39,7 +39,7 @@ from torch import nn
 from vit import __version__
 from vit.errors import CheckpointError
 from vit.io import FORMAT, FORMAT_VERSION, atomic_write, read_weights, sidecar_path
-from vit.model import VisionTransformer, ViTConfig, config_dict
+from vit.models.vision_transformer import VisionTransformer, ViTConfig, config_dict
 from vit.runtime import unwrap_model
 
 __all__ = [

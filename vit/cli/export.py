@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from vit.export import FORMATS, ONNX_OPSET
+from vit.inference.export import FORMATS, ONNX_OPSET
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli import add_common_flags
+    from vit.cli.main import add_common_flags
 
     p = sub.add_parser(
         "export", help="export a checkpoint as safetensors or ONNX",
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vit.export import export_checkpoint
+    from vit.inference.export import export_checkpoint
 
     written = export_checkpoint(args.checkpoint, args.output, fmt=args.format, opset=args.opset,
                                 verify=not args.no_verify)

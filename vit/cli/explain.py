@@ -7,7 +7,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli import add_common_flags
+    from vit.cli.main import add_common_flags
 
     p = sub.add_parser("explain", help="draw attention-rollout overlays for images",
                        description="Overlay where the model looks on each image; writes "
@@ -27,8 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vit.explain_cli import explain_files
-    from vit.predict import expand_paths
+    from vit.inference.classifier import expand_paths
+    from vit.inference.overlays import explain_files
 
     if args.batch_size < 1:
         from vit.errors import VitError
