@@ -9,7 +9,7 @@ Each folder may be the image folder itself (``<class>/<image>``) or hold ``train
 A fixed random subset of ``--limit`` images goes through, per data set (CIFAR-10 JPEGs with the
 32 px pipeline, flower photos with the 224 px one):
 
-    decode              vit.data.folders.load_image, in this process
+    decode              vit.data.images.load_image, in this process
     train augment       the training transform alone (random resized crop, flip, RandAugment,
                         normalise)
     decode + train      both: what one loader worker does per image
@@ -40,15 +40,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from vit.data.folders import (
-    ImageFolderDataset,
-    build_transform,
-    load_image,
-    resolve_data_dirs,
-    scan_folder,
-)
+from vit.data.dataset import ImageFolderDataset
+from vit.data.folders import resolve_data_dirs, scan_folder
+from vit.data.images import load_image
 from vit.data.loader import build_loader, set_epoch
 from vit.data.memory import BatchAugment, MemoryLoader, decode_images
+from vit.data.transforms import build_transform
 from vit.models.vision_transformer import create_model
 from vit.training.epoch import train_one_epoch
 

@@ -52,8 +52,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from vit.data.folders import eval_geometry, load_image, resolve_data_dirs, scan_folder
+from vit.data.folders import resolve_data_dirs, scan_folder
+from vit.data.images import load_image
 from vit.data.synthetic import BOXES_FILE, load_boxes
+from vit.data.transforms import eval_geometry
 from vit.errors import DataError
 from vit.explain import (
     attention_rollout,

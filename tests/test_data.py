@@ -13,25 +13,24 @@ import pytest
 import torch
 from PIL import Image
 
-from vit.data.folders import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ImageFolderDataset,
-    UnreadableImageError,
+from vit.data.dataset import ImageFolderDataset
+from vit.data.folders import resolve_data_dirs, scan_folder
+from vit.data.images import UnreadableImageError, load_image, preflight
+from vit.data.loader import EpochSampler, build_loader, set_epoch
+from vit.data.splits import (
     balanced_class_weights,
     build_data_report,
-    build_transform,
     class_counts,
-    eval_geometry,
-    load_image,
-    normalize_transform,
-    preflight,
-    resolve_crop_pct,
-    resolve_data_dirs,
-    scan_folder,
     stratified_split,
 )
-from vit.data.loader import EpochSampler, build_loader, set_epoch
+from vit.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_transform,
+    eval_geometry,
+    normalize_transform,
+    resolve_crop_pct,
+)
 from vit.errors import ConfigError, DataError
 
 # ---------------------------------------------------------------------------------------------

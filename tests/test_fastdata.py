@@ -11,10 +11,10 @@ import torch
 from albumentations.augmentations.pixel import functional as fpixel
 from PIL import Image
 
-import vit.data.folders as data_lib
 from vit.data import memory
-from vit.data.folders import A, build_transform
+from vit.data.images import load_image
 from vit.data.loader import set_epoch
+from vit.data.transforms import A, build_transform, eval_geometry
 from vit.errors import ConfigError
 
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
@@ -231,8 +231,8 @@ def test_decode_images_matches_the_eval_transform_and_skips_bad_files(tmp_path):
     assert [s["path"] for s in skipped] == [paths[3]]
     assert images.shape == (10, 16, 16, 3) and images.dtype == torch.uint8
     for row, i in enumerate(kept):
-        image = np.asarray(data_lib.load_image(paths[i]))
-        expected = data_lib.eval_geometry(16, crop_pct=0.875)(image=image)["image"]
+        image = np.asarray(load_image(paths[i]))
+        expected = eval_geometry(16, crop_pct=0.875)(image=image)["image"]
         assert np.array_equal(images[row].numpy(), expected)
 
 
@@ -251,7 +251,7 @@ def test_eval_loader_gives_what_the_albumentations_eval_transform_gives(tmp_path
                                    shuffle=False, drop_last=False, seed=0)
     x = torch.cat([b for b, _ in loader])
     tf = build_transform(img_size=16, train=False, mean=MEAN, std=STD, crop_pct=0.875)
-    expected = torch.stack([tf(data_lib.load_image(p)) for p in paths])
+    expected = torch.stack([tf(load_image(p)) for p in paths])
     torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)
     assert len(loader) == 3
 

@@ -26,7 +26,8 @@ if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts, not an inst
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import explain_quality as eq  # noqa: E402
-from vit.data.folders import load_image, scan_folder  # noqa: E402
+from vit.data.folders import scan_folder  # noqa: E402
+from vit.data.images import load_image  # noqa: E402
 from vit.data.synthetic import load_boxes, make_shapes_dataset  # noqa: E402
 from vit.errors import DataError  # noqa: E402
 from vit.explain import attention_rollout, deletion_auc, random_saliency  # noqa: E402

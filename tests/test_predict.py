@@ -16,15 +16,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vit.data.folders import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ImageFolderDataset,
-    UnreadableImageError,
-    build_transform,
-)
+from vit.data.dataset import ImageFolderDataset
+from vit.data.folders import expand_paths
+from vit.data.images import UnreadableImageError
+from vit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from vit.errors import CheckpointError, DataError
-from vit.inference.classifier import Classifier, ImageInputError, expand_paths, to_rgb_array
+from vit.inference.classifier import Classifier, ImageInputError, to_rgb_array
 from vit.io import atomic_save
 from vit.models.checkpoint import export_safetensors, load_checkpoint, make_checkpoint
 from vit.models.vision_transformer import VisionTransformer

@@ -114,13 +114,13 @@ def test_resume_reads_last_pt_once(tmp_path, monkeypatch):
 
 def test_memory_pipeline_decodes_each_image_once_and_reports_unreadable_ones(tmp_path,
                                                                             monkeypatch):
-    import vit.data.folders
+    import vit.data.images
     import vit.data.memory
 
     data = make_folder(tmp_path / "data")
     (data / "red" / "broken.png").write_bytes(b"not a png")
     decoded = []
-    for module in (vit.data.folders, vit.data.memory):  # the pre-flight check and the memory pipeline
+    for module in (vit.data.images, vit.data.memory):  # the pre-flight check and the memory pipeline
         real = module.load_image
         monkeypatch.setattr(module, "load_image",
                             lambda path, real=real: decoded.append(str(path)) or real(path))

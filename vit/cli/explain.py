@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vit.inference.classifier import expand_paths
+    from vit.data.folders import expand_paths
     from vit.inference.overlays import explain_files
 
     if args.batch_size < 1:

@@ -110,7 +110,8 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vit.inference.classifier import Classifier, expand_paths
+    from vit.data.folders import expand_paths
+    from vit.inference.classifier import Classifier
 
     _check_args(args)
     paths = expand_paths(args.paths)  # a mistyped path stops here, before the model loads

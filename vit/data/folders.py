@@ -1,57 +1,29 @@
-"""Image-folder data: scanning, robust decoding, splits, augmentation, class balancing, loaders.
+"""Image folders: the layout, the scan that lists images by class, and the paths a user names.
 
 The expected layout is ``root/<class>/<image>`` (images may sit in sub-folders of a class
 folder), optionally split as ``root/train/<class>/...`` and ``root/val/<class>/...``.
+``expand_paths`` turns the files, folders and globs given on a command line into image paths.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
-import math
-import numbers
 import os
-import random
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import Dataset
-from tqdm import tqdm
-
-from vit.errors import ConfigError, DataError
-
-# albumentations asks PyPI for a newer version on every import (and warns offline); skip that
-# unless the user has set the variable themselves.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-import albumentations as A
-from albumentations.pytorch import ToTensorV2
+from vit.errors import DataError
 
 __all__ = [
     "IMG_EXTENSIONS",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "UnreadableImageError",
+    "Sample",
     "FolderScan",
     "is_image_file",
     "resolve_data_dirs",
     "scan_folder",
-    "load_image",
-    "preflight",
-    "stratified_split",
-    "class_counts",
-    "balanced_class_weights",
-    "build_data_report",
-    "resolve_crop_pct",
-    "ImageTransform",
-    "build_transform",
-    "normalize_transform",
-    "eval_geometry",
-    "ImageFolderDataset",
+    "expand_paths",
 ]
 
 logger = logging.getLogger(__name__)
@@ -59,27 +31,11 @@ logger = logging.getLogger(__name__)
 IMG_EXTENSIONS: tuple[str, ...] = (
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
 )
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 _VAL_DIR_NAMES = ("val", "valid", "validation")
 _JUNK_DIR_NAMES = {"__MACOSX"}  # metadata folders that zip tools add; never a class
 
-Sample = tuple[str, int]
-
-
-class UnreadableImageError(DataError):
-    """An image file that cannot be decoded. ``path`` and ``reason`` say which and why."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"cannot read image {self.path}: {reason}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Folder layout and scanning
-# ---------------------------------------------------------------------------------------------
+Sample = tuple[str, int]  # (path, class index)
 
 
 def is_image_file(path: str | os.PathLike[str]) -> bool:
@@ -216,491 +172,66 @@ def scan_folder(
 
 
 # ---------------------------------------------------------------------------------------------
-# Decoding
+# Paths on the command line
 # ---------------------------------------------------------------------------------------------
 
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+def _images_under(folder: Path) -> list[Path]:
+    """Image files below ``folder`` (recursively, sorted), skipping hidden files and folders."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        found.extend(Path(dirpath, name) for name in sorted(filenames)
+                     if not _is_hidden(name) and is_image_file(name))
+    return found
 
 
-def _check_pixel_count(img: Image.Image, path: str) -> None:
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and img.width * img.height > limit:
-        raise UnreadableImageError(
-            path,
-            f"too large ({img.width}x{img.height} = {img.width * img.height:,} pixels, limit "
-            f"{limit:,} set by PIL.Image.MAX_IMAGE_PIXELS); downscale it or raise that limit",
-        )
+def _has_glob_magic(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
 
 
-def _rescale_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
-    """Map a single-channel 16-bit, 32-bit integer or float image to 0..255."""
-    arr = values.astype(np.float64)
-    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
-    if mode in _SIXTEEN_BIT_MODES or (mode == "I" and lo >= 0 and hi <= 65535):
-        arr = arr / 257.0  # full 16-bit range: 65535 -> 255
-    elif mode == "F" and lo >= 0 and hi <= 1:
-        arr = arr * 255.0
-    else:  # unknown range: stretch what is there
-        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+def _expand_glob(pattern: str) -> list[Path]:
+    matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+    found: list[Path] = []
+    for match in map(Path, matches):
+        if match.is_dir():
+            found.extend(_images_under(match))
+        elif is_image_file(match):
+            found.append(match)
+    if not found:
+        what = f"{len(matches)} files, none of them images" if matches else "nothing"
+        raise DataError(f"the pattern {pattern!r} matches {what}; check the path")
+    return found
 
 
-def _has_transparency(img: Image.Image) -> bool:
-    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+def _expand_one(pattern: str) -> list[Path]:
+    path = Path(pattern).expanduser()
+    if path.is_dir():
+        images = _images_under(path)
+        if not images:
+            raise DataError(f"no images in folder {pattern} (looked for "
+                            f"{', '.join(IMG_EXTENSIONS)}, recursively)")
+        return images
+    if path.exists():
+        return [path]  # named explicitly: kept even without an image extension
+    if _has_glob_magic(pattern):
+        return _expand_glob(pattern)
+    raise DataError(f"{pattern}: no such file or folder")
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB; transparent pixels become white."""
-    if img.mode == "RGB" and "transparency" not in img.info:
-        return img
-    if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F"):
-        gray = _rescale_to_uint8(np.asarray(img), img.mode)
-        return Image.fromarray(gray, mode="L").convert("RGB")
-    if _has_transparency(img):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")  # 1, L, P, CMYK, YCbCr, ...
+def expand_paths(patterns: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Files, folders (searched recursively for images) and globs -> image paths, in order.
 
-
-def _apply_exif_orientation(img: Image.Image, path: str) -> Image.Image:
-    try:
-        if img.getexif().get(ExifTags.Base.Orientation, 1) == 1:
-            return img  # the common case; avoids the copy exif_transpose makes
-        return ImageOps.exif_transpose(img)
-    except Exception as exc:  # a broken EXIF block should not make the pixels unusable
-        logger.debug("Ignoring unreadable EXIF orientation of %s: %s", path, exc)
-        return img
-
-
-def _failure_reason(path: str, exc: BaseException) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return "file not found"
-    if isinstance(exc, Image.DecompressionBombError):
-        return f"too large (decompression bomb protection): {exc}"
-    if isinstance(exc, UnidentifiedImageError):
-        try:
-            if os.path.getsize(path) == 0:
-                return "empty file (zero bytes)"
-        except OSError:
-            pass
-        return "not an image, or a format Pillow cannot identify"
-    if isinstance(exc, MemoryError):
-        return "too large to decode in the available memory"
-    text = str(exc) or type(exc).__name__
-    if "truncated" in text.lower():
-        return f"truncated file ({text})"
-    return f"corrupt image ({type(exc).__name__}: {text})"
-
-
-def load_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Decode an image file fully into an RGB ``PIL.Image``.
-
-    Applies the EXIF orientation, takes the first frame of animations, composites transparency
-    on white and scales 16-bit images to 8 bits. Raises ``UnreadableImageError`` (with the
-    reason) for missing, empty, truncated, corrupt, non-image or oversized files; the size
-    limit is ``PIL.Image.MAX_IMAGE_PIXELS`` and is checked before any pixel is decoded.
+    Globs are expanded here (``**`` included), so quoted patterns work on any shell. A path that
+    does not exist, a glob without matches or a folder without images raises ``DataError``:
+    a mistyped path should stop the command before any work. Duplicates are dropped.
     """
-    path = str(path)
-    try:
-        with Image.open(path) as img:
-            _check_pixel_count(img, path)
-            img.seek(0)
-            img.load()
-            img = _apply_exif_orientation(img, path)
-            return _to_rgb(img)
-    except UnreadableImageError:
-        raise
-    except Exception as exc:  # decoders raise many types; every one means "unreadable"
-        raise UnreadableImageError(path, _failure_reason(path, exc)) from exc
-
-
-def _check_one(path: str) -> str | None:
-    try:
-        load_image(path)
-    except UnreadableImageError as exc:
-        return exc.reason
-    return None
-
-
-def _check_chunk(paths: list[str]) -> list[str | None]:
-    return [_check_one(p) for p in paths]
-
-
-def _default_workers() -> int:
-    return min(8, 2 * (os.cpu_count() or 1))
-
-
-def preflight(
-    samples: Sequence[Sample], *, workers: int | None = None, chunk_size: int = 64
-) -> tuple[list[Sample], list[dict[str, str]]]:
-    """Decode every image once and drop the unreadable ones.
-
-    Returns ``(good_samples, skipped)`` where ``skipped`` holds ``{"path", "reason"}`` dicts.
-    Decoding runs in a thread pool (``workers`` threads; default ``2 * cpu_count``, at most 8;
-    0 decodes in this thread). One warning is logged per bad file.
-    """
-    paths = [p for p, _ in samples]
-    chunks = [paths[i:i + chunk_size] for i in range(0, len(paths), chunk_size)]
-    workers = _default_workers() if workers is None else workers
-    reasons: list[str | None] = []
-    with tqdm(total=len(paths), desc="checking images", unit="img", disable=None) as bar:
-        if workers <= 0:
-            results: Iterable[list[str | None]] = map(_check_chunk, chunks)
-            for chunk_reasons in results:
-                reasons.extend(chunk_reasons)
-                bar.update(len(chunk_reasons))
-        else:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for chunk_reasons in pool.map(_check_chunk, chunks):
-                    reasons.extend(chunk_reasons)
-                    bar.update(len(chunk_reasons))
-
-    good: list[Sample] = []
-    skipped: list[dict[str, str]] = []
-    for sample, reason in zip(samples, reasons, strict=True):
-        if reason is None:
-            good.append(sample)
-        else:
-            logger.warning("Skipping %s: %s", sample[0], reason)
-            skipped.append({"path": sample[0], "reason": reason})
-    return good, skipped
-
-
-def check_classes_readable(root: Path, classes: Sequence[str], good: Sequence[Sample],
-                           skipped: Sequence[dict[str, str]]) -> None:
-    """Raise ``DataError`` when the pre-flight check left a class without a single image."""
-    present = {t for _, t in good}
-    empty = [name for t, name in enumerate(classes) if t not in present]
-    if empty:
-        raise DataError(
-            f"class folders without readable images in {root}: {empty}; all "
-            f"{len(skipped)} unreadable files are listed above; replace them or remove the folders")
-
-
-# ---------------------------------------------------------------------------------------------
-# Splits, class balance, report
-# ---------------------------------------------------------------------------------------------
-
-
-def stratified_split(
-    targets: Sequence[int], *, val_fraction: float, seed: int
-) -> tuple[list[int], list[int]]:
-    """Split indices per class into ``(train_idx, val_idx)``, both sorted.
-
-    Each class with at least 2 images gets ``round(n * val_fraction)`` validation images,
-    at least 1 and at most ``n - 1``; a class with 1 image stays in train. The split of a class
-    depends only on ``seed``, the class id and the positions of that class's images.
-    """
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real) or not (
-        0.0 < val_fraction < 1.0
-    ):
-        raise ConfigError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
-    labels = np.asarray(targets, dtype=np.int64)
-    train_idx: list[int] = []
-    val_idx: list[int] = []
-    for cls in np.unique(labels):
-        idx = np.flatnonzero(labels == cls)
-        if len(idx) < 2:
-            logger.warning("Class %d has only %d image; it is not in the validation set",
-                           int(cls), len(idx))
-            train_idx.extend(idx.tolist())
-            continue
-        n_val = min(max(round(len(idx) * val_fraction), 1), len(idx) - 1)
-        shuffled = np.random.default_rng([seed, int(cls)]).permutation(idx)
-        val_idx.extend(shuffled[:n_val].tolist())
-        train_idx.extend(shuffled[n_val:].tolist())
-    return sorted(train_idx), sorted(val_idx)
-
-
-def class_counts(targets: Sequence[int], num_classes: int) -> list[int]:
-    """Number of samples per class id ``0 .. num_classes - 1``."""
-    labels = np.asarray(targets, dtype=np.int64)
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"targets must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}")
-    return np.bincount(labels, minlength=num_classes).tolist()
-
-
-def balanced_class_weights(targets: Sequence[int], num_classes: int) -> torch.Tensor:
-    """Loss weights ``n_samples / (n_classes * count)``; 0 for a class without samples."""
-    counts = torch.tensor(class_counts(targets, num_classes), dtype=torch.float32)
-    weights = len(targets) / (num_classes * counts.clamp(min=1))
-    return torch.where(counts > 0, weights, torch.zeros_like(weights))
-
-
-def _split_summary(classes: Sequence[str], samples: Sequence[Sample]) -> dict[str, Any]:
-    counts = class_counts([t for _, t in samples], len(classes))
-    return {"images": len(samples), "per_class": dict(zip(classes, counts, strict=True))}
-
-
-def build_data_report(
-    classes: Sequence[str],
-    train_samples: Sequence[Sample],
-    val_samples: Sequence[Sample] | None,
-    skipped: Sequence[dict[str, str]],
-    ignored_files: Sequence[str] | int,
-) -> dict[str, Any]:
-    """A JSON-serialisable summary: classes, per-class counts, skipped and ignored files."""
-    train = _split_summary(classes, train_samples)
-    nonzero = [c for c in train["per_class"].values() if c > 0]
-    ignored_list = [] if isinstance(ignored_files, int) else [str(p) for p in ignored_files]
-    return {
-        "classes": list(classes),
-        "num_classes": len(classes),
-        "train": train,
-        "val": None if val_samples is None else _split_summary(classes, val_samples),
-        "imbalance_ratio": max(nonzero) / min(nonzero) if nonzero else None,
-        "skipped": [{"path": str(s["path"]), "reason": str(s["reason"])} for s in skipped],
-        "num_skipped": len(skipped),
-        "num_ignored_files": ignored_files if isinstance(ignored_files, int)
-        else len(ignored_list),
-        "ignored_files_examples": ignored_list[:20],
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Transforms
-# ---------------------------------------------------------------------------------------------
-
-
-def resolve_crop_pct(img_size: int, crop_pct: float | None) -> float:
-    """``crop_pct`` or, for None, 0.875 from 128 px up and 1.0 (no centre crop) below."""
-    if crop_pct is None:
-        return 0.875 if img_size >= 128 else 1.0
-    if not 0.0 < crop_pct <= 1.0:
-        raise ConfigError(f"crop_pct must be in (0, 1], got {crop_pct}")
-    return float(crop_pct)
-
-
-def _eval_geometry_ops(img_size: int, crop_pct: float | None) -> list[Any]:
-    resize = math.floor(img_size / resolve_crop_pct(img_size, crop_pct) + 1e-6)
-    return [
-        A.SmallestMaxSize(max_size=resize, area_for_downscale="image"),
-        A.CenterCrop(height=img_size, width=img_size),
-    ]
-
-
-def _randaugment_ops(magnitude: float, fill: tuple[float, ...]) -> list[Any]:
-    """RandAugment-style ops; each strength is drawn from [0, magnitude / 10] of its maximum."""
-    f = magnitude / 10.0
-    rot, shear, shift = 30.0 * f, 17.0 * f, 0.45 * f  # degrees, degrees (~0.3 rad), fraction
-    enhance = 0.9 * f
-    return [
-        A.Affine(rotate=(-rot, rot), fill=fill, p=1.0),
-        A.Affine(shear={"x": (-shear, shear), "y": (0, 0)}, fill=fill, p=1.0),
-        A.Affine(shear={"x": (0, 0), "y": (-shear, shear)}, fill=fill, p=1.0),
-        A.Affine(translate_percent={"x": (-shift, shift), "y": (0, 0)}, fill=fill, p=1.0),
-        A.Affine(translate_percent={"x": (0, 0), "y": (-shift, shift)}, fill=fill, p=1.0),
-        A.RandomBrightnessContrast(brightness_limit=enhance, contrast_limit=0.0, p=1.0),
-        A.RandomBrightnessContrast(brightness_limit=0.0, contrast_limit=enhance, p=1.0),
-        A.ColorJitter(brightness=0.0, contrast=0.0, saturation=enhance, hue=0.0, p=1.0),
-        A.Sharpen(alpha=(0.0, min(enhance, 1.0)), lightness=(1.0, 1.0), p=1.0),
-        A.Posterize(num_bits=(8 - round(4 * f), 8), p=1.0),
-        A.Solarize(threshold_range=(1.0 - f, 1.0), p=1.0),
-        A.Equalize(p=1.0),
-        A.AutoContrast(p=1.0),
-    ]
-
-
-class ImageTransform:
-    """Callable: PIL image (or HxWx3 uint8 array) -> float tensor (3, H, W).
-
-    Wraps an albumentations ``Compose``. Albumentations 2.x keeps its own random generators
-    (it ignores ``numpy.random`` and ``random``), so reproducibility comes from ``set_seed``.
-    """
-
-    def __init__(self, pipeline: A.Compose):
-        self.pipeline = pipeline
-
-    def __call__(self, image: Image.Image | np.ndarray) -> torch.Tensor:
-        if isinstance(image, Image.Image):
-            image = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-        return self.pipeline(image=image)["image"]
-
-    def set_seed(self, seed: int | None) -> None:
-        """Restart the augmentation random stream from ``seed`` (None: OS entropy)."""
-        self.pipeline.set_random_seed(seed)
-
-    def set_sample_seed(self, *key: int) -> None:
-        """Make the next call's randomness a function of ``key``, e.g. (seed, epoch, index)."""
-        rng = np.random.default_rng([k % 2**64 for k in key])
-        self.pipeline.set_random_state(rng, random.Random(int(rng.integers(2**63))))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.pipeline!r})"
-
-
-def _check_transform_args(
-    img_size: int, mean: Sequence[float], std: Sequence[float], scale: tuple[float, float],
-    ratio: tuple[float, float], hflip: float, randaug_n: int, randaug_m: float,
-) -> None:
-    if img_size < 1:
-        raise ConfigError(f"img_size must be positive, got {img_size}")
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise ConfigError(f"mean and std need 3 values each, std > 0; got {mean}, {std}")
-    if not 0.0 < scale[0] <= scale[1] <= 1.0:
-        raise ConfigError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
-    if not 0.0 < ratio[0] <= ratio[1]:
-        raise ConfigError(f"ratio must satisfy 0 < min <= max, got {ratio}")
-    if not 0.0 <= hflip <= 1.0:
-        raise ConfigError(f"hflip is a probability in [0, 1], got {hflip}")
-    if not 0 <= randaug_n <= len(_randaugment_ops(0, (0, 0, 0))):
-        raise ConfigError(f"randaug_n must be in [0, 13], got {randaug_n}")
-    if not 0 <= randaug_m <= 10:
-        raise ConfigError(f"randaug_m must be in [0, 10], got {randaug_m}")
-
-
-def build_transform(
-    *,
-    img_size: int,
-    train: bool,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    crop_pct: float | None = None,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    hflip: float = 0.5,
-    randaug_n: int = 2,
-    randaug_m: float = 9,
-    seed: int | None = None,
-) -> ImageTransform:
-    """The training or evaluation transform: PIL image -> normalised tensor (3, S, S).
-
-    Train: RandomResizedCrop(scale, ratio) + HorizontalFlip(hflip) + ``randaug_n`` random ops
-    of strength up to ``randaug_m``/10 (0 ops disables it) + Normalize. Eval: resize the
-    shorter side to ``img_size / crop_pct``, centre-crop ``img_size`` (see ``resolve_crop_pct``),
-    Normalize; ``scale``, ``ratio``, ``hflip`` and ``randaug_*`` are ignored.
-    """
-    _check_transform_args(img_size, mean, std, scale, ratio, hflip, randaug_n, randaug_m)
-    normalize = _normalize_ops(mean, std)
-    if not train:
-        return ImageTransform(A.Compose([*_eval_geometry_ops(img_size, crop_pct), *normalize],
-                                        seed=seed))
-    ops: list[Any] = [
-        A.RandomResizedCrop(size=(img_size, img_size), scale=tuple(scale), ratio=tuple(ratio),
-                            area_for_downscale="image"),
-        A.HorizontalFlip(p=hflip),
-    ]
-    if randaug_n > 0:
-        fill = tuple(255.0 * m for m in mean)  # padding becomes 0 after normalisation
-        ops.append(A.SomeOf(_randaugment_ops(randaug_m, fill), n=randaug_n, p=1.0))
-    return ImageTransform(A.Compose([*ops, *normalize], seed=seed))
-
-
-def _normalize_ops(mean: Sequence[float], std: Sequence[float]) -> list[Any]:
-    return [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
-
-
-def normalize_transform(
-    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-) -> ImageTransform:
-    """HxWx3 uint8 (e.g. what ``eval_geometry`` gives) -> normalised float tensor (3, H, W):
-    the last step of every transform. ``eval_geometry`` then this is the eval transform."""
-    return ImageTransform(A.Compose(_normalize_ops(mean, std)))
-
-
-def eval_geometry(img_size: int, crop_pct: float | None = None) -> A.Compose:
-    """Just the resize + centre crop of the eval transform (uint8 in, uint8 out)."""
-    return A.Compose(_eval_geometry_ops(img_size, crop_pct))
-
-
-# ---------------------------------------------------------------------------------------------
-# Dataset and loader
-# ---------------------------------------------------------------------------------------------
-
-
-def _to_float_tensor(image: Image.Image) -> torch.Tensor:
-    array = np.array(image, dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
-
-
-class ImageFolderDataset(Dataset):
-    """``(path, target)`` samples -> ``(float tensor CHW, target)``.
-
-    A file that cannot be decoded is logged, recorded in ``skipped`` (per process: loader
-    workers each keep their own list) and replaced by the next readable sample, so one bad
-    file does not stop training. ``max_consecutive_failures`` bad files in a row raise
-    ``DataError``. Without a transform, images become tensors in [0, 1] at their own size.
-
-    Random augmentation is reproducible in one of two ways:
-
-    * ``seed`` given: sample ``i`` in epoch ``e`` is augmented from the seed ``(seed, e, i)``,
-      whatever the number of loader workers or where a resumed run starts. Call
-      ``set_epoch(e)`` before every epoch, or every epoch repeats the same augmentations.
-    * ``seed=None``: the transform's own random stream; each loader worker seeds it from
-      PyTorch's per-worker seed, which a loader with a seeded ``generator`` makes reproducible
-      for a fixed number of workers (see ``vit.data.loader.build_loader``).
-    """
-
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        classes: Sequence[str],
-        transform: Callable[[Image.Image], torch.Tensor] | None = None,
-        *,
-        seed: int | None = None,
-        max_consecutive_failures: int = 32,
-    ):
-        if not samples:
-            raise DataError("the dataset has no samples; check the image folder")
-        self.samples = list(samples)
-        self.classes = list(classes)
-        self.transform = transform
-        self.seed = seed
-        self.epoch = 0
-        self.max_consecutive_failures = max_consecutive_failures
-        self.skipped: list[dict[str, str]] = []
-        self._bad: set[int] = set()
-        self._seeded_worker: int | None = None
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose per-sample augmentation seeds are used (with ``seed``)."""
-        self.epoch = epoch
-
-    def seed_transform(self, seed: int | None) -> None:
-        """Seed the transform's random stream if it supports it (see ``ImageTransform``)."""
-        if hasattr(self.transform, "set_seed"):
-            self.transform.set_seed(seed)
-
-    def _prepare_randomness(self, index: int) -> None:
-        if self.seed is not None and hasattr(self.transform, "set_sample_seed"):
-            self.transform.set_sample_seed(self.seed, self.epoch, index)
-            return
-        info = torch.utils.data.get_worker_info()
-        if info is not None and self._seeded_worker != info.id:
-            # Forked workers inherit one random state; without this they would all augment alike.
-            self.seed_transform(info.seed % 2**32)
-            self._seeded_worker = info.id
-
-    def _load(self, index: int) -> Image.Image | None:
-        if index in self._bad:
-            return None
-        path = self.samples[index][0]
-        try:
-            return load_image(path)
-        except UnreadableImageError as exc:
-            self._bad.add(index)
-            self.skipped.append({"path": path, "reason": exc.reason})
-            logger.warning("Skipping unreadable image %s (%s); using the next one instead",
-                           path, exc.reason)
-            return None
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        attempts = min(self.max_consecutive_failures, len(self.samples))
-        for offset in range(attempts):
-            i = (index + offset) % len(self.samples)
-            image = self._load(i)
-            if image is None:
-                continue
-            if self.transform is None:
-                return _to_float_tensor(image), self.samples[i][1]
-            self._prepare_randomness(index)
-            return self.transform(image), self.samples[i][1]
-        raise DataError(
-            f"{attempts} consecutive images from {self.samples[index][0]} on cannot be read "
-            f"(last reason: {self.skipped[-1]['reason'] if self.skipped else 'see log'}); "
-            "check the data, e.g. with the preflight check enabled"
-        )
+    seen: set[Path] = set()
+    paths: list[Path] = []
+    for pattern in patterns:
+        for path in _expand_one(os.fspath(pattern)):
+            key = path.resolve()
+            if key not in seen:
+                seen.add(key)
+                paths.append(path)
+    return paths

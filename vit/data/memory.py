@@ -8,8 +8,8 @@ and augments each batch there with tensor ops:
     RandomResizedCrop + horizontal flip   one ``grid_sample`` per batch, boxes drawn exactly as
                                           albumentations draws them (10 tries, then centre)
     RandAugment-style ops (``randaug_n``) the same 13 ops and strength ranges as the
-                                          albumentations pipeline in ``vit.data.folders``, each sample
-                                          picking its own ops, applied in list order
+                                          albumentations pipeline (``vit.data.transforms``),
+                                          each sample picking its own ops, in list order
     Normalize
 
 Training images are stored as their centre square resized to ``img_size`` (CIFAR-10 at 32 px is
@@ -36,13 +36,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vit.data.folders import UnreadableImageError, eval_geometry, load_image
-from vit.errors import ConfigError, DataError
+from vit.data.images import UnreadableImageError, load_image
+from vit.data.transforms import eval_geometry
 from vit.data.loader import EpochSampler
+from vit.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-NUM_RANDAUG_OPS = 13  # the list in vit.data.folders._randaugment_ops, in the same order
+NUM_RANDAUG_OPS = 13  # the list in vit.data.transforms._randaugment_ops, in the same order
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,10 +6,11 @@
 
 Everything comes from the checkpoint file: the architecture, the class names and the evaluation
 preprocessing (resize, centre crop, normalisation), which is the same pipeline the model saw on
-its validation images during training (``vit.data.folders.eval_geometry`` + ``normalize_transform``).
+its validation images during training (``vit.data.transforms``: ``eval_geometry``, then
+``normalize_transform``).
 
 An image can be given as
-  * a path (``str`` or ``os.PathLike``), decoded by ``vit.data.folders.load_image``;
+  * a path (``str`` or ``os.PathLike``), decoded by ``vit.data.images.load_image``;
   * a ``PIL.Image`` in any mode (converted to RGB; transparency becomes white, as for files);
   * a ``numpy`` array, HxWx3 (or HxW grey) ``uint8`` in 0..255;
   * a ``torch`` tensor, CxHxW with C = 3 (or 1), ``uint8`` in 0..255 or floating point in 0..1
@@ -20,12 +21,10 @@ An image can be given as
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,9 +33,9 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from vit.data import folders as data_lib
-from vit.data.folders import UnreadableImageError, is_image_file, load_image
-from vit.errors import CheckpointError, ConfigError, DataError, VitError
+from vit.data.images import UnreadableImageError, load_image, to_rgb
+from vit.data.transforms import eval_geometry, normalize_transform
+from vit.errors import CheckpointError, ConfigError, VitError
 from vit.runtime import autocast, inference_precision, resolve_device
 
 __all__ = [
@@ -45,7 +44,6 @@ __all__ = [
     "Classifier",
     "FilePrediction",
     "FileProbabilities",
-    "expand_paths",
     "to_rgb_array",
     "top_labels",
 ]
@@ -59,72 +57,6 @@ _FLOAT_TOLERANCE = 1e-3  # float pixels may stray this far outside [0, 1] (round
 
 class ImageInputError(VitError, ValueError):
     """An in-memory image of a shape, dtype or value range that ``Classifier`` cannot use."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Paths on the command line
-# ---------------------------------------------------------------------------------------------
-
-
-def _images_under(folder: Path) -> list[Path]:
-    """Image files below ``folder`` (recursively, sorted), skipping hidden files and folders."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath, name) for name in sorted(filenames)
-                     if not name.startswith(".") and is_image_file(name))
-    return found
-
-
-def _has_glob_magic(pattern: str) -> bool:
-    return any(c in pattern for c in "*?[")
-
-
-def _expand_glob(pattern: str) -> list[Path]:
-    matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-    found: list[Path] = []
-    for match in map(Path, matches):
-        if match.is_dir():
-            found.extend(_images_under(match))
-        elif is_image_file(match):
-            found.append(match)
-    if not found:
-        what = f"{len(matches)} files, none of them images" if matches else "nothing"
-        raise DataError(f"the pattern {pattern!r} matches {what}; check the path")
-    return found
-
-
-def _expand_one(pattern: str) -> list[Path]:
-    path = Path(pattern).expanduser()
-    if path.is_dir():
-        images = _images_under(path)
-        if not images:
-            raise DataError(f"no images in folder {pattern} (looked for "
-                            f"{', '.join(data_lib.IMG_EXTENSIONS)}, recursively)")
-        return images
-    if path.exists():
-        return [path]  # named explicitly: kept even without an image extension
-    if _has_glob_magic(pattern):
-        return _expand_glob(pattern)
-    raise DataError(f"{pattern}: no such file or folder")
-
-
-def expand_paths(patterns: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Files, folders (searched recursively for images) and globs -> image paths, in order.
-
-    Globs are expanded here (``**`` included), so quoted patterns work on any shell. A path that
-    does not exist, a glob without matches or a folder without images raises ``DataError``:
-    a mistyped path should stop the command before any work. Duplicates are dropped.
-    """
-    seen: set[Path] = set()
-    paths: list[Path] = []
-    for pattern in patterns:
-        for path in _expand_one(os.fspath(pattern)):
-            key = path.resolve()
-            if key not in seen:
-                seen.add(key)
-                paths.append(path)
-    return paths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,7 +113,7 @@ def to_rgb_array(image: ImageInput) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return np.asarray(load_image(image))
     if isinstance(image, Image.Image):
-        return np.asarray(data_lib._to_rgb(image))  # same RGB conversion as for files
+        return np.asarray(to_rgb(image))  # same RGB conversion as for files
     if isinstance(image, np.ndarray):
         return _array_to_rgb(image)
     if isinstance(image, torch.Tensor):
@@ -310,8 +242,8 @@ class Classifier:
         self.preprocess = _check_preprocess(preprocess)
         self.precision = inference_precision(self.device)
         p = self.preprocess
-        self._geometry = data_lib.eval_geometry(p["img_size"], p["crop_pct"])
-        self._normalise = data_lib.normalize_transform(mean=p["mean"], std=p["std"])
+        self._geometry = eval_geometry(p["img_size"], p["crop_pct"])
+        self._normalise = normalize_transform(mean=p["mean"], std=p["std"])
 
     @classmethod
     def from_checkpoint(

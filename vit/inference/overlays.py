@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from vit.data.folders import UnreadableImageError, load_image
+from vit.data.images import UnreadableImageError, load_image
 from vit.errors import VitError
 from vit.explain.rollout import METHODS, explain, overlay
 from vit.inference.classifier import Classifier, top_labels

@@ -29,9 +29,18 @@ import torch
 from torch import nn
 
 from vit.config import Config, to_dict, to_yaml
-from vit.data import folders as data_lib
 from vit.data import loader as loader_lib
-from vit.errors import ConfigError, VitError
+from vit.data.dataset import ImageFolderDataset
+from vit.data.folders import resolve_data_dirs, scan_folder
+from vit.data.images import check_classes_readable, preflight
+from vit.data.splits import (
+    balanced_class_weights,
+    build_data_report,
+    class_counts,
+    stratified_split,
+)
+from vit.data.transforms import build_transform, resolve_crop_pct
+from vit.errors import ConfigError, DataError, VitError
 from vit.io import (
     append_jsonl,
     atomic_save,
@@ -112,7 +121,7 @@ class RunData:
 
     def report(self) -> dict[str, Any]:
         """What data_report.json holds."""
-        return data_lib.build_data_report(self.classes, self.train_samples, self.val_samples,
+        return build_data_report(self.classes, self.train_samples, self.val_samples,
                                           self.skipped, self.ignored)
 
 
@@ -125,11 +134,11 @@ def prepare_data(cfg: Config) -> RunData:
     d = cfg.data
     if d.root is None:
         raise ConfigError("no data folder given: pass --data DIR (DIR/<class>/<image> or DIR/train/...)")
-    preflight = d.preflight and d.pipeline != "memory"
-    train_dir, val_dir = data_lib.resolve_data_dirs(d.root)
-    train = _scan(train_dir, preflight=preflight, workers=d.workers, check_classes=True)
+    check_images = d.preflight and d.pipeline != "memory"
+    train_dir, val_dir = resolve_data_dirs(d.root)
+    train = _scan(train_dir, check_images=check_images, workers=d.workers, check_classes=True)
     if val_dir is not None:
-        val = _scan(val_dir, preflight=preflight, workers=d.workers)
+        val = _scan(val_dir, check_images=check_images, workers=d.workers)
         if val.classes != train.classes:
             raise VitError(f"{val_dir} has classes {val.classes} but {train_dir} has "
                            f"{train.classes}; they must match")
@@ -137,7 +146,7 @@ def prepare_data(cfg: Config) -> RunData:
                        val_samples=val.samples, split={"kind": "folder", "val_dir": str(val_dir)},
                        skipped=train.skipped + val.skipped, ignored=train.ignored + val.ignored)
     else:
-        train_idx, val_idx = data_lib.stratified_split(
+        train_idx, val_idx = stratified_split(
             [t for _, t in train.samples], val_fraction=d.val_fraction, seed=cfg.train.seed)
         val_samples = [train.samples[i] for i in val_idx]
         split = {"kind": "stratified", "val_fraction": d.val_fraction, "seed": cfg.train.seed,
@@ -147,7 +156,7 @@ def prepare_data(cfg: Config) -> RunData:
                        val_samples=val_samples, split=split, skipped=train.skipped,
                        ignored=train.ignored)
     if not data.train_samples or not data.val_samples:
-        raise data_lib.DataError(
+        raise DataError(
             f"the split left {len(data.train_samples)} training and {len(data.val_samples)} "
             "validation images; add images or change --val-fraction")
     return data
@@ -161,13 +170,14 @@ class _Scanned:
     ignored: list[str]
 
 
-def _scan(folder: Path, *, preflight: bool, workers: int, check_classes: bool = False) -> _Scanned:
-    scan = data_lib.scan_folder(folder)
+def _scan(folder: Path, *, check_images: bool, workers: int, check_classes: bool = False
+          ) -> _Scanned:
+    scan = scan_folder(folder)
     samples, skipped = scan.samples, []
-    if preflight:
-        samples, skipped = data_lib.preflight(samples, workers=max(workers, 1))
+    if check_images:  # the pre-flight check
+        samples, skipped = preflight(samples, workers=max(workers, 1))
         if check_classes:
-            data_lib.check_classes_readable(folder, scan.classes, samples, skipped)
+            check_classes_readable(folder, scan.classes, samples, skipped)
     return _Scanned(classes=scan.classes, samples=samples, skipped=skipped,
                     ignored=list(scan.ignored))
 
@@ -182,14 +192,14 @@ def build_loaders(cfg: Config, data: RunData, *, img_size: int, device: torch.de
                                batch_size=batch_size, rank=rank, world_size=world_size)
     d = cfg.data
     aug = dict(img_size=img_size, mean=d.mean, std=d.std)
-    train_tf = data_lib.build_transform(
+    train_tf = build_transform(
         train=True, scale=tuple(d.scale), ratio=tuple(d.ratio), hflip=d.hflip,
         randaug_n=d.randaug_n, randaug_m=d.randaug_m, **aug)
-    eval_tf = data_lib.build_transform(train=False, crop_pct=d.crop_pct, **aug)
+    eval_tf = build_transform(train=False, crop_pct=d.crop_pct, **aug)
     # per-sample augmentation seeds (seed, epoch, index): resume and worker count change nothing
-    train_set = data_lib.ImageFolderDataset(data.train_samples, data.classes, train_tf,
+    train_set = ImageFolderDataset(data.train_samples, data.classes, train_tf,
                                             seed=cfg.train.seed)
-    val_set = data_lib.ImageFolderDataset(data.val_samples, data.classes, eval_tf)
+    val_set = ImageFolderDataset(data.val_samples, data.classes, eval_tf)
     shard = dict(batch_size=batch_size, workers=d.workers, seed=cfg.train.seed, rank=rank,
                  world_size=world_size, pin_memory=device.type == "cuda")
     train_loader = loader_lib.build_loader(
@@ -210,10 +220,10 @@ def _memory_loaders(cfg: Config, data: RunData, *, img_size: int, device: torch.
         [p for p, _ in data.train_samples], size=img_size, crop_pct=1.0,
         workers=max(d.workers, 1), desc="decoding training images")
     train_samples = [data.train_samples[i] for i in kept]
-    data_lib.check_classes_readable(data.root, data.classes, train_samples, skipped)
+    check_classes_readable(data.root, data.classes, train_samples, skipped)
     val_images, val_kept, val_skipped = memory.decode_images(
         [p for p, _ in data.val_samples], size=img_size,
-        crop_pct=data_lib.resolve_crop_pct(img_size, d.crop_pct), workers=max(d.workers, 1),
+        crop_pct=resolve_crop_pct(img_size, d.crop_pct), workers=max(d.workers, 1),
         desc="decoding validation images")
     data = replace(data, train_samples=train_samples,
                    val_samples=[data.val_samples[i] for i in val_kept],
@@ -280,7 +290,7 @@ def build_criterion(cfg: Config, *, num_classes: int, train_targets: list[int],
     loss = cfg.loss
     weight = None
     if loss.class_weights == "balanced":
-        weight = data_lib.balanced_class_weights(train_targets, num_classes).to(device)
+        weight = balanced_class_weights(train_targets, num_classes).to(device)
     if loss.mixup_alpha > 0 or loss.cutmix_alpha > 0:
         if weight is not None:
             raise ConfigError("loss.class_weights=balanced cannot be combined with mixup/cutmix; "
@@ -322,7 +332,7 @@ def stop_on_sigint() -> Iterator[threading.Event]:
 
 def _preprocess(cfg: Config, model: VisionTransformer) -> dict[str, Any]:
     img_size = model.config.img_size
-    crop_pct = data_lib.resolve_crop_pct(img_size, cfg.data.crop_pct)
+    crop_pct = resolve_crop_pct(img_size, cfg.data.crop_pct)
     return {"img_size": img_size, "mean": list(cfg.data.mean), "std": list(cfg.data.std),
             "crop_pct": crop_pct}
 
@@ -719,5 +729,5 @@ def truncate_metrics(path: Path, epochs_done: int) -> None:
 
 def _inverse_frequency_weights(targets: list[int], num_classes: int) -> list[float]:
     """Per-sample weights 1 / count(class): every class is drawn equally often."""
-    counts = data_lib.class_counts(targets, num_classes)
+    counts = class_counts(targets, num_classes)
     return [1.0 / counts[t] for t in targets]
