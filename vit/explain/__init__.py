@@ -1,24 +1,30 @@
-"""Where the model looks: attention rollout, gradient rollout, raw attention, overlays, and
-faithfulness (deletion / insertion AUC). Uses the model only.
+"""Where the model looks, and whether to believe it. Uses the model only.
+
+    rollout       attention rollout, gradient rollout, raw attention (the maps)
+    overlay       a map over the image, as RGB
+    faithfulness  deletion / insertion AUC and the random baseline
+    inputs        argument checks; running the model in eval mode and full precision
 
     from vit.explain import attention_rollout, overlay, deletion_auc
 """
 
-from vit.explain.rollout import (
+from vit.explain.faithfulness import (
     BASELINES,
+    deletion_auc,
+    insertion_auc,
+    make_baseline,
+    random_saliency,
+)
+from vit.explain.overlay import overlay
+from vit.explain.rollout import (
     HEAD_FUSIONS,
     METHODS,
     attention_rollout,
-    deletion_auc,
     discard_lowest,
     explain,
     fuse_heads,
     grad_rollout_from_attentions,
     gradient_rollout,
-    insertion_auc,
-    make_baseline,
-    overlay,
-    random_saliency,
     raw_attention,
     rollout_from_attentions,
 )

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from vit.data.images import UnreadableImageError, load_image
 from vit.errors import VitError
-from vit.explain.rollout import METHODS, explain, overlay
+from vit.explain.overlay import overlay
+from vit.explain.rollout import METHODS, explain
 from vit.inference.classifier import Classifier, top_labels
 from vit.io import make_output_dir
 from vit.plots import plot_image_grid, plot_side_by_side
