@@ -15,21 +15,19 @@ from torch import nn
 import vit
 from vit.config import Config, to_dict
 from vit.errors import CheckpointError
+from vit.inference.export import export_safetensors
 from vit.io import atomic_save
 from vit.models import checkpoint as ckpt_lib
 from vit.models.checkpoint import (
     FORMAT_VERSION,
-    capture_rng_state,
-    export_safetensors,
-    find_resume_checkpoint,
     load_checkpoint,
     make_checkpoint,
     model_from_checkpoint,
-    restore_rng_state,
 )
 from vit.models.vision_transformer import VisionTransformer
 from vit.runtime import unwrap_model
 from vit.training.optim import build_optimizer
+from vit.training.resume import capture_rng_state, find_resume_checkpoint, restore_rng_state
 
 TINY = dict(img_size=32, patch_size=8, num_classes=3, embed_dim=32, depth=2, num_heads=2)
 CLASSES = ["cat", "dog", "fox"]

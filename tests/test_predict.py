@@ -22,8 +22,9 @@ from vit.data.images import UnreadableImageError
 from vit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from vit.errors import CheckpointError, DataError
 from vit.inference.classifier import Classifier, ImageInputError, to_rgb_array
+from vit.inference.export import export_safetensors
 from vit.io import atomic_save
-from vit.models.checkpoint import export_safetensors, load_checkpoint, make_checkpoint
+from vit.models.checkpoint import load_checkpoint, make_checkpoint
 from vit.models.vision_transformer import VisionTransformer
 
 # ---------------------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ def test_memory_pipeline_decodes_each_image_once_and_reports_unreadable_ones(tmp
 
 
 def test_held_out_examples_take_one_class_after_another():
-    from vit.training.trainer import held_out_examples
+    from vit.training.run_files import held_out_examples
 
     samples = [("a0", 0), ("a1", 0), ("a2", 0), ("b0", 1), ("c0", 2), ("c1", 2)]
     assert held_out_examples(samples, 5) == ["a0", "b0", "c0", "a1", "c1"]
@@ -364,14 +364,14 @@ def test_mixed_precision_trains_on_gpu(tmp_path, precision):
     (400.0, 10.0, 2),  # already over the budget: stop after the two done
 ])
 def test_fit_epochs_to_budget(elapsed, epoch_s, expected):
-    from vit.training.trainer import fit_epochs_to_budget
+    from vit.training.budget import fit_epochs_to_budget
 
     assert fit_epochs_to_budget(budget_s=300.0, elapsed_s=elapsed, epoch_s=epoch_s,
                                 epochs_done=2, max_epochs=100) == expected
 
 
 def test_recent_pace_is_the_slower_of_the_overall_and_the_recent_mean():
-    from vit.training.trainer import recent_pace
+    from vit.training.budget import recent_pace
 
     assert recent_pace([60.0, 63.0]) == pytest.approx(3.0)  # epoch 1 (compile) left out
     steady = [60.0 + 2 * i for i in range(11)]

@@ -16,6 +16,7 @@ onnxruntime is installed the file is run once and compared with PyTorch before i
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import warnings
@@ -24,15 +25,17 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 from torch import nn
 
-from vit.errors import ConfigError, VitError
-from vit.io import atomic_write, write_json
-from vit.models.checkpoint import export_safetensors, load_checkpoint, model_from_checkpoint
+from vit.errors import CheckpointError, ConfigError, VitError
+from vit.io import FORMAT, FORMAT_VERSION, atomic_write, sidecar_path, write_json
+from vit.models.checkpoint import load_checkpoint, model_from_checkpoint
 
 __all__ = [
     "FORMATS",
+    "export_safetensors",
     "ONNX_OPSET",
     "export_checkpoint",
     "export_onnx",
@@ -69,6 +72,42 @@ def onnx_sidecar_path(path: str | os.PathLike[str]) -> Path:
     """``model.onnx`` -> ``model.onnx.json`` (not ``model.json``: that is the safetensors one)."""
     path = Path(path)
     return path.with_name(path.name + ".json")
+
+
+def _metrics_summary(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    metrics = ckpt.get("metrics") or {}
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float | str | None)}
+    return {"epoch": ckpt.get("epoch"), "step": ckpt.get("step"),
+            "best_top1": ckpt.get("best_top1"), "metrics": scalars}
+
+
+def export_safetensors(ckpt: Mapping[str, Any], path: str | os.PathLike) -> tuple[Path, Path]:
+    """Write the prediction weights to ``path`` (.safetensors) and the rest to ``path``.json.
+
+    The sidecar holds format/version, model_config, classes, preprocess, the run config and a
+    metrics summary; the same JSON is kept in the safetensors metadata under ``"vit"``.
+    ``load_checkpoint`` reads the pair back as a checkpoint without resume state.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"export path {path} must end in .safetensors")
+    info = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "vit_version": ckpt.get("vit_version"),
+        "model_config": ckpt["model_config"],
+        "classes": list(ckpt["classes"]),
+        "preprocess": ckpt["preprocess"],
+        "config": ckpt.get("config") or {},
+        **_metrics_summary(ckpt),
+    }
+    text = json.dumps(info, indent=2)
+    weights = {k: v.detach().cpu().contiguous() for k, v in ckpt["model"].items()}
+    payload = safetensors.torch.save(weights, metadata={"vit": text})
+    sidecar = sidecar_path(path)
+    atomic_write(path, payload)
+    atomic_write(sidecar, text + "\n")
+    return path, sidecar
 
 
 def _onnx_info(ckpt: Mapping[str, Any], *, opset: int, max_abs_diff: float | None

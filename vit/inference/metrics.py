@@ -2,8 +2,8 @@
 
 Accuracy is a percent (0-100) everywhere a user reads it: ``metrics.jsonl``, checkpoints,
 ``report.json``, logs. ``topk_correct`` is the one top-k count; the validation pass of training
-(``vit.training.epoch.evaluate``) and ``EvalAccumulator`` both sum it and turn it into a percent with
-``percent``. Probabilities, confidences and the calibration error stay in [0, 1].
+(``vit.training.epoch.validate``) and ``EvalAccumulator`` both sum it and turn it into a percent
+with ``percent``. Probabilities, confidences and the calibration error stay in [0, 1].
 
 `EvalAccumulator` gathers everything `vit evaluate` reports (accuracy, per-class scores, confusion
 matrix, calibration error, mean loss) on top of torchmetrics, so it works on any device and

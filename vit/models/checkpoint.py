@@ -1,4 +1,4 @@
-"""Checkpoints: exact resume, safe load (``weights_only=True``), safetensors export.
+"""Our checkpoint: make one from a model, load one (``weights_only=True``), rebuild its model.
 
 A checkpoint is a plain dict of tensors and plain data, so ``torch.load(weights_only=True)``
 reads it and no file can run code while loading::
@@ -12,7 +12,7 @@ reads it and no file can run code while loading::
      "epoch": 3, "step": 1200, "best_top1": 91.5, "metrics": {...},
      # resume state (last.pt only):
      "train_model": state_dict | None, "optimizer": {...}, "scaler": {...} | None,
-     "ema": state_dict | None, "extra": {"rng": capture_rng_state(), ...}}
+     "ema": state_dict | None, "extra": {"rng": ..., "batches_done": ...}}
 
 Resume keys whose value would be None are left out (``ckpt.get("ema")`` reads the same).
 
@@ -23,22 +23,19 @@ Resume keys whose value would be None are left out (``ckpt.get("ema")`` reads th
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import random
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.torch
 import torch
 from torch import nn
 
 from vit import __version__
 from vit.errors import CheckpointError
-from vit.io import FORMAT, FORMAT_VERSION, atomic_write, read_weights, sidecar_path
+from vit.io import FORMAT, FORMAT_VERSION, read_weights, sidecar_path
 from vit.models.vision_transformer import VisionTransformer, ViTConfig, config_dict
 from vit.runtime import unwrap_model
 
@@ -47,12 +44,8 @@ __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "make_checkpoint",
-    "capture_rng_state",
-    "restore_rng_state",
     "load_checkpoint",
     "model_from_checkpoint",
-    "export_safetensors",
-    "find_resume_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -140,45 +133,6 @@ def make_checkpoint(
     return ckpt
 
 
-# --- random number generators -----------------------------------------------------------------
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """Python, numpy, torch CPU and (when present) every CUDA generator, as plain data."""
-    version, internal, gauss_next = random.getstate()
-    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
-    state: dict[str, Any] = {
-        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
-        "numpy": {"bit_generator": name, "keys": keys.tolist(), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Put the generators back exactly as ``capture_rng_state`` found them."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
-    npy = state["numpy"]
-    np.random.set_state((npy["bit_generator"], np.asarray(npy["keys"], dtype=np.uint32),
-                         npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
-    torch.set_rng_state(state["torch"].cpu())
-    cuda_states = state.get("cuda") or []
-    if cuda_states and not torch.cuda.is_available():
-        logger.warning("the checkpoint holds CUDA random state but no GPU is available; "
-                       "GPU randomness will not continue exactly")
-    elif cuda_states:
-        n = torch.cuda.device_count()
-        if len(cuda_states) != n:
-            logger.warning("the checkpoint holds random state for %d GPUs, this machine has %d",
-                           len(cuda_states), n)
-        for i, cuda_state in enumerate(cuda_states[:n]):
-            torch.cuda.set_rng_state(cuda_state.cpu(), i)
-
-
 # --- loading ----------------------------------------------------------------------------------
 
 
@@ -249,57 +203,3 @@ def model_from_checkpoint(ckpt: Mapping[str, Any]) -> VisionTransformer:
                               + "; ".join(problems))
     model.load_state_dict(weights, strict=True)
     return model.eval()
-
-
-# --- export and resume ------------------------------------------------------------------------
-
-
-def _metrics_summary(ckpt: Mapping[str, Any]) -> dict[str, Any]:
-    metrics = ckpt.get("metrics") or {}
-    scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float | str | None)}
-    return {"epoch": ckpt.get("epoch"), "step": ckpt.get("step"),
-            "best_top1": ckpt.get("best_top1"), "metrics": scalars}
-
-
-def export_safetensors(ckpt: Mapping[str, Any], path: str | os.PathLike) -> tuple[Path, Path]:
-    """Write the prediction weights to ``path`` (.safetensors) and the rest to ``path``.json.
-
-    The sidecar holds format/version, model_config, classes, preprocess, the run config and a
-    metrics summary; the same JSON is kept in the safetensors metadata under ``"vit"``.
-    ``load_checkpoint`` reads the pair back as a checkpoint without resume state.
-    """
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise CheckpointError(f"export path {path} must end in .safetensors")
-    info = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "vit_version": ckpt.get("vit_version"),
-        "model_config": ckpt["model_config"],
-        "classes": list(ckpt["classes"]),
-        "preprocess": ckpt["preprocess"],
-        "config": ckpt.get("config") or {},
-        **_metrics_summary(ckpt),
-    }
-    text = json.dumps(info, indent=2)
-    weights = {k: v.detach().cpu().contiguous() for k, v in ckpt["model"].items()}
-    payload = safetensors.torch.save(weights, metadata={"vit": text})
-    sidecar = sidecar_path(path)
-    atomic_write(path, payload)
-    atomic_write(sidecar, text + "\n")
-    return path, sidecar
-
-
-def find_resume_checkpoint(path: str | os.PathLike) -> Path:
-    """``RUN_DIR`` -> ``RUN_DIR/last.pt``; a ``.pt`` file is returned as is."""
-    path = Path(path)
-    if path.is_dir():
-        last = path / "last.pt"
-        if not last.is_file():
-            raise CheckpointError(
-                f"{path} holds no last.pt to resume from; pass a run folder written by "
-                "`vit train` or a .pt file")
-        return last
-    if not path.exists():
-        raise CheckpointError(f"cannot resume: {path} does not exist")
-    return path

@@ -1,4 +1,4 @@
-"""One epoch of training and one pass of evaluation. Explicit arguments, no hidden state.
+"""One epoch of training and one validation pass. Explicit arguments, no hidden state.
 
 The run-level orchestration (data, checkpoints, files) lives in ``vit.training.trainer``; these functions
 only move batches through the model.
@@ -48,25 +48,13 @@ class EpochResult:
 
 
 def train_one_epoch(
-    *,
-    model: nn.Module,
-    loader: Iterable,
-    optimizer: torch.optim.Optimizer,
-    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    device: torch.device,
-    precision: str,
-    lr_at: Callable[[int], float],
-    step: int,
-    scaler: torch.amp.GradScaler | None = None,
-    accum_steps: int = 1,
-    clip_grad: float | None = None,
-    ema: nn.Module | None = None,
-    mixup: Callable | None = None,
-    epoch: int = 0,
-    num_batches: int | None = None,
-    skip_batches: int = 0,
-    should_stop: Callable[[], bool] | None = None,
-    show_progress: bool = True,
+    *, model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], device: torch.device,
+    precision: str, lr_at: Callable[[int], float], step: int,
+    scaler: torch.amp.GradScaler | None = None, accum_steps: int = 1,
+    clip_grad: float | None = None, ema: nn.Module | None = None, mixup: Callable | None = None,
+    epoch: int = 0, num_batches: int | None = None, skip_batches: int = 0,
+    should_stop: Callable[[], bool] | None = None, show_progress: bool = True,
     check_every: int | None = None,
 ) -> EpochResult:
     """Train for one pass over ``loader``; returns running statistics.
@@ -83,75 +71,100 @@ def train_one_epoch(
     step, before the epoch ends, so no checkpoint is ever written from its weights.
     """
     model.train()
-    if check_every is None:
-        check_every = 1 if device.type == "cpu" else 50
     total = num_batches if num_batches is not None else len(loader)  # type: ignore[arg-type]
+    steps = _Steps(model=model, optimizer=optimizer, criterion=criterion, device=device,
+                   precision=precision, lr_at=lr_at, step=step, scaler=scaler,
+                   accum_steps=accum_steps, clip_grad=clip_grad, ema=ema, mixup=mixup,
+                   epoch=epoch, total=total,
+                   check_every=check_every if check_every is not None else (
+                       1 if device.type == "cpu" else 50))
     bar = tqdm(total=total, initial=skip_batches, desc=f"epoch {epoch + 1}", leave=False,
                disable=not show_progress, dynamic_ncols=True)
-    health = _StepHealth(device)
-    batches, images, skipped = 0, 0, 0
-    lr = lr_at(step)
-    start = time.perf_counter()
-    interrupted = False
-    batch_index = skip_batches
+    start, data_wait, interrupted, batch_index = time.perf_counter(), 0.0, False, skip_batches
     optimizer.zero_grad(set_to_none=True)
-    data_wait = 0.0
     fetch_start = time.perf_counter()
     for batch_index, (x, y) in enumerate(loader, start=skip_batches):
         data_wait += time.perf_counter() - fetch_start
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        if mixup is not None:
-            x, y = mixup(x, y)
-        is_update = (batch_index + 1) % accum_steps == 0 or batch_index + 1 == total
-        # DDP: only all-reduce gradients on the micro-batch that ends an accumulation window.
-        sync = contextlib.nullcontext() if is_update or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            with autocast(device, precision):
-                logits = model(x)
-            loss = criterion(logits.float(), y)
-            health.add_loss(loss, step=step + 1, guarded=scaler is None)
-            if check_every == 1:
-                health.raise_if_bad(epoch)  # before backward: the weights stay untouched
-            backward_loss = loss / accum_steps
-            if scaler is not None:
-                scaler.scale(backward_loss).backward()
-            else:
-                backward_loss.backward()
-
-        if is_update:
-            lr = lr_at(step)
-            set_lr(optimizer, lr)
-            skipped += _optimizer_step(model, optimizer, scaler=scaler, clip_grad=clip_grad,
-                                       health=health, check_now=check_every == 1, epoch=epoch)
-            step += 1
-            if ema is not None:
-                ema.update(unwrap_model(model), step=step)
-
-        batches += 1
-        images += x.shape[0]
+        stepped = steps.batch(x, y, batch_index)
         bar.update(1)
-        last = batch_index + 1 == total
-        if batches % check_every == 0 or last:
-            health.raise_if_bad(epoch)
-            bar.set_postfix(loss=f"{health.last_loss():.4f}", lr=f"{lr:.2e}")
-        if is_update and should_stop is not None and should_stop():
+        if steps.checked:
+            bar.set_postfix(loss=f"{steps.health.last_loss():.4f}", lr=f"{steps.lr:.2e}")
+        if stepped and should_stop is not None and should_stop():
             interrupted = batch_index + 1 < total
             break
         fetch_start = time.perf_counter()
     bar.close()
-    health.raise_if_bad(epoch)
+    steps.health.raise_if_bad(epoch)
     return EpochResult(
-        train_loss=health.mean_loss(),
-        step=step,
-        lr=lr,
-        images=images,
-        seconds=time.perf_counter() - start,
-        skipped_steps=skipped,
-        batches_done=batch_index + 1 if batches else skip_batches,
-        interrupted=interrupted,
-        data_wait_s=data_wait,
-    )
+        train_loss=steps.health.mean_loss(), step=steps.step, lr=steps.lr, images=steps.images,
+        seconds=time.perf_counter() - start, skipped_steps=steps.skipped,
+        batches_done=batch_index + 1 if steps.batches else skip_batches,
+        interrupted=interrupted, data_wait_s=data_wait)
+
+
+class _Steps:
+    """Batches through the model, and an optimizer step every ``accum_steps`` of them."""
+
+    def __init__(self, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 device: torch.device, precision: str, lr_at: Callable[[int], float], step: int,
+                 scaler: torch.amp.GradScaler | None, accum_steps: int, clip_grad: float | None,
+                 ema: nn.Module | None, mixup: Callable | None, epoch: int, total: int,
+                 check_every: int):
+        self.model, self.optimizer, self.criterion = model, optimizer, criterion
+        self.device, self.precision, self.scaler = device, precision, scaler
+        self.lr_at, self.accum_steps, self.clip_grad = lr_at, accum_steps, clip_grad
+        self.ema, self.mixup, self.epoch, self.total = ema, mixup, epoch, total
+        self.check_every = check_every
+        self.health = _StepHealth(device)
+        self.step, self.lr = step, lr_at(step)
+        self.batches = self.images = self.skipped = 0
+        self.checked = False  # whether the last batch read the health flags
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor, index: int) -> bool:
+        """One batch: forward, backward, and the optimizer step that ends an accumulation
+        window; returns whether it stepped."""
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        if self.mixup is not None:
+            x, y = self.mixup(x, y)
+        is_update = (index + 1) % self.accum_steps == 0 or index + 1 == self.total
+        self._backward(x, y, is_update=is_update)
+        if is_update:
+            self._update()
+        self.batches += 1
+        self.images += x.shape[0]
+        self.checked = self.batches % self.check_every == 0 or index + 1 == self.total
+        if self.checked:
+            self.health.raise_if_bad(self.epoch)
+        return is_update
+
+    def _backward(self, x: torch.Tensor, y: torch.Tensor, *, is_update: bool) -> None:
+        model = self.model
+        # DDP: only all-reduce gradients on the micro-batch that ends an accumulation window.
+        no_sync = not is_update and hasattr(model, "no_sync")
+        with model.no_sync() if no_sync else contextlib.nullcontext():
+            with autocast(self.device, self.precision):
+                logits = model(x)
+            loss = self.criterion(logits.float(), y)
+            self.health.add_loss(loss, step=self.step + 1, guarded=self.scaler is None)
+            if self.check_every == 1:
+                self.health.raise_if_bad(self.epoch)  # before backward: the weights stay untouched
+            backward_loss = loss / self.accum_steps
+            if self.scaler is not None:
+                self.scaler.scale(backward_loss).backward()
+            else:
+                backward_loss.backward()
+
+    def _update(self) -> None:
+        self.lr = self.lr_at(self.step)
+        set_lr(self.optimizer, self.lr)
+        self.skipped += _optimizer_step(
+            self.model, self.optimizer, scaler=self.scaler, clip_grad=self.clip_grad,
+            health=self.health, check_now=self.check_every == 1, epoch=self.epoch)
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(unwrap_model(self.model), step=self.step)
 
 
 def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, *,
@@ -224,11 +237,11 @@ class _StepHealth:
         return float(self.loss_sum.item()) / max(self.count, 1)
 
 
-# --- evaluation -------------------------------------------------------------------------------
+# --- validation -------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def evaluate(
+def validate(
     *,
     model: nn.Module,
     loader: Iterable,
