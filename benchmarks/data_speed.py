@@ -46,7 +46,7 @@ from vit.data.images import load_image
 from vit.data.loader import build_loader, set_epoch
 from vit.data.memory import BatchAugment, MemoryLoader, decode_images
 from vit.data.transforms import build_transform
-from vit.models.vision_transformer import create_model
+from vit.models.presets import create_model
 from vit.training.epoch import train_one_epoch
 
 if not __package__:  # run as `python benchmarks/data_speed.py`: make `benchmarks` importable

@@ -38,13 +38,8 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
 from torch import nn
 
-from vit.models.vision_transformer import (
-    VisionTransformer,
-    ViTConfig,
-    count_flops_per_image,
-    create_model,
-    list_models,
-)
+from vit.models.presets import count_flops_per_image, create_model, list_models
+from vit.models.vision_transformer import VisionTransformer, ViTConfig
 from vit.runtime import autocast, resolve_device, resolve_precision
 
 if not __package__:  # run as `python benchmarks/model_speed.py`: make `benchmarks` importable

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from vit.explain import attention_rollout, gradient_rollout, rollout_from_attentions
-from vit.models.vision_transformer import create_model, list_models
+from vit.models.presets import create_model, list_models
 
 if not __package__:  # run as `python benchmarks/rollout_cost.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

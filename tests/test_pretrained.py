@@ -22,7 +22,8 @@ from vit.models.pretrained import (
     load_pretrained_into,
     read_pretrained,
 )
-from vit.models.vision_transformer import VisionTransformer, config_dict, from_timm
+from vit.models.timm_interop import from_timm
+from vit.models.vision_transformer import VisionTransformer, config_dict
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 HEAD = ["head.weight", "head.bias"]

@@ -6,7 +6,8 @@
 from importlib import import_module
 from typing import Any
 
-from vit.models.vision_transformer import VisionTransformer, ViTConfig, create_model, list_models
+from vit.models.presets import create_model, list_models
+from vit.models.vision_transformer import VisionTransformer, ViTConfig
 
 __version__ = "0.1.0"
 

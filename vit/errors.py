@@ -19,3 +19,9 @@ class CheckpointError(VitError):
 
 class OutputError(VitError):
     """A file or folder that cannot be written: a path under a file, no permission, a full disk."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type when the message is empty)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

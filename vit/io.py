@@ -37,7 +37,7 @@ import safetensors
 import torch
 
 from vit import __version__
-from vit.errors import CheckpointError, OutputError
+from vit.errors import CheckpointError, OutputError, first_line
 
 __all__ = [
     "atomic_write",
@@ -225,7 +225,7 @@ def _read_safetensors(path: Path, map_location: Any) -> tuple[StateDict, dict[st
             weights = {k: f.get_tensor(k) for k in f.keys()}
             metadata = f.metadata() or {}
     except Exception as e:  # safetensors raises its own SafetensorError, OSError, ...
-        raise CheckpointError(f"{path} is not a readable .safetensors file ({_one_line(e)})") from e
+        raise CheckpointError(f"{path} is not a readable .safetensors file ({first_line(e)})") from e
     sidecar = sidecar_path(path)
     if sidecar.is_file():
         text, source = sidecar.read_text(), sidecar
@@ -347,8 +347,3 @@ def _what_file(head: bytes) -> str:
     except UnicodeDecodeError:
         return "it is not a file written by torch.save"
     return "it is a text file"
-
-
-def _one_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

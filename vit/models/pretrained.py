@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
-import urllib.parse
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,13 +37,9 @@ import torch
 
 from vit.errors import CheckpointError, ConfigError
 from vit.io import read_weights
-from vit.models.vision_transformer import (
-    VisionTransformer,
-    ViTConfig,
-    config_dict,
-    from_timm,
-    model_config,
-)
+from vit.models.presets import model_config
+from vit.models.timm_interop import fetch_timm_model
+from vit.models.vision_transformer import VisionTransformer, ViTConfig, config_dict
 
 __all__ = [
     "PretrainedWeights",
@@ -62,7 +56,6 @@ TIMM_PREFIX = "timm:"
 # num_heads of timm's ViTs by width (head_dim 64 up to 1024, 16 heads above).
 TIMM_NUM_HEADS = {192: 3, 256: 4, 320: 5, 384: 6, 512: 8, 640: 10, 768: 12, 1024: 16, 1152: 16,
                   1280: 16}
-PROBE_TIMEOUT_S = 3.0
 
 StateDict = dict[str, torch.Tensor]
 # An adaptation step returns the new state_dict, notes by parameter name, and file tensors dropped.
@@ -118,104 +111,10 @@ def read_pretrained(source: str | Path) -> PretrainedWeights:
 
 
 def _read_timm(name: str) -> PretrainedWeights:
-    """Fetch timm's pretrained weights for ``name`` (from the local cache if there) and convert."""
-    import timm  # takes seconds to import; only needed here
-
-    pretrained_cfg = _timm_pretrained_cfg(name)
-    cached = _cached_hub_file(pretrained_cfg)
-    if cached is not None:
-        logger.info("timm:%s: using the cached file %s", name, cached)
-        overlay = {"file": str(cached), "custom_load": False}
-        create = dict(pretrained=True, pretrained_cfg_overlay=overlay)
-    else:
-        _require_reachable(name, pretrained_cfg)
-        create = dict(pretrained=True)
-    try:
-        timm_model = timm.create_model(name, **create)
-    except Exception as err:  # network and hub errors come in many types
-        raise CheckpointError(_offline_advice(name, pretrained_cfg, reason=_one_line(err))) from err
-    try:
-        model = from_timm(timm_model)
-    except ValueError as err:
-        raise CheckpointError(f"timm:{name}: {err}") from err
-    return PretrainedWeights(
-        state_dict=model.state_dict(), model_config=config_dict(model),
-        description=f"timm:{name}",
-    )
-
-
-def _timm_pretrained_cfg(name: str) -> Any:
-    """timm's record of where the weights of ``name`` live; CheckpointError if it has none."""
-    import timm
-
-    pretrained_cfg = None
-    if timm.models.get_arch_name(name) in timm.list_models(module="vision_transformer"):
-        try:
-            pretrained_cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=False)
-        except RuntimeError:  # an unknown tag
-            pretrained_cfg = None
-    if pretrained_cfg is None or not (pretrained_cfg.hf_hub_id or pretrained_cfg.url):
-        examples = ", ".join(timm.list_pretrained("vit_small_patch16_224*")[:2])
-        raise CheckpointError(
-            f"timm has no pretrained VisionTransformer weights named {name!r}; pick one from "
-            f"timm.list_pretrained('vit_*'), e.g. {examples}"
-        )
-    return pretrained_cfg
-
-
-def _cached_hub_file(pretrained_cfg: Any) -> Path | None:
-    """The weights file of these timm weights in the local Hugging Face cache, if it is there."""
-    from huggingface_hub import try_to_load_from_cache
-
-    if not pretrained_cfg.hf_hub_id:
-        return None
-    repo_id, _, revision = pretrained_cfg.hf_hub_id.partition("@")
-    names = [pretrained_cfg.hf_hub_filename or "model.safetensors", "pytorch_model.bin"]
-    for filename in names:
-        found = try_to_load_from_cache(repo_id, filename, revision=revision or None)
-        if isinstance(found, str):
-            return Path(found)
-    return None
-
-
-def _require_reachable(name: str, pretrained_cfg: Any) -> None:
-    """Fail fast, in one line, when the weights cannot be downloaded (instead of long retries)."""
-    from huggingface_hub import constants
-
-    if pretrained_cfg.hf_hub_id:
-        if constants.is_offline_mode():
-            raise CheckpointError(_offline_advice(name, pretrained_cfg, reason="HF_HUB_OFFLINE is set"))
-        url = constants.ENDPOINT
-    else:
-        url = pretrained_cfg.url
-    if not _reachable(url):
-        reason = f"{urllib.parse.urlsplit(url).hostname} is unreachable"
-        raise CheckpointError(_offline_advice(name, pretrained_cfg, reason=reason))
-
-
-def _reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """Whether a TCP connection to the host of ``url`` opens within ``timeout`` seconds."""
-    parts = urllib.parse.urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _offline_advice(name: str, pretrained_cfg: Any, *, reason: str) -> str:
-    where = (
-        f"download model.safetensors from https://huggingface.co/{pretrained_cfg.hf_hub_id}"
-        if pretrained_cfg.hf_hub_id else f"download {pretrained_cfg.url}"
-    )
-    return (
-        f"cannot download the timm weights {name!r} ({reason}): on a machine with internet, "
-        f"{where} or run "
-        f"python -c \"import timm, torch; torch.save(timm.create_model('{name}', "
-        f"pretrained=True).state_dict(), 'weights.pth')\", copy the file here and pass its path "
-        f"instead of timm:{name}"
-    )
+    """Fetch timm's pretrained weights for ``name`` (from the local cache if there)."""
+    model = fetch_timm_model(name)
+    return PretrainedWeights(state_dict=model.state_dict(), model_config=config_dict(model),
+                             description=f"timm:{name}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,11 +446,6 @@ def _grid(size: Sequence[int]) -> str:
 def _some(names: Sequence[str], limit: int = 5) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def _one_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _join(first: str | None, second: str) -> str:

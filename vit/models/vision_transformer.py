@@ -13,6 +13,9 @@ configuration loads with ``strict=True`` and gives the same logits (tests/test_m
 Attention runs through ``F.scaled_dot_product_attention`` (FlashAttention on GPU). When asked
 for attention weights (``return_attention=True``) it takes the explicit
 ``softmax(q @ k^T / sqrt(d))`` path instead and returns them; both paths compute the same function.
+
+Presets by name (``create_model``) are in ``vit.models.presets``; ``from_timm`` is in
+``vit.models.timm_interop``.
 """
 
 from __future__ import annotations
@@ -27,9 +30,7 @@ from torch import nn
 __all__ = [
     "ViTConfig",
     "VisionTransformer",
-    "create_model",
-    "list_models",
-    "from_timm",
+    "config_dict",
 ]
 
 
@@ -347,124 +348,6 @@ class VisionTransformer(nn.Module):
         return (logits, attentions) if return_attention else logits
 
 
-# ---------------------------------------------------------------------------------------------
-# Presets
-# ---------------------------------------------------------------------------------------------
-
-_PRESETS: dict[str, dict[str, Any]] = {
-    # Same shapes as timm's models of these names (ImageNet, 224 px).
-    "vit_tiny_patch16_224": dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3),
-    "vit_small_patch16_224": dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6),
-    "vit_base_patch16_224": dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12),
-    "vit_large_patch16_224": dict(img_size=224, patch_size=16, embed_dim=1024, depth=24, num_heads=16),
-    # Small images (CIFAR-size 32 px): patch 4 gives an 8x8 grid of 64 patches.
-    "vit_nano_patch4_32": dict(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4, mlp_ratio=2.0),
-    "vit_tiny_patch4_32": dict(img_size=32, patch_size=4, embed_dim=192, depth=12, num_heads=3),
-    "vit_small_patch4_32": dict(img_size=32, patch_size=4, embed_dim=384, depth=12, num_heads=6),
-    "vit_tiny_patch2_32": dict(img_size=32, patch_size=2, embed_dim=192, depth=12, num_heads=3),
-    # The quickstart's model: 48 px synthetic shapes, 6x6 grid, trains in minutes on 2 CPU cores.
-    "vit_quick_patch8_48": dict(img_size=48, patch_size=8, embed_dim=96, depth=4, num_heads=4, mlp_ratio=2.0),
-}
-
-
-def list_models() -> list[str]:
-    """Names accepted by ``create_model``."""
-    return sorted(_PRESETS)
-
-
-def model_config(name: str, **overrides: Any) -> ViTConfig:
-    """The ``ViTConfig`` of a preset, with overrides (any ``ViTConfig`` field)."""
-    if name not in _PRESETS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
-    known = {f.name for f in fields(ViTConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown model arguments {unknown}; valid: {sorted(known)}")
-    return ViTConfig(**{**_PRESETS[name], **overrides})
-
-
-def create_model(name: str, **overrides: Any) -> VisionTransformer:
-    """Build a preset by name, e.g. ``create_model("vit_small_patch16_224", num_classes=5)``."""
-    return VisionTransformer(model_config(name, **overrides))
-
-
 def config_dict(model: VisionTransformer) -> dict[str, Any]:
     """The model's architecture as plain data (what checkpoints store)."""
     return asdict(model.config)
-
-
-# ---------------------------------------------------------------------------------------------
-# timm interoperability
-# ---------------------------------------------------------------------------------------------
-
-
-def from_timm(timm_model: nn.Module) -> VisionTransformer:
-    """Copy a ``timm.models.vision_transformer.VisionTransformer`` into our model, same logits.
-
-    Supports the standard layout (class token, learned position embedding that covers the prefix
-    tokens, LayerNorm, GELU, optional registers / LayerScale / qk-norm, 'token' or 'avg' pooling).
-    Anything else raises a ``ValueError`` naming what differs.
-    """
-    m = timm_model
-    unsupported = []
-    if not getattr(m, "has_class_token", True):
-        unsupported.append("class_token=False")
-    if getattr(m, "no_embed_class", False):
-        unsupported.append("no_embed_class=True")
-    if getattr(m, "global_pool", "token") not in ("token", "avg"):
-        unsupported.append(f"global_pool={m.global_pool!r}")
-    if getattr(m, "dynamic_img_size", False):
-        unsupported.append("dynamic_img_size=True")
-    if not isinstance(getattr(m, "norm_pre", nn.Identity()), nn.Identity):
-        unsupported.append("pre_norm=True")
-    if m.global_pool == "avg" and isinstance(m.fc_norm, nn.Identity):
-        unsupported.append("avg pooling without fc_norm")
-    if m.global_pool == "token" and not isinstance(m.fc_norm, nn.Identity):
-        unsupported.append("fc_norm with token pooling")
-    if unsupported:
-        raise ValueError(f"cannot convert this timm model: unsupported {', '.join(unsupported)}")
-
-    block = m.blocks[0]
-    embed_dim = m.embed_dim
-    img_size = m.patch_embed.img_size
-    patch_size = m.patch_embed.patch_size
-    if img_size[0] != img_size[1] or patch_size[0] != patch_size[1]:
-        raise ValueError(f"only square images and patches are supported, got {img_size}, {patch_size}")
-    has_ls = not isinstance(block.ls1, nn.Identity)
-    cfg = ViTConfig(
-        img_size=img_size[0],
-        patch_size=patch_size[0],
-        in_chans=m.patch_embed.proj.in_channels,
-        num_classes=m.num_classes,
-        embed_dim=embed_dim,
-        depth=len(m.blocks),
-        num_heads=block.attn.num_heads,
-        mlp_ratio=block.mlp.fc1.out_features / embed_dim,
-        qkv_bias=block.attn.qkv.bias is not None,
-        qk_norm=not isinstance(block.attn.q_norm, nn.Identity),
-        init_values=(float(block.ls1.gamma.detach().flatten()[0]) or 1e-5) if has_ls else None,
-        reg_tokens=getattr(m, "num_reg_tokens", 0),
-        global_pool=m.global_pool,
-    )
-    model = VisionTransformer(cfg)
-    state = {k: v for k, v in m.state_dict().items()}
-    model.load_state_dict(state, strict=True)
-    return model
-
-
-def count_flops_per_image(cfg: ViTConfig, train: bool = False) -> float:
-    """Analytic FLOPs of one forward pass (2 per multiply-add), attention included.
-
-    With ``train=True`` returns forward + backward (3x forward), the usual MFU convention.
-    """
-    P = (cfg.img_size // cfg.patch_size) ** 2
-    N = P + 1 + cfg.reg_tokens
-    D, L = cfg.embed_dim, cfg.depth
-    H = int(D * cfg.mlp_ratio)
-    patch = 2 * P * (cfg.in_chans * cfg.patch_size**2) * D
-    qkv_proj = 2 * N * D * 3 * D + 2 * N * D * D
-    attn = 2 * 2 * N * N * D  # q @ k^T and attn @ v
-    mlp = 2 * 2 * N * D * H
-    head = 2 * D * cfg.num_classes
-    fwd = patch + L * (qkv_proj + attn + mlp) + head
-    return float(fwd * (3 if train else 1))

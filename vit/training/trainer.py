@@ -33,7 +33,8 @@ from vit.data.transforms import resolve_crop_pct
 from vit.errors import ConfigError, VitError
 from vit.io import atomic_save, atomic_write, make_output_dir, remove_stale_temp_files, write_json
 from vit.models.checkpoint import make_checkpoint
-from vit.models.vision_transformer import VisionTransformer, ViTConfig, create_model
+from vit.models.presets import create_model
+from vit.models.vision_transformer import VisionTransformer, ViTConfig
 from vit.runtime import make_grad_scaler, resolve_device, resolve_precision
 from vit.training.budget import fit_epochs_to_budget, recent_pace
 from vit.training.distributed import (
@@ -456,7 +457,7 @@ def _img_size(cfg: Config, pretrained: Any) -> int:
 
         arch = pretrained.model_config or infer_config(pretrained.state_dict)
         return int(arch["img_size"])
-    from vit.models.vision_transformer import model_config
+    from vit.models.presets import model_config
 
     try:
         return model_config(cfg.model.name).img_size
