@@ -13,15 +13,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torchmetrics.classification import MulticlassCalibrationError
 
+from vit.inference.accuracy import percent, topk_correct
 from vit.inference.metrics import (
     EvalAccumulator,
     as_probabilities,
     build_report,
     is_probabilities,
     most_confident_mistakes,
-    percent,
     reliability_bins,
-    topk_correct,
 )
 
 # Hand case: 3 classes, 6 samples, given as probabilities.

@@ -2,7 +2,8 @@
 
     classifier  Classifier: images in any form -> class probabilities
     evaluate    evaluate_folder: report.json, predictions.csv and plots for a labelled folder
-    metrics     the one top-k count, accuracy in percent, the evaluation metrics (torchmetrics)
+    accuracy    the one top-k count and accuracy in percent (plain torch: training uses it too)
+    metrics     the evaluation metrics (torchmetrics)
     export      safetensors and ONNX files for deployment
     overlays    explanation overlays for image files (vit explain, the end of a run)
 """

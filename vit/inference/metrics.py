@@ -1,9 +1,8 @@
 """Classification metrics for evaluation and training.
 
-Accuracy is a percent (0-100) everywhere a user reads it: ``metrics.jsonl``, checkpoints,
-``report.json``, logs. ``topk_correct`` is the one top-k count; the validation pass of training
-(``vit.training.epoch.validate``) and ``EvalAccumulator`` both sum it and turn it into a percent
-with ``percent``. Probabilities, confidences and the calibration error stay in [0, 1].
+Accuracy is a percent (0-100) everywhere a user reads it; ``vit.inference.accuracy`` holds the
+one top-k count that ``EvalAccumulator`` and the validation pass of training both use.
+Probabilities, confidences and the calibration error stay in [0, 1].
 
 `EvalAccumulator` gathers everything `vit evaluate` reports (accuracy, per-class scores, confusion
 matrix, calibration error, mean loss) on top of torchmetrics, so it works on any device and
@@ -28,6 +27,8 @@ from torchmetrics.classification import (
     MulticlassPrecision,
     MulticlassRecall,
 )
+
+from vit.inference.accuracy import check_scores, percent, topk_correct
 
 logger = logging.getLogger(__name__)
 
@@ -63,31 +64,6 @@ def _log_probabilities(scores: Tensor) -> Tensor:
     if is_probabilities(scores):
         return scores.float().clamp_min(_LOG_EPS).log()
     return scores.float().log_softmax(dim=-1)
-
-
-def _check_inputs(scores: Tensor, targets: Tensor) -> None:
-    if scores.ndim != 2:
-        raise ValueError(f"expected scores of shape (N, C), got {tuple(scores.shape)}")
-    if targets.ndim != 1 or targets.shape[0] != scores.shape[0]:
-        raise ValueError(
-            f"expected targets of shape ({scores.shape[0]},), got {tuple(targets.shape)}"
-        )
-
-
-def topk_correct(scores: Tensor, targets: Tensor, ks: Sequence[int] = (1, 5)) -> Tensor:
-    """How many rows of `scores` (N, C) have their target among their k highest scores, for each
-    k in `ks` (k capped at C, so top-5 of 3 classes counts every row): a float64 tensor
-    (len(ks),) on the scores' device, so summing it over batches never waits for the device."""
-    _check_inputs(scores, targets)
-    num_classes = scores.shape[1]
-    top = scores.topk(min(max(ks), num_classes), dim=1).indices  # (N, max k)
-    hits = top == targets[:, None]  # (N, max k): at most one hit per row
-    return torch.stack([hits[:, :min(k, num_classes)].any(dim=1).sum() for k in ks]).double()
-
-
-def percent(part: float, whole: float) -> float:
-    """``part`` of ``whole`` in percent: the one unit of accuracy."""
-    return 100.0 * part / whole
 
 
 class EvalAccumulator:
@@ -146,7 +122,7 @@ class EvalAccumulator:
         `loss_sum` is the summed loss of the batch (e.g. the training criterion's value times
         N); when None the cross-entropy of `scores` is used.
         """
-        _check_inputs(scores, targets)
+        check_scores(scores, targets)
         if scores.shape[1] != self.num_classes:
             raise ValueError(f"expected {self.num_classes} classes, got {scores.shape[1]}")
         count = scores.shape[0]
@@ -234,7 +210,7 @@ def reliability_bins(probs: Tensor, targets: Tensor, n_bins: int = ECE_BINS) -> 
     samples are counted in the last bin. Empty bins have confidence and accuracy 0.
     Returns lists: bin_edges (n+1), bin_confidence, bin_accuracy, bin_count (n); and ece.
     """
-    _check_inputs(probs, targets)
+    check_scores(probs, targets)
     if n_bins < 1:
         raise ValueError(f"n_bins must be positive, got {n_bins}")
     confidence, predicted = as_probabilities(probs).max(dim=-1)
@@ -268,7 +244,7 @@ def reliability_bins(probs: Tensor, targets: Tensor, n_bins: int = ECE_BINS) -> 
 
 def most_confident_mistakes(probs: Tensor, targets: Tensor, k: int) -> list[int]:
     """Indices of at most `k` wrong predictions, most confident first (ties: lower index)."""
-    _check_inputs(probs, targets)
+    check_scores(probs, targets)
     confidence, predicted = as_probabilities(probs).max(dim=-1)
     wrong = torch.nonzero(predicted.ne(targets.to(predicted.device))).flatten()
     order = torch.sort(confidence[wrong], descending=True, stable=True).indices

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vit.errors import VitError
-from vit.inference.metrics import percent, topk_correct
+from vit.inference.accuracy import percent, topk_correct
 from vit.runtime import autocast, unwrap_model
 from vit.training.distributed import all_reduce_sum
 from vit.training.optim import set_lr
