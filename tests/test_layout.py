@@ -70,3 +70,18 @@ def test_no_function_is_longer_than_a_screen():
                     long.append(f"{path.relative_to(VIT)}:{node.name} "
                                 f"({node.end_lineno - start + 1} lines)")
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_no_source_file_is_git_ignored():
+    """A pattern like `data/` in .gitignore once hid vit/data/*.py from every fresh clone."""
+    import shutil
+    import subprocess
+
+    root = VIT.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    sources = [str(p.relative_to(root)) for p in sorted(VIT.rglob("*.py")) +
+               sorted((root / "tests").rglob("*.py")) if "__pycache__" not in p.parts]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=root,
+                             input="\n".join(sources), capture_output=True, text=True).stdout
+    assert not ignored.split(), f"git ignores these source files: {ignored.split()}"
