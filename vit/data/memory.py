@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vit.data.images import UnreadableImageError, load_image
-from vit.data.transforms import eval_geometry
 from vit.data.loader import EpochSampler
+from vit.data.transforms import eval_geometry
 from vit.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
