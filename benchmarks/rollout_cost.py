@@ -41,11 +41,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from vit.explain import saliency
-from vit.model import create_model, list_models
+from vit.models.presets import create_model, list_models
 
 if not __package__:  # run as `python benchmarks/rollout_cost.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     Column,
     command_line,
     format_header,

@@ -14,21 +14,14 @@ from test_explain import tiny_model
 from test_predict import save_checkpoint
 
 from vit.cli import main
+from vit.data.squares import make_squares_dataset, make_two_squares_set
 from vit.errors import VitError
-from vit.explain_bench import (
-    SANITY_THRESHOLD,
-    asked_object_hits,
-    explain_bench,
-    markdown_report,
-    occlusion,
-    patch_mask,
-    randomised_cascade,
-    spearman,
-    token_drop_auc,
-    token_drop_curve,
-    token_drop_curves,
-)
-from vit.squares import make_squares_dataset, make_two_squares_set
+from vit.explain.bench import SANITY_THRESHOLD, asked_object_hits, explain_bench
+from vit.explain.bench_report import markdown_report
+from vit.explain.occlusion import occlusion
+from vit.explain.sanity import randomised_cascade, spearman
+from vit.explain.token_drop import token_drop_auc, token_drop_curve, token_drop_curves
+from vit.inference.explain_bench import patch_mask
 
 
 def trained_like(seed: int = 0, **overrides):

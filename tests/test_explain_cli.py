@@ -4,10 +4,13 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from test_predict import save_checkpoint, tiny_model
 
+import vit.inference.overlays
 from vit.cli import main
+from vit.models.vision_transformer import VisionTransformer
 
 
 def test_same_named_files_in_different_folders_get_separate_overlays(tmp_path, capsys):
@@ -31,8 +34,8 @@ def test_same_named_files_in_different_folders_get_separate_overlays(tmp_path, c
 
 def test_several_methods_give_one_row_per_image_and_one_column_per_method(tmp_path, capsys):
     from vit.explain import METHODS
-    from vit.explain_bench import BENCH_METHODS
-    from vit.explain_cli import parse_methods
+    from vit.explain.bench import BENCH_METHODS
+    from vit.inference.overlays import parse_methods
     from vit.plots import GRID_CELL_SIZE
 
     ckpt = save_checkpoint(tmp_path / "best.pt", tiny_model(), ["x", "y", "z"])
@@ -58,7 +61,32 @@ def test_several_methods_give_one_row_per_image_and_one_column_per_method(tmp_pa
 
 def command_help(command: str) -> str:
     """`vit COMMAND -h` on one line (argparse wraps lines at spaces and hyphens)."""
-    from vit.cli import build_parser
+    from vit.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     return re.sub(r"-\s+", "-", " ".join(sub.choices[command].format_help().split()))
+
+
+def test_each_image_is_decoded_once_and_each_batch_runs_the_model_once(tmp_path, monkeypatch):
+    ckpt = save_checkpoint(tmp_path / "best.pt", tiny_model(), ["x", "y", "z"])
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(paths[-1])
+    decoded, forwards = [], []
+    real_load, real_forward = vit.inference.overlays.load_image, VisionTransformer.forward
+    monkeypatch.setattr(vit.inference.overlays, "load_image", lambda p: decoded.append(p) or real_load(p))
+    monkeypatch.setattr(VisionTransformer, "forward",
+                        lambda self, x, **kw: forwards.append(len(x)) or real_forward(self, x, **kw))
+    results = vit.inference.overlays.explain_files(checkpoint=ckpt, paths=paths, output=tmp_path / "out",
+                                            batch_size=2, device="cpu", topk=2)
+    assert sorted(map(str, decoded)) == sorted(map(str, paths))
+    assert forwards == [2, 2, 1]
+    # the titles' predictions are the classifier's
+    from vit import Classifier
+
+    expected = Classifier.from_checkpoint(ckpt, device="cpu").predict(paths, topk=2)
+    for result, top in zip(results, expected, strict=True):
+        assert [label for label, _ in result.predictions] == [label for label, _ in top]
+        assert [p for _, p in result.predictions] == [pytest.approx(p, abs=1e-5) for _, p in top]

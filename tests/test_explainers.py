@@ -19,7 +19,7 @@ from test_explain import full_rollout, tiny_model
 
 from vit.errors import VitError
 from vit.explain import METHODS, attention_maps, saliency
-from vit.explainers import CLASS_SPECIFIC
+from vit.explain.saliency import CLASS_SPECIFIC
 
 GRID = (4, 4)
 
@@ -339,7 +339,7 @@ def lxt_patches_for_torchvision():
         from lxt.efficient import monkey_patch
         from lxt.efficient.models.vit_torch import cp_LRP
         from torchvision.models import vision_transformer
-    except Exception as e:  # noqa: BLE001 - lxt missing, or broken by its transformers version
+    except Exception as e:  # lxt missing, or broken by its transformers version
         pytest.skip(f"lxt is not usable here ({type(e).__name__}: {e}); "
                     "pip install -e '.[explain]' installs it")
     classes = [torch.nn.LayerNorm, torch.nn.GELU, torch.nn.MultiheadAttention]

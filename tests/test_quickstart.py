@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from vit.config import load_config
-from vit.quickstart import quickstart_config
+from vit.training.quickstart import quickstart_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -13,8 +13,8 @@ def test_quickstart_yaml_equals_builtin():
 
 
 def test_quickstart_is_what_train_py_runs_without_arguments():
-    from vit.cli import build_parser
-    from vit.commands.train import is_quickstart, resolve_config
+    from vit.cli.main import build_parser
+    from vit.cli.train import is_quickstart, resolve_config
 
     args = build_parser().parse_args(["train"])
     assert is_quickstart(args)
@@ -24,7 +24,7 @@ def test_quickstart_is_what_train_py_runs_without_arguments():
 
 
 def test_overrides_may_stand_before_and_between_flags():
-    from vit.cli import build_parser, overrides_last
+    from vit.cli.main import build_parser, overrides_last
 
     argv = ["train", "train.epochs=3", "--data", "d", "loss.mixup_alpha=0.8", "--epochs", "2"]
     args = build_parser().parse_args(overrides_last(argv))

@@ -6,22 +6,25 @@
 from importlib import import_module
 from typing import Any
 
-from vit.model import VisionTransformer, ViTConfig, create_model, list_models
+from vit.models.presets import create_model, list_models
+from vit.models.vision_transformer import VisionTransformer, ViTConfig
 
 __version__ = "0.1.0"
 
 # Heavier parts load on first use, so `import vit` stays fast.
 _LAZY = {
-    "Classifier": "vit.predict",
-    "attention_rollout": "vit.explain",
-    "gradient_rollout": "vit.explain",
-    "overlay": "vit.explain",
-    "raw_attention": "vit.explain",
-    "explain": "vit.explain",
-    "saliency": "vit.explain",
-    "attention_maps": "vit.explain",
-    "deletion_auc": "vit.explain",
-    "insertion_auc": "vit.explain",
+    "Classifier": "vit.inference.classifier",
+    "saliency": "vit.explain.saliency",
+    "attention_maps": "vit.explain.attention_maps",
+    "attention_rollout": "vit.explain.saliency",
+    "gradient_rollout": "vit.explain.saliency",
+    "overlay": "vit.explain.overlay",
+    "raw_attention": "vit.explain.saliency",
+    "explain": "vit.explain.saliency",
+    "deletion_auc": "vit.explain.faithfulness",
+    "insertion_auc": "vit.explain.faithfulness",
+    "explain_bench": "vit.explain.bench",
+    "run_explain_bench": "vit.inference.explain_bench",
     "load_config": "vit.config",
     "Config": "vit.config",
 }
