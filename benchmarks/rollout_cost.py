@@ -112,8 +112,8 @@ def peak_memory(fn: Callable[[], object]) -> int:
 # --- the measurements ----------------------------------------------------------------------------
 
 
-def measurements(model: torch.nn.Module, x: torch.Tensor, explicit: bool
-                 ) -> dict[str, Callable[[], object]]:
+def measurements(model: torch.nn.Module, x: torch.Tensor, explicit: bool,
+                 methods: tuple[str, ...] = EXPLAINERS) -> dict[str, Callable[[], object]]:
     def forward() -> None:
         with torch.no_grad():
             model(x)
@@ -126,21 +126,24 @@ def measurements(model: torch.nn.Module, x: torch.Tensor, explicit: bool
         with torch.no_grad():
             model(x, return_attention=True)
 
-    fns: dict[str, Callable[[], object]] = {"forward": forward, "forward+backward": forward_backward}
+    fns: dict[str, Callable[[], object]] = {"forward": forward}
+    if any(REFERENCE[m] == "forward+backward" for m in methods):
+        fns["forward+backward"] = forward_backward
     if explicit:
         fns["explicit forward"] = forward_explicit
-    for method in EXPLAINERS:
+    for method in methods:
         fns[method] = lambda method=method: saliency(model, x, method)
     return fns
 
 
 def measure_size(model: torch.nn.Module, size: int, *, batch: int, repeats: int, warmup: int,
-                 explicit_max_tokens: int, seed: int) -> list[dict[str, Any]]:
+                 explicit_max_tokens: int, seed: int, methods: tuple[str, ...] = EXPLAINERS
+                 ) -> list[dict[str, Any]]:
     """One row per measurement at ``size`` px: times, peak memory and ratios to the reference."""
     torch.manual_seed(seed)
     x = torch.randn(batch, 3, size, size)
     tokens = model.num_prefix_tokens + (size // model.patch_embed.patch_size[0]) ** 2
-    fns = measurements(model, x, explicit=tokens <= explicit_max_tokens)
+    fns = measurements(model, x, explicit=tokens <= explicit_max_tokens, methods=methods)
     memory = {name: peak_memory(fn) for name, fn in fns.items()}  # also a warm-up of each
     times = time_alternating(fns, device=torch.device("cpu"), warmup=warmup, repeats=repeats)
     resident = sum(p.numel() * p.element_size() for p in model.parameters()) \
@@ -181,9 +184,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--explicit-max-tokens", type=int, default=800,
                         help="measure the explicit-attention forward up to this many tokens")
+    parser.add_argument("--methods", default=",".join(EXPLAINERS),
+                        help=f"comma-separated, from {', '.join(EXPLAINERS)} (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    if not methods or any(m not in EXPLAINERS for m in methods):
+        parser.error(f"--methods must name some of {', '.join(EXPLAINERS)}; got {args.methods!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -198,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     for size in [int(s) for s in args.sizes.split(",")]:
         rows += measure_size(model, size, batch=args.batch, repeats=args.repeats,
                              warmup=args.warmup, explicit_max_tokens=args.explicit_max_tokens,
-                             seed=args.seed)
+                             seed=args.seed, methods=methods)
         print(format_table([r for r in rows if r["size"] == size], COLUMNS), "\n", flush=True)
     if args.json is not None:
         write_json(args.json, {"machine": info, "model": args.model, "batch": args.batch,
