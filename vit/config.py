@@ -60,6 +60,7 @@ class DataConfig:
     # "memory": decode once into a uint8 tensor on the device, augment batches there
     # (small images; see vit/data/memory.py)
     pipeline: str = "albumentations"
+    aug_batches: int = 1  # memory pipeline: augment this many batches per call (fewer launches)
 
 
 @dataclass
