@@ -1,0 +1,323 @@
+"""How far and how broadly each head looks: mean attention distance and attention entropy.
+
+    mean_attention_distance(attention, num_prefix_tokens, grid, patch_size)   # (B, heads), pixels
+    attention_entropy(attention, num_prefix_tokens)                            # (B, heads), nats
+    folder_attention_stats(classifier, paths)                                  # means over images
+
+Definitions (the JSON that ``vit attention-stats`` writes repeats them):
+
+* **Mean attention distance** (Dosovitskiy et al. 2021, Figure 7): for each query patch, the
+  attention-weighted mean distance in pixels of the model's input between the centre of the
+  query patch and the centres of the key patches; then the mean over the query patches. The
+  [CLS] and register tokens have no place in the image, so their rows (as queries) are left out,
+  and so are their columns (as keys): each patch row is renormalised over the patch keys. A
+  head that puts most of its weight on [CLS] is therefore measured by where its remaining
+  weight in the image goes (implementations that do not renormalise count such weight as
+  distance 0).
+* **Attention entropy**: ``-sum_j a_ij ln a_ij`` over all keys (prefix tokens included: the row
+  is a probability distribution over them), in nats, averaged over the same patch queries.
+  A uniform row over N tokens has ``ln N``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from vit.errors import ConfigError
+
+__all__ = [
+    "AttentionStats",
+    "attention_entropy",
+    "attention_stats",
+    "folder_attention_stats",
+    "mean_attention_distance",
+    "patch_distances",
+    "plot_attention_stats",
+    "readable_images",
+    "spread_sample",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFINITIONS = {
+    "distance_px": "per head: for each patch query, the attention-weighted mean pixel distance "
+                   "between patch centres, the row renormalised over the patch keys ([CLS] and "
+                   "register keys left out); mean over patch queries (Dosovitskiy et al. 2021, "
+                   "Fig. 7)",
+    "entropy_nats": "per head: -sum a ln a over all keys of each patch query's row, mean over "
+                    "patch queries; [CLS] and register rows left out; ln(tokens) = uniform",
+}
+
+
+def _check_attention(attention: torch.Tensor, num_prefix_tokens: int) -> int:
+    """(B, heads, N, N) with at least one patch token; returns the number of patches."""
+    if attention.ndim != 4 or attention.shape[-1] != attention.shape[-2]:
+        raise ConfigError(f"attention must be (B, heads, N, N), got {tuple(attention.shape)}")
+    patches = attention.shape[-1] - num_prefix_tokens
+    if patches < 1:
+        raise ConfigError(f"attention over {attention.shape[-1]} tokens has no patch tokens "
+                          f"after {num_prefix_tokens} prefix tokens")
+    return patches
+
+
+def patch_distances(grid: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """(P, P) Euclidean distances in pixels between the centres of a grid's patches (row-major)."""
+    gh, gw = grid
+    rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    centres = torch.stack([rows.flatten(), cols.flatten()], dim=-1).double() * patch_size
+    return torch.cdist(centres, centres)
+
+
+def mean_attention_distance(
+    attention: torch.Tensor, num_prefix_tokens: int, grid: tuple[int, int], patch_size: int
+) -> torch.Tensor:
+    """One layer's (B, heads, N, N) attention -> (B, heads) mean attention distance in pixels."""
+    patches = _check_attention(attention, num_prefix_tokens)
+    if patches != grid[0] * grid[1]:
+        raise ConfigError(f"{patches} patch tokens do not fill a {grid[0]}x{grid[1]} grid")
+    among_patches = attention[:, :, num_prefix_tokens:, num_prefix_tokens:].double()
+    weights = among_patches / among_patches.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+    distances = patch_distances(grid, patch_size).to(weights.device)
+    return (weights * distances).sum(dim=-1).mean(dim=-1).float()
+
+
+def attention_entropy(attention: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
+    """One layer's (B, heads, N, N) attention -> (B, heads) mean entropy (nats) of patch rows."""
+    _check_attention(attention, num_prefix_tokens)
+    rows = attention[:, :, num_prefix_tokens:, :].double()
+    return torch.special.entr(rows).sum(dim=-1).mean(dim=-1).float()
+
+
+def attention_stats(
+    attentions: Sequence[torch.Tensor], num_prefix_tokens: int, grid: tuple[int, int],
+    patch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-layer attentions -> (distance, entropy), each (B, layers, heads)."""
+    if len(attentions) == 0:
+        raise ConfigError("need at least one attention tensor, got none")
+    distance = torch.stack([mean_attention_distance(a, num_prefix_tokens, grid, patch_size)
+                            for a in attentions], dim=1)
+    entropy = torch.stack([attention_entropy(a, num_prefix_tokens) for a in attentions], dim=1)
+    return distance, entropy
+
+
+def model_attention_stats(model: torch.nn.Module, images: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A normalised (B, C, H, W) batch -> (distance, entropy), each (B, layers, heads), on CPU."""
+    from vit.explain import _eval_mode
+
+    patch = model.patch_embed.patch_size[0]
+    grid = (images.shape[-2] // patch, images.shape[-1] // patch)
+    with _eval_mode(model), torch.no_grad():
+        _, attentions = model(images, return_attention=True)
+        distance, entropy = attention_stats(attentions, model.num_prefix_tokens, grid, patch)
+    return distance.cpu(), entropy.cpu()
+
+
+# ---------------------------------------------------------------------------------------------
+# Over a folder
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AttentionStats:
+    """Means (and standard deviations across images) per layer and head."""
+
+    distance_px: list[list[float]]  # [layer][head]
+    entropy_nats: list[list[float]]
+    distance_px_std: list[list[float]]
+    entropy_nats_std: list[list[float]]
+    num_images: int
+    img_size: int
+    patch_size: int
+    tokens: int
+    num_prefix_tokens: int
+    max_entropy_nats: float
+    definitions: dict[str, str] = field(default_factory=lambda: dict(DEFINITIONS))
+    source: dict[str, Any] = field(default_factory=dict)  # checkpoint, data, weights
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1) + "\n"
+
+
+def spread_sample(items: Sequence[Any], limit: int) -> list[Any]:
+    """At most ``limit`` items, evenly spaced over the list (so every class folder is visited)."""
+    if limit < 1:
+        raise ConfigError(f"the number of images must be at least 1, got {limit}")
+    if len(items) <= limit:
+        return list(items)
+    picks = np.linspace(0, len(items) - 1, limit).round().astype(int)
+    return [items[i] for i in picks]
+
+
+def readable_images(paths: Sequence[str | os.PathLike[str]]) -> list[tuple[Path, np.ndarray]]:
+    """(path, HxWx3 uint8) for each file that decodes; the others are skipped with a warning."""
+    from vit.data import UnreadableImageError
+    from vit.predict import to_rgb_array
+
+    found = []
+    for path in paths:
+        try:
+            found.append((Path(path), to_rgb_array(path)))
+        except UnreadableImageError as e:
+            logger.warning("skipping %s: %s", path, e.reason)
+    return found
+
+
+def _moments(total: torch.Tensor, squares: torch.Tensor, count: int
+             ) -> tuple[list[list[float]], list[list[float]]]:
+    mean = total / count
+    var = (squares / count - mean**2).clamp_min(0)
+    return mean.tolist(), var.sqrt().tolist()
+
+
+def folder_attention_stats(
+    classifier: Any, paths: Sequence[str | os.PathLike[str]], *, batch_size: int = 64,
+    show_progress: bool = False,
+) -> AttentionStats:
+    """Mean attention distance and entropy per layer and head over image files.
+
+    ``classifier`` is a ``vit.predict.Classifier``; unreadable files are skipped with a warning.
+    Raises ``DataError`` when none can be read.
+    """
+    from vit.errors import DataError
+
+    model = classifier.model
+    sums: list[torch.Tensor] = []
+    count = 0
+    chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+    for chunk in tqdm(chunks, desc="attention stats", unit="batch", disable=not show_progress):
+        arrays = [array for _, array in readable_images(chunk)]
+        if not arrays:
+            continue
+        x = classifier.transform(arrays).to(classifier.device)
+        distance, entropy = (s.double() for s in model_attention_stats(model, x))
+        batch = [distance.sum(0), (distance**2).sum(0), entropy.sum(0), (entropy**2).sum(0)]
+        sums = batch if not sums else [a + b for a, b in zip(sums, batch, strict=True)]
+        count += len(arrays)
+    if count == 0:
+        raise DataError(f"none of the {len(paths)} images could be read")
+    distance_mean, distance_std = _moments(sums[0], sums[1], count)
+    entropy_mean, entropy_std = _moments(sums[2], sums[3], count)
+    tokens = model.num_prefix_tokens + model.patch_embed.num_patches
+    return AttentionStats(
+        distance_px=distance_mean, entropy_nats=entropy_mean, distance_px_std=distance_std,
+        entropy_nats_std=entropy_std, num_images=count, img_size=classifier.img_size,
+        patch_size=model.patch_embed.patch_size[0], tokens=tokens,
+        num_prefix_tokens=model.num_prefix_tokens, max_entropy_nats=math.log(tokens))
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure
+# ---------------------------------------------------------------------------------------------
+
+
+def _depth_panel(axes: Any, values: np.ndarray, *, title: str, ylabel: str) -> None:
+    """Dots: one per head at each layer (depth on x); a line through the mean over heads."""
+    layers, heads = values.shape
+    depth = np.arange(1, layers + 1)
+    offsets = np.linspace(-0.18, 0.18, heads) if heads > 1 else np.zeros(1)
+    colours = [f"C{h % 10}" for h in range(heads)]
+    for h in range(heads):
+        axes.scatter(depth + offsets[h], values[:, h], s=16, color=colours[h], alpha=0.85,
+                     label=f"head {h + 1}" if heads <= 12 else None, zorder=3)
+    axes.plot(depth, values.mean(axis=1), color="0.3", lw=1.2, label="mean over heads", zorder=2)
+    axes.set_title(title)
+    axes.set_xlabel("layer (depth)")
+    axes.set_ylabel(ylabel)
+    axes.set_xticks(depth)
+    axes.grid(alpha=0.3)
+
+
+def plot_attention_stats(stats: AttentionStats, path: str | os.PathLike[str], *, title: str
+                         ) -> Path:
+    """Two panels, mean attention distance and entropy against depth, as a PNG."""
+    from vit.plots import _new_figure, _save
+
+    figure = _new_figure((11.0, 4.2))
+    left, right = figure.subplots(1, 2)
+    _depth_panel(left, np.asarray(stats.distance_px), title="mean attention distance",
+                 ylabel="pixels of the model's input")
+    left.set_ylim(0, stats.img_size * math.sqrt(2) / 2)
+    _depth_panel(right, np.asarray(stats.entropy_nats), title="attention entropy",
+                 ylabel="nats")
+    right.axhline(stats.max_entropy_nats, color="0.5", ls="--", lw=1)
+    right.text(1, stats.max_entropy_nats, " uniform", va="bottom", fontsize=8, color="0.4")
+    right.set_ylim(0, stats.max_entropy_nats * 1.08)
+    handles, labels = left.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# `vit attention-stats`
+# ---------------------------------------------------------------------------------------------
+
+
+def _classifier(checkpoint: str | os.PathLike[str], *, untrained: bool, seed: int | None,
+                device: str, batch_size: int) -> tuple[Any, str]:
+    """The checkpoint's classifier, or (``untrained``) the same model freshly initialised.
+
+    The fresh weights come from ``torch.manual_seed(seed)`` and the model's constructor, as
+    ``vit train`` makes them (``seed`` defaults to the run's ``train.seed``).
+    """
+    from vit.checkpoint import load_checkpoint, model_from_checkpoint
+    from vit.model import VisionTransformer
+    from vit.predict import Classifier
+
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    model = model_from_checkpoint(ckpt)
+    weights = "trained"
+    if untrained:
+        if seed is None:
+            seed = int((ckpt.get("config") or {}).get("train", {}).get("seed", 0))
+        torch.manual_seed(seed)
+        model = VisionTransformer(model.config).eval()
+        weights = f"untrained (fresh initialisation, seed {seed})"
+    clf = Classifier(model, classes=ckpt["classes"], preprocess=ckpt["preprocess"],
+                     device=device, batch_size=batch_size)
+    return clf, weights
+
+
+def write_attention_stats(
+    *, checkpoint: str | os.PathLike[str], data: str | os.PathLike[str],
+    output: str | os.PathLike[str], max_images: int = 1000, batch_size: int = 64,
+    device: str = "auto", untrained: bool = False, seed: int | None = None,
+    show_progress: bool = False,
+) -> tuple[AttentionStats, Path, Path]:
+    """Stats over (at most ``max_images``, evenly spread) images of a folder -> JSON and PNG.
+
+    Writes ``OUTPUT/attention_stats.json`` and ``OUTPUT/attention_stats.png``; returns the stats
+    and the two paths.
+    """
+    from vit.checkpoint import _atomic_write
+    from vit.predict import expand_paths
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    paths = spread_sample(expand_paths([data]), max_images)
+    clf, weights = _classifier(checkpoint, untrained=untrained, seed=seed, device=device,
+                               batch_size=batch_size)
+    stats = folder_attention_stats(clf, paths, batch_size=batch_size, show_progress=show_progress)
+    stats.source = {"checkpoint": os.fspath(checkpoint), "data": os.fspath(data),
+                    "weights": weights, "images_listed": len(paths)}
+    out = Path(output)
+    json_path, png_path = out / "attention_stats.json", out / "attention_stats.png"
+    text = stats.to_json().encode()
+    _atomic_write(json_path, lambda f: f.write(text))
+    title = (f"{Path(checkpoint).name}, {weights}: {stats.num_images} images of "
+             f"{Path(data).name or data}")
+    plot_attention_stats(stats, png_path, title=title)
+    return stats, json_path, png_path
