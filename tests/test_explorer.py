@@ -224,6 +224,10 @@ def test_explain_html_user_errors(tmp_path, shapes_dataset, capsys):
     assert main(["explain", "--checkpoint", str(ckpt), images[0], "--html", str(missing)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"the folder {missing.parent} does not exist" in err
+    pngs = tmp_path / "pngs"  # with --output too: the error comes before any work
+    assert main(["explain", "--checkpoint", str(ckpt), images[0], "--output", str(pngs),
+                 "--html", str(missing)]) == 2
+    assert not pngs.exists() and "does not exist" in capsys.readouterr().err
     assert main(["explain", "--checkpoint", str(ckpt), images[0]]) == 2
     err = capsys.readouterr().err
     assert "--output DIR" in err and "--html FILE" in err

@@ -142,7 +142,9 @@ class Blob:
 
 
 def _deflated(array: np.ndarray) -> Blob:
-    return Blob(zlib.compress(np.ascontiguousarray(array).tobytes(), 9))
+    # Z_FILTERED: fewer short matches, 1-2% smaller on noisy attention codes; still plain deflate
+    packer = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_FILTERED)
+    return Blob(packer.compress(np.ascontiguousarray(array).tobytes()) + packer.flush())
 
 
 def encode_rows(rows: torch.Tensor, num_prefix_tokens: int, bits: int) -> dict[str, Any]:
