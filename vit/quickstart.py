@@ -1,9 +1,9 @@
 """The quickstart: `python train.py` with no arguments.
 
 It writes a synthetic shapes image folder (no download), trains a small ViT on it (on the GPU in
-bf16 when there is one, else on the CPU in a few minutes), and draws attention-rollout overlays
-of held-out images. ``configs/quickstart.yaml`` holds the same settings (a test keeps the two
-equal).
+bf16 when there is one, else on the CPU in a few minutes), draws attention-rollout overlays of
+held-out images and writes the attention explorer page of the same images.
+``configs/quickstart.yaml`` holds the same settings (a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -39,19 +39,33 @@ def prepare_quickstart_data(cfg: Config) -> Path:
                                seed=0, val_fraction=SHAPES_VAL_FRACTION)
 
 
-def write_quickstart_overlays(run_dir: Path, *, num_images: int = 8) -> Path:
-    """Attention-rollout overlays of the first validation images, into RUN_DIR/overlays."""
-    from vit.explain_cli import explain_files
-
-    cfg_root = Path(QUICKSTART["data"]["root"])
-    val_dir = cfg_root / "val"
-    paths = sorted(val_dir.rglob("*.png"))
+def quickstart_held_out(root: Path, num_images: int) -> list[Path]:
+    """The first ``num_images`` validation images of the shapes folder, one class after another."""
+    paths = sorted((root / "val").rglob("*.png"))
     # one image per class first, so the grid shows every shape
     by_class: dict[str, list[Path]] = {}
     for p in paths:
         by_class.setdefault(p.parent.name, []).append(p)
-    picked = [p for i in range(num_images) for ps in by_class.values() if i < len(ps)
-              for p in [ps[i]]][:num_images]
+    return [p for i in range(num_images) for ps in by_class.values() if i < len(ps)
+            for p in [ps[i]]][:num_images]
+
+
+def write_quickstart_overlays(run_dir: Path, *, num_images: int = 8,
+                              data_root: Path | None = None) -> Path:
+    """Attention-rollout overlays of the first validation images, into RUN_DIR/overlays."""
+    from vit.explain_cli import explain_files
+
+    picked = quickstart_held_out(data_root or Path(QUICKSTART["data"]["root"]), num_images)
     out = run_dir / "overlays"
     explain_files(checkpoint=run_dir / "best.pt", paths=picked, output=out, method="rollout")
     return out
+
+
+def write_quickstart_explorer(run_dir: Path, *, num_images: int = 8,
+                              data_root: Path | None = None) -> Path:
+    """The attention explorer page of the same held-out images: RUN_DIR/explorer.html."""
+    from vit.explorer import write_explorer_page
+
+    picked = quickstart_held_out(data_root or Path(QUICKSTART["data"]["root"]), num_images)
+    return write_explorer_page(checkpoint=run_dir / "best.pt", paths=picked,
+                               output=run_dir / "explorer.html").path

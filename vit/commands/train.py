@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from vit.config import Config, load_config, set_value
 
@@ -118,10 +119,14 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports for everyone
         return 0
     if quick and cfg.train.explain_samples > 0:
-        from vit.quickstart import write_quickstart_overlays
+        from vit.quickstart import write_quickstart_explorer, write_quickstart_overlays
 
-        out = write_quickstart_overlays(summary.run_dir, num_images=cfg.train.explain_samples)
+        held_out = {"num_images": cfg.train.explain_samples, "data_root": Path(cfg.data.root)}
+        out = write_quickstart_overlays(summary.run_dir, **held_out)
         print(f"attention overlays: {out}", file=sys.stderr)
+        page = write_quickstart_explorer(summary.run_dir, **held_out)
+        print(f"attention explorer: {page} (open it in a browser: click a patch to see where "
+              "it looks, layer by layer and head by head)", file=sys.stderr)
     best = f"{summary.best_top1:.2f}%" if summary.best_top1 is not None else "n/a"
     print(f"done: best val top-1 {best}; run folder {summary.run_dir} "
           f"(best.pt, last.pt, metrics.jsonl, curves.png)")
