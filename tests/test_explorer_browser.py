@@ -127,6 +127,14 @@ def click_patch(page, row: int, column: int, grid: tuple[int, int]) -> None:
                      box["y"] + (row + 0.5) * box["height"] / grid[0])
 
 
+def save_screenshot(page, path: Path) -> None:
+    """The whole page as a small palette PNG; copied to $VIT_EXPLORER_SCREENSHOT when set."""
+    page.screenshot(path=str(path), full_page=True)
+    Image.open(path).convert("RGB").quantize(colors=128).save(path, optimize=True)
+    if os.environ.get("VIT_EXPLORER_SCREENSHOT"):
+        shutil.copyfile(path, os.environ["VIT_EXPLORER_SCREENSHOT"])
+
+
 def rollout_rows(attentions: list[torch.Tensor], image: int) -> np.ndarray:
     """Rollout from every query, written out independently: M_L ... M_1, M = rownorm(A/2 + I/2)."""
     result = np.eye(attentions[0].shape[-1])
@@ -217,11 +225,8 @@ def test_overlay_is_the_attention_row_of_the_chosen_query_layer_and_head(browser
     assert f"mean attention distance {distance:.1f} px" in watched.text("#stats-readout")
     assert watched.text("#image-name") == paths[2]
 
-    screenshot = tmp_path / "explorer.png"
     page.mouse.move(0, 0)
-    page.screenshot(path=str(screenshot), full_page=True)
-    if os.environ.get("VIT_EXPLORER_SCREENSHOT"):
-        shutil.copyfile(screenshot, os.environ["VIT_EXPLORER_SCREENSHOT"])
+    save_screenshot(page, tmp_path / "explorer.png")
     assert watched.problems == []
     page.close()
 

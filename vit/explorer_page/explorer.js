@@ -180,18 +180,24 @@
     return { context, width: rect.width, height: rect.height };
   }
 
-  function drawChart(canvas, values, average, yMax, reference) {
+  // A round tick step (1, 2 or 5 times a power of ten): about four ticks up to highest.
+  function tickStep(highest) {
+    const rough = highest / 4, power = Math.pow(10, Math.floor(Math.log10(rough)));
+    return [1, 2, 5, 10].map((m) => m * power).find((step) => step >= rough);
+  }
+
+  function drawChart(canvas, values, average, highest, reference) {
     const { context, width, height } = chartScale(canvas);
+    const step = tickStep(highest), yMax = Math.ceil(highest / step - 1e-9) * step;
     const left = 44, right = 10, top = 22, bottom = 28, w = width - left - right, h = height - top - bottom;
     const x = (layer, head) => left + (layer + 0.5 + (M.heads > 1 ? ((head + 0.5) / M.heads - 0.5) * 0.6 : 0)) * w / M.depth;
     const y = (v) => top + h * (1 - Math.min(v, yMax) / yMax);
     context.fillStyle = "rgba(47,111,222,0.10)";
     context.fillRect(left + state.layer * w / M.depth, top, w / M.depth, h);
     context.font = "11px system-ui, sans-serif"; context.fillStyle = "#5b6475"; context.strokeStyle = "#e3e6ec";
-    for (let t = 0; t <= 4; t++) {
-      const v = yMax * t / 4;
+    for (let v = 0; v <= yMax + step / 2; v += step) {
       context.beginPath(); context.moveTo(left, y(v) + 0.5); context.lineTo(left + w, y(v) + 0.5); context.stroke();
-      context.textAlign = "right"; context.fillText(v.toFixed(v >= 10 ? 0 : 1), left - 4, y(v) + 4);
+      context.textAlign = "right"; context.fillText(String(Number(v.toPrecision(6))), left - 4, y(v) + 4);
     }
     context.textAlign = "center";
     const every = Math.ceil(M.depth / 12);
@@ -221,7 +227,7 @@
     let distanceMax = 0;
     for (const table of [record.distance, average.distance]) for (const row of table) for (const v of row) distanceMax = Math.max(distanceMax, v);
     drawChart($("distance-chart"), record.distance, average.distance, Math.max(distanceMax * 1.1, 1e-6), null);
-    drawChart($("entropy-chart"), record.entropy, average.entropy, Math.log(N) * 1.08, Math.log(N));
+    drawChart($("entropy-chart"), record.entropy, average.entropy, Math.log(N) * 1.05, Math.log(N));
     const l = state.layer;
     const summary = (table, hd) => typeof hd === "number" ? table[l][hd]
       : (hd === "max" ? Math.max(...table[l]) : table[l].reduce((a, b) => a + b, 0) / M.heads);
