@@ -20,6 +20,10 @@ _LAZY = {
     "explain": "vit.explain",
     "deletion_auc": "vit.explain",
     "insertion_auc": "vit.explain",
+    "explorer_page": "vit.explorer",
+    "write_explorer_page": "vit.explorer",
+    "mean_attention_distance": "vit.attention_stats",
+    "attention_entropy": "vit.attention_stats",
     "load_config": "vit.config",
     "Config": "vit.config",
 }
