@@ -11,8 +11,8 @@ least compressible input). Each ``--bits`` value runs the real command::
 
     vit explain --checkpoint CKPT IMAGES... --html PAGE --attention-bits B [--auc-steps 0]
 
-the first with the default ``--auc-steps`` (32), the others without the faithfulness curves,
-which add a few numbers to the page and most of the time. The click-redraw time in a browser is
+the first with ``--auc-steps`` (default 32, the command's default), the others without the
+faithfulness curves, which add a few numbers to the page and most of the time. The click-redraw time in a browser is
 measured by ``tests/test_explorer_browser.py`` (it prints it).
 """
 
@@ -72,15 +72,15 @@ def pick_images(source: str, num: int, scratch: Path) -> list[str]:
     return [str(p) for p in spread_sample(expand_paths([source]), num)]
 
 
-def measure(checkpoint: Path, images: list[str], page: Path, bits: int, auc: bool) -> dict:
+def measure(checkpoint: Path, images: list[str], page: Path, bits: int, auc_steps: int) -> dict:
     from vit.cli import main
 
     argv = ["explain", "--checkpoint", str(checkpoint), *images, "--html", str(page),
-            "--attention-bits", str(bits), "--quiet"] + ([] if auc else ["--auc-steps", "0"])
+            "--attention-bits", str(bits), "--auc-steps", str(auc_steps), "--quiet"]
     started = time.perf_counter()
     if main(argv) != 0:
         raise SystemExit("vit explain failed")
-    return {"attention_bits": bits, "auc_steps": 32 if auc else 0,
+    return {"attention_bits": bits, "auc_steps": auc_steps,
             "size_mb": page.stat().st_size / 1e6, "seconds": time.perf_counter() - started}
 
 
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num", type=int, default=16)
     parser.add_argument("--checkpoint", help="default: vit_small_patch16_224, random weights")
     parser.add_argument("--bits", default="6,5,8", help="attention bits, the first with AUC")
+    parser.add_argument("--auc-steps", type=int, default=32, help="for the first page")
     parser.add_argument("--keep", metavar="HTML", help="copy the first page here")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for k, bits in enumerate(int(b) for b in parse_list(args.bits)):
             page = scratch / f"page_{bits}.html"
-            rows.append(measure(checkpoint, images, page, bits, auc=k == 0))
+            rows.append(measure(checkpoint, images, page, bits, args.auc_steps if k == 0 else 0))
             if k == 0 and args.keep:
                 Path(args.keep).write_bytes(page.read_bytes())
     print(format_table(rows, [Column("attention_bits", "bits"), Column("auc_steps", "AUC steps"),
