@@ -50,6 +50,11 @@ from vit.errors import ConfigError, DataError, VitError
 
 __all__ = [
     "ExplorerResult",
+    "PageOptions",
+    "check_html_output",
+    "decode_rows",
+    "encode_rows",
+    "explorer_html",
     "explorer_page",
     "image_records",
     "query_rollout",
