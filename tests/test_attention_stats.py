@@ -115,6 +115,7 @@ def test_folder_stats_are_means_over_readable_images(tmp_path, caplog):
     np.testing.assert_allclose(stats.distance_px_std, distance.double().std(0, correction=0),
                                rtol=1e-3, atol=1e-4)
     assert stats.max_entropy_nats == pytest.approx(math.log(17))
+    assert stats.uniform_distance_px == pytest.approx(patch_distances((4, 4), 8).mean().item())
 
 
 def test_command_writes_png_and_json_next_to_the_checkpoint(tmp_path, capsys):

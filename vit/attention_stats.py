@@ -46,6 +46,7 @@ __all__ = [
     "plot_attention_stats",
     "readable_images",
     "spread_sample",
+    "uniform_distance",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,11 @@ def patch_distances(grid: tuple[int, int], patch_size: int) -> torch.Tensor:
     rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
     centres = torch.stack([rows.flatten(), cols.flatten()], dim=-1).double() * patch_size
     return torch.cdist(centres, centres)
+
+
+def uniform_distance(grid: tuple[int, int], patch_size: int) -> float:
+    """The mean attention distance of uniform attention: the mean distance between patches."""
+    return float(patch_distances(grid, patch_size).mean())
 
 
 def mean_attention_distance(
@@ -144,6 +150,7 @@ class AttentionStats:
     tokens: int
     num_prefix_tokens: int
     max_entropy_nats: float
+    uniform_distance_px: float  # what uniform attention over the patches gives
     definitions: dict[str, str] = field(default_factory=lambda: dict(DEFINITIONS))
     source: dict[str, Any] = field(default_factory=dict)  # checkpoint, data, weights
 
@@ -211,11 +218,13 @@ def folder_attention_stats(
     distance_mean, distance_std = _moments(sums[0], sums[1], count)
     entropy_mean, entropy_std = _moments(sums[2], sums[3], count)
     tokens = model.num_prefix_tokens + model.patch_embed.num_patches
+    patch = model.patch_embed.patch_size[0]
     return AttentionStats(
         distance_px=distance_mean, entropy_nats=entropy_mean, distance_px_std=distance_std,
         entropy_nats_std=entropy_std, num_images=count, img_size=classifier.img_size,
-        patch_size=model.patch_embed.patch_size[0], tokens=tokens,
-        num_prefix_tokens=model.num_prefix_tokens, max_entropy_nats=math.log(tokens))
+        patch_size=patch, tokens=tokens, num_prefix_tokens=model.num_prefix_tokens,
+        max_entropy_nats=math.log(tokens),
+        uniform_distance_px=uniform_distance(model.patch_embed.grid_size, patch))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,6 +258,8 @@ def plot_attention_stats(stats: AttentionStats, path: str | os.PathLike[str], *,
     left, right = figure.subplots(1, 2)
     _depth_panel(left, np.asarray(stats.distance_px), title="mean attention distance",
                  ylabel="pixels of the model's input")
+    left.axhline(stats.uniform_distance_px, color="0.5", ls="--", lw=1)
+    left.text(1, stats.uniform_distance_px, " uniform", va="bottom", fontsize=8, color="0.4")
     left.set_ylim(0, stats.img_size * math.sqrt(2) / 2)
     _depth_panel(right, np.asarray(stats.entropy_nats), title="attention entropy",
                  ylabel="nats")
@@ -317,7 +328,6 @@ def write_attention_stats(
     json_path, png_path = out / "attention_stats.json", out / "attention_stats.png"
     text = stats.to_json().encode()
     _atomic_write(json_path, lambda f: f.write(text))
-    title = (f"{Path(checkpoint).name}, {weights}: {stats.num_images} images of "
-             f"{Path(data).name or data}")
+    title = f"{os.fspath(checkpoint)}, {weights}: {stats.num_images} images of {os.fspath(data)}"
     plot_attention_stats(stats, png_path, title=title)
     return stats, json_path, png_path

@@ -207,12 +207,15 @@ def _rounded(values: torch.Tensor | np.ndarray, digits: int = 6) -> list[Any]:
 
 
 def _model_info(model: nn.Module, img_size: int) -> dict[str, Any]:
+    from vit.attention_stats import uniform_distance
+
     patch = model.patch_embed.patch_size[0]
     grid = [img_size // patch, img_size // patch]
     return {"depth": len(model.blocks), "heads": model.blocks[0].attn.num_heads, "grid": grid,
             "patch": patch, "img_size": img_size, "prefix": model.num_prefix_tokens,
             "registers": model.num_prefix_tokens - 1,
-            "tokens": model.num_prefix_tokens + grid[0] * grid[1]}
+            "tokens": model.num_prefix_tokens + grid[0] * grid[1],
+            "uniform_distance": round(uniform_distance((grid[0], grid[1]), patch), 4)}
 
 
 def image_records(

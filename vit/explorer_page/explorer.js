@@ -226,7 +226,8 @@
     const record = DATA.images[state.image], average = DATA.average;
     let distanceMax = 0;
     for (const table of [record.distance, average.distance]) for (const row of table) for (const v of row) distanceMax = Math.max(distanceMax, v);
-    drawChart($("distance-chart"), record.distance, average.distance, Math.max(distanceMax * 1.1, 1e-6), null);
+    distanceMax = Math.max(distanceMax, M.uniform_distance);
+    drawChart($("distance-chart"), record.distance, average.distance, Math.max(distanceMax * 1.1, 1e-6), M.uniform_distance);
     drawChart($("entropy-chart"), record.entropy, average.entropy, Math.log(N) * 1.05, Math.log(N));
     const l = state.layer;
     const summary = (table, hd) => typeof hd === "number" ? table[l][hd]
