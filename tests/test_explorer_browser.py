@@ -153,12 +153,13 @@ def rollout_rows(attentions: list[torch.Tensor], image: int) -> np.ndarray:
 def tiny_page(tmp_path_factory, shapes_dataset):
     clf = peaky_classifier()
     paths = [str(p) for p in sorted(shapes_dataset.rglob("0000[01].png"))][:4]
+    names = [str(Path(p).relative_to(shapes_dataset)) for p in paths]  # e.g. circle/00000.png
     page = tmp_path_factory.mktemp("page") / "explorer.html"
-    page.write_text(explorer_page(clf, paths, paths, options=PageOptions(auc_steps=4)))
+    page.write_text(explorer_page(clf, paths, names, options=PageOptions(auc_steps=4)))
     x = clf.transform(paths)
     with torch.no_grad():
         _, attentions = clf.model(x, return_attention=True)
-    return page, clf, x, attentions, paths
+    return page, clf, x, attentions, names
 
 
 def check_attention(page, attentions, *, image, layer, head, query, prefix=3):
@@ -181,7 +182,7 @@ def check_attention(page, attentions, *, image, layer, head, query, prefix=3):
 
 def test_overlay_is_the_attention_row_of_the_chosen_query_layer_and_head(browser, tiny_page,
                                                                          tmp_path, capsys):
-    path, clf, x, attentions, paths = tiny_page
+    path, clf, x, attentions, names = tiny_page
     watched = Watched(browser, path)
     page = watched.page
     click_patch(page, 1, 4, (6, 6))           # query: patch (row 2, column 5) = token 3 + 10
@@ -223,7 +224,7 @@ def test_overlay_is_the_attention_row_of_the_chosen_query_layer_and_head(browser
         from vit.attention_stats import mean_attention_distance
         distance = mean_attention_distance(attentions[2], 3, (6, 6), 8)[2, 2].item()
     assert f"mean attention distance {distance:.1f} px" in watched.text("#stats-readout")
-    assert watched.text("#image-name") == paths[2]
+    assert watched.text("#image-name") == names[2]
 
     page.mouse.move(0, 0)
     save_screenshot(page, tmp_path / "explorer.png")

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
                                             strict=True), start=1):
         spread = f"{sum(dist) / len(dist):6.1f} ({min(dist):5.1f}-{max(dist):5.1f})"
         print(f"{layer:>5}  {spread:>34}  {sum(ent) / len(ent):12.2f}")
-    print(f"{stats.num_images} images; uniform attention has entropy {stats.max_entropy_nats:.2f}")
+    print(f"{stats.num_images} images; uniform attention has distance "
+          f"{stats.uniform_distance_px:.1f} px and entropy {stats.max_entropy_nats:.2f} nats")
     print(f"wrote {png_path} and {json_path}")
     return 0
