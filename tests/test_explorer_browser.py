@@ -220,6 +220,15 @@ def test_overlay_is_the_attention_row_of_the_chosen_query_layer_and_head(browser
                                atol=1.5 / 255)
     click_patch(page, 5, 0, (6, 6))
     check_attention(page, attentions, image=2, layer=2, head=2, query=3 + 30)
+    box = page.locator("#stage").bounding_box()   # hovering shows a patch, leaving restores
+    page.mouse.move(box["x"] + 2.5 * box["width"] / 6, box["y"] + 2.5 * box["height"] / 6)
+    check_attention(page, attentions, image=2, layer=2, head=2, query=3 + 14)
+    page.mouse.move(box["x"] + box["width"] + 40, box["y"])
+    check_attention(page, attentions, image=2, layer=2, head=2, query=3 + 30)
+    page.focus("#stage")                          # arrow keys move the chosen patch
+    page.keyboard.press("ArrowUp")
+    page.keyboard.press("ArrowRight")
+    check_attention(page, attentions, image=2, layer=2, head=2, query=3 + 25)
     with torch.no_grad():
         from vit.attention_stats import mean_attention_distance
         distance = mean_attention_distance(attentions[2], 3, (6, 6), 8)[2, 2].item()
