@@ -43,6 +43,7 @@ def test_quickstart_ends_with_overlays_and_the_explorer_page(tmp_path, monkeypat
     from vit.cli import main
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("vit.quickstart.SHAPES_PER_CLASS", 40)  # 200 images: a quicker test
     code = main(["train", "train.epochs=1", "train.output=runs/q", "train.explain_samples=3",
                  "train.device=cpu", "data.workers=0"])
     assert code == 0
