@@ -12,8 +12,8 @@ least compressible input). Each ``--bits`` value runs the real command::
     vit explain --checkpoint CKPT IMAGES... --html PAGE --attention-bits B [--auc-steps 0]
 
 the first with ``--auc-steps`` (default 32, the command's default), the others without the
-faithfulness curves, which add a few numbers to the page and most of the time. The click-redraw time in a browser is
-measured by ``tests/test_explorer_browser.py`` (it prints it).
+faithfulness curves, which add a few numbers to the page and most of the time. The click-redraw
+time in a browser is measured by ``tests/test_explorer_browser.py`` (it prints it).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from PIL import Image
 
 if not __package__:  # run as `python benchmarks/explorer_size.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     Column,
     command_line,
     format_header,

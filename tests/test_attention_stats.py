@@ -1,4 +1,4 @@
-"""Mean attention distance and attention entropy: hand-made cases, a model, a folder, the command."""
+"""Mean attention distance and entropy: by hand, on a model, over a folder, the command."""
 
 from __future__ import annotations
 
@@ -141,7 +141,8 @@ def test_command_writes_png_and_json_next_to_the_checkpoint(tmp_path, capsys):
 
 def test_command_errors_are_one_line(tmp_path, capsys):
     ckpt = save_checkpoint(tmp_path / "best.pt", tiny_model(), ["a", "b", "c"])
-    assert main(["attention-stats", "--checkpoint", str(ckpt), "--data", str(tmp_path / "nope")]) == 2
+    missing = str(tmp_path / "nope")
+    assert main(["attention-stats", "--checkpoint", str(ckpt), "--data", missing]) == 2
     assert "no such file or folder" in capsys.readouterr().err
     assert main(["attention-stats", "--checkpoint", str(ckpt), "--data", str(tmp_path),
                  "--seed", "1"]) == 2
@@ -151,7 +152,7 @@ def test_command_errors_are_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_untrained_is_the_model_that_vit_train_started_from(tmp_path):
     """A run that trains only the head keeps the initial backbone: --untrained must rebuild it."""
-    from vit.attention_stats import _classifier
+    from vit.attention_files import _classifier
     from vit.trainer import train
 
     data = make_folder(tmp_path / "data", size=16)

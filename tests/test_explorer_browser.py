@@ -50,7 +50,7 @@ def browser():
     playwright = sync_api.sync_playwright().start()
     try:
         chromium = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-    except Exception as e:  # noqa: BLE001 - any failure to start is a reason to skip
+    except Exception as e:  # any failure to start is a reason to skip
         playwright.stop()
         pytest.skip(f"Chromium at {executable} does not start: {str(e).splitlines()[0]}")
     yield chromium
@@ -101,7 +101,8 @@ class Watched:
 def drawn(page, selector: str) -> tuple[np.ndarray, dict]:
     """The canvas's pixels as colormap levels in [0, 1] (one per patch), and its data-* values."""
     pixels = page.eval_on_selector(selector, """canvas => ({
-        rgba: Array.from(canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data),
+        rgba: Array.from(canvas.getContext("2d")
+                         .getImageData(0, 0, canvas.width, canvas.height).data),
         shape: [canvas.height, canvas.width], dataset: {...canvas.dataset}})""")
     rgba = np.asarray(pixels["rgba"], dtype=float).reshape(*pixels["shape"], 4)
     assert (rgba[..., 3] == 255).all()
@@ -209,8 +210,8 @@ def test_overlay_is_the_attention_row_of_the_chosen_query_layer_and_head(browser
     page.select_option("#head", "2")
     levels, data = drawn(page, "#rollout-overlay")
     assert data["query"] == "2"
-    np.testing.assert_allclose(levels.ravel(), normalised(torch.tensor(rollout_rows(attentions, 0)[2, 3:])),
-                               atol=1.0 / 255 + 1.5 / 255)
+    from_query = torch.tensor(rollout_rows(attentions, 0)[2, 3:])
+    np.testing.assert_allclose(levels.ravel(), normalised(from_query), atol=1.0 / 255 + 1.5 / 255)
 
     page.click("#images button >> nth=2")   # another image: the same view of its own attention
     wait_until(page, "document.querySelector('#attention-overlay').dataset.image === '2'")
@@ -287,7 +288,8 @@ def test_file_and_class_names_show_as_text_and_run_nothing(browser, tmp_path, sh
 
 def photo_crops(count: int, seed: int = 0) -> list[np.ndarray]:
     """Photo-like test images: random crops (some mirrored) of the photo matplotlib ships."""
-    photo = np.asarray(Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB"))
+    photo = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg"))
+    photo = np.asarray(photo.convert("RGB"))
     rng = np.random.default_rng(seed)
     crops = []
     for _ in range(count):
@@ -347,7 +349,8 @@ def test_vit_s_page_redraws_a_patch_click_quickly(browser, vit_s_page, capsys):
     frame = [t["frame"] for t in times]
     draw = [t["draw"] for t in times]
     with capsys.disabled():
-        print(f"\nViT-S/16 page in headless Chromium: loaded and first image shown in {load_s:.1f} s; "
+        print(f"\nViT-S/16 page in headless Chromium: loaded and first image shown in "
+              f"{load_s:.1f} s; "
               f"patch click -> next frame: median {statistics.median(frame):.1f} ms, "
               f"max {max(frame):.1f} ms; redraw itself: median {statistics.median(draw):.2f} ms, "
               f"max {max(draw):.2f} ms ({len(times)} clicks); first view of another image "

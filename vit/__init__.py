@@ -21,7 +21,7 @@ _LAZY = {
     "deletion_auc": "vit.explain",
     "insertion_auc": "vit.explain",
     "explorer_page": "vit.explorer",
-    "write_explorer_page": "vit.explorer",
+    "write_explorer_page": "vit.attention_files",
     "mean_attention_distance": "vit.attention_stats",
     "attention_entropy": "vit.attention_stats",
     "load_config": "vit.config",

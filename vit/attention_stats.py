@@ -170,13 +170,12 @@ def spread_sample(items: Sequence[Any], limit: int) -> list[Any]:
 
 def readable_images(paths: Sequence[str | os.PathLike[str]]) -> list[tuple[Path, np.ndarray]]:
     """(path, HxWx3 uint8) for each file that decodes; the others are skipped with a warning."""
-    from vit.data import UnreadableImageError
-    from vit.predict import to_rgb_array
+    from vit.data import UnreadableImageError, load_image
 
     found = []
     for path in paths:
         try:
-            found.append((Path(path), to_rgb_array(path)))
+            found.append((Path(path), np.asarray(load_image(path))))
         except UnreadableImageError as e:
             logger.warning("skipping %s: %s", path, e.reason)
     return found
@@ -270,64 +269,3 @@ def plot_attention_stats(stats: AttentionStats, path: str | os.PathLike[str], *,
     figure.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)
     figure.suptitle(title)
     return _save(figure, path)
-
-
-# ---------------------------------------------------------------------------------------------
-# `vit attention-stats`
-# ---------------------------------------------------------------------------------------------
-
-
-def _classifier(checkpoint: str | os.PathLike[str], *, untrained: bool, seed: int | None,
-                device: str, batch_size: int) -> tuple[Any, str]:
-    """The checkpoint's classifier, or (``untrained``) the same model freshly initialised.
-
-    The fresh weights come from ``torch.manual_seed(seed)`` and the model's constructor, as
-    ``vit train`` makes them (``seed`` defaults to the run's ``train.seed``).
-    """
-    from vit.checkpoint import load_checkpoint, model_from_checkpoint
-    from vit.model import VisionTransformer
-    from vit.predict import Classifier
-
-    ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    model = model_from_checkpoint(ckpt)
-    weights = "trained"
-    if untrained:
-        if seed is None:
-            seed = int((ckpt.get("config") or {}).get("train", {}).get("seed", 0))
-        torch.manual_seed(seed)
-        model = VisionTransformer(model.config).eval()
-        weights = f"untrained (fresh initialisation, seed {seed})"
-    clf = Classifier(model, classes=ckpt["classes"], preprocess=ckpt["preprocess"],
-                     device=device, batch_size=batch_size)
-    return clf, weights
-
-
-def write_attention_stats(
-    *, checkpoint: str | os.PathLike[str], data: str | os.PathLike[str],
-    output: str | os.PathLike[str], max_images: int = 1000, batch_size: int = 64,
-    device: str = "auto", untrained: bool = False, seed: int | None = None,
-    show_progress: bool = False,
-) -> tuple[AttentionStats, Path, Path]:
-    """Stats over (at most ``max_images``, evenly spread) images of a folder -> JSON and PNG.
-
-    Writes ``OUTPUT/attention_stats.json`` and ``OUTPUT/attention_stats.png``; returns the stats
-    and the two paths.
-    """
-    from vit.checkpoint import _atomic_write
-    from vit.predict import expand_paths
-
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    paths = spread_sample(expand_paths([data]), max_images)
-    clf, weights = _classifier(checkpoint, untrained=untrained, seed=seed, device=device,
-                               batch_size=batch_size)
-    stats = folder_attention_stats(clf, paths, batch_size=batch_size, show_progress=show_progress)
-    stats.source = {"checkpoint": os.fspath(checkpoint), "data": os.fspath(data),
-                    "weights": weights, "images_listed": len(paths)}
-    out = Path(output)
-    json_path, png_path = out / "attention_stats.json", out / "attention_stats.png"
-    text = stats.to_json().encode()
-    _atomic_write(json_path, lambda f: f.write(text))
-    title = f"{os.fspath(checkpoint)}, {weights}: {stats.num_images} images of {os.fspath(data)}"
-    plot_attention_stats(stats, png_path, title=title)
-    return stats, json_path, png_path

@@ -1,7 +1,7 @@
 """The attention explorer: one self-contained HTML page to look at a model's attention.
 
     page = explorer_page(classifier, images, names)          # -> HTML text
-    write_explorer_page(checkpoint=..., paths=[...], output="explorer.html")
+    vit.attention_files.write_explorer_page(checkpoint=..., paths=[...], output="page.html")
 
 For every image the page holds the image the model saw, its top-k predictions, every layer's
 and head's attention rows (every query: patches, [CLS] and registers), the attention rollout
@@ -44,21 +44,20 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from tqdm.auto import tqdm
 
-from vit.errors import ConfigError, DataError, VitError
+from vit.errors import ConfigError, VitError
 
 __all__ = [
-    "ExplorerResult",
     "PageOptions",
     "check_html_output",
     "decode_rows",
     "encode_rows",
     "explorer_html",
+    "batch_records",
     "explorer_page",
     "image_records",
+    "page_from_records",
     "query_rollout",
-    "write_explorer_page",
 ]
 
 logger = logging.getLogger(__name__)
@@ -218,6 +217,14 @@ def _model_info(model: nn.Module, img_size: int) -> dict[str, Any]:
             "uniform_distance": round(uniform_distance((grid[0], grid[1]), patch), 4)}
 
 
+def _top_labels(logits: torch.Tensor, classes: Sequence[str], topk: int
+                ) -> list[list[tuple[str, float]]]:
+    """(B, C) logits -> per image the ``topk`` (label, probability), most likely first."""
+    probs, indices = logits.float().softmax(dim=-1).cpu().topk(min(topk, len(classes)), dim=-1)
+    return [[(classes[i], p) for p, i in zip(row_p, row_i, strict=True)]
+            for row_p, row_i in zip(probs.tolist(), indices.tolist(), strict=True)]
+
+
 def image_records(
     model: nn.Module, x: torch.Tensor, views: Sequence[np.ndarray], names: Sequence[str],
     classes: Sequence[str], *, topk: int = 3, head_fusion: str = "mean",
@@ -232,7 +239,6 @@ def image_records(
     """
     from vit.attention_stats import attention_stats
     from vit.explain import _eval_mode
-    from vit.predict import top_labels
 
     if not len(views) == len(names) == x.shape[0]:
         raise ConfigError(f"got {x.shape[0]} images, {len(views)} views and {len(names)} names")
@@ -242,7 +248,7 @@ def image_records(
         logits, attentions = model(x, return_attention=True)
         rollout = query_rollout(attentions, head_fusion=head_fusion, discard_ratio=discard_ratio)
         distance, entropy = attention_stats(attentions, prefix, grid, patch)
-        top = top_labels(logits.float().softmax(dim=-1).cpu(), classes, topk)
+        top = _top_labels(logits, classes, topk)
     maps = _saliency_maps(model, x, attentions, head_fusion=head_fusion,
                           discard_ratio=discard_ratio)
     aucs = _faithfulness(model, x, maps, auc_steps)
@@ -291,7 +297,8 @@ def _script_json(data: Any) -> str:
 
 
 def _csp_hash(text: str) -> str:
-    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode() + "'"
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return f"'sha256-{base64.b64encode(digest).decode()}'"
 
 
 def _average(records: Sequence[dict[str, Any]], key: str) -> list[Any]:
@@ -364,11 +371,12 @@ class PageOptions:
 
     def settings(self, num_patches: int) -> dict[str, Any]:
         return {"head_fusion": self.head_fusion, "discard_ratio": self.discard_ratio,
-                "auc_steps": min(self.auc_steps, num_patches), "attention_bits": self.attention_bits,
+                "auc_steps": min(self.auc_steps, num_patches),
+                "attention_bits": self.attention_bits,
                 "deletion_baseline": "zero", "insertion_baseline": "blur"}
 
 
-def _batch_records(classifier: Any, images: Sequence[Any], names: Sequence[str],
+def batch_records(classifier: Any, images: Sequence[Any], names: Sequence[str],
                    options: PageOptions) -> list[dict[str, Any]]:
     x = classifier.transform(images).to(classifier.device)
     return image_records(
@@ -377,7 +385,7 @@ def _batch_records(classifier: Any, images: Sequence[Any], names: Sequence[str],
         auc_steps=options.auc_steps, attention_bits=options.attention_bits)
 
 
-def _page_from_records(classifier: Any, records: Sequence[dict[str, Any]], options: PageOptions,
+def page_from_records(classifier: Any, records: Sequence[dict[str, Any]], options: PageOptions,
                        title: str) -> str:
     info = _model_info(classifier.model, classifier.img_size)
     return explorer_html(records, model_info=info, title=title,
@@ -401,16 +409,8 @@ def explorer_page(
     records = []
     for start in range(0, len(images), batch_size):
         chunk = slice(start, start + batch_size)
-        records += _batch_records(classifier, images[chunk], names[chunk], options)
-    return _page_from_records(classifier, records, options, title)
-
-
-@dataclass(frozen=True)
-class ExplorerResult:
-    path: Path
-    size_bytes: int
-    images: int
-    skipped: int
+        records += batch_records(classifier, images[chunk], names[chunk], options)
+    return page_from_records(classifier, records, options, title)
 
 
 def check_html_output(output: str | os.PathLike[str]) -> Path:
@@ -426,34 +426,3 @@ def check_html_output(output: str | os.PathLike[str]) -> Path:
     if not folder.is_dir():
         raise VitError(f"cannot write {output}: {folder} is a file, not a folder")
     return path
-
-
-def write_explorer_page(
-    *, checkpoint: str | os.PathLike[str], paths: Sequence[str | os.PathLike[str]],
-    output: str | os.PathLike[str], options: PageOptions | None = None, batch_size: int = 16,
-    device: str = "auto", show_progress: bool = False,
-) -> ExplorerResult:
-    """Write the explorer page of image files; unreadable files are skipped with a warning."""
-    from vit.attention_stats import readable_images
-    from vit.checkpoint import _atomic_write
-    from vit.predict import Classifier
-
-    out = check_html_output(output)
-    options = options or PageOptions()
-    options.check()
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    clf = Classifier.from_checkpoint(checkpoint, device=device)
-    records: list[dict[str, Any]] = []
-    batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
-    for batch in tqdm(batches, desc="explorer page", unit="batch",
-                      disable=not show_progress or len(batches) < 2):
-        found = readable_images(batch)
-        if found:
-            records += _batch_records(clf, [array for _, array in found],
-                                      [str(path) for path, _ in found], options)
-    if not records:
-        raise DataError("none of the images could be read; nothing to explain")
-    html = _page_from_records(clf, records, options, title=str(checkpoint)).encode("utf-8")
-    _atomic_write(out, lambda f: f.write(html))
-    return ExplorerResult(out, len(html), len(records), len(paths) - len(records))

@@ -64,7 +64,7 @@ def write_quickstart_overlays(run_dir: Path, *, num_images: int = 8,
 def write_quickstart_explorer(run_dir: Path, *, num_images: int = 8,
                               data_root: Path | None = None) -> Path:
     """The attention explorer page of the same held-out images: RUN_DIR/explorer.html."""
-    from vit.explorer import write_explorer_page
+    from vit.attention_files import write_explorer_page
 
     picked = quickstart_held_out(data_root or Path(QUICKSTART["data"]["root"]), num_images)
     return write_explorer_page(checkpoint=run_dir / "best.pt", paths=picked,

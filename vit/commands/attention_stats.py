@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--untrained", action="store_true",
                    help="the same model before training: the checkpoint's architecture with "
                    "fresh weights from the run's seed")
-    p.add_argument("--seed", type=int, metavar="N", help="seed for --untrained (default: the run's)")
+    p.add_argument("--seed", type=int, metavar="N",
+                   help="seed for --untrained (default: the run's)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda")
     add_common_flags(p)
@@ -35,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vit.attention_stats import write_attention_stats
+    from vit.attention_files import write_attention_stats
     from vit.errors import VitError
 
     if args.max_images < 1:

@@ -47,7 +47,8 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _write_page(args: argparse.Namespace, paths: list, show_progress: bool) -> None:
-    from vit.explorer import PageOptions, write_explorer_page
+    from vit.attention_files import write_explorer_page
+    from vit.explorer import PageOptions
 
     options = PageOptions(topk=args.topk, head_fusion=args.head_fusion,
                           discard_ratio=args.discard_ratio, auc_steps=args.auc_steps,
