@@ -8,7 +8,6 @@ version and threads, GPU name and the load average (a busy machine gives slower 
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import shlex
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from vit.errors import VitError
+from vit.io import write_json  # re-exported: the benchmarks' JSON files are written atomically too
 
 __all__ = [
     "BenchmarkError",
@@ -113,8 +113,8 @@ def format_header(info: Mapping[str, Any]) -> str:
 
 
 def pin_malloc() -> bool:
-    """Keep freed memory mapped between steps (see ``vit.perf.keep_freed_memory``)."""
-    from vit.perf import keep_freed_memory
+    """Keep freed memory mapped between steps (see ``vit.runtime.keep_freed_memory``)."""
+    from vit.runtime import keep_freed_memory
 
     return keep_freed_memory()
 
@@ -203,14 +203,6 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([render(cells[0]), rule, *(render(line) for line in cells[1:])])
-
-
-def write_json(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
-    """Write ``payload`` as indented JSON, creating parent folders."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    return out
 
 
 def parse_list(text: str) -> list[str]:

@@ -4,7 +4,7 @@ fine-tuning demonstration (CIFAR-10 pretraining -> flower photos, against flower
     python benchmarks/cpu_training_runs.py --cifar /tmp/data/cifar10 --flowers /tmp/data/flowers \
         --out runs/bench --json benchmarks/results/cpu_training_runs.json
 
-Each run goes through the same `vit.trainer.train` as `python train.py`; the script only chains
+Each run goes through the same `vit.training.trainer.train` as `python train.py`; the script only chains
 them and collects metrics.jsonl into one JSON.
 """
 
@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 
 from vit.config import load_config
-from vit.trainer import read_jsonl, train
+from vit.io import read_jsonl
+from vit.training.trainer import train
 
 if not __package__:  # run as `python benchmarks/cpu_training_runs.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import machine_info  # noqa: E402
+from benchmarks.common import machine_info
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,17 +9,17 @@ Each folder may be the image folder itself (``<class>/<image>``) or hold ``train
 A fixed random subset of ``--limit`` images goes through, per data set (CIFAR-10 JPEGs with the
 32 px pipeline, flower photos with the 224 px one):
 
-    decode              vit.data.load_image, in this process
+    decode              vit.data.images.load_image, in this process
     train augment       the training transform alone (random resized crop, flip, RandAugment,
                         normalise)
     decode + train      both: what one loader worker does per image
     decode + eval       load_image + the evaluation transform (resize, centre crop, normalise)
-    loader, N workers   ImageFolderDataset through vit.loader.build_loader, after the first batch
-    memory: decode once vit.fastdata.decode_images (the one-off cost of data.pipeline=memory)
-    memory: augment     vit.fastdata.BatchAugment on whole batches on --device (crop, flip,
+    loader, N workers   ImageFolderDataset through vit.data.loader.build_loader, after the first batch
+    memory: decode once vit.decode_images (the one-off cost of data.pipeline=memory)
+    memory: augment     vit.BatchAugment on whole batches on --device (crop, flip,
                         RandAugment, normalise), timed with device events
 
-and then ``vit.engine.train_one_epoch`` runs ``--train-batches`` batches on a tiny model while the
+and then ``vit.training.epoch.train_one_epoch`` runs ``--train-batches`` batches on a tiny model while the
 loader is timed: "data wait" is the time blocked in ``next(loader)``, as a share of the loop's
 time (the first batch, which includes starting the workers, is left out and shown apart). The
 loop runs once per ``--train-workers`` count with the worker pipeline and once with
@@ -40,22 +40,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from vit import fastdata
-from vit.data import (
-    ImageFolderDataset,
-    build_transform,
-    load_image,
-    resolve_data_dirs,
-    scan_image_folder,
-)
-from vit.engine import train_one_epoch
-from vit.loader import build_loader, set_epoch
-from vit.model import create_model
+from vit.data.dataset import ImageFolderDataset
+from vit.data.folders import resolve_data_dirs, scan_folder
+from vit.data.images import load_image
+from vit.data.loader import build_loader, set_epoch
+from vit.data.memory import BatchAugment, MemoryLoader, decode_images
+from vit.data.transforms import build_transform
+from vit.models.presets import create_model
+from vit.training.epoch import train_one_epoch
 
 if not __package__:  # run as `python benchmarks/data_speed.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     BenchmarkError,
     Column,
     command_line,
@@ -121,7 +118,8 @@ TRAIN_COLUMNS = (
 def sample_subset(root: str | Path, *, limit: int, seed: int) -> tuple[Samples, list[str]]:
     """A fixed random subset of at most ``limit`` samples of the training images under ``root``."""
     train_dir, _ = resolve_data_dirs(root)
-    samples, classes = scan_image_folder(train_dir)
+    scan = scan_folder(train_dir)
+    samples, classes = scan.samples, scan.classes
     if limit < len(samples):
         samples = sorted(random.Random(seed).sample(samples, limit))
     return samples, classes
@@ -180,14 +178,14 @@ def make_loader(samples: Samples, classes: Sequence[str], *, img_size: int,
 
 
 def memory_pipeline(dataset: str, samples: Samples, *, img_size: int, batch: int, seed: int,
-                    device: torch.device) -> tuple[list[dict[str, Any]], fastdata.MemoryLoader]:
+                    device: torch.device) -> tuple[list[dict[str, Any]], MemoryLoader]:
     """The data.pipeline=memory training loader (decoded once, augmented on ``device``) and the
     rows of its two stages: the one-off decode and the augmentation of one batch."""
     start = time.perf_counter()
-    images, kept, _ = fastdata.decode_images([p for p, _ in samples], size=img_size)
+    images, kept, _ = decode_images([p for p, _ in samples], size=img_size)
     decode_s = time.perf_counter() - start
-    augment = fastdata.BatchAugment(img_size=img_size, mean=(0.5,) * 3, std=(0.25,) * 3)
-    loader = fastdata.MemoryLoader(images.to(device), [samples[i][1] for i in kept],
+    augment = BatchAugment(img_size=img_size, mean=(0.5,) * 3, std=(0.25,) * 3)
+    loader = MemoryLoader(images.to(device), [samples[i][1] for i in kept],
                                    augment=augment, batch_size=batch, shuffle=True,
                                    drop_last=False, seed=seed)
     set_epoch(loader, 0)
@@ -275,7 +273,7 @@ def train_loop_row(dataset: str, loader: Iterable, *, classes: Sequence[str],
     train_one_epoch(
         model=model, loader=timed, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4),
         criterion=nn.CrossEntropyLoss(), device=device, precision="fp32",
-        lr_at=lambda step: 1e-4, step=0, num_batches=len(timed), show_progress=False,
+        lr_at=lambda _step: 1e-4, step=0, num_batches=len(timed), show_progress=False,
     )
     seconds, waiting, measured, images = timed.steady_state()
     return {
@@ -363,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print("workers 0 = in this process; loader rows leave out the first batch (worker start-up)\n")
     print(format_table(stages, STAGE_COLUMNS))
     if loops:
-        print(f"\ntraining loop (vit.engine.train_one_epoch, fp32, {args.device}), after the first "
+        print(f"\ntraining loop (vit.training.epoch.train_one_epoch, fp32, {args.device}), after the first "
               "batch; workers 'mem' = data.pipeline=memory:")
         print(format_table(loops, TRAIN_COLUMNS))
     payload = {"benchmark": "data_speed", "machine": info, "settings": vars(args),

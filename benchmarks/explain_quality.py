@@ -52,7 +52,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from vit.data import eval_geometry, load_image, resolve_data_dirs, scan_folder
+from vit.data.folders import resolve_data_dirs, scan_folder
+from vit.data.images import load_image
+from vit.data.synthetic import BOXES_FILE, load_boxes
+from vit.data.transforms import eval_geometry
 from vit.errors import DataError
 from vit.explain import (
     attention_rollout,
@@ -62,14 +65,13 @@ from vit.explain import (
     random_saliency,
     raw_attention,
 )
-from vit.model import VisionTransformer, config_dict
-from vit.predict import Classifier
-from vit.synthetic import BOXES_FILE, load_boxes
+from vit.inference.classifier import Classifier
+from vit.models.vision_transformer import VisionTransformer, config_dict
 
 if not __package__:  # run as `python benchmarks/explain_quality.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import command_line, format_header, machine_info, write_json  # noqa: E402
+from benchmarks.common import command_line, format_header, machine_info, write_json
 
 logger = logging.getLogger(__name__)
 

@@ -44,8 +44,9 @@ IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "crop_p
 
 
 def random_checkpoint(path: Path, model_name: str, num_classes: int) -> Path:
-    from vit.checkpoint import atomic_save, make_checkpoint
-    from vit.model import create_model
+    from vit.io import atomic_save
+    from vit.models.checkpoint import make_checkpoint
+    from vit.models.presets import create_model
 
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=num_classes)
@@ -66,8 +67,8 @@ def pick_images(source: str, num: int, scratch: Path) -> list[str]:
             Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(path)
             paths.append(str(path))
         return paths
-    from vit.attention_stats import spread_sample
-    from vit.predict import expand_paths
+    from vit.data.folders import expand_paths
+    from vit.explain.attention_stats import spread_sample
 
     return [str(p) for p in spread_sample(expand_paths([source]), num)]
 

@@ -3,7 +3,7 @@
     python benchmarks/gpu_check.py --data /tmp/data --device cuda --json gpu_check.json
 
 On a class-balanced subset of an image folder (CIFAR-10 by default; ``--per-class`` images of
-each class, linked into a temporary folder), ``vit.trainer.train`` runs ``--epochs`` epochs of
+each class, linked into a temporary folder), ``vit.training.trainer.train`` runs ``--epochs`` epochs of
 ``vit_tiny_patch4_32`` once per combination of precision (bf16; fp16 with a GradScaler) and input
 pipeline (albumentations with loader workers; memory), exactly as ``python train.py`` would.
 Each run must end with
@@ -39,15 +39,16 @@ from typing import Any
 import torch
 
 from vit.config import load_config
-from vit.data import resolve_data_dirs, scan_folder
-from vit.engine import resolve_device
+from vit.data.folders import resolve_data_dirs, scan_folder
 from vit.explain import attention_rollout, gradient_rollout
-from vit.predict import Classifier
-from vit.trainer import read_jsonl, train
+from vit.inference.classifier import Classifier
+from vit.io import read_jsonl
+from vit.runtime import resolve_device
+from vit.training.trainer import train
 
 if not __package__:  # run as `python benchmarks/gpu_check.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import command_line, format_header, machine_info, run_cli, write_json  # noqa: E402
+from benchmarks.common import command_line, format_header, machine_info, run_cli, write_json
 
 CIFAR_NORM = ["data.mean=[0.4914,0.4822,0.4465]", "data.std=[0.2470,0.2435,0.2616]"]
 RUNS = (("bf16", "memory"), ("bf16", "albumentations"), ("fp16", "memory"),

@@ -9,7 +9,7 @@ AdamW on CUDA) timed with CUDA events, median of ``--repeats`` rounds of ``--ite
 
     MFU = images/s x FLOPs per training image / measured matmul FLOP/s
 
-FLOPs per image are analytic (``vit.model.count_flops_per_image(train=True)``: forward with
+FLOPs per image are analytic (``vit.models.presets.count_flops_per_image(train=True)``: forward with
 attention, times 3). ``--profile`` prints the ten most expensive kernels of one compiled step
 of the first configuration: the evidence for where a missed goal's time goes.
 """
@@ -25,11 +25,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vit.model import count_flops_per_image, create_model
+from vit.models.presets import count_flops_per_image, create_model
 
 if not __package__:  # run as `python benchmarks/gpu_efficiency.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     Column,
     command_line,
     format_header,

@@ -38,19 +38,14 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer as TimmVisionTransformer
 from torch import nn
 
-from vit.engine import autocast, resolve_device, resolve_precision
-from vit.model import (
-    VisionTransformer,
-    ViTConfig,
-    count_flops_per_image,
-    create_model,
-    list_models,
-)
+from vit.models.presets import count_flops_per_image, create_model, list_models
+from vit.models.vision_transformer import VisionTransformer, ViTConfig
+from vit.runtime import autocast, resolve_device, resolve_precision
 
 if not __package__:  # run as `python benchmarks/model_speed.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     BenchmarkError,
     Column,
     command_line,
@@ -134,7 +129,7 @@ def check_same_logits(ours: nn.Module, theirs: nn.Module, x: torch.Tensor) -> fl
     if not diff <= LOGIT_ATOL:
         raise BenchmarkError(
             f"ours and timm's logits differ by {diff:.3g} (> {LOGIT_ATOL}); the comparison would "
-            "time two different functions. Check vit/model.py against timm before benchmarking."
+            "time two different functions. Check vit/models/vision_transformer.py against timm before benchmarking."
         )
     if a.std().item() == 0.0:
         raise BenchmarkError("the logits are constant, so the correctness check proves nothing")

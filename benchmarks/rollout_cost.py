@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 
 from vit.explain import attention_rollout, gradient_rollout, rollout_from_attentions
-from vit.model import create_model, list_models
+from vit.models.presets import create_model, list_models
 
 if not __package__:  # run as `python benchmarks/rollout_cost.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import format_header, machine_info  # noqa: E402
+from benchmarks.common import format_header, machine_info
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:

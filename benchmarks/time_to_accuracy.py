@@ -5,7 +5,7 @@
         --out runs/tta --json benchmarks/results/time_to_accuracy_cpu.json \
         --png benchmarks/results/time_to_accuracy_cpu.png
 
-Each run is `vit.trainer.train` exactly as `python train.py --config ...` runs it, including
+Each run is `vit.training.trainer.train` exactly as `python train.py --config ...` runs it, including
 the allocator setting the CLI applies at start-up (without it the CPU runs here were 1.3-1.6x
 slower). Time is wall time from the start of the call (scanning, decoding, every evaluation
 included) to the end of each epoch, read from the ``elapsed_s`` field of metrics.jsonl. ``--budget-min`` adds a line
@@ -25,11 +25,13 @@ from pathlib import Path
 import torch
 
 from vit.config import load_config
-from vit.trainer import read_jsonl, train
+from vit.io import read_jsonl
+from vit.plots import plot_accuracy_vs_time
+from vit.training.trainer import train
 
 if not __package__:  # run as `python benchmarks/time_to_accuracy.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     command_line,
     format_header,
     load_average,
@@ -71,27 +73,9 @@ def table(runs: list[dict], budgets: list[float]) -> str:
 
 
 def plot(runs: list[dict], budgets: list[float], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    for r in runs:
-        minutes = [e["elapsed_s"] / 60 for e in r["epochs"]]
-        top1 = [e["val_top1"] for e in r["epochs"]]
-        ax.plot(minutes, top1, marker="o", label=Path(r["config"]).stem)
-    for b in budgets:
-        ax.axvline(b, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("wall time since start (min), set-up and evaluation included")
-    ax.set_ylabel("held-out top-1 (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    series = {Path(r["config"]).stem: [(e["elapsed_s"], e["val_top1"]) for e in r["epochs"]]
+              for r in runs}
+    plot_accuracy_vs_time(series, path, title=title, budgets_s=[60 * b for b in budgets])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -109,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     budgets = args.budget_min or [5.0, 30.0]
-    pin_malloc()  # what `python train.py` does at start-up (vit.perf.keep_freed_memory)
+    pin_malloc()  # what `python train.py` does at start-up (vit.runtime.keep_freed_memory)
     device = torch.device("cuda" if any(o.startswith("train.device=cuda") for o in args.overrides)
                           else "cpu")
     results = {"machine": machine_info(device, command_line(__file__, argv)),

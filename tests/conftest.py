@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vit.synthetic import make_shapes_dataset
+from vit.data.synthetic import make_shapes_dataset
 
 
 @pytest.fixture(scope="session")

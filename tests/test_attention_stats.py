@@ -11,7 +11,9 @@ import torch
 from test_predict import save_checkpoint, tiny_model
 from test_train import make_folder, tiny_config
 
-from vit.attention_stats import (
+from vit.cli import main
+from vit.errors import ConfigError
+from vit.explain.attention_stats import (
     attention_entropy,
     attention_stats,
     folder_attention_stats,
@@ -20,10 +22,8 @@ from vit.attention_stats import (
     patch_distances,
     spread_sample,
 )
-from vit.checkpoint import load_checkpoint
-from vit.cli import main
-from vit.errors import ConfigError
-from vit.predict import Classifier
+from vit.inference.classifier import Classifier
+from vit.models.checkpoint import load_checkpoint
 
 
 def test_patch_distances_are_pixels_between_patch_centres():
@@ -152,8 +152,8 @@ def test_command_errors_are_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_untrained_is_the_model_that_vit_train_started_from(tmp_path):
     """A run that trains only the head keeps the initial backbone: --untrained must rebuild it."""
-    from vit.attention_files import _classifier
-    from vit.trainer import train
+    from vit.inference.attention_files import _classifier
+    from vit.training.trainer import train
 
     data = make_folder(tmp_path / "data", size=16)
     cfg = tiny_config(data, tmp_path / "run", "train.freeze=backbone", "train.epochs=1",

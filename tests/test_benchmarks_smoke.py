@@ -18,7 +18,8 @@ if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts, not an inst
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import common, data_speed, gpu_efficiency, model_speed, time_to_accuracy  # noqa: E402
-from vit.model import VisionTransformer, ViTConfig, count_flops_per_image  # noqa: E402
+from vit.models.presets import count_flops_per_image  # noqa: E402
+from vit.models.vision_transformer import VisionTransformer, ViTConfig  # noqa: E402
 
 HEADER_KEYS = {"date", "command", "cpu", "cpu_count", "torch", "torch_threads", "loadavg"}
 
@@ -208,7 +209,7 @@ def test_gpu_efficiency_main_on_cpu_smallest(tmp_path: Path, capsys: pytest.Capt
 
 
 def model_speed_config(name: str) -> ViTConfig:
-    from vit.model import create_model
+    from vit.models.presets import create_model
 
     return create_model(name, num_classes=1000).config
 

@@ -22,9 +22,9 @@ from test_predict import (
     write_image,
 )
 
-from vit.checkpoint import FORMAT_VERSION, load_checkpoint
 from vit.cli import main
-from vit.predict import Classifier
+from vit.inference.classifier import Classifier
+from vit.models.checkpoint import FORMAT_VERSION, load_checkpoint
 
 VIT_SCRIPT = Path(sys.executable).with_name("vit")
 
@@ -271,9 +271,9 @@ def test_code_in_a_pickle_never_runs(trained, capsys, tmp_path, malicious_checkp
 
 @pytest.mark.slow
 def test_end_to_end_from_vit_trainer(tmp_path, capsys):
-    """vit.trainer.train writes best.pt; predict and evaluate read it and agree."""
+    """vit.training.trainer.train writes best.pt; predict and evaluate read it and agree."""
     from vit.config import load_config
-    from vit.trainer import train
+    from vit.training.trainer import train
 
     data = make_colour_folder(tmp_path / "data", per_class=8)
     cfg = load_config(None, [f"data.root={data}", "model.name=vit_nano_patch4_32",
@@ -298,4 +298,4 @@ def test_end_to_end_from_vit_trainer(tmp_path, capsys):
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     targets = torch.tensor([clf.classes.index(f.parent.name) for f in files])
     accuracy = (clf.predict_proba(files).argmax(dim=1) == targets).float().mean()
-    assert report["top1"] == pytest.approx(float(accuracy), abs=1e-6)
+    assert report["top1"] == pytest.approx(100 * float(accuracy), abs=1e-4)  # percent

@@ -68,7 +68,7 @@ def test_config_from_dict_defaults():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_recipes_load_and_name_a_known_model(path):
-    from vit.model import list_models
+    from vit.models.presets import list_models
 
     cfg = load_config(path)
     assert cfg.model.name in list_models()

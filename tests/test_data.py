@@ -1,4 +1,4 @@
-"""vit.data: folder layouts, scanning errors, robust decoding, splits, transforms, loaders."""
+"""vit.data.folders: folder layouts, scanning errors, robust decoding, splits, transforms, loaders."""
 
 from __future__ import annotations
 
@@ -13,28 +13,25 @@ import pytest
 import torch
 from PIL import Image
 
-from vit.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ImageFolderDataset,
-    UnreadableImageError,
+from vit.data.dataset import ImageFolderDataset
+from vit.data.folders import resolve_data_dirs, scan_folder
+from vit.data.images import UnreadableImageError, load_image, preflight
+from vit.data.loader import EpochSampler, build_loader, set_epoch
+from vit.data.splits import (
     balanced_class_weights,
     build_data_report,
-    build_transform,
     class_counts,
-    eval_geometry,
-    eval_image,
-    eval_transform_for,
-    load_image,
-    preflight,
-    resolve_crop_pct,
-    resolve_data_dirs,
-    scan_folder,
-    scan_image_folder,
     stratified_split,
 )
+from vit.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_transform,
+    eval_geometry,
+    normalize_transform,
+    resolve_crop_pct,
+)
 from vit.errors import ConfigError, DataError
-from vit.loader import EpochSampler, build_loader, set_epoch
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -135,7 +132,6 @@ def test_scan_sorts_classes_and_paths_and_filters_files(tmp_path):
                      "apple/d.Png", "apple/nested/e.jpeg", "zebra/a.png", "zebra/b.png"]
     assert [t for _, t in scan.samples] == [0, 0, 1, 1, 1, 1, 1, 2, 2]
     assert [Path(p).name for p in scan.ignored] == ["notes.txt"]
-    assert scan_image_folder(tmp_path) == (scan.samples, scan.classes)
 
 
 def _no_classes(root: Path) -> None:
@@ -168,16 +164,16 @@ def test_scan_errors(tmp_path, build, match):
     root = tmp_path / "data"
     build(root)
     with pytest.raises(DataError, match=match):
-        scan_image_folder(root)
+        scan_folder(root)
 
 
 def test_scan_with_given_classes_uses_their_order(tmp_path):
     make_folder(tmp_path / "val", {"cat": 1, "dog": 1})
-    samples, classes = scan_image_folder(tmp_path / "val", classes=["dog", "cat", "eel"])
-    assert classes == ["dog", "cat", "eel"]
-    assert [(Path(p).parent.name, t) for p, t in samples] == [("dog", 0), ("cat", 1)]
+    scan = scan_folder(tmp_path / "val", classes=["dog", "cat", "eel"])
+    assert scan.classes == ["dog", "cat", "eel"]
+    assert [(Path(p).parent.name, t) for p, t in scan.samples] == [("dog", 0), ("cat", 1)]
     with pytest.raises(DataError, match=r"class folders \['dog'\]"):
-        scan_image_folder(tmp_path / "val", classes=["cat"])
+        scan_folder(tmp_path / "val", classes=["cat"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +307,7 @@ def test_preflight_drops_bad_files_with_reasons(tmp_path):
     make_folder(tmp_path, {"a": 3, "b": 3})
     (tmp_path / "a" / "001.png").write_bytes(b"")
     (tmp_path / "b" / "002.png").write_text("text")
-    samples, _ = scan_image_folder(tmp_path)
+    samples = scan_folder(tmp_path).samples
     for workers in (0, 2):
         good, skipped = preflight(samples, workers=workers)
         assert good == [s for s in samples if not s[0].endswith(("a/001.png", "b/002.png"))]
@@ -328,7 +324,8 @@ def test_preflight_drops_bad_files_with_reasons(tmp_path):
 
 def test_dataset_substitutes_a_file_that_breaks_after_preflight(tmp_path, caplog):
     make_folder(tmp_path, {"a": 2, "b": 2})
-    samples, classes = scan_image_folder(tmp_path)
+    scan = scan_folder(tmp_path)
+    samples, classes = scan.samples, scan.classes
     ds = ImageFolderDataset(samples, classes, build_transform(img_size=8, train=False))
     Path(samples[1][0]).write_bytes(b"")  # a/001.png breaks; next is b/000.png
     x, y = ds[1]
@@ -344,7 +341,8 @@ def test_dataset_substitutes_a_file_that_breaks_after_preflight(tmp_path, caplog
 
 def test_dataset_raises_after_too_many_consecutive_failures(tmp_path):
     make_folder(tmp_path, {"a": 4})
-    samples, classes = scan_image_folder(tmp_path)
+    scan = scan_folder(tmp_path)
+    samples, classes = scan.samples, scan.classes
     for path, _ in samples:
         Path(path).write_bytes(b"")
     ds = ImageFolderDataset(samples, classes, max_consecutive_failures=3)
@@ -466,7 +464,7 @@ def test_randaugment_extremes_run(n, m):
 
 def test_eval_transform_normalises_and_is_deterministic():
     mean_colour = tuple(round(255 * m) for m in IMAGENET_MEAN)
-    t = eval_transform_for(16, IMAGENET_MEAN, IMAGENET_STD, None)
+    t = build_transform(img_size=16, train=False, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     x = t(solid(mean_colour, (20, 16)))
     assert x.shape == (3, 16, 16) and x.abs().max() < 0.01
     white = t(solid((255, 255, 255), (16, 16)))
@@ -474,12 +472,16 @@ def test_eval_transform_normalises_and_is_deterministic():
         IMAGENET_STD), atol=1e-5)
     img = noise_image()
     assert torch.equal(t(img), t(img))
+    # the eval transform in two steps (what Classifier does): the same tensor, bit for bit
+    two_steps = normalize_transform(IMAGENET_MEAN, IMAGENET_STD)(
+        eval_geometry(16)(image=np.asarray(img))["image"])
+    assert torch.equal(two_steps, t(img))
 
 
 def test_eval_crop_224_resizes_to_256_then_centre_crops():
     assert resolve_crop_pct(224, None) == 0.875 and resolve_crop_pct(48, None) == 1.0
     arr = np.asarray(noise_image((256, 300)))
-    out = eval_image(Image.fromarray(arr), img_size=224, crop_pct=0.875)
+    out = eval_geometry(224, crop_pct=0.875)(image=arr)["image"]
     assert out.dtype == np.uint8 and out.shape == (224, 224, 3)
     assert np.array_equal(out, arr[16:240, 38:262])  # no resize needed, only the crop
     big = eval_geometry(224, 0.875)(image=np.asarray(noise_image((512, 1024))))["image"]
@@ -492,7 +494,7 @@ def test_eval_crop_224_resizes_to_256_then_centre_crops():
 
 def test_small_images_are_not_centre_cropped():
     arr = np.asarray(noise_image((48, 48)))
-    assert np.array_equal(eval_image(arr, img_size=48), arr)
+    assert np.array_equal(eval_geometry(48)(image=arr)["image"], arr)
 
 
 @pytest.mark.parametrize(
@@ -515,7 +517,8 @@ def make_small_dataset(root: Path, seed: int | None = None) -> ImageFolderDatase
     if not root.exists():
         for i in range(8):
             save(noise_image((20, 20), seed=i), root / f"c{i % 2}" / f"{i}.png")
-    samples, classes = scan_image_folder(root)
+    scan = scan_folder(root)
+    samples, classes = scan.samples, scan.classes
     return ImageFolderDataset(samples, classes, build_transform(img_size=16, train=True),
                               seed=seed)
 

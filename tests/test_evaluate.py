@@ -1,4 +1,4 @@
-"""vit.evaluation and `vit evaluate`: the report equals numbers computed by hand, folders are
+"""vit.inference.evaluate and `vit evaluate`: the report equals numbers computed by hand, folders are
 matched to the checkpoint's classes by name, and evaluate.py agrees with predict_proba."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from torch import nn
 
 from vit.cli import main
 from vit.errors import DataError
-from vit.evaluation import evaluate_folder, format_summary, match_classes, resolve_eval_dir
-from vit.predict import Classifier
+from vit.inference.classifier import Classifier
+from vit.inference.evaluate import evaluate_folder, format_summary, match_classes, resolve_eval_dir
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -63,22 +63,22 @@ def test_report_equals_the_numbers_computed_by_hand(hand_made, tmp_path):
 
     p_true = [0.82, 0.40, 0.84, 0.62, 0.62, 0.40]  # probability of the true class, per image
     assert report["num_images"] == 6
-    assert report["top1"] == pytest.approx(4 / 6)
-    assert report["top5"] == pytest.approx(1.0)  # top-3 of 3 classes
+    assert report["top1"] == pytest.approx(100 * 4 / 6)  # percent, as everywhere
+    assert report["top5"] == pytest.approx(100.0)  # top-3 of 3 classes
     assert report["loss"] == pytest.approx(-sum(map(math.log, p_true)) / 6, abs=1e-5)
     # 15 bins: {.48, .52} both wrong, {.62, .62} both right, {.82, .84} both right
     ece = (abs(0 - (0.48 + 0.52)) + abs(2 - 1.24) + abs(2 - (0.82 + 0.84))) / 6
     assert report["ece"] == pytest.approx(ece, abs=1e-5)
     assert report["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]  # rows = true
-    expected = {  # precision, recall, f1
-        "red": (1 / 2, 1 / 2, 1 / 2),
-        "green": (2 / 3, 1.0, 0.8),
-        "blue": (1.0, 1 / 2, 2 / 3),
+    expected = {  # precision, recall, f1 in percent
+        "red": (50.0, 50.0, 50.0),
+        "green": (100 * 2 / 3, 100.0, 80.0),
+        "blue": (100.0, 50.0, 100 * 2 / 3),
     }
     for name, (precision, recall, f1) in expected.items():
         row = report["per_class"][name]
         assert (row["precision"], row["recall"], row["f1"]) == \
-            pytest.approx((precision, recall, f1), abs=1e-6)
+            pytest.approx((precision, recall, f1), abs=1e-4)
         assert row["support"] == 2
     assert report["unknown_classes"] == ["zebra"] and report["num_unknown_class_images"] == 1
     assert report["missing_classes"] == []
@@ -98,7 +98,7 @@ def test_summary_table_shows_the_headline_numbers(hand_made):
     clf, data = hand_made
     text = format_summary(evaluate_folder(clf, data))
     assert "top-1 66.67%" in text and "top-5 100.00%" in text
-    assert "green     0.6667  1.0000  0.8000        2" in text
+    assert "green     66.67%  100.00%   80.00%        2" in text
     assert "folders the model does not know (left out): 1" in text
     assert "unreadable files skipped: 1" in text
 
@@ -170,7 +170,7 @@ def test_evaluate_accuracy_equals_predict_proba(tmp_path, capsys, runner):
     clf = Classifier.from_checkpoint(ckpt, device="cpu")
     files = sorted(data.glob("*/*.png"))
     targets = torch.tensor([clf.classes.index(f.parent.name) for f in files])
-    accuracy = float((clf.predict_proba(files).argmax(dim=1) == targets).float().mean())
-    assert 0 < accuracy < 1  # a model that is neither always right nor always wrong
-    assert report["top1"] == pytest.approx(accuracy, abs=1e-6)
-    assert f"top-1 {accuracy:.2%}" in stdout
+    accuracy = 100 * float((clf.predict_proba(files).argmax(dim=1) == targets).float().mean())
+    assert 0 < accuracy < 100  # a model that is neither always right nor always wrong
+    assert report["top1"] == pytest.approx(accuracy, abs=1e-4)
+    assert f"top-1 {accuracy:.2f}%" in stdout

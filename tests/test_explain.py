@@ -23,7 +23,7 @@ from vit.explain import (
     raw_attention,
     rollout_from_attentions,
 )
-from vit.model import VisionTransformer
+from vit.models.vision_transformer import VisionTransformer
 
 TINY = dict(img_size=32, patch_size=8, num_classes=3, embed_dim=32, depth=2, num_heads=2)
 
@@ -340,6 +340,17 @@ def test_raw_attention_is_the_fused_cls_row_of_one_layer():
     torch.testing.assert_close(raw_attention(model, x), attentions[-1].mean(1)[:, 0, 1:].reshape(2, 4, 4))
     with pytest.raises(ValueError, match="layer"):
         raw_attention(model, x, layer=2)
+
+
+@pytest.mark.parametrize("method", ["rollout", "grad-rollout", "attention"])
+def test_return_logits_gives_the_same_map_and_the_models_logits(method):
+    model = tiny_model()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    maps, logits = explain(model, x, method=method, return_logits=True)
+    torch.testing.assert_close(maps, explain(model, x, method=method), rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model.eval()(x), atol=1e-5, rtol=1e-5)
+    assert not logits.requires_grad
 
 
 def test_explain_rejects_an_unknown_method():

@@ -13,20 +13,19 @@ import pytest
 import torch
 from torch import nn
 
-from vit.attention_stats import patch_distances
 from vit.cli import main
 from vit.explain import attention_rollout, deletion_auc, explain, insertion_auc
-from vit.explorer import (
+from vit.explain.attention_stats import patch_distances
+from vit.explain.explorer import (
     PageOptions,
-    check_html_output,
-    decode_rows,
-    encode_rows,
     explorer_page,
     image_records,
     query_rollout,
 )
-from vit.model import VisionTransformer
-from vit.predict import Classifier
+from vit.explain.explorer_html import decode_rows, encode_rows
+from vit.inference.attention_files import check_html_output
+from vit.inference.classifier import Classifier
+from vit.models.vision_transformer import VisionTransformer
 
 CLASSES = ["circle", "square", "triangle", "ring", "cross"]
 PREPROCESS = {"img_size": 48, "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0}

@@ -24,9 +24,9 @@ from test_predict import save_checkpoint
 
 from vit.cli import main
 from vit.explain import attention_rollout
-from vit.explorer import PageOptions, explorer_page
-from vit.model import create_model
-from vit.predict import Classifier
+from vit.explain.explorer import PageOptions, explorer_page
+from vit.inference.classifier import Classifier
+from vit.models.presets import create_model
 
 pytestmark = pytest.mark.browser
 
@@ -231,7 +231,7 @@ def test_overlay_is_the_attention_row_of_the_chosen_query_layer_and_head(browser
     page.keyboard.press("ArrowRight")
     check_attention(page, attentions, image=2, layer=2, head=2, query=3 + 25)
     with torch.no_grad():
-        from vit.attention_stats import mean_attention_distance
+        from vit.explain.attention_stats import mean_attention_distance
         distance = mean_attention_distance(attentions[2], 3, (6, 6), 8)[2, 2].item()
     assert f"mean attention distance {distance:.1f} px" in watched.text("#stats-readout")
     assert watched.text("#image-name") == names[2]

@@ -1,4 +1,4 @@
-"""vit.export and `vit export`: safetensors + sidecar load back; ONNX runs in onnxruntime with
+"""vit.inference.export and `vit export`: safetensors + sidecar load back; ONNX runs in onnxruntime with
 the same logits as PyTorch, any batch size."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import pytest
 import torch
 from test_predict import colour_image, save_checkpoint, tiny_model
 
-from vit import export as export_lib
 from vit.cli import main
 from vit.errors import VitError
-from vit.export import export_checkpoint, onnx_sidecar_path
-from vit.predict import Classifier
+from vit.inference import export as export_lib
+from vit.inference.classifier import Classifier
+from vit.inference.export import export_checkpoint, onnx_sidecar_path
 
 CLASSES = ["cat", "dog", "fox"]
 

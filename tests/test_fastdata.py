@@ -1,4 +1,4 @@
-"""The in-memory pipeline (vit/fastdata.py) against the albumentations pipeline it replaces."""
+"""The in-memory pipeline (vit/memory.py) against the albumentations pipeline it replaces."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import torch
 from albumentations.augmentations.pixel import functional as fpixel
 from PIL import Image
 
-import vit.data as data_lib
-from vit import fastdata
-from vit.data import A, build_transform
+from vit.data import memory
+from vit.data.images import load_image
+from vit.data.loader import set_epoch
+from vit.data.transforms import A, build_transform, eval_geometry
 from vit.errors import ConfigError
-from vit.loader import set_epoch
 
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 
@@ -49,7 +49,7 @@ def albumentations_boxes(n: int, *, height: int, width: int, scale, ratio) -> np
 ])
 def test_crop_boxes_follow_the_albumentations_distribution(height, width, scale, ratio):
     n = 4000
-    ours = fastdata.sample_crop_boxes(n, height=height, width=width, scale=scale, ratio=ratio,
+    ours = memory.sample_crop_boxes(n, height=height, width=width, scale=scale, ratio=ratio,
                                       generator=torch.Generator().manual_seed(0)).numpy()
     theirs = albumentations_boxes(n, height=height, width=width, scale=scale, ratio=ratio)
     limit = ks_threshold(n, n)
@@ -62,7 +62,7 @@ def test_crop_boxes_follow_the_albumentations_distribution(height, width, scale,
 
 def test_the_ks_check_can_tell_different_scales_apart():
     n = 4000
-    ours = fastdata.sample_crop_boxes(n, height=32, width=32, scale=(0.5, 1.0), ratio=(0.75, 4 / 3),
+    ours = memory.sample_crop_boxes(n, height=32, width=32, scale=(0.5, 1.0), ratio=(0.75, 4 / 3),
                                       generator=torch.Generator().manual_seed(0)).numpy()
     theirs = albumentations_boxes(n, height=32, width=32, scale=(0.08, 1.0), ratio=(0.75, 4 / 3))
     assert ks_statistic(ours[:, 2], theirs[:, 2]) > 3 * ks_threshold(n, n)
@@ -77,7 +77,7 @@ def test_crop_and_resize_match_albumentations_pixels():
         for flip in (False, True):
             x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
             box = torch.tensor([[x0, y0, w, h]], dtype=torch.float64)
-            grid = fastdata.crop_grid(box, torch.tensor([flip]), height=32, width=32,
+            grid = memory.crop_grid(box, torch.tensor([flip]), height=32, width=32,
                                       size=32).float()
             ours = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border",
                                                    align_corners=False)
@@ -94,7 +94,7 @@ def _pipeline_outputs(image: np.ndarray, n: int, **kwargs) -> tuple[np.ndarray, 
     for i in range(n):
         tf.set_sample_seed(0, 0, i)
         theirs.append(tf(image).numpy())
-    aug = fastdata.BatchAugment(img_size=image.shape[0], mean=MEAN, std=STD, **kwargs)
+    aug = memory.BatchAugment(img_size=image.shape[0], mean=MEAN, std=STD, **kwargs)
     batch = torch.from_numpy(image)[None].repeat(n, 1, 1, 1)
     ours = aug(batch, torch.Generator().manual_seed(0)).numpy()
     return ours, np.stack(theirs)
@@ -150,12 +150,12 @@ def _np(x: torch.Tensor) -> np.ndarray:
 def test_pixel_ops_equal_albumentations(photo):
     one = torch.ones(1, dtype=torch.float32)
     cases = [
-        (fastdata.posterize(_t(photo), one * 3), fpixel.posterize(photo, 3)),
-        (fastdata.solarize(_t(photo), one * 0.6), fpixel.solarize(photo, 0.6)),
-        (fastdata.equalize(_t(photo)), fpixel.equalize(photo)),
-        (fastdata.brightness_contrast(_t(photo), 1.3, -0.2),
+        (memory.posterize(_t(photo), one * 3), fpixel.posterize(photo, 3)),
+        (memory.solarize(_t(photo), one * 0.6), fpixel.solarize(photo, 0.6)),
+        (memory.equalize(_t(photo)), fpixel.equalize(photo)),
+        (memory.brightness_contrast(_t(photo), 1.3, -0.2),
          albucore.multiply_add(photo, 1.3, -0.2 * 255, inplace=False)),
-        (fastdata.saturation(_t(photo), one * 1.6),
+        (memory.saturation(_t(photo), one * 1.6),
          fpixel.adjust_saturation_torchvision(photo, 1.6)),
     ]
     for i, (ours, theirs) in enumerate(cases):
@@ -167,7 +167,7 @@ def test_autocontrast_is_equalize_up_to_albumentations_histogram_binning(photo):
     """AutoContrast(method="cdf") builds the equalisation table, but from cv2.calcHist over the
     range [0, 255) in 256 bins, which shifts a few bins by one: a few levels of difference."""
     theirs = A.AutoContrast(p=1.0)(image=photo)["image"].astype(np.float32)
-    diff = np.abs(_np(fastdata.equalize(_t(photo))) - theirs)
+    diff = np.abs(_np(memory.equalize(_t(photo))) - theirs)
     assert diff.max() <= 4.0 and diff.mean() < 2.0, (diff.max(), diff.mean())
     assert np.abs(photo.astype(np.float32) - theirs).mean() > 5 * diff.mean()  # it did change
 
@@ -177,19 +177,19 @@ def test_sharpen_matches_the_albumentations_kernel(photo):
     kernel = (1 - alpha) * np.array([[0, 0, 0], [0, 1, 0], [0, 0, 0]], np.float32) + alpha * np.array(
         [[-1, -1, -1], [-1, 9, -1], [-1, -1, -1]], np.float32)
     theirs = fpixel.convolve(photo, kernel)
-    ours = fastdata.sharpen(_t(photo), torch.tensor([alpha]))
+    ours = memory.sharpen(_t(photo), torch.tensor([alpha]))
     assert np.abs(_np(ours) - theirs).max() <= 1.0
 
 
 def test_equalize_of_a_flat_channel_is_unchanged():
     flat = torch.full((1, 3, 8, 8), 77.0)
-    assert torch.equal(fastdata.equalize(flat), flat)
+    assert torch.equal(memory.equalize(flat), flat)
 
 
 @pytest.mark.parametrize(("ours", "theirs"), [
-    (lambda: fastdata._rotation(torch.tensor([20.0])), dict(rotate=(20, 20))),
-    (lambda: fastdata._shear(torch.tensor([12.0]), axis=0), dict(shear={"x": (12, 12), "y": (0, 0)})),
-    (lambda: fastdata._translate(torch.tensor([0.25]), axis=0),
+    (lambda: memory._rotation(torch.tensor([20.0])), dict(rotate=(20, 20))),
+    (lambda: memory._shear(torch.tensor([12.0]), axis=0), dict(shear={"x": (12, 12), "y": (0, 0)})),
+    (lambda: memory._translate(torch.tensor([0.25]), axis=0),
      dict(translate_percent={"x": (0.25, 0.25), "y": (0, 0)})),
 ])
 def test_affine_ops_move_pixels_like_albumentations(photo, ours, theirs):
@@ -203,7 +203,7 @@ def test_affine_ops_move_pixels_like_albumentations(photo, ours, theirs):
         t[:, 0, 1] *= sign
         t[:, 1, 0] *= sign
         t[:, :, 2] *= sign
-        warped = fastdata.affine(_t(photo), t, torch.tensor(fill, dtype=torch.float32))
+        warped = memory.affine(_t(photo), t, torch.tensor(fill, dtype=torch.float32))
         errors.append(np.abs(_np(warped.round()) - reference).mean())
     assert min(errors) < 3.0, errors  # interpolation at borders differs by a few levels
     assert max(errors) > min(errors) + 3.0  # and the comparison can tell the two senses apart
@@ -226,39 +226,40 @@ def test_decode_images_matches_the_eval_transform_and_skips_bad_files(tmp_path):
     paths = _folder(tmp_path)
     (tmp_path / "bad.png").write_bytes(b"not a png")
     paths.insert(3, str(tmp_path / "bad.png"))
-    images, kept, skipped = fastdata.decode_images(paths, size=16, crop_pct=0.875, workers=2)
+    images, kept, skipped = memory.decode_images(paths, size=16, crop_pct=0.875, workers=2)
     assert kept == [i for i in range(len(paths)) if i != 3]
     assert [s["path"] for s in skipped] == [paths[3]]
     assert images.shape == (10, 16, 16, 3) and images.dtype == torch.uint8
     for row, i in enumerate(kept):
-        expected = data_lib.eval_image(data_lib.load_image(paths[i]), img_size=16, crop_pct=0.875)
+        image = np.asarray(load_image(paths[i]))
+        expected = eval_geometry(16, crop_pct=0.875)(image=image)["image"]
         assert np.array_equal(images[row].numpy(), expected)
 
 
 def test_decode_images_refuses_what_does_not_fit_in_memory(tmp_path, monkeypatch):
     paths = _folder(tmp_path, n=3)
-    monkeypatch.setattr(fastdata, "_physical_memory", lambda: 1000)
+    monkeypatch.setattr(memory, "_physical_memory", lambda: 1000)
     with pytest.raises(ConfigError, match="data.pipeline=albumentations"):
-        fastdata.decode_images(paths, size=16)
+        memory.decode_images(paths, size=16)
 
 
 def test_eval_loader_gives_what_the_albumentations_eval_transform_gives(tmp_path):
     paths = _folder(tmp_path)
-    images, kept, _ = fastdata.decode_images(paths, size=16, crop_pct=0.875)
-    aug = fastdata.BatchAugment(img_size=16, mean=MEAN, std=STD, train=False)
-    loader = fastdata.MemoryLoader(images, list(range(len(kept))), augment=aug, batch_size=4,
+    images, kept, _ = memory.decode_images(paths, size=16, crop_pct=0.875)
+    aug = memory.BatchAugment(img_size=16, mean=MEAN, std=STD, train=False)
+    loader = memory.MemoryLoader(images, list(range(len(kept))), augment=aug, batch_size=4,
                                    shuffle=False, drop_last=False, seed=0)
     x = torch.cat([b for b, _ in loader])
     tf = build_transform(img_size=16, train=False, mean=MEAN, std=STD, crop_pct=0.875)
-    expected = torch.stack([tf(data_lib.load_image(p)) for p in paths])
+    expected = torch.stack([tf(load_image(p)) for p in paths])
     torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)
     assert len(loader) == 3
 
 
 def _train_loader(images, **kwargs):
-    aug = fastdata.BatchAugment(img_size=16, mean=MEAN, std=STD, scale=(0.3, 1.0), randaug_n=2)
+    aug = memory.BatchAugment(img_size=16, mean=MEAN, std=STD, scale=(0.3, 1.0), randaug_n=2)
     defaults = dict(augment=aug, batch_size=4, shuffle=True, drop_last=True, seed=3)
-    return fastdata.MemoryLoader(images, list(range(images.shape[0])), **{**defaults, **kwargs})
+    return memory.MemoryLoader(images, list(range(images.shape[0])), **{**defaults, **kwargs})
 
 
 def test_memory_loader_is_reproducible_resumable_and_sharded():
@@ -286,7 +287,7 @@ def test_memory_loader_is_reproducible_resumable_and_sharded():
 
 
 def test_training_augmentation_needs_uint8_and_a_generator():
-    aug = fastdata.BatchAugment(img_size=8, mean=MEAN, std=STD)
+    aug = memory.BatchAugment(img_size=8, mean=MEAN, std=STD)
     with pytest.raises(ValueError, match="uint8"):
         aug(torch.zeros((1, 8, 8, 3)), torch.Generator())
     with pytest.raises(ValueError, match="generator"):
@@ -297,7 +298,7 @@ def test_training_augmentation_needs_uint8_and_a_generator():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_augmentation_on_the_gpu_equals_the_cpu():
     images = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8)
-    aug = fastdata.BatchAugment(img_size=32, mean=MEAN, std=STD, scale=(0.3, 1.0), randaug_n=2)
+    aug = memory.BatchAugment(img_size=32, mean=MEAN, std=STD, scale=(0.3, 1.0), randaug_n=2)
     cpu = aug(images, torch.Generator().manual_seed(5))
     gpu = aug(images.cuda(), torch.Generator().manual_seed(5)).cpu()
     # the same draws; a value may land one grey level apart where rounding falls differently,

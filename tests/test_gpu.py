@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vit.engine import resolve_device, resolve_precision
 from vit.explain import attention_rollout, gradient_rollout
-from vit.model import VisionTransformer
-from vit.quickstart import quickstart_config
+from vit.models.vision_transformer import VisionTransformer
+from vit.runtime import resolve_device, resolve_precision
+from vit.training.quickstart import quickstart_config
 
 HAS_GPU = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
@@ -42,8 +42,8 @@ def test_quickstart_picks_the_gpu_and_bf16_by_itself():
 def test_a_checkpoint_trained_on_the_gpu_gives_the_same_labels_on_the_cpu(tmp_path):
     from test_train import make_folder, tiny_config
 
-    from vit.predict import Classifier
-    from vit.trainer import train
+    from vit.inference.classifier import Classifier
+    from vit.training.trainer import train
 
     data = make_folder(tmp_path / "data", per_class=24)
     summary = train(tiny_config(data, tmp_path / "run", "train.device=cuda",

@@ -27,7 +27,7 @@ from test_train import make_folder
 from test_user_errors import error_line, run_cli, train_argv
 
 from vit.cli import main
-from vit.data import load_image
+from vit.data.images import load_image
 
 RED = (255, 0, 0)
 

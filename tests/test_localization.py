@@ -26,14 +26,15 @@ if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts, not an inst
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import explain_quality as eq  # noqa: E402
-from vit.checkpoint import make_checkpoint  # noqa: E402
-from vit.data import load_image, scan_folder  # noqa: E402
+from vit.data.folders import scan_folder  # noqa: E402
+from vit.data.images import load_image  # noqa: E402
+from vit.data.synthetic import load_boxes, make_shapes_dataset  # noqa: E402
 from vit.errors import DataError  # noqa: E402
 from vit.explain import attention_rollout, deletion_auc, random_saliency  # noqa: E402
-from vit.model import VisionTransformer  # noqa: E402
-from vit.predict import Classifier  # noqa: E402
-from vit.quickstart import quickstart_config  # noqa: E402
-from vit.synthetic import load_boxes, make_shapes_dataset  # noqa: E402
+from vit.inference.classifier import Classifier  # noqa: E402
+from vit.models.checkpoint import make_checkpoint  # noqa: E402
+from vit.models.vision_transformer import VisionTransformer  # noqa: E402
+from vit.training.quickstart import quickstart_config  # noqa: E402
 
 # --- geometry: box -> patch grid ----------------------------------------------------------------
 
@@ -202,7 +203,7 @@ def _held_out(root: Path, classifier: Classifier) -> tuple[torch.Tensor, torch.T
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    from vit.trainer import train
+    from vit.training.trainer import train
 
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     tmp = tmp_path_factory.mktemp("localization")

@@ -1,4 +1,4 @@
-"""Tests for vit.metrics against small hand-computed cases."""
+"""Tests for vit.inference.metrics against small hand-computed cases."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torchmetrics.classification import MulticlassCalibrationError
 
-from vit.metrics import (
+from vit.inference.accuracy import percent, topk_correct
+from vit.inference.metrics import (
     EvalAccumulator,
     as_probabilities,
     build_report,
     is_probabilities,
     most_confident_mistakes,
     reliability_bins,
-    topk_accuracy,
 )
 
 # Hand case: 3 classes, 6 samples, given as probabilities.
@@ -49,14 +49,15 @@ CLASSES = ["cat", "dog", "eel"]
 #   true 1: sample 3 -> 1;    sample 4 -> 2    => [0, 1, 1]
 #   true 2: sample 5 -> 1                      => [0, 1, 0]
 CONFUSION = [[2, 1, 0], [0, 1, 1], [0, 1, 0]]
-TOP1 = 3 / 6  # samples 0, 1, 3 are right
+# Accuracy, precision, recall and F1 are percentages.
+TOP1 = 100 * 3 / 6  # samples 0, 1, 3 are right
 # Predicted 0: samples 0, 1 (2 right); predicted 1: 2, 3, 5 (1 right); predicted 2: 4 (0 right).
-PRECISION = [1.0, 1 / 3, 0.0]
+PRECISION = [100.0, 100 / 3, 0.0]
 # Support 3, 2, 1 with 2, 1, 0 right.
-RECALL = [2 / 3, 1 / 2, 0.0]
+RECALL = [100 * 2 / 3, 100 / 2, 0.0]
 # F1 = 2PR / (P + R): class 0: 2 * 1 * 2/3 / (5/3) = 0.8; class 1: 2 * 1/3 * 1/2 / (5/6) = 0.4;
 # class 2: P + R == 0 -> 0.
-F1 = [0.8, 0.4, 0.0]
+F1 = [80.0, 40.0, 0.0]
 SUPPORT = [3, 2, 1]
 # ECE = sum over bins of |accuracy - mean confidence| * count / N:
 #   bin 6:  sample 5,    acc 0,   conf 0.45          -> 0.45 * 1
@@ -88,10 +89,10 @@ def _accumulate(*batches: tuple[torch.Tensor, torch.Tensor]) -> dict:
 
 def _assert_hand_case(computed: dict) -> None:
     assert computed["top1"] == pytest.approx(TOP1)
-    assert computed["top5"] == pytest.approx(1.0)  # top-5 is capped at 3 classes
-    assert computed["precision"].tolist() == pytest.approx(PRECISION, abs=1e-6)
-    assert computed["recall"].tolist() == pytest.approx(RECALL, abs=1e-6)
-    assert computed["f1"].tolist() == pytest.approx(F1, abs=1e-6)
+    assert computed["top5"] == pytest.approx(100.0)  # top-5 is capped at 3 classes
+    assert computed["precision"].tolist() == pytest.approx(PRECISION, abs=1e-4)
+    assert computed["recall"].tolist() == pytest.approx(RECALL, abs=1e-4)
+    assert computed["f1"].tolist() == pytest.approx(F1, abs=1e-4)
     assert computed["support"].tolist() == SUPPORT
     assert computed["confusion_matrix"].tolist() == CONFUSION
     assert computed["ece"] == pytest.approx(ECE, abs=1e-6)
@@ -132,7 +133,7 @@ def test_top5_below_five_when_more_classes() -> None:
     acc.update(logits, torch.tensor([5, 0]))
     computed = acc.compute()
     assert computed["top1"] == pytest.approx(0.0)
-    assert computed["top5"] == pytest.approx(0.5)
+    assert computed["top5"] == pytest.approx(50.0)
 
 
 def test_reset_and_empty_batch() -> None:
@@ -161,11 +162,11 @@ def test_report_is_json_serialisable() -> None:
     assert loaded["confusion_matrix"] == CONFUSION
     assert loaded["num_images"] == 6
     assert loaded["top1"] == pytest.approx(TOP1)
-    assert loaded["top5"] == pytest.approx(1.0)
+    assert loaded["top5"] == pytest.approx(100.0)
     assert loaded["loss"] == pytest.approx(LOSS, abs=1e-6)
-    assert loaded["ece"] == pytest.approx(ECE, abs=1e-6)
+    assert loaded["ece"] == pytest.approx(ECE, abs=1e-6)  # a probability gap: in [0, 1]
     assert loaded["per_class"]["cat"] == pytest.approx(
-        {"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "support": 3}, abs=1e-6
+        {"precision": 100.0, "recall": 100 * 2 / 3, "f1": 80.0, "support": 3}, abs=1e-4
     )
     assert loaded["per_class"]["eel"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
 
@@ -227,17 +228,14 @@ def test_most_confident_mistakes() -> None:
     assert most_confident_mistakes(PROBS, PROBS.argmax(dim=1), k=3) == []
 
 
-def test_topk_accuracy_hand_case() -> None:
-    # Top-2 misses only sample 5 (target 2 ranked last): 5/6.
-    result = topk_accuracy(PROBS.log(), TARGETS, ks=(1, 2, 5))
-    assert result == pytest.approx({"top1": 0.5, "top2": 5 / 6, "top5": 1.0})
-
-
-def test_topk_accuracy_soft_targets_and_empty() -> None:
-    soft = torch.nn.functional.one_hot(TARGETS, 3).float() * 0.8 + 0.2 / 3
-    assert topk_accuracy(PROBS, soft) == pytest.approx({"top1": 0.5, "top5": 1.0})
-    with pytest.raises(ValueError):
-        topk_accuracy(PROBS[:0], TARGETS[:0])
+def test_topk_correct_hand_case() -> None:
+    # Top-2 misses only sample 5 (target 2 ranked last): 5 of 6; top-5 is capped at 3 classes.
+    counts = topk_correct(PROBS.log(), TARGETS, ks=(1, 2, 5))
+    assert counts.dtype == torch.float64 and counts.tolist() == [3, 5, 6]
+    assert topk_correct(PROBS[:0], TARGETS[:0]).tolist() == [0, 0]
+    assert percent(3, 6) == 50.0
+    with pytest.raises(ValueError, match="targets"):
+        topk_correct(PROBS, TARGETS[:2])
 
 
 def test_probability_detection() -> None:

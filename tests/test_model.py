@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 import vit
-from vit.model import Attention, VisionTransformer, ViTConfig, create_model, from_timm, list_models
+from vit.models.presets import create_model, list_models
+from vit.models.timm_interop import from_timm
+from vit.models.vision_transformer import Attention, VisionTransformer, ViTConfig
 
 TINY = dict(img_size=32, patch_size=8, num_classes=5, embed_dim=32, depth=2, num_heads=4)
 

@@ -20,11 +20,11 @@ from test_train import make_folder
 from test_user_errors import error_line, run_cli, train_argv
 from torch import nn
 
-import vit.trainer
-from vit.checkpoint import load_checkpoint
+import vit.training.trainer
 from vit.cli import main
-from vit.engine import EpochResult, NonFiniteLossError, train_one_epoch
-from vit.model import VisionTransformer
+from vit.models.checkpoint import load_checkpoint
+from vit.models.vision_transformer import VisionTransformer
+from vit.training.epoch import EpochResult, NonFiniteLossError, train_one_epoch
 
 # ---------------------------------------------------------------------------------------------
 # poison
@@ -84,13 +84,13 @@ def one_epoch_run(tmp_path_factory) -> Path:
 
 def poison_the_criterion(monkeypatch, **poison) -> None:
     """Make the next run's training criterion ``poisoned(..., **poison)``."""
-    build = vit.trainer.build_criterion
+    build = vit.training.trainer.build_criterion
 
     def build_poisoned(*args, **kwargs):
         criterion, mixup = build(*args, **kwargs)
         return poisoned(criterion, **poison), mixup
 
-    monkeypatch.setattr(vit.trainer, "build_criterion", build_poisoned)
+    monkeypatch.setattr(vit.training.trainer, "build_criterion", build_poisoned)
 
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")
@@ -121,7 +121,7 @@ def test_a_non_finite_step_stops_the_run_and_keeps_the_checkpoints(
 
 
 # ---------------------------------------------------------------------------------------------
-# vit.engine.train_one_epoch
+# vit.training.epoch.train_one_epoch
 # ---------------------------------------------------------------------------------------------
 
 CPU = torch.device("cpu")

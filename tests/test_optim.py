@@ -10,8 +10,8 @@ from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from vit.errors import ConfigError
-from vit.model import VisionTransformer
-from vit.optim import (
+from vit.models.vision_transformer import VisionTransformer
+from vit.training.optim import (
     build_optimizer,
     count_parameters,
     freeze_parameters,
@@ -28,9 +28,11 @@ def tiny(**overrides) -> VisionTransformer:
     return VisionTransformer(**{**TINY, **overrides})
 
 
-def names_by_group(model: nn.Module, groups: list[dict]) -> dict[str, list[str]]:
+def settings_by_name(model: nn.Module, groups: list[dict]) -> dict[str, tuple[float, float]]:
+    """Parameter name -> (lr_scale, weight_decay) of its group."""
     name_of = {id(p): n for n, p in model.named_parameters()}
-    return {g["name"]: sorted(name_of[id(p)] for p in g["params"]) for g in groups}
+    return {name_of[id(p)]: (g.get("lr_scale", 1.0), g["weight_decay"])
+            for g in groups for p in g["params"]}
 
 
 class Wrapper(nn.Module):
@@ -47,8 +49,7 @@ class Wrapper(nn.Module):
 
 def test_weight_decay_membership_by_hand():
     model = tiny(reg_tokens=1, init_values=1e-5)  # registers and LayerScale gamma too
-    groups = param_groups(model, weight_decay=0.05, base_lr=1e-3)
-    by_name = names_by_group(model, groups)
+    settings = settings_by_name(model, param_groups(model, weight_decay=0.05))
 
     per_block_no_decay = ["norm1.weight", "norm1.bias", "attn.qkv.bias", "attn.proj.bias",
                           "ls1.gamma", "norm2.weight", "norm2.bias", "mlp.fc1.bias",
@@ -61,10 +62,7 @@ def test_weight_decay_membership_by_hand():
         no_decay += [f"blocks.{i}.{n}" for n in per_block_no_decay]
         decay += [f"blocks.{i}.{n}" for n in per_block_decay]
 
-    assert by_name == {"no_decay": sorted(no_decay), "decay": sorted(decay)}
-    wd = {g["name"]: g["weight_decay"] for g in groups}
-    assert wd == {"decay": 0.05, "no_decay": 0.0}
-    assert all(g["lr_scale"] == 1.0 and g["lr"] == 1e-3 for g in groups)
+    assert settings == {**dict.fromkeys(no_decay, (1.0, 0.0)), **dict.fromkeys(decay, (1.0, 0.05))}
 
 
 @pytest.mark.parametrize("layer_decay", [None, 0.75])
@@ -72,7 +70,7 @@ def test_every_trainable_param_in_exactly_one_group_and_frozen_in_none(layer_dec
     model = tiny()
     model.patch_embed.proj.weight.requires_grad_(False)
     model.blocks[0].mlp.fc1.bias.requires_grad_(False)
-    groups = param_groups(model, weight_decay=0.1, base_lr=1.0, layer_decay=layer_decay)
+    groups = param_groups(model, weight_decay=0.1, layer_decay=layer_decay)
 
     grouped = [id(p) for g in groups for p in g["params"]]
     trainable = [id(p) for p in model.parameters() if p.requires_grad]
@@ -82,53 +80,40 @@ def test_every_trainable_param_in_exactly_one_group_and_frozen_in_none(layer_dec
     assert id(model.blocks[0].mlp.fc1.bias) not in grouped
 
 
-def test_layer_decay_scales_by_hand():
-    model = tiny(global_pool="avg")  # fc_norm instead of norm
-    groups = param_groups(model, weight_decay=0.05, base_lr=2.0, layer_decay=0.5)
-    scale = {}
-    for name, members in names_by_group(model, groups).items():
-        group = next(g for g in groups if g["name"] == name)
-        assert group["lr"] == pytest.approx(2.0 * group["lr_scale"])
-        scale.update({n: group["lr_scale"] for n in members})
-
+@pytest.mark.parametrize("global_pool", ["token", "avg"])
+def test_layer_decay_scales_by_hand(global_pool):
+    model = tiny(global_pool=global_pool)  # avg: fc_norm after pooling instead of norm
+    settings = settings_by_name(model, param_groups(model, weight_decay=0.05, layer_decay=0.5))
+    # embeddings, blocks.0, blocks.1 (+ the final norm, as in timm), head (+ fc_norm)
     expected_prefix_scale = {"patch_embed.": 0.125, "cls_token": 0.125, "pos_embed": 0.125,
-                             "blocks.0.": 0.25, "blocks.1.": 0.5, "fc_norm.": 1.0, "head.": 1.0}
-    for name, s in scale.items():
+                             "blocks.0.": 0.25, "blocks.1.": 0.5, "norm.": 0.5, "fc_norm.": 1.0,
+                             "head.": 1.0}
+    for name, (scale, _) in settings.items():
         (want,) = [v for p, v in expected_prefix_scale.items() if name.startswith(p)]
-        assert s == pytest.approx(want), name
-    assert len(scale) == len(list(model.parameters()))
+        assert scale == pytest.approx(want), name
+    assert len(settings) == len(list(model.parameters()))
 
 
 @pytest.mark.parametrize("overrides", [{}, {"global_pool": "avg", "reg_tokens": 2}])
 def test_layer_decay_matches_timm(overrides):
-    """Same names, same config -> same (lr_scale, weight_decay) per parameter as timm, except
-    the final ``norm``: timm groups it with the last block, BEiT/MAE (and we) with the head."""
+    """Same names, same config -> the same (lr_scale, weight_decay) per parameter as timm's own
+    ViT gets from timm."""
     ours = tiny(**overrides)
     theirs = TimmViT(**TINY, **overrides)
     their_groups = param_groups_layer_decay(theirs, weight_decay=0.05, layer_decay=0.75,
                                             no_weight_decay_list=theirs.no_weight_decay())
-    name_of = {id(p): n for n, p in theirs.named_parameters()}
-    expected = {name_of[id(p)]: (g["lr_scale"], g["weight_decay"])
-                for g in their_groups for p in g["params"]}
-
-    our_groups = param_groups(ours, weight_decay=0.05, base_lr=1.0, layer_decay=0.75)
-    got = {n: (g["lr_scale"], g["weight_decay"])
-           for g in our_groups for n in names_by_group(ours, [g])[g["name"]]}
-    for name in ("norm.weight", "norm.bias"):
-        if name in expected:
-            assert expected[name] == pytest.approx((0.75, 0.0))  # timm: the last block's scale
-            expected[name] = (1.0, 0.0)  # BEiT/MAE: the head's
+    expected = settings_by_name(theirs, their_groups)
+    got = settings_by_name(ours, param_groups(ours, weight_decay=0.05, layer_decay=0.75))
     assert got.keys() == expected.keys()
-    for name in expected:
-        assert got[name] == pytest.approx(expected[name]), name
+    for name, settings in expected.items():
+        assert got[name] == pytest.approx(settings), name
 
 
 def test_param_groups_unwrap_ddp_and_compile_wrappers():
     model = tiny()
     wrapped = Wrapper(Wrapper(model, "_orig_mod"), "module")
-    plain = param_groups(model, weight_decay=0.05, base_lr=1.0, layer_decay=0.5)
-    through = param_groups(wrapped, weight_decay=0.05, base_lr=1.0, layer_decay=0.5)
-    assert [g["name"] for g in through] == [g["name"] for g in plain]
+    plain = param_groups(model, weight_decay=0.05, layer_decay=0.5)
+    through = param_groups(wrapped, weight_decay=0.05, layer_decay=0.5)
     assert [g["lr_scale"] for g in through] == [g["lr_scale"] for g in plain]
     assert [[id(p) for p in g["params"]] for g in through] == [
         [id(p) for p in g["params"]] for g in plain]
@@ -137,7 +122,7 @@ def test_param_groups_unwrap_ddp_and_compile_wrappers():
 @pytest.mark.parametrize("bad", [0.0, -0.5, 1.5])
 def test_bad_layer_decay(bad):
     with pytest.raises(ConfigError, match="layer_decay"):
-        param_groups(tiny(), weight_decay=0.05, base_lr=1.0, layer_decay=bad)
+        param_groups(tiny(), weight_decay=0.05, layer_decay=bad)
 
 
 # --- schedule ---------------------------------------------------------------------------------
@@ -208,12 +193,15 @@ def test_build_optimizer_uses_groups_and_lr_scales():
     assert isinstance(optimizer, torch.optim.AdamW)
     assert optimizer.defaults["betas"] == (0.8, 0.9)
     assert not optimizer.defaults["fused"]  # CPU parameters: no fused kernel
-    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
-    assert lrs["layer_0_decay"] == pytest.approx(0.01 * 0.125)
-    assert lrs["layer_3_decay"] == pytest.approx(0.01)
+
+    def lr_of(param: nn.Parameter) -> float:
+        (group,) = [g for g in optimizer.param_groups if any(p is param for p in g["params"])]
+        return group["lr"]
+
+    assert lr_of(model.patch_embed.proj.weight) == pytest.approx(0.01 * 0.125)
+    assert lr_of(model.head.weight) == pytest.approx(0.01)
     set_lr(optimizer, 0.1)
-    assert {g["name"]: g["lr"] for g in optimizer.param_groups}["layer_1_no_decay"] == (
-        pytest.approx(0.1 * 0.25))
+    assert lr_of(model.blocks[0].norm1.bias) == pytest.approx(0.1 * 0.25)
 
 
 def test_build_optimizer_without_trainable_parameters():

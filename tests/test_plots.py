@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from vit import plots
-from vit.metrics import reliability_bins
+from vit.inference.metrics import reliability_bins
 
 
 def _size(inches: tuple[float, float]) -> tuple[int, int]:
@@ -157,8 +157,10 @@ def test_side_by_side(tmp_path: Path) -> None:
 
 
 def test_accuracy_vs_time(tmp_path: Path) -> None:
-    series = {"tiny": [(0.0, 0.1), (300.0, 0.6), (150.0, 0.4)], "small": [(0.0, 0.1)], "none": []}
-    path = plots.plot_accuracy_vs_time(series, tmp_path / "bench.png")
+    series = {"tiny": [(0.0, 10.0), (300.0, 60.0), (150.0, 40.0)], "small": [(0.0, 10.0)],
+              "none": []}
+    path = plots.plot_accuracy_vs_time(series, tmp_path / "bench.png", title="CIFAR-10",
+                                       budgets_s=[120.0, 600.0])
     _check_png(path, _size(plots.ACCURACY_VS_TIME_SIZE))
     empty = plots.plot_accuracy_vs_time({}, tmp_path / "empty.png")
     _check_png(empty, _size(plots.ACCURACY_VS_TIME_SIZE))

@@ -1,4 +1,4 @@
-"""vit.predict: Classifier inputs, preprocessing, batching, unreadable files, path expansion.
+"""vit.inference.classifier: Classifier inputs, preprocessing, batching, unreadable files, path expansion.
 
 The helpers at the top (tiny checkpoints, coloured images, a short training loop) are shared
 with test_evaluate.py, test_export.py and test_cli_predict.py.
@@ -16,17 +16,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vit.checkpoint import atomic_save, export_safetensors, load_checkpoint, make_checkpoint
-from vit.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ImageFolderDataset,
-    UnreadableImageError,
-    build_transform,
-)
+from vit.data.dataset import ImageFolderDataset
+from vit.data.folders import expand_paths
+from vit.data.images import UnreadableImageError
+from vit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from vit.errors import CheckpointError, DataError
-from vit.model import VisionTransformer
-from vit.predict import Classifier, ImageInputError, expand_paths, to_rgb_array
+from vit.inference.classifier import Classifier, ImageInputError, to_rgb_array
+from vit.inference.export import export_safetensors
+from vit.io import atomic_save
+from vit.models.checkpoint import load_checkpoint, make_checkpoint
+from vit.models.vision_transformer import VisionTransformer
 
 # ---------------------------------------------------------------------------------------------
 # shared helpers
@@ -248,7 +247,7 @@ def test_unreadable_file_raises_from_predict_but_predict_files_skips_it(clf, pic
     broken.write_bytes(b"not a jpeg")
     with pytest.raises(UnreadableImageError, match="broken.jpg"):
         clf.predict([picture, broken])
-    with caplog.at_level(logging.WARNING, logger="vit.predict"):
+    with caplog.at_level(logging.WARNING, logger="vit.inference.classifier"):
         results = clf.predict_files([picture, broken, picture], topk=2, batch_size=2)
     assert [r.path for r in results] == [str(picture), str(broken), str(picture)]
     assert results[1].predictions is None and "not an image" in results[1].error

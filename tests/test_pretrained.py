@@ -15,14 +15,15 @@ from timm.models.vision_transformer import VisionTransformer as TimmViT
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 from vit.errors import CheckpointError, ConfigError, VitError
-from vit.model import VisionTransformer, config_dict, from_timm
-from vit.pretrained import (
+from vit.models.pretrained import (
     PretrainedWeights,
     build_finetune_model,
     infer_config,
     load_pretrained_into,
     read_pretrained,
 )
+from vit.models.timm_interop import from_timm
+from vit.models.vision_transformer import VisionTransformer, config_dict
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 HEAD = ["head.weight", "head.bias"]
@@ -49,8 +50,9 @@ def timm_vit() -> TimmViT:
 
 
 def _ours_meta(timm_model: TimmViT) -> dict:
-    return {"format": "vit-checkpoint", "model_config": config_dict(from_timm(timm_model)),
-            "classes": CLASSES}
+    return {"format": "vit-checkpoint", "format_version": 1,
+            "model_config": config_dict(from_timm(timm_model)), "classes": CLASSES,
+            "preprocess": {"img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0}}
 
 
 def _save(state_dict: dict, kind: str, tmp_path, meta: dict | None = None):
@@ -72,10 +74,14 @@ def _save(state_dict: dict, kind: str, tmp_path, meta: dict | None = None):
         path = tmp_path / "model.safetensors"
         save_file(state_dict, path)
         (tmp_path / "model.json").write_text(json.dumps({**meta, "img_size": 32}))
+    elif kind == "ours_safetensors_alone":  # the sidecar is lost; its copy in the metadata is not
+        path = tmp_path / "model.safetensors"
+        save_file(state_dict, path, metadata={"vit": json.dumps(meta)})
     return path
 
 
-FORMATS = ["pth", "bin", "wrapped", "safetensors", "ours_pt", "ours_safetensors"]
+FORMATS = ["pth", "bin", "wrapped", "safetensors", "ours_pt", "ours_safetensors",
+           "ours_safetensors_alone"]
 
 
 # --- reading and loading every format ----------------------------------------------------------
@@ -101,7 +107,7 @@ def test_every_format_loads_with_a_new_zero_head(kind, timm_vit, tmp_path):
     torch.testing.assert_close(model.eval().forward_features(x), timm_vit.forward_features(x))
 
 
-@pytest.mark.parametrize("kind", ["ours_pt", "ours_safetensors"])
+@pytest.mark.parametrize("kind", ["ours_pt", "ours_safetensors", "ours_safetensors_alone"])
 def test_ours_carries_architecture_and_classes(kind, timm_vit, tmp_path):
     path = _save(timm_vit.state_dict(), kind, tmp_path, meta=_ours_meta(timm_vit))
     weights = read_pretrained(path)
@@ -314,7 +320,7 @@ def test_unreadable_sources_are_clear_errors(tmp_path):
         read_pretrained(bad)
     nested = tmp_path / "optimizer_only.pth"
     torch.save({"optimizer": {"lr": torch.tensor(0.1)}}, nested)
-    with pytest.raises(CheckpointError, match="no state_dict found.*'optimizer'"):
+    with pytest.raises(CheckpointError, match="without weights.*'optimizer'"):
         read_pretrained(nested)
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from vit.config import load_config
-from vit.quickstart import quickstart_config
+from vit.training.quickstart import quickstart_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -15,8 +15,8 @@ def test_quickstart_yaml_equals_builtin():
 
 
 def test_quickstart_is_what_train_py_runs_without_arguments():
-    from vit.cli import build_parser
-    from vit.commands.train import is_quickstart, resolve_config
+    from vit.cli.main import build_parser
+    from vit.cli.train import is_quickstart, resolve_config
 
     args = build_parser().parse_args(["train"])
     assert is_quickstart(args)
@@ -26,7 +26,7 @@ def test_quickstart_is_what_train_py_runs_without_arguments():
 
 
 def test_overrides_may_stand_before_and_between_flags():
-    from vit.cli import build_parser, overrides_last
+    from vit.cli.main import build_parser, overrides_last
 
     argv = ["train", "train.epochs=3", "--data", "d", "loss.mixup_alpha=0.8", "--epochs", "2"]
     args = build_parser().parse_args(overrides_last(argv))
@@ -43,7 +43,7 @@ def test_quickstart_ends_with_overlays_and_the_explorer_page(tmp_path, monkeypat
     from vit.cli import main
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("vit.quickstart.SHAPES_PER_CLASS", 40)  # 200 images: a quicker test
+    monkeypatch.setattr("vit.training.quickstart.SHAPES_PER_CLASS", 40)  # 200 images: a quicker test
     code = main(["train", "train.epochs=1", "train.output=runs/q", "train.explain_samples=3",
                  "train.device=cpu", "data.workers=0"])
     assert code == 0

@@ -1,4 +1,4 @@
-"""vit.synthetic: the built-in shapes dataset (determinism, boxes, layout, idempotence)."""
+"""vit.data.synthetic: the built-in shapes dataset (determinism, boxes, layout, idempotence)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit.data import resolve_data_dirs, scan_folder
-from vit.errors import ConfigError, DataError
-from vit.synthetic import (
+from vit.data.folders import resolve_data_dirs, scan_folder
+from vit.data.synthetic import (
     BOXES_FILE,
     MANIFEST_FILE,
     SHAPES,
@@ -20,6 +19,7 @@ from vit.synthetic import (
     make_shapes_dataset,
     render_shape_image,
 )
+from vit.errors import ConfigError, DataError
 
 CLASSES = ("circle", "square", "triangle")
 

@@ -15,9 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from vit.checkpoint import load_checkpoint
+from vit.cli import main
 from vit.config import load_config
-from vit.trainer import train
+from vit.models.checkpoint import load_checkpoint
+from vit.training.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_MODEL = ["model.name=vit_nano_patch4_32", "model.img_size=16", "model.embed_dim=32",
@@ -85,13 +86,70 @@ def test_train_writes_every_file(tmp_path):
 
 
 @pytest.mark.parametrize("pipeline", ["albumentations", "memory"])
+def test_every_run_ends_with_overlays_of_held_out_images(tmp_path, pipeline):
+    data = make_folder(tmp_path / "data")
+    summary = train(tiny_config(data, tmp_path / "run", "train.epochs=1", "train.explain_samples=4",
+                                f"data.pipeline={pipeline}"), show_progress=False)
+    assert summary.overlays == tmp_path / "run" / "overlays"
+    held_out = [Path(p) for p in json.loads((tmp_path / "run" / "split.json").read_text())["val_files"]]
+    drawn = sorted(p.name for p in summary.overlays.iterdir())
+    # one class after another: blue, green, red, then blue again
+    by_class = {c: [p for p in held_out if p.parent.name == c] for c in ("blue", "green", "red")}
+    expected = [by_class["blue"][0], by_class["green"][0], by_class["red"][0], by_class["blue"][1]]
+    stems = [p.stem for p in expected]  # two held-out files of one name get their folder's too
+    names = [f"{p.parent.name}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in expected]
+    assert drawn == sorted(["grid.png", *(f"{name}_rollout.png" for name in names)])
+
+
+def test_resume_reads_last_pt_once(tmp_path, monkeypatch):
+    data = make_folder(tmp_path / "data", per_class=4)
+    train(tiny_config(data, tmp_path / "run", "train.epochs=1"), show_progress=False)
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: loads.append(Path(f).name) or
+                        real_load(f, *a, **k))
+    assert main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2"]) == 0
+    assert loads.count("last.pt") == 1
+
+
+def test_memory_pipeline_decodes_each_image_once_and_reports_unreadable_ones(tmp_path,
+                                                                            monkeypatch):
+    import vit.data.images
+    import vit.data.memory
+
+    data = make_folder(tmp_path / "data")
+    (data / "red" / "broken.png").write_bytes(b"not a png")
+    decoded = []
+    for module in (vit.data.images, vit.data.memory):  # the pre-flight check and the memory pipeline
+        real = module.load_image
+        monkeypatch.setattr(module, "load_image",
+                            lambda path, real=real: decoded.append(str(path)) or real(path))
+    train(tiny_config(data, tmp_path / "run", "train.epochs=1", "data.pipeline=memory"),
+          show_progress=False)
+    assert len(decoded) == len(set(decoded)) == 3 * 12 + 1
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert [s["path"] for s in report["skipped"]] == [str(data / "red" / "broken.png")]
+    assert report["num_skipped"] == 1
+    assert report["train"]["images"] + report["val"]["images"] == 3 * 12
+
+
+def test_held_out_examples_take_one_class_after_another():
+    from vit.training.run_files import held_out_examples
+
+    samples = [("a0", 0), ("a1", 0), ("a2", 0), ("b0", 1), ("c0", 2), ("c1", 2)]
+    assert held_out_examples(samples, 5) == ["a0", "b0", "c0", "a1", "c1"]
+    assert held_out_examples(samples, 2) == ["a0", "b0"]
+    assert held_out_examples(samples, 10) == ["a0", "b0", "c0", "a1", "c1", "a2"]
+
+
+@pytest.mark.parametrize("pipeline", ["albumentations", "memory"])
 def test_resume_is_bit_identical(tmp_path, monkeypatch, pipeline):
     data = make_folder(tmp_path / "data")
     extra = ("train.ema=true", f"data.pipeline={pipeline}")
     straight = train(tiny_config(data, tmp_path / "straight", *extra), show_progress=False)
 
     # "kill" the second run right after its first epoch's checkpoint: nothing after it survives
-    import vit.trainer as trainer_mod
+    import vit.training.trainer as trainer_mod
 
     real = trainer_mod.train_one_epoch
 
@@ -207,13 +265,13 @@ def test_torchrun_two_processes_match_one(tmp_path, pipeline):
 KILL_DURING_WRITE = r"""
 import sys, time
 from pathlib import Path
-import vit.checkpoint as ck
+import vit.io as io_lib
 
 marker = Path(sys.argv[1])
-real = ck._atomic_write
+real = io_lib.atomic_write
 calls = {"last.pt": 0}
 
-def hanging_write(path, write):
+def hanging_write(path, write, **options):
     path = Path(path)
     if path.name == "last.pt":
         calls["last.pt"] += 1
@@ -223,10 +281,10 @@ def hanging_write(path, write):
                 f.flush()
                 marker.write_text("writing")
                 time.sleep(600)
-            return real(path, partial)
-    return real(path, write)
+            return real(path, partial, **options)
+    return real(path, write, **options)
 
-ck._atomic_write = hanging_write
+io_lib.atomic_write = hanging_write
 from vit.cli import main
 sys.exit(main(["train", *sys.argv[2:]]))
 """
@@ -264,7 +322,7 @@ def test_memory_pipeline_trains_as_well_as_the_worker_pipeline(tmp_path):
     assert records[-1]["val_top1"] >= 75.0
     assert load_config(summary.run_dir / "config.yaml").data.pipeline == "memory"
     # the checkpoint predicts with the ordinary (albumentations) evaluation transform
-    from vit.predict import Classifier
+    from vit.inference.classifier import Classifier
 
     clf = Classifier.from_checkpoint(summary.run_dir / "best.pt", device="cpu")
     val_files = json.loads((summary.run_dir / "split.json").read_text())["val_files"]
@@ -306,14 +364,14 @@ def test_mixed_precision_trains_on_gpu(tmp_path, precision):
     (400.0, 10.0, 2),  # already over the budget: stop after the two done
 ])
 def test_fit_epochs_to_budget(elapsed, epoch_s, expected):
-    from vit.trainer import fit_epochs_to_budget
+    from vit.training.budget import fit_epochs_to_budget
 
     assert fit_epochs_to_budget(budget_s=300.0, elapsed_s=elapsed, epoch_s=epoch_s,
                                 epochs_done=2, max_epochs=100) == expected
 
 
 def test_recent_pace_is_the_slower_of_the_overall_and_the_recent_mean():
-    from vit.trainer import recent_pace
+    from vit.training.budget import recent_pace
 
     assert recent_pace([60.0, 63.0]) == pytest.approx(3.0)  # epoch 1 (compile) left out
     steady = [60.0 + 2 * i for i in range(11)]
@@ -326,7 +384,7 @@ def test_recent_pace_is_the_slower_of_the_overall_and_the_recent_mean():
 def test_a_time_budget_sets_the_epochs_and_ends_the_schedule_there(tmp_path, monkeypatch):
     """After epoch 2 the epoch count is fitted to the budget (here forced to 4 of at most 50),
     written to config.yaml and the checkpoint, and the learning rate reaches min_lr at the end."""
-    import vit.trainer as trainer
+    import vit.training.trainer as trainer
 
     monkeypatch.setattr(trainer, "fit_epochs_to_budget", lambda **kw: 4)
     data = make_folder(tmp_path / "data")

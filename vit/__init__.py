@@ -6,24 +6,25 @@
 from importlib import import_module
 from typing import Any
 
-from vit.model import VisionTransformer, ViTConfig, create_model, list_models
+from vit.models.presets import create_model, list_models
+from vit.models.vision_transformer import VisionTransformer, ViTConfig
 
 __version__ = "0.1.0"
 
 # Heavier parts load on first use, so `import vit` stays fast.
 _LAZY = {
-    "Classifier": "vit.predict",
-    "attention_rollout": "vit.explain",
-    "gradient_rollout": "vit.explain",
-    "overlay": "vit.explain",
-    "raw_attention": "vit.explain",
-    "explain": "vit.explain",
-    "deletion_auc": "vit.explain",
-    "insertion_auc": "vit.explain",
-    "explorer_page": "vit.explorer",
-    "write_explorer_page": "vit.attention_files",
-    "mean_attention_distance": "vit.attention_stats",
-    "attention_entropy": "vit.attention_stats",
+    "Classifier": "vit.inference.classifier",
+    "attention_rollout": "vit.explain.rollout",
+    "gradient_rollout": "vit.explain.rollout",
+    "overlay": "vit.explain.overlay",
+    "raw_attention": "vit.explain.rollout",
+    "explain": "vit.explain.rollout",
+    "deletion_auc": "vit.explain.faithfulness",
+    "insertion_auc": "vit.explain.faithfulness",
+    "explorer_page": "vit.explain.explorer",
+    "write_explorer_page": "vit.inference.attention_files",
+    "mean_attention_distance": "vit.explain.attention_stats",
+    "attention_entropy": "vit.explain.attention_stats",
     "load_config": "vit.config",
     "Config": "vit.config",
 }

@@ -58,7 +58,7 @@ class DataConfig:
     sampler: str = "random"  # "random" or "weighted" (inverse class frequency)
     # "albumentations": decode + augment per image in loader workers (any data set);
     # "memory": decode once into a uint8 tensor on the device, augment batches there
-    # (small images; see vit/fastdata.py)
+    # (small images; see vit/data/memory.py)
     pipeline: str = "albumentations"
 
 

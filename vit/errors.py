@@ -15,3 +15,13 @@ class DataError(VitError):
 
 class CheckpointError(VitError):
     """A file that is not a checkpoint, or one this version cannot load."""
+
+
+class OutputError(VitError):
+    """A file or folder that cannot be written: a path under a file, no permission, a full disk."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type when the message is empty)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

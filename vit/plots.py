@@ -21,6 +21,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from vit.io import atomic_write
+
 logger = logging.getLogger(__name__)
 
 DPI = 120
@@ -44,15 +46,10 @@ def _new_figure(size: tuple[float, float]) -> Figure:
 
 def _save(figure: Figure, path: PathLike) -> Path:
     """Write `figure` as a PNG to `path` atomically, free it, and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
     try:
-        figure.savefig(tmp, dpi=DPI, format="png")
-        os.replace(tmp, path)
+        path = atomic_write(path, lambda f: figure.savefig(f, dpi=DPI, format="png"))
     finally:
         figure.clear()
-        tmp.unlink(missing_ok=True)
     logger.debug("wrote %s", path)
     return path
 
@@ -129,7 +126,7 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], path: PathLike) -
             color="crimson",
             bbox={"facecolor": "white", "edgecolor": "crimson"},
         )
-    _finish_axes(acc_axes, "Validation accuracy", "accuracy", any(plotted))
+    _finish_axes(acc_axes, "Validation accuracy", "accuracy (%)", any(plotted))
 
     has_lr = _plot_series(lr_axes, epochs, _series(rows, "lr"), "lr", color="tab:green")
     lr_axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
@@ -203,7 +200,7 @@ def plot_reliability_diagram(
 ) -> Path:
     """Accuracy per confidence bin against the diagonal, the gap shaded, counts below.
 
-    `bins` is `vit.metrics.reliability_bins(...)`; empty bins are left out.
+    `bins` is `vit.inference.metrics.reliability_bins(...)`; empty bins are left out.
     """
     accuracy = np.asarray(bins["bin_accuracy"], dtype=float)
     confidence = np.asarray(bins["bin_confidence"], dtype=float)
@@ -334,11 +331,15 @@ def _time_unit(max_seconds: float) -> tuple[str, float]:
 
 
 def plot_accuracy_vs_time(
-    series: Mapping[str, Sequence[tuple[float, float]]], path: PathLike
+    series: Mapping[str, Sequence[tuple[float, float]]], path: PathLike, *,
+    title: str = "Accuracy vs. training time", budgets_s: Sequence[float] = (),
 ) -> Path:
-    """Accuracy against wall-clock time, one line per named run (e.g. per benchmark setup)."""
+    """Accuracy (percent) against wall-clock seconds, one line per named run (e.g. per training
+    recipe, from the ``elapsed_s`` and ``val_top1`` of its metrics.jsonl); a dotted vertical
+    line at each of ``budgets_s``."""
     points = {name: sorted(values) for name, values in series.items() if values}
-    max_seconds = max((t for values in points.values() for t, _ in values), default=0.0)
+    max_seconds = max([*budgets_s, *(t for values in points.values() for t, _ in values)],
+                      default=0.0)
     unit, scale = _time_unit(max_seconds)
     figure = _new_figure(ACCURACY_VS_TIME_SIZE)
     axes = figure.subplots()
@@ -351,9 +352,11 @@ def plot_accuracy_vs_time(
             markersize=3,
             label=f"{name} (best {np.nanmax(accuracy):.4g})",
         )
-    axes.set_title("Accuracy vs. training time")
-    axes.set_xlabel(f"wall-clock time ({unit})")
-    axes.set_ylabel("accuracy")
+    for budget in budgets_s:
+        axes.axvline(budget / scale, color="grey", linestyle=":", linewidth=1)
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel(f"wall-clock time ({unit}), set-up and evaluation included")
+    axes.set_ylabel("accuracy (%)")
     axes.grid(alpha=0.3)
     if points:
         axes.legend(loc="lower right", fontsize=9)

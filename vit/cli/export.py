@@ -1,0 +1,36 @@
+"""`vit export`: a checkpoint as safetensors or ONNX, each with a JSON sidecar."""
+
+from __future__ import annotations
+
+import argparse
+
+from vit.inference.export import FORMATS, ONNX_OPSET
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from vit.cli.main import add_common_flags
+
+    p = sub.add_parser(
+        "export", help="export a checkpoint as safetensors or ONNX",
+        description="Write the model for deployment: FILE.safetensors + FILE.json (loadable by "
+        "`vit predict` and Classifier.from_checkpoint), or FILE.onnx + FILE.onnx.json (input "
+        "'images' N x 3 x S x S, output 'logits', dynamic batch).")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("--format", choices=FORMATS, help="default: from the extension of --output")
+    p.add_argument("--output", required=True, metavar="FILE")
+    p.add_argument("--opset", type=int, default=ONNX_OPSET, metavar="N",
+                   help=f"ONNX opset version (default and minimum {ONNX_OPSET})")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the onnxruntime-vs-PyTorch check of the ONNX file")
+    add_common_flags(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vit.inference.export import export_checkpoint
+
+    written = export_checkpoint(args.checkpoint, args.output, fmt=args.format, opset=args.opset,
+                                verify=not args.no_verify)
+    for path in written:
+        print(path)
+    return 0

@@ -1,0 +1,92 @@
+"""The ``vit`` command: ``vit train|evaluate|predict|explain|export|attention-stats``.
+
+Only this layer prints and exits. A mistake of the user's (a ``VitError``) becomes one line on
+stderr and exit code 2; an unexpected failure one line and exit code 1; ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from collections.abc import Sequence
+from importlib import import_module
+
+from vit.errors import VitError
+
+COMMANDS = ("train", "evaluate", "predict", "explain", "export", "attention-stats")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vit", description="Train Vision Transformers on image folders, classify and explain.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        import_module(f"vit.cli.{name.replace('-', '_')}").register(sub)
+    return parser
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
+
+
+def setup_logging(*, debug: bool = False, quiet: bool = False) -> None:
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: only rank 0 talks
+        level = max(level, logging.WARNING)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S", force=True)
+    for noisy in ("PIL", "matplotlib", "timm", "urllib3", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_]+\.[A-Za-z_]+=")
+
+
+def overrides_last(argv: Sequence[str]) -> list[str]:
+    """Move ``section.key=value`` tokens after the flags, so they may appear anywhere."""
+    flags = [a for a in argv if not _OVERRIDE.match(a)]
+    return flags + [a for a in argv if _OVERRIDE.match(a)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = overrides_last(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    setup_logging(debug=debug, quiet=getattr(args, "quiet", False))
+    try:
+        return int(args.func(args) or 0)
+    except VitError as e:
+        if debug:
+            raise
+        error(str(e))
+        return 2
+    except KeyboardInterrupt:
+        error("interrupted")
+        return 130
+    except Exception as e:  # the one place that turns surprises into one line
+        if debug:
+            raise
+        error(f"{type(e).__name__}: {e} (run again with --debug for the traceback)")
+        return 1
+    finally:
+        from vit.training.distributed import shutdown
+
+        shutdown()
+
+
+def run() -> None:  # console-script entry point
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,11 @@
+"""Images to batches: knows nothing of models or training.
+
+    folders     the folder layout, scanning by class, the files/folders/globs a command is given
+    images      decoding that survives bad files; the pre-flight check
+    splits      stratified split, class counts and weights, the data report
+    transforms  albumentations: training augmentation, the evaluation crop, normalisation
+    dataset     the training Dataset
+    loader      the sampler that makes resume exact, and the DataLoader around it
+    memory      data.pipeline=memory: decode once into a uint8 tensor, augment batches on the device
+    synthetic   the built-in shapes dataset
+"""

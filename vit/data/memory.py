@@ -1,0 +1,475 @@
+"""The in-memory input pipeline (``data.pipeline: memory``): decode once, augment whole batches.
+
+Small images are cheap to compute on and expensive to feed: a GPU trains a ViT-Tiny on 32 px
+images far faster than loader workers can decode and augment them one by one. This pipeline
+decodes the data set once into a ``uint8`` tensor ``(N, S, S, 3)`` kept on the training device
+and augments each batch there with tensor ops:
+
+    RandomResizedCrop + horizontal flip   one ``grid_sample`` per batch, boxes drawn exactly as
+                                          albumentations draws them (10 tries, then centre)
+    RandAugment-style ops (``randaug_n``) the same 13 ops and strength ranges as the
+                                          albumentations pipeline (``vit.data.transforms``),
+                                          each sample picking its own ops, in list order
+    Normalize
+
+Training images are stored as their centre square resized to ``img_size`` (CIFAR-10 at 32 px is
+stored as is), so crops come from the central square of a non-square photo; evaluation images
+are stored exactly as the albumentations evaluation transform crops them. Randomness comes from
+``(seed, epoch, batch)``, so a resumed run draws the same augmentations as one that was never
+stopped, and torchrun processes together augment as one process would. ``tests/test_fastdata.py``
+checks the crop and flip distribution against the albumentations pipeline and each op against
+albumentations' own implementation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from vit.data.images import UnreadableImageError, load_image
+from vit.data.loader import EpochSampler
+from vit.data.transforms import eval_geometry
+from vit.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+NUM_RANDAUG_OPS = 13  # the list in vit.data.transforms._randaugment_ops, in the same order
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding once
+# ---------------------------------------------------------------------------------------------
+
+
+_local = threading.local()  # one albumentations pipeline per decoding thread
+
+
+def _decode_one(path: str, size: int, crop_pct: float) -> np.ndarray | str:
+    """(S, S, 3) uint8 as the evaluation transform crops it, or the reason it cannot be read."""
+    try:
+        image = np.asarray(load_image(path))
+    except UnreadableImageError as exc:
+        return exc.reason
+    if image.shape[:2] == (size, size) and crop_pct == 1.0:
+        return image  # CIFAR-10 at 32 px: nothing to do
+    key = (size, crop_pct)
+    if getattr(_local, "key", None) != key:
+        _local.key, _local.geometry = key, eval_geometry(size, crop_pct)
+    return _local.geometry(image=image)["image"]
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return None
+
+
+def decode_images(paths: Sequence[str], *, size: int, crop_pct: float = 1.0, workers: int = 4,
+                  desc: str = "decoding") -> tuple[torch.Tensor, list[int], list[dict[str, str]]]:
+    """Decode ``paths`` into one ``uint8`` tensor ``(N_good, size, size, 3)``.
+
+    Each image is resized (shorter side to ``size / crop_pct``) and centre-cropped to ``size``,
+    as the evaluation transform does; ``crop_pct=1.0`` keeps the whole centre square.
+    Returns ``(images, kept, skipped)``: ``kept`` are the indices into ``paths`` that decoded,
+    ``skipped`` the ``{"path", "reason"}`` of those that did not (one warning each).
+    """
+    if not paths:
+        raise DataError("no images to decode")
+    needed = len(paths) * size * size * 3
+    memory = _physical_memory()
+    if memory is not None and needed > memory // 2:
+        raise ConfigError(
+            f"data.pipeline=memory would hold {len(paths)} images of {size}x{size} in "
+            f"{needed / 2**30:.1f} GiB, more than half of this machine's {memory / 2**30:.1f} GiB; "
+            "use data.pipeline=albumentations (decoding in loader workers) for this data set")
+    images = torch.empty((len(paths), size, size, 3), dtype=torch.uint8)
+    buffer = images.numpy()  # the same memory, filled from numpy without copies
+    kept: list[int] = []
+    skipped: list[dict[str, str]] = []
+
+    def decode(i: int) -> tuple[int, np.ndarray | str]:
+        return i, _decode_one(paths[i], size, crop_pct)
+
+    with ThreadPoolExecutor(max_workers=max(workers, 1)) as pool, \
+            tqdm(total=len(paths), desc=desc, unit="img", disable=None, leave=False) as bar:
+        for i, result in pool.map(decode, range(len(paths)), chunksize=64):
+            if isinstance(result, str):
+                logger.warning("Skipping %s: %s", paths[i], result)  # as the pre-flight check
+                skipped.append({"path": paths[i], "reason": result})
+            else:
+                buffer[len(kept)] = result
+                kept.append(i)
+            bar.update(1)
+    if not kept:
+        raise DataError(f"none of the {len(paths)} images could be decoded")
+    return images[: len(kept)], kept, skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# Random parameters, drawn on the CPU from a seeded generator
+# ---------------------------------------------------------------------------------------------
+
+
+def _uniform(low: float, high: float, shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(shape, generator=g, dtype=torch.float64)
+
+
+def sample_crop_boxes(batch: int, *, height: int, width: int, scale: Sequence[float],
+                      ratio: Sequence[float], generator: torch.Generator) -> torch.Tensor:
+    """RandomResizedCrop boxes ``(batch, 4)`` as ``(x0, y0, w, h)`` in pixels.
+
+    Albumentations' rule, vectorised: up to 10 tries of (area fraction ~ U(scale), log aspect ~
+    U(log ratio)), sizes rounded, the first try that fits wins and its corner is uniform over the
+    valid positions; if none fits, the centre crop with the aspect clamped to ``ratio``.
+    """
+    tries = 10
+    area = height * width
+    target = _uniform(scale[0] * area, scale[1] * area, (batch, tries), generator)
+    aspect = torch.exp(_uniform(math.log(ratio[0]), math.log(ratio[1]), (batch, tries), generator))
+    w = torch.round(torch.sqrt(target * aspect))  # (B, tries)
+    h = torch.round(torch.sqrt(target / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = torch.where(fits.any(1), fits.float().argmax(1), -1)  # (B,) index of the first fit
+    pick = first.clamp(min=0)[:, None]
+    w, h = w.gather(1, pick)[:, 0], h.gather(1, pick)[:, 0]
+    h_start, w_start = torch.rand((2, batch), generator=generator, dtype=torch.float64)
+    y0 = torch.floor((height - h + 1) * h_start)
+    x0 = torch.floor((width - w + 1) * w_start)
+
+    in_ratio = width / height  # the fallback: a centred crop of clamped aspect
+    if in_ratio < ratio[0]:
+        fw, fh = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        fw, fh = round(height * ratio[1]), height
+    else:
+        fw, fh = width, height
+    none = first < 0
+    w = torch.where(none, float(fw), w)
+    h = torch.where(none, float(fh), h)
+    x0 = torch.where(none, float((width - fw) // 2), x0)
+    y0 = torch.where(none, float((height - fh) // 2), y0)
+    return torch.stack([x0, y0, w, h], dim=1)
+
+
+def crop_flip_theta(boxes: torch.Tensor, flip: torch.Tensor, *, height: int,
+                    width: int) -> torch.Tensor:
+    """Affine matrices ``(B, 2, 3)`` for ``F.affine_grid`` that resize each box to the output.
+
+    With ``align_corners=False`` output pixel centres land where a resize of the box puts them
+    (OpenCV's convention): x_in = x0 + (u + 0.5) * w / S - 0.5, in normalised coordinates
+    x_n = (w / W) * u_n + (2 * x0 + w) / W - 1. A flip negates the u_n coefficient.
+    """
+    x0, y0, w, h = boxes.unbind(1)
+    theta = boxes.new_zeros((boxes.shape[0], 2, 3))
+    theta[:, 0, 0] = torch.where(flip, -w / width, w / width)
+    theta[:, 0, 2] = (2 * x0 + w) / width - 1
+    theta[:, 1, 1] = h / height
+    theta[:, 1, 2] = (2 * y0 + h) / height - 1
+    return theta
+
+
+def crop_grid(boxes: torch.Tensor, flip: torch.Tensor, *, height: int, width: int,
+              size: int) -> torch.Tensor:
+    """The ``grid_sample`` grid ``(B, size, size, 2)`` that resizes each box (flipped where
+    ``flip``) to ``size``, clamped to the centres of the box's edge pixels: a resize of the
+    cropped array repeats its border rather than reading the pixels beyond it."""
+    theta = crop_flip_theta(boxes, flip, height=height, width=width)
+    grid = F.affine_grid(theta, [boxes.shape[0], 3, size, size], align_corners=False)
+    x0, y0, w, h = (v.view(-1, 1, 1) for v in boxes.unbind(1))
+    lo_x, hi_x = (2 * x0 + 1) / width - 1, (2 * (x0 + w) - 1) / width - 1
+    lo_y, hi_y = (2 * y0 + 1) / height - 1, (2 * (y0 + h) - 1) / height - 1
+    gx = torch.minimum(torch.maximum(grid[..., 0], lo_x), hi_x)
+    gy = torch.minimum(torch.maximum(grid[..., 1], lo_y), hi_y)
+    return torch.stack([gx, gy], dim=-1)
+
+
+@dataclass
+class RandAugmentParams:
+    """Per-sample choices and strengths for the 13 ops (all ``(B, 13)`` or ``(B,)`` tensors)."""
+
+    chosen: torch.Tensor  # (B, 13) bool: the ops this sample applies
+    strength: torch.Tensor  # (B, 13) in [-1, 1]: each op's signed draw within its range
+
+
+def sample_randaugment(batch: int, *, n: int, generator: torch.Generator) -> RandAugmentParams:
+    """``n`` distinct ops per sample, uniformly (as ``A.SomeOf(replace=False)``), and strengths."""
+    order = torch.rand((batch, NUM_RANDAUG_OPS), generator=generator).argsort(dim=1)
+    chosen = torch.zeros((batch, NUM_RANDAUG_OPS), dtype=torch.bool)
+    chosen.scatter_(1, order[:, :n], True)
+    strength = 2 * torch.rand((batch, NUM_RANDAUG_OPS), generator=generator) - 1
+    return RandAugmentParams(chosen=chosen, strength=strength)
+
+
+# ---------------------------------------------------------------------------------------------
+# The ops, on float images holding integer values in [0, 255], shape (B, 3, S, S)
+# ---------------------------------------------------------------------------------------------
+
+
+def _to(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` on ``like``'s device and dtype, copied without waiting for the device's queue."""
+    return t.to(device=like.device, dtype=like.dtype, non_blocking=True)
+
+
+def _as_uint8_values(x: torch.Tensor) -> torch.Tensor:
+    return x.round().clamp(0, 255)
+
+
+def affine(x: torch.Tensor, theta: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """Warp by ``theta`` (B, 2, 3, output -> input, normalised); outside pixels become ``fill``."""
+    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
+    shifted = x - fill.view(1, 3, 1, 1)
+    warped = F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros",
+                           align_corners=False)
+    return _as_uint8_values(warped + fill.view(1, 3, 1, 1))
+
+
+def _rotation(deg: torch.Tensor) -> torch.Tensor:
+    t = deg.new_zeros((deg.shape[0], 2, 3))
+    rad = torch.deg2rad(deg)
+    t[:, 0, 0], t[:, 0, 1] = torch.cos(rad), -torch.sin(rad)
+    t[:, 1, 0], t[:, 1, 1] = torch.sin(rad), torch.cos(rad)
+    return t
+
+
+def _shear(deg: torch.Tensor, axis: int) -> torch.Tensor:
+    t = deg.new_zeros((deg.shape[0], 2, 3))
+    t[:, 0, 0] = t[:, 1, 1] = 1.0
+    t[:, axis, 1 - axis] = torch.tan(torch.deg2rad(deg))
+    return t
+
+
+def _translate(fraction: torch.Tensor, axis: int) -> torch.Tensor:
+    t = fraction.new_zeros((fraction.shape[0], 2, 3))
+    t[:, 0, 0] = t[:, 1, 1] = 1.0
+    t[:, axis, 2] = 2 * fraction  # a fraction of the side is twice that in [-1, 1]
+    return t
+
+
+def brightness_contrast(x: torch.Tensor, alpha: torch.Tensor | float,
+                        beta: torch.Tensor | float) -> torch.Tensor:
+    """``x * alpha + 255 * beta`` per sample (albumentations' RandomBrightnessContrast)."""
+    alpha = torch.as_tensor(alpha, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
+    beta = torch.as_tensor(beta, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
+    return _as_uint8_values(x * alpha + 255.0 * beta)
+
+
+def saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Blend with the grey image (ITU-R 601 luma, as OpenCV's RGB2GRAY) by ``factor``."""
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)
+    gray = _as_uint8_values((x * weights.view(1, 3, 1, 1)).sum(1, keepdim=True))
+    f = factor.view(-1, 1, 1, 1)
+    return _as_uint8_values(x * f + gray * (1 - f))
+
+
+def sharpen(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """3x3 kernel (1 - a) * identity + a * (Laplacian + identity), reflect-101 borders."""
+    a = alpha.view(-1, 1, 1, 1)
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")  # torch's "reflect" is OpenCV's REFLECT_101
+    neighbours = F.avg_pool2d(padded, 3, stride=1) * 9 - x  # sum of the 8 neighbours
+    return _as_uint8_values(x + a * (8 * x - neighbours))
+
+
+def posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """Keep the ``bits`` high bits of every value."""
+    step = (2.0 ** (8 - bits)).view(-1, 1, 1, 1)
+    return torch.floor(x / step) * step
+
+
+def solarize(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """Invert values at or above ``threshold`` (a fraction of 255)."""
+    return torch.where(x >= 255.0 * threshold.view(-1, 1, 1, 1), 255.0 - x, x)
+
+
+def equalize(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel histogram equalisation as OpenCV's ``equalizeHist``.
+
+    lut[v] = round((cdf[v] - cdf[first]) * 255 / (pixels - hist[first])), ``first`` the lowest
+    value present; a channel of one value is left alone. (Albumentations' AutoContrast with its
+    default ``method="cdf"`` builds the same table from a histogram binned slightly differently,
+    a few levels apart at most, so both ops use this function.)
+    """
+    b, c, h, w = x.shape
+    values = x.reshape(b * c, h * w).long()  # (B*3, H*W)
+    hist = torch.zeros((b * c, 256), dtype=torch.float64, device=x.device)
+    hist.scatter_add_(1, values, torch.ones_like(values, dtype=torch.float64))
+    cdf = hist.cumsum(1)
+    first = (hist > 0).float().argmax(1, keepdim=True)  # (B*3, 1) lowest value present
+    first_count = hist.gather(1, first)  # == cdf at ``first``: nothing lies below it
+    denominator = (h * w) - first_count
+    lut = ((cdf - first_count) * 255.0 / denominator.clamp(min=1)).round().clamp(0, 255)
+    lut = torch.where(denominator > 0, lut, torch.arange(256, device=x.device, dtype=lut.dtype))
+    return lut.gather(1, values).reshape(b, c, h, w).to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The batch transform
+# ---------------------------------------------------------------------------------------------
+
+
+class BatchAugment:
+    """``uint8 (B, H, W, 3)`` on any device -> normalised ``float32 (B, 3, S, S)``.
+
+    ``train=False`` only normalises (the stored images are already the evaluation crops).
+    Random draws come from a CPU ``torch.Generator`` passed per call, so they are the same on
+    every device and for every resume point.
+    """
+
+    def __init__(self, *, img_size: int, mean: Sequence[float], std: Sequence[float],
+                 train: bool = True, scale: Sequence[float] = (0.08, 1.0),
+                 ratio: Sequence[float] = (3 / 4, 4 / 3), hflip: float = 0.5, randaug_n: int = 2,
+                 randaug_m: float = 9):
+        if not 0 <= randaug_n <= NUM_RANDAUG_OPS:
+            raise ConfigError(f"randaug_n must be in [0, {NUM_RANDAUG_OPS}], got {randaug_n}")
+        self.img_size = img_size
+        self.mean = torch.tensor(mean, dtype=torch.float32)
+        self.std = torch.tensor(std, dtype=torch.float32)
+        self.train = train
+        self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), hflip
+        self.randaug_n, self.randaug_m = randaug_n, randaug_m
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x / 255.0 - _to(self.mean, x).view(1, 3, 1, 1)) / _to(self.std, x).view(1, 3, 1, 1)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None, *,
+                 shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+        """Augment (training) or just normalise (evaluation) one batch.
+
+        ``shard=(rank, world_size)``: this batch holds every ``world_size``-th sample of a
+        global batch, starting at ``rank`` (how ``EpochSampler`` shards). The random draws are
+        made for the whole global batch and this shard's rows kept, so torchrun processes
+        together augment exactly as one process with the global batch would.
+        """
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"expected uint8 images (B, H, W, 3), got {images.dtype} "
+                             f"{tuple(images.shape)}")
+        x = images.permute(0, 3, 1, 2).float()  # (B, H, W, 3) -> (B, 3, H, W)
+        if self.train:
+            if generator is None:
+                raise ValueError("training augmentation needs a generator")
+            x = self.crop_flip(x, generator, shard)
+            if self.randaug_n > 0:
+                x = self.randaugment(x, generator, shard)
+        elif x.shape[-2:] != (self.img_size, self.img_size):
+            raise ValueError(f"evaluation images must be stored at {self.img_size} px, "
+                             f"got {tuple(x.shape[-2:])}")
+        return self.normalize(x)
+
+    def crop_flip(self, x: torch.Tensor, generator: torch.Generator,
+                  shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+        b, _, height, width = x.shape
+        (rank, world), n = shard, b * shard[1]  # draws for the global batch, then this shard
+        boxes = sample_crop_boxes(n, height=height, width=width, scale=self.scale,
+                                  ratio=self.ratio, generator=generator)[rank::world]
+        flip = (torch.rand(n, generator=generator) < self.hflip)[rank::world]
+        grid = crop_grid(_to(boxes, x), flip.to(x.device, non_blocking=True), height=height,
+                         width=width, size=self.img_size)
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return _as_uint8_values(out)
+
+    def randaugment(self, x: torch.Tensor, generator: torch.Generator,
+                    shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+        """Each sample applies its chosen ops in the list's order (as ``A.SomeOf`` sorts them)."""
+        rank, world = shard
+        p = sample_randaugment(x.shape[0] * world, n=self.randaug_n, generator=generator)
+        p = RandAugmentParams(chosen=p.chosen[rank::world], strength=p.strength[rank::world])
+        f = self.randaug_m / 10.0
+        rot, shear, shift, enhance = 30.0 * f, 17.0 * f, 0.45 * f, 0.9 * f
+        fill = _to(255.0 * self.mean, x)
+        s = _to(p.strength, x)  # (B, 13) in [-1, 1]
+        unit = (s + 1) / 2  # (B, 13) in [0, 1]
+        ops = [
+            lambda v, i: affine(v, _rotation(rot * s[i, 0]), fill),
+            lambda v, i: affine(v, _shear(shear * s[i, 1], axis=0), fill),
+            lambda v, i: affine(v, _shear(shear * s[i, 2], axis=1), fill),
+            lambda v, i: affine(v, _translate(shift * s[i, 3], axis=0), fill),
+            lambda v, i: affine(v, _translate(shift * s[i, 4], axis=1), fill),
+            lambda v, i: brightness_contrast(v, 1.0, enhance * s[i, 5]),
+            lambda v, i: brightness_contrast(v, 1 + enhance * s[i, 6], 0.0),
+            lambda v, i: saturation(v, 1 + enhance * s[i, 7]),
+            lambda v, i: sharpen(v, min(enhance, 1.0) * unit[i, 8]),
+            lambda v, i: posterize(v, _posterize_bits(unit[i, 9], f)),
+            lambda v, i: solarize(v, 1.0 - f * unit[i, 10]),
+            lambda v, _: equalize(v),
+            lambda v, _: equalize(v),  # AutoContrast(method="cdf"): nearly the same, see equalize
+        ]
+        assert len(ops) == NUM_RANDAUG_OPS
+        for k, op in enumerate(ops):
+            rows = p.chosen[:, k].nonzero()[:, 0]  # the samples that picked op k (on the CPU:
+            if rows.numel():                       # no wait for the device)
+                rows = rows.to(x.device, non_blocking=True)
+                x[rows] = op(x[rows], rows)
+        return x
+
+
+def _posterize_bits(unit: torch.Tensor, f: float) -> torch.Tensor:
+    """Integer bits uniform over [8 - round(4 f), 8], as ``A.Posterize(num_bits=(lo, 8))``."""
+    low = 8 - round(4 * f)
+    return low + torch.floor(unit * (8 - low + 1)).clamp(max=8 - low)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loader
+# ---------------------------------------------------------------------------------------------
+
+
+def batch_seed(seed: int, epoch: int, batch: int) -> int:
+    """A 63-bit seed that depends on all three numbers (for the augmentation of one batch)."""
+    # The trailing 0 (once the process rank) keeps the draws that produced the CPU results
+    # recorded in benchmarks/RESULTS.md.
+    state = np.random.SeedSequence([seed % 2**32, epoch, batch, 0]).generate_state(2)
+    return int(state[0]) << 31 ^ int(state[1])
+
+
+class MemoryLoader:
+    """Batches ``(x, y)`` from a ``uint8`` image tensor, augmented on the tensor's device.
+
+    Same contract as the DataLoader from ``vit.data.loader.build_loader``: an ``EpochSampler``
+    orders and shards the indices, ``vit.data.loader.set_epoch(loader, epoch, start_batch)`` before
+    each epoch, and ``len()`` counts this process's batches. With ``drop_last`` (training), ``world_size``
+    processes with batch B see and augment exactly what one process with batch B x world_size
+    would.
+    """
+
+    def __init__(self, images: torch.Tensor, targets: Sequence[int], *, augment: BatchAugment,
+                 batch_size: int, shuffle: bool, drop_last: bool, seed: int, rank: int = 0,
+                 world_size: int = 1, weights: Sequence[float] | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        if len(targets) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {len(targets)} targets")
+        self.images = images
+        self.targets = torch.as_tensor(list(targets), dtype=torch.long).to(images.device)
+        self.augment = augment
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.sampler = EpochSampler(images.shape[0], shuffle=shuffle, seed=seed, rank=rank,
+                                    world_size=world_size, weights=weights, drop_last=drop_last,
+                                    batch_size=batch_size)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.tensor(list(self.sampler), dtype=torch.long)
+        for b in range(len(self)):
+            index = order[b * self.batch_size:(b + 1) * self.batch_size]
+            index = index.to(self.images.device, non_blocking=True)
+            g = None
+            if self.augment.train:  # the same draws in every process; each keeps its shard's
+                batch = self.sampler.start // self.batch_size + b  # counted from the epoch's start
+                g = torch.Generator().manual_seed(batch_seed(self.seed, self.sampler.epoch, batch))
+            x = self.augment(self.images[index], g, shard=(self.rank, self.world_size))
+            yield x, self.targets[index]

@@ -1,0 +1,284 @@
+"""Evaluate a checkpoint on an image folder: metrics, report.json and plots.
+
+    from vit import Classifier
+    from vit.inference.evaluate import evaluate_folder
+    report = evaluate_folder(Classifier.from_checkpoint("runs/x/best.pt"), "data/pets",
+                             output_dir="runs/x/eval")
+
+The folder is ``DIR/<class>/<image>``, or ``DIR/test/<class>/...`` / ``DIR/val/<class>/...``
+(test/ is preferred over val/). Folders are matched to the checkpoint's classes by name, so the
+folder may hold fewer classes, or classes the model does not know (reported and left out).
+
+Files written to the output folder:
+    report.json             top1, top5, loss, ece, num_images, per_class, confusion_matrix,
+                            unknown_classes, missing_classes, skipped, ...; accuracies,
+                            precision, recall and F1 in percent, ECE in [0, 1]
+    predictions.csv         per image: path, true label, predicted label, confidence
+    confusion_matrix.png    rows normalised to the true class
+    reliability.png         accuracy per confidence bin (calibration)
+    mistakes.png            the most confidently wrong images, with true and predicted label
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vit.data.folders import scan_folder
+from vit.errors import DataError
+from vit.inference.classifier import Classifier
+from vit.inference.metrics import (
+    EvalAccumulator,
+    build_report,
+    most_confident_mistakes,
+    reliability_bins,
+)
+from vit.io import atomic_write, make_output_dir, write_json
+
+__all__ = [
+    "EVAL_SUBDIRS",
+    "ClassMatch",
+    "EvalSet",
+    "resolve_eval_dir",
+    "match_classes",
+    "scan_eval_folder",
+    "compute_report",
+    "evaluate_folder",
+    "format_summary",
+]
+
+logger = logging.getLogger(__name__)
+
+EVAL_SUBDIRS = ("test", "val", "valid", "validation")  # in order of preference
+REPORT_FILE = "report.json"
+PREDICTIONS_FILE = "predictions.csv"
+CONFUSION_FILE = "confusion_matrix.png"
+RELIABILITY_FILE = "reliability.png"
+MISTAKES_FILE = "mistakes.png"
+
+
+# --- which images, with which labels ----------------------------------------------------------
+
+
+def resolve_eval_dir(data_dir: str | os.PathLike[str]) -> Path:
+    """``DIR/test``, else ``DIR/val`` (or valid/validation), else ``DIR`` itself.
+
+    A ``DIR`` with only a ``train/`` split is refused: evaluating on training images is almost
+    always a mistake (pass ``DIR/train`` explicitly to do it anyway).
+    """
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data folder {root} {'is a file' if root.exists() else 'does not exist'}"
+                        "; pass a folder of class sub-folders")
+    for name in EVAL_SUBDIRS:
+        if (root / name).is_dir():
+            return root / name
+    if (root / "train").is_dir():
+        raise DataError(
+            f"{root} has a train/ folder but no test/ or val/ folder to evaluate on; pass "
+            f"--data {root / 'train'} if you really want to evaluate on the training images")
+    return root
+
+
+@dataclass(frozen=True)
+class ClassMatch:
+    """How folder names map to the model's classes."""
+
+    targets: dict[str, int]  # folder name -> index into the model's classes
+    unknown: list[str]  # folders the model has no class for (their images are left out)
+    missing: list[str]  # model classes without a folder
+
+
+def match_classes(folder_classes: Sequence[str], model_classes: Sequence[str]) -> ClassMatch:
+    """Match class folders to the model's classes by name; ``DataError`` if none match."""
+    index = {name: i for i, name in enumerate(model_classes)}
+    targets = {name: index[name] for name in folder_classes if name in index}
+    if not targets:
+        raise DataError(
+            f"none of the class folders {list(folder_classes)} is a class of this checkpoint "
+            f"{list(model_classes)}; folder names must equal the training class names")
+    unknown = [name for name in folder_classes if name not in index]
+    missing = [name for name in model_classes if name not in set(folder_classes)]
+    return ClassMatch(targets=targets, unknown=unknown, missing=missing)
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """The images to evaluate, labelled with the model's class indices."""
+
+    root: Path
+    samples: list[tuple[str, int]]
+    match: ClassMatch
+    num_unknown_images: int
+
+
+def scan_eval_folder(eval_dir: str | os.PathLike[str], model_classes: Sequence[str]) -> EvalSet:
+    """Scan ``eval_dir/<class>/...`` and label each image with the model's index of its class."""
+    scan = scan_folder(eval_dir)
+    match = match_classes(scan.classes, model_classes)
+    samples = [(path, match.targets[scan.classes[t]]) for path, t in scan.samples
+               if scan.classes[t] in match.targets]
+    num_unknown = len(scan.samples) - len(samples)
+    if match.unknown:
+        logger.warning("the model does not know the classes %s; their %d images are left out",
+                       match.unknown, num_unknown)
+    if match.missing:
+        logger.warning("no folder for the model's classes %s", match.missing)
+    return EvalSet(root=Path(eval_dir), samples=samples, match=match,
+                   num_unknown_images=num_unknown)
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+def compute_report(
+    probs: torch.Tensor, targets: torch.Tensor, classes: Sequence[str]
+) -> dict[str, Any]:
+    """The metrics of ``vit.inference.metrics`` (torchmetrics) as a JSON-ready dict; see ``build_report``."""
+    accumulator = EvalAccumulator(num_classes=len(classes))
+    accumulator.update(probs, targets)
+    return build_report(accumulator.compute(), classes)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Probabilities of the readable images, with their labels and paths."""
+
+    paths: list[str]
+    probs: torch.Tensor  # (N, C)
+    targets: torch.Tensor  # (N,)
+    skipped: list[dict[str, str]]  # {"path", "reason"} of unreadable files
+
+
+def score_images(
+    clf: Classifier, samples: Sequence[tuple[str, int]], *, batch_size: int | None = None,
+    show_progress: bool = False,
+) -> Scored:
+    """Run the classifier over ``samples``; unreadable files are skipped with a warning."""
+    scores = clf.predict_proba_files([p for p, _ in samples], batch_size=batch_size,
+                                     show_progress=show_progress)
+    keep = scores.readable
+    skipped = [{"path": scores.paths[i], "reason": error}
+               for i, error in enumerate(scores.errors) if error is not None]
+    if not keep:
+        raise DataError(f"none of the {len(samples)} images could be read "
+                        f"(first: {skipped[0]['path']}: {skipped[0]['reason']})")
+    if skipped:
+        logger.warning("skipped %d unreadable images of %d (listed in %s)", len(skipped),
+                       len(samples), REPORT_FILE)
+    return Scored(paths=[samples[i][0] for i in keep], probs=scores.probs,
+                  targets=torch.tensor([samples[i][1] for i in keep], dtype=torch.long),
+                  skipped=skipped)
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def write_predictions_csv(path: Path, scored: Scored, classes: Sequence[str]) -> None:
+    """One row per image: path, true, predicted, confidence, correct."""
+    confidence, predicted = scored.probs.max(dim=1)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["path", "true", "predicted", "confidence", "correct"])
+    for p, t, y, c in zip(scored.paths, scored.targets.tolist(), predicted.tolist(),
+                          confidence.tolist(), strict=True):
+        writer.writerow([p, classes[t], classes[y], f"{c:.6f}", int(t == y)])
+    atomic_write(path, text.getvalue())
+
+
+def _mistake_title(scored: Scored, i: int, classes: Sequence[str]) -> str:
+    confidence, predicted = scored.probs[i].max(dim=0)
+    return (f"true: {classes[int(scored.targets[i])]}\n"
+            f"pred: {classes[int(predicted)]} {float(confidence):.0%}")
+
+
+def write_plots(output_dir: Path, scored: Scored, report: dict[str, Any], clf: Classifier, *,
+                num_mistakes: int) -> list[Path]:
+    """Confusion matrix, reliability diagram and the most confident mistakes, as PNGs."""
+    from vit.plots import plot_confusion_matrix, plot_image_grid, plot_reliability_diagram
+
+    confusion, reliability, grid = (output_dir / name for name in
+                                    (CONFUSION_FILE, RELIABILITY_FILE, MISTAKES_FILE))
+    plot_confusion_matrix(report["confusion_matrix"], clf.classes, confusion, normalize=True)
+    bins = reliability_bins(scored.probs, scored.targets)
+    plot_reliability_diagram(bins, bins["ece"], reliability)
+    mistakes = most_confident_mistakes(scored.probs, scored.targets, num_mistakes)
+    plot_image_grid(clf.view([scored.paths[i] for i in mistakes]),
+                    [_mistake_title(scored, i, clf.classes) for i in mistakes], grid,
+                    title="most confident mistakes", title_colors=["red"] * len(mistakes))
+    written = [confusion, reliability, grid]
+    return written
+
+
+# --- the whole evaluation ---------------------------------------------------------------------
+
+
+def evaluate_folder(
+    clf: Classifier,
+    data_dir: str | os.PathLike[str],
+    *,
+    output_dir: str | os.PathLike[str] | None = None,
+    batch_size: int | None = None,
+    num_mistakes: int = 16,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate ``clf`` on an image folder; write report.json, predictions.csv and the plots
+    to ``output_dir`` (when given) and return the report."""
+    eval_dir = resolve_eval_dir(data_dir)
+    eval_set = scan_eval_folder(eval_dir, clf.classes)
+    out = make_output_dir(output_dir) if output_dir is not None else None
+    split = f" (the {eval_dir.name}/ split of {data_dir})" if eval_dir != Path(data_dir) else ""
+    logger.info("evaluating on %s%s: %d images", eval_dir, split, len(eval_set.samples))
+    scored = score_images(clf, eval_set.samples, batch_size=batch_size,
+                          show_progress=show_progress)
+    report = compute_report(scored.probs, scored.targets, clf.classes)
+    report.update({
+        "data_dir": str(data_dir),
+        "eval_dir": str(eval_set.root),
+        "unknown_classes": eval_set.match.unknown,
+        "num_unknown_class_images": eval_set.num_unknown_images,
+        "missing_classes": eval_set.match.missing,
+        "skipped": scored.skipped,
+    })
+    if out is not None:
+        write_predictions_csv(out / PREDICTIONS_FILE, scored, clf.classes)
+        report["plots"] = [p.name for p in write_plots(out, scored, report, clf,
+                                                       num_mistakes=num_mistakes)]
+        write_json(out / REPORT_FILE, report)
+    return report
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}%"
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """A short text table of ``report`` for the terminal."""
+    lines = [
+        f"{report['num_images']} images from {report.get('eval_dir', '?')}",
+        f"top-1 {_percent(report['top1'])}   top-5 {_percent(report['top5'])}   "
+        f"loss {_number(report['loss'])}   ECE {_number(report['ece'])}",
+    ]
+    width = max(len("class"), *(len(name) for name in report["per_class"]))
+    lines.append(f"{'class':<{width}}  precision   recall       f1  support")
+    for name, row in report["per_class"].items():
+        lines.append(f"{name:<{width}}  {_percent(row['precision']):>9}  "
+                     f"{_percent(row['recall']):>7}  {_percent(row['f1']):>7}  {row['support']:>7}")
+    for key, what in (("unknown_classes", "folders the model does not know (left out)"),
+                      ("missing_classes", "model classes without a folder"),
+                      ("skipped", "unreadable files skipped")):
+        if report.get(key):
+            lines.append(f"{what}: {len(report[key])}")
+    return "\n".join(lines) + "\n"

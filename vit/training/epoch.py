@@ -1,0 +1,276 @@
+"""One epoch of training and one validation pass. Explicit arguments, no hidden state.
+
+The run-level orchestration (data, checkpoints, files) lives in ``vit.training.trainer``; these functions
+only move batches through the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from vit.errors import VitError
+from vit.inference.accuracy import percent, topk_correct
+from vit.runtime import autocast, unwrap_model
+from vit.training.distributed import all_reduce_sum
+from vit.training.optim import set_lr
+
+logger = logging.getLogger(__name__)
+
+class NonFiniteLossError(VitError):
+    """The loss became NaN or infinite; the run stops before any weights are saved from it."""
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+@dataclass
+class EpochResult:
+    train_loss: float  # mean over the batches seen
+    step: int  # optimizer steps done so far in the run
+    lr: float  # learning rate of the last step
+    images: int  # images processed by this process
+    seconds: float
+    skipped_steps: int  # fp16 overflow steps skipped by the GradScaler
+    batches_done: int  # batches of this epoch finished (== len(loader) unless interrupted)
+    interrupted: bool
+    data_wait_s: float = 0.0  # time blocked waiting for the loader's next batch
+
+
+
+def train_one_epoch(
+    *, model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], device: torch.device,
+    precision: str, lr_at: Callable[[int], float], step: int,
+    scaler: torch.amp.GradScaler | None = None, accum_steps: int = 1,
+    clip_grad: float | None = None, ema: nn.Module | None = None, mixup: Callable | None = None,
+    epoch: int = 0, num_batches: int | None = None, skip_batches: int = 0,
+    should_stop: Callable[[], bool] | None = None, show_progress: bool = True,
+    check_every: int | None = None,
+) -> EpochResult:
+    """Train for one pass over ``loader``; returns running statistics.
+
+    ``step`` counts optimizer steps over the whole run and sets the learning rate through
+    ``lr_at(step)``. With ``accum_steps > 1`` gradients of that many batches are summed before a
+    step (the global batch is ``batch_size * accum_steps * world_size``). ``skip_batches`` resumes
+    an interrupted epoch; ``should_stop`` is polled after each optimizer step.
+
+    The loss and the finiteness of loss and gradients are kept on the device and read every
+    ``check_every`` batches (default: every batch on the CPU, where reading is free; every 50
+    on a GPU, so the host never waits for the device in between and kernel launches overlap
+    the device's work). A non-finite step raises ``NonFiniteLossError`` naming the first bad
+    step, before the epoch ends, so no checkpoint is ever written from its weights.
+    """
+    model.train()
+    total = num_batches if num_batches is not None else len(loader)  # type: ignore[arg-type]
+    steps = _Steps(model=model, optimizer=optimizer, criterion=criterion, device=device,
+                   precision=precision, lr_at=lr_at, step=step, scaler=scaler,
+                   accum_steps=accum_steps, clip_grad=clip_grad, ema=ema, mixup=mixup,
+                   epoch=epoch, total=total,
+                   check_every=check_every if check_every is not None else (
+                       1 if device.type == "cpu" else 50))
+    bar = tqdm(total=total, initial=skip_batches, desc=f"epoch {epoch + 1}", leave=False,
+               disable=not show_progress, dynamic_ncols=True)
+    start, data_wait, interrupted, batch_index = time.perf_counter(), 0.0, False, skip_batches
+    optimizer.zero_grad(set_to_none=True)
+    fetch_start = time.perf_counter()
+    for batch_index, (x, y) in enumerate(loader, start=skip_batches):
+        data_wait += time.perf_counter() - fetch_start
+        stepped = steps.batch(x, y, batch_index)
+        bar.update(1)
+        if steps.checked:
+            bar.set_postfix(loss=f"{steps.health.last_loss():.4f}", lr=f"{steps.lr:.2e}")
+        if stepped and should_stop is not None and should_stop():
+            interrupted = batch_index + 1 < total
+            break
+        fetch_start = time.perf_counter()
+    bar.close()
+    steps.health.raise_if_bad(epoch)
+    return EpochResult(
+        train_loss=steps.health.mean_loss(), step=steps.step, lr=steps.lr, images=steps.images,
+        seconds=time.perf_counter() - start, skipped_steps=steps.skipped,
+        batches_done=batch_index + 1 if steps.batches else skip_batches,
+        interrupted=interrupted, data_wait_s=data_wait)
+
+
+class _Steps:
+    """Batches through the model, and an optimizer step every ``accum_steps`` of them."""
+
+    def __init__(self, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 device: torch.device, precision: str, lr_at: Callable[[int], float], step: int,
+                 scaler: torch.amp.GradScaler | None, accum_steps: int, clip_grad: float | None,
+                 ema: nn.Module | None, mixup: Callable | None, epoch: int, total: int,
+                 check_every: int):
+        self.model, self.optimizer, self.criterion = model, optimizer, criterion
+        self.device, self.precision, self.scaler = device, precision, scaler
+        self.lr_at, self.accum_steps, self.clip_grad = lr_at, accum_steps, clip_grad
+        self.ema, self.mixup, self.epoch, self.total = ema, mixup, epoch, total
+        self.check_every = check_every
+        self.health = _StepHealth(device)
+        self.step, self.lr = step, lr_at(step)
+        self.batches = self.images = self.skipped = 0
+        self.checked = False  # whether the last batch read the health flags
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor, index: int) -> bool:
+        """One batch: forward, backward, and the optimizer step that ends an accumulation
+        window; returns whether it stepped."""
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        if self.mixup is not None:
+            x, y = self.mixup(x, y)
+        is_update = (index + 1) % self.accum_steps == 0 or index + 1 == self.total
+        self._backward(x, y, is_update=is_update)
+        if is_update:
+            self._update()
+        self.batches += 1
+        self.images += x.shape[0]
+        self.checked = self.batches % self.check_every == 0 or index + 1 == self.total
+        if self.checked:
+            self.health.raise_if_bad(self.epoch)
+        return is_update
+
+    def _backward(self, x: torch.Tensor, y: torch.Tensor, *, is_update: bool) -> None:
+        model = self.model
+        # DDP: only all-reduce gradients on the micro-batch that ends an accumulation window.
+        no_sync = not is_update and hasattr(model, "no_sync")
+        with model.no_sync() if no_sync else contextlib.nullcontext():
+            with autocast(self.device, self.precision):
+                logits = model(x)
+            loss = self.criterion(logits.float(), y)
+            self.health.add_loss(loss, step=self.step + 1, guarded=self.scaler is None)
+            if self.check_every == 1:
+                self.health.raise_if_bad(self.epoch)  # before backward: the weights stay untouched
+            backward_loss = loss / self.accum_steps
+            if self.scaler is not None:
+                self.scaler.scale(backward_loss).backward()
+            else:
+                backward_loss.backward()
+
+    def _update(self) -> None:
+        self.lr = self.lr_at(self.step)
+        set_lr(self.optimizer, self.lr)
+        self.skipped += _optimizer_step(
+            self.model, self.optimizer, scaler=self.scaler, clip_grad=self.clip_grad,
+            health=self.health, check_now=self.check_every == 1, epoch=self.epoch)
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(unwrap_model(self.model), step=self.step)
+
+
+def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, *,
+                    scaler: torch.amp.GradScaler | None, clip_grad: float | None,
+                    health: _StepHealth, check_now: bool, epoch: int) -> int:
+    """Unscale, clip, step, zero the gradients; returns 1 if the GradScaler skipped the step."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), clip_grad or math.inf)
+    if scaler is not None:
+        scale_before = scaler.get_scale()  # fp16 reads the scale back: one wait per step
+        scaler.step(optimizer)  # skipped when the gradients hold inf/NaN
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return int(scaler.get_scale() < scale_before)
+    health.add_grad_norm(grad_norm)
+    if check_now:
+        health.raise_if_bad(epoch)  # before the step: the weights stay untouched
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return 0
+
+
+class _StepHealth:
+    """Running loss sum and the first non-finite step, kept on the device until read."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.count = 0
+        self.last = torch.zeros((), device=device)
+        self.first_bad = torch.full((), -1, device=device, dtype=torch.long)
+        self.bad_value = torch.zeros((), device=device)
+        self.bad_what = torch.zeros((), device=device, dtype=torch.long)  # 1 loss, 2 gradients
+        self.step = 0
+
+    def add_loss(self, loss: torch.Tensor, *, step: int, guarded: bool) -> None:
+        value = loss.detach().float()
+        finite = torch.isfinite(value)
+        self.loss_sum += torch.where(finite, value, 0.0)
+        self.count += 1
+        self.last = value
+        self.step = step
+        if guarded:  # with a GradScaler a non-finite fp16 step is skipped, not an error
+            self._flag(~finite, value, what=1)
+
+    def add_grad_norm(self, grad_norm: torch.Tensor) -> None:
+        norm = grad_norm.detach().float()
+        self._flag(~torch.isfinite(norm), norm, what=2)
+
+    def _flag(self, bad: torch.Tensor, value: torch.Tensor, *, what: int) -> None:
+        new = bad & (self.first_bad < 0)
+        self.first_bad = torch.where(new, self.step, self.first_bad)
+        self.bad_value = torch.where(new, value, self.bad_value)
+        self.bad_what = torch.where(new, what, self.bad_what)
+
+    def raise_if_bad(self, epoch: int) -> None:
+        first = int(self.first_bad.item())
+        if first < 0:
+            return
+        what = "loss" if int(self.bad_what.item()) == 1 else "gradients"
+        raise NonFiniteLossError(
+            f"the {what} became {self.bad_value.item()} at step {first} (epoch {epoch + 1}); the "
+            "last good checkpoint is kept. Lower the learning rate (--lr) or set "
+            "train.clip_grad, then resume with --resume.")
+
+    def last_loss(self) -> float:
+        return float(self.last.item())
+
+    def mean_loss(self) -> float:
+        return float(self.loss_sum.item()) / max(self.count, 1)
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def validate(
+    *,
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    precision: str,
+    show_progress: bool = False,
+    desc: str = "eval",
+) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (percent) over ``loader``, summed over all processes.
+
+    The sums stay on the device until the end: one wait for the GPU per evaluation, not per batch.
+    """
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top-1, top-5, count
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=not show_progress, dynamic_ncols=True):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, precision):
+            logits = model(x)
+        logits = logits.float()
+        loss = F.cross_entropy(logits, y, reduction="sum").double()
+        count = torch.tensor(float(y.numel()), device=device, dtype=torch.float64)
+        sums += torch.cat([loss[None], topk_correct(logits, y, ks=(1, 5)), count[None]])
+    model.train(was_training)
+    loss_sum, correct1, correct5, count = all_reduce_sum(sums.tolist(), device)
+    if count == 0:
+        raise VitError("evaluation saw no images")
+    return {
+        "val_loss": loss_sum / count,
+        "val_top1": percent(correct1, count),
+        "val_top5": percent(correct5, count),
+    }

@@ -1,0 +1,186 @@
+"""The images of a run: scanned, checked, split, and fed by the pipeline ``data.pipeline`` names.
+
+    data = prepare_data(cfg)                       # scan, pre-flight, split
+    train_loader, val_loader, data = build_loaders(cfg, data, img_size=..., device=..., ...)
+
+``albumentations``: per-image augmentation in loader workers (any data set). ``memory``: the
+data set decoded once into a uint8 tensor on the device, augmented batch by batch there; its
+decoding is the pre-flight check, and the files it cannot decode leave ``data``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vit.config import Config
+from vit.data import loader as loader_lib
+from vit.data.dataset import ImageFolderDataset
+from vit.data.folders import resolve_data_dirs, scan_folder
+from vit.data.images import check_classes_readable, preflight
+from vit.data.splits import build_data_report, class_counts, stratified_split
+from vit.data.transforms import build_transform, resolve_crop_pct
+from vit.errors import ConfigError, DataError, VitError
+
+__all__ = ["RunData", "prepare_data", "build_loaders"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunData:
+    """The images of a run: classes, the split, and what was left out and why."""
+
+    root: Path  # the training folder
+    classes: list[str]
+    train_samples: list[tuple[str, int]]
+    val_samples: list[tuple[str, int]]
+    split: dict[str, Any]  # what split.json records
+    skipped: list[dict[str, str]] = field(default_factory=list)  # unreadable: path, reason
+    ignored: list[str] = field(default_factory=list)  # files that are not images
+
+    @property
+    def train_targets(self) -> list[int]:
+        return [t for _, t in self.train_samples]
+
+    def report(self) -> dict[str, Any]:
+        """What data_report.json holds."""
+        return build_data_report(self.classes, self.train_samples, self.val_samples,
+                                          self.skipped, self.ignored)
+
+
+def prepare_data(cfg: Config) -> RunData:
+    """Scan the image folder, pre-flight it and split it.
+
+    The pre-flight check decodes every image once and skips the unreadable ones; the memory
+    pipeline skips it, since decoding the images into memory is that check (``build_loaders``).
+    """
+    d = cfg.data
+    if d.root is None:
+        raise ConfigError("no data folder given: pass --data DIR (DIR/<class>/<image> or DIR/train/...)")
+    check_images = d.preflight and d.pipeline != "memory"
+    train_dir, val_dir = resolve_data_dirs(d.root)
+    train = _scan(train_dir, check_images=check_images, workers=d.workers, check_classes=True)
+    if val_dir is not None:
+        val = _scan(val_dir, check_images=check_images, workers=d.workers)
+        if val.classes != train.classes:
+            raise VitError(f"{val_dir} has classes {val.classes} but {train_dir} has "
+                           f"{train.classes}; they must match")
+        data = RunData(root=train_dir, classes=train.classes, train_samples=train.samples,
+                       val_samples=val.samples, split={"kind": "folder", "val_dir": str(val_dir)},
+                       skipped=train.skipped + val.skipped, ignored=train.ignored + val.ignored)
+    else:
+        train_idx, val_idx = stratified_split(
+            [t for _, t in train.samples], val_fraction=d.val_fraction, seed=cfg.train.seed)
+        val_samples = [train.samples[i] for i in val_idx]
+        split = {"kind": "stratified", "val_fraction": d.val_fraction, "seed": cfg.train.seed,
+                 "val_files": [p for p, _ in val_samples]}
+        data = RunData(root=train_dir, classes=train.classes,
+                       train_samples=[train.samples[i] for i in train_idx],
+                       val_samples=val_samples, split=split, skipped=train.skipped,
+                       ignored=train.ignored)
+    if not data.train_samples or not data.val_samples:
+        raise DataError(
+            f"the split left {len(data.train_samples)} training and {len(data.val_samples)} "
+            "validation images; add images or change --val-fraction")
+    return data
+
+
+@dataclass
+class _Scanned:
+    classes: list[str]
+    samples: list[tuple[str, int]]
+    skipped: list[dict[str, str]]
+    ignored: list[str]
+
+
+def _scan(folder: Path, *, check_images: bool, workers: int, check_classes: bool = False
+          ) -> _Scanned:
+    scan = scan_folder(folder)
+    samples, skipped = scan.samples, []
+    if check_images:  # the pre-flight check
+        samples, skipped = preflight(samples, workers=max(workers, 1))
+        if check_classes:
+            check_classes_readable(folder, scan.classes, samples, skipped)
+    return _Scanned(classes=scan.classes, samples=samples, skipped=skipped,
+                    ignored=list(scan.ignored))
+
+
+def build_loaders(cfg: Config, data: RunData, *, img_size: int, device: torch.device,
+                  batch_size: int, rank: int = 0, world_size: int = 1
+                  ) -> tuple[Any, Any, RunData]:
+    """Training and validation loaders for ``data.pipeline`` (albumentations workers, or memory),
+    and the data they hold (the memory pipeline leaves out files it cannot decode)."""
+    if cfg.data.pipeline == "memory":
+        return _memory_loaders(cfg, data, img_size=img_size, device=device,
+                               batch_size=batch_size, rank=rank, world_size=world_size)
+    d = cfg.data
+    aug = dict(img_size=img_size, mean=d.mean, std=d.std)
+    train_tf = build_transform(
+        train=True, scale=tuple(d.scale), ratio=tuple(d.ratio), hflip=d.hflip,
+        randaug_n=d.randaug_n, randaug_m=d.randaug_m, **aug)
+    eval_tf = build_transform(train=False, crop_pct=d.crop_pct, **aug)
+    # per-sample augmentation seeds (seed, epoch, index): resume and worker count change nothing
+    train_set = ImageFolderDataset(data.train_samples, data.classes, train_tf,
+                                            seed=cfg.train.seed)
+    val_set = ImageFolderDataset(data.val_samples, data.classes, eval_tf)
+    shard = dict(batch_size=batch_size, workers=d.workers, seed=cfg.train.seed, rank=rank,
+                 world_size=world_size, pin_memory=device.type == "cuda")
+    train_loader = loader_lib.build_loader(
+        train_set, shuffle=True, drop_last=True,
+        weights=_sampler_weights(cfg, data.train_targets, len(data.classes)), **shard)
+    val_loader = loader_lib.build_loader(val_set, shuffle=False, drop_last=False, **shard)
+    return train_loader, val_loader, data
+
+
+def _memory_loaders(cfg: Config, data: RunData, *, img_size: int, device: torch.device,
+                    batch_size: int, rank: int, world_size: int) -> tuple[Any, Any, RunData]:
+    """Decode both splits once into uint8 tensors on ``device`` (unreadable files are skipped
+    and reported there); augment batches on the device."""
+    from vit.data import memory
+
+    d = cfg.data
+    train_images, kept, skipped = memory.decode_images(
+        [p for p, _ in data.train_samples], size=img_size, crop_pct=1.0,
+        workers=max(d.workers, 1), desc="decoding training images")
+    train_samples = [data.train_samples[i] for i in kept]
+    check_classes_readable(data.root, data.classes, train_samples, skipped)
+    val_images, val_kept, val_skipped = memory.decode_images(
+        [p for p, _ in data.val_samples], size=img_size,
+        crop_pct=resolve_crop_pct(img_size, d.crop_pct), workers=max(d.workers, 1),
+        desc="decoding validation images")
+    data = replace(data, train_samples=train_samples,
+                   val_samples=[data.val_samples[i] for i in val_kept],
+                   skipped=data.skipped + skipped + val_skipped)
+    logger.info("data.pipeline=memory: %.0f MiB of uint8 images on %s",
+                (train_images.numel() + val_images.numel()) / 2**20, device)
+
+    norm = dict(img_size=img_size, mean=d.mean, std=d.std)
+    train_aug = memory.BatchAugment(train=True, scale=d.scale, ratio=d.ratio, hflip=d.hflip,
+                                      randaug_n=d.randaug_n, randaug_m=d.randaug_m, **norm)
+    shard = dict(batch_size=batch_size, seed=cfg.train.seed, rank=rank, world_size=world_size)
+    train_loader = memory.MemoryLoader(
+        train_images.to(device), data.train_targets, augment=train_aug, shuffle=True,
+        drop_last=True, weights=_sampler_weights(cfg, data.train_targets, len(data.classes)),
+        **shard)
+    val_loader = memory.MemoryLoader(
+        val_images.to(device), [t for _, t in data.val_samples],
+        augment=memory.BatchAugment(train=False, **norm), shuffle=False, drop_last=False,
+        **shard)
+    return train_loader, val_loader, data
+
+
+def _sampler_weights(cfg: Config, targets: list[int], num_classes: int) -> list[float] | None:
+    if cfg.data.sampler != "weighted":
+        return None
+    return _inverse_frequency_weights(targets, num_classes)
+
+
+def _inverse_frequency_weights(targets: list[int], num_classes: int) -> list[float]:
+    """Per-sample weights 1 / count(class): every class is drawn equally often."""
+    counts = class_counts(targets, num_classes)
+    return [1.0 / counts[t] for t in targets]

@@ -1,0 +1,107 @@
+"""What a run writes as it goes, besides config.yaml and the data files: metrics.jsonl,
+last.pt, best.pt and curves.png after every epoch (or at most every ``train.save_every_s``
+seconds), and the attention overlays of held-out images at the end."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vit.io import append_jsonl, atomic_save, read_jsonl
+
+__all__ = ["default_run_dir", "EpochSaver", "held_out_examples", "write_overlays"]
+
+logger = logging.getLogger(__name__)
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def _snapshot(obj: Any) -> Any:
+    """A copy with every tensor cloned to the CPU (what a checkpoint holds at this moment)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_snapshot(v) for v in obj)
+    return obj
+
+
+PLOT_EVERY_S = 10.0  # curves.png is redrawn at most this often, and after the last epoch
+
+
+class EpochSaver:
+    """The per-epoch files: metrics.jsonl every epoch; last.pt and best.pt every epoch, or at
+    most every ``every_s`` seconds (the best weights wait in memory meanwhile); curves.png at
+    most every ``PLOT_EVERY_S`` seconds and at the end."""
+
+    def __init__(self, run_dir: Path, *, every_s: float):
+        self.run_dir, self.every_s = run_dir, every_s
+        self.last_write = time.perf_counter()
+        self.last_plot = -math.inf
+        self.pending_best: dict[str, Any] | None = None
+
+    def epoch_done(self, metrics: dict[str, Any], checkpoint: dict[str, Any], improved: bool,
+                   *, force: bool = False) -> None:
+        # metrics first: a crash before last.pt is written redoes this epoch, and resume drops
+        # the line again (truncate_metrics), so metrics.jsonl never holds an epoch twice.
+        append_jsonl(self.run_dir / "metrics.jsonl", metrics)
+        due = force or self.every_s <= 0 or time.perf_counter() - self.last_write >= self.every_s
+        if improved:
+            best = {k: v for k, v in checkpoint.items()
+                    if k not in ("optimizer", "scaler", "ema", "train_model", "extra")}
+            self.pending_best = best if due else _snapshot(best)
+        if not due:
+            return
+        self.flush_best()
+        atomic_save(checkpoint, self.run_dir / "last.pt")
+        self.last_write = time.perf_counter()
+        if not force and self.last_write - self.last_plot < PLOT_EVERY_S:
+            return  # drawing takes ~0.5 s: more than a whole epoch on a GPU
+        self.last_plot = self.last_write
+        try:
+            from vit.plots import plot_training_curves
+
+            plot_training_curves(read_jsonl(self.run_dir / "metrics.jsonl"),
+                                 self.run_dir / "curves.png")
+        except Exception as e:  # a plotting problem must never end a training run
+            logger.warning("could not draw curves.png: %s", e)
+
+    def flush_best(self) -> None:
+        if self.pending_best is not None:
+            atomic_save(self.pending_best, self.run_dir / "best.pt")
+            self.pending_best = None
+
+
+def held_out_examples(samples: list[tuple[str, int]], num_images: int) -> list[str]:
+    """Up to ``num_images`` paths from ``samples``, one class after another, so that a grid of
+    them shows every class."""
+    by_class: dict[int, list[str]] = {}
+    for path, target in samples:
+        by_class.setdefault(target, []).append(path)
+    rounds = itertools.zip_longest(*by_class.values())
+    return [path for row in rounds for path in row if path is not None][:num_images]
+
+
+def write_overlays(run_dir: Path, paths: list[str], *, device: torch.device) -> Path | None:
+    """Attention-rollout overlays of held-out images (``held_out_examples``) by best.pt, into
+    RUN/overlays (the last step of a run: ``train.explain_samples``); None when they could not
+    be drawn."""
+    from vit.inference.overlays import explain_files
+
+    out = run_dir / "overlays"
+    try:
+        explain_files(checkpoint=run_dir / "best.pt", output=out, method="rollout",
+                      paths=paths, device=str(device))
+    except Exception as e:  # a drawing problem must never end a finished run
+        logger.warning("could not draw the attention overlays: %s", e)
+        return None
+    return out

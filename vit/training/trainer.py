@@ -1,0 +1,501 @@
+"""A whole training run: folder -> data -> model -> epochs -> files in the run folder.
+
+    from vit.config import load_config
+    from vit.training.trainer import train
+    summary = train(load_config("configs/quickstart.yaml", ["data.root=data/shapes"]))
+
+Files written to the run folder (rank 0 only): config.yaml, data_report.json, split.json,
+metrics.jsonl, curves.png, last.pt, best.pt, and at the end overlays/ (attention rollout of
+``train.explain_samples`` held-out images; 0: none).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vit.config import Config, to_dict, to_yaml
+from vit.data import loader as loader_lib
+from vit.data.splits import balanced_class_weights
+from vit.data.transforms import resolve_crop_pct
+from vit.errors import ConfigError, VitError
+from vit.io import atomic_save, atomic_write, make_output_dir, remove_stale_temp_files, write_json
+from vit.models.checkpoint import make_checkpoint
+from vit.models.presets import create_model
+from vit.models.vision_transformer import VisionTransformer, ViTConfig
+from vit.runtime import make_grad_scaler, resolve_device, resolve_precision
+from vit.training.budget import fit_epochs_to_budget, recent_pace
+from vit.training.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    init_distributed,
+)
+from vit.training.epoch import EpochResult, train_one_epoch, validate
+from vit.training.optim import build_optimizer, count_parameters, freeze_parameters, lr_at_step
+from vit.training.resume import ResumeAt, ResumePoint, capture_rng_state, truncate_metrics
+from vit.training.run_data import RunData, build_loaders, prepare_data
+from vit.training.run_files import (
+    EpochSaver,
+    default_run_dir,
+    held_out_examples,
+    write_overlays,
+)
+
+__all__ = ["train", "Trainer", "TrainSummary", "TrainingInterrupted", "ResumePoint",
+           "build_model", "build_criterion"]
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(VitError):
+    """Ctrl-C: a resumable last.pt was written; the message says how to resume."""
+
+
+@dataclass
+class TrainSummary:
+    run_dir: Path
+    best_top1: float | None
+    last_metrics: dict[str, Any]
+    epochs_done: int
+    overlays: Path | None = None  # RUN/overlays, when train.explain_samples > 0
+    held_out: list[str] = field(default_factory=list)  # the images of the overlays
+
+
+def train(cfg: Config, *, resume: str | os.PathLike | ResumePoint | None = None,
+          show_progress: bool = True) -> TrainSummary:
+    """Run (or resume) a training run described by ``cfg``; returns where the files are.
+
+    ``resume`` is a run folder, its last.pt, or a ``ResumePoint`` already read.
+    """
+    return Trainer(cfg, resume=resume, show_progress=show_progress).run()
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+class Trainer:
+    """One run, in the order it happens:
+
+        __init__       device, precision, processes, the run folder
+        build()        data, model, loaders, optimizer, EMA, loss; the resume state put back
+        write_start()  config.yaml, data_report.json, split.json, the first log lines
+        run_epochs()   per epoch: train, validate, fit the time budget, save, log
+        finish()       overlays of held-out images, the summary
+    """
+
+    def __init__(self, cfg: Config, *, resume: str | os.PathLike | ResumePoint | None = None,
+                 show_progress: bool = True):
+        self.started = time.perf_counter()
+        self.device = resolve_device(cfg.train.device)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        self.dist = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.show_progress = show_progress and self.dist.is_main
+        _check_train_config(cfg, self.dist)
+        if resume is not None and not isinstance(resume, ResumePoint):
+            resume = ResumePoint.load(resume)
+        self.resume = resume
+        self.run_dir = self._make_run_dir(cfg.train.output)
+        self.cfg = replace(cfg, train=replace(cfg.train, output=str(self.run_dir)))
+        self.metrics: dict[str, Any] = {}  # of the last finished epoch
+
+    def run(self) -> TrainSummary:
+        self.build()
+        self.write_start()
+        self.run_epochs()
+        return self.finish()
+
+    def _make_run_dir(self, output: str | None) -> Path:
+        if output:
+            run_dir = Path(output)
+        elif self.resume is not None:
+            run_dir = self.resume.path.parent
+        else:
+            run_dir = default_run_dir()
+        run_dir = Path(broadcast_object(str(run_dir)))
+        if self.dist.is_main:
+            make_output_dir(run_dir)
+        return run_dir
+
+    # --- set-up -------------------------------------------------------------------------------
+
+    def build(self) -> None:
+        """Everything the epochs need, in the order the random generators are drawn from."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.train.seed)
+        model, img_size, data = self._model_and_data()
+        self.model = model.to(self.device)
+        self.preprocess = _preprocess(cfg, model)
+        world = self.dist.world_size
+        self.train_loader, self.val_loader, self.data = build_loaders(
+            cfg, data, img_size=img_size, device=self.device,
+            batch_size=cfg.train.batch_size // world, rank=self.dist.rank, world_size=world)
+        self.batches_per_epoch = len(self.train_loader)
+        if self.batches_per_epoch == 0:
+            raise ConfigError(
+                f"--batch-size {cfg.train.batch_size} is larger than the "
+                f"{len(self.data.train_samples)} training images; lower it")
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.train.accum_steps)
+        self.warmup_steps = round(cfg.train.warmup_epochs * self.steps_per_epoch)
+        self.schedule = {"warmup_steps": self.warmup_steps,
+                         "total_steps": self.steps_per_epoch * cfg.train.epochs}
+        self.optimizer = build_optimizer(model, lr=cfg.train.lr,
+                                         weight_decay=cfg.train.weight_decay,
+                                         layer_decay=cfg.train.layer_decay)
+        self.scaler = make_grad_scaler(self.device, self.precision)
+        self.ema = _make_ema(model, cfg) if cfg.train.ema else None
+        self.criterion, self.mixup = build_criterion(
+            cfg, num_classes=len(self.data.classes), train_targets=self.data.train_targets,
+            device=self.device)
+        at = self._restore()
+        self.start_epoch, self.skip_batches = at.epoch, at.batches_done
+        self.step, self.best_top1 = at.step, at.best_top1
+        self.train_model = self._wrap(model)
+
+    def _model_and_data(self) -> tuple[VisionTransformer, int, RunData]:
+        """The model (the resumed run's architecture, pretrained weights, or a preset), its
+        image size, and the data."""
+        cfg, pretrained = self.cfg, None
+        if self.resume is not None:  # the architecture the run was saved with
+            arch = ViTConfig.from_dict(self.resume.state["model_config"])
+            img_size = arch.img_size
+        else:
+            if cfg.train.pretrained:
+                from vit.models.pretrained import read_pretrained
+
+                pretrained = read_pretrained(cfg.train.pretrained)
+            img_size = _img_size(cfg, pretrained)
+        data = prepare_data(cfg)
+        if self.resume is not None:
+            if self.resume.state["classes"] != data.classes:
+                raise VitError(f"the data's classes {data.classes} differ from the resumed "
+                               f"run's {self.resume.state['classes']}")
+            model = VisionTransformer(arch)
+        else:
+            model = build_model(cfg, classes=data.classes, pretrained=pretrained)
+        if cfg.train.freeze != "none":
+            trainable = freeze_parameters(model, cfg.train.freeze)
+            logger.info("freeze=%s: training %d parameter tensors", cfg.train.freeze,
+                        len(trainable))
+        return model, img_size, data
+
+    def _restore(self) -> ResumeAt:
+        if self.resume is None:
+            return ResumeAt(epoch=0, batches_done=0, step=0, best_top1=None)
+        at = self.resume.restore(model=self.model, optimizer=self.optimizer, scaler=self.scaler,
+                                 ema=self.ema)
+        logger.info("resuming %s at epoch %d (batch %d), step %d", self.run_dir, at.epoch + 1,
+                    at.batches_done, at.step)
+        if self.dist.is_main:
+            truncate_metrics(self.run_dir / "metrics.jsonl", at.epoch)
+            remove_stale_temp_files(self.run_dir)  # writes that a crash cut short
+        return at
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """The model the steps run: compiled and/or wrapped for DDP when asked."""
+        if self.cfg.train.compile:
+            model = torch.compile(model)
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        return model
+
+    def write_start(self) -> None:
+        """config.yaml, data_report.json and split.json, and what the run is, in the log."""
+        if not self.dist.is_main:
+            return
+        cfg, data, run_dir = self.cfg, self.data, self.run_dir
+        atomic_write(run_dir / "config.yaml", to_yaml(cfg))
+        write_json(run_dir / "data_report.json", data.report())
+        write_json(run_dir / "split.json", data.split)
+        logger.info("%d classes, %d training / %d validation images", len(data.classes),
+                    len(data.train_samples), len(data.val_samples))
+        if data.skipped:
+            logger.warning("%d unreadable files skipped; they are listed with the reason in %s",
+                           len(data.skipped), run_dir / "data_report.json")
+        arch = f"from {cfg.train.pretrained}" if cfg.train.pretrained else cfg.model.name
+        total, trainable = count_parameters(self.model)
+        logger.info("model %s (%d blocks, width %d): %.2fM parameters (%.2fM trained), device %s, "
+                    "precision %s, global batch %d", arch, self.model.config.depth,
+                    self.model.config.embed_dim, total / 1e6, trainable / 1e6, self.device,
+                    self.precision, cfg.train.batch_size * cfg.train.accum_steps)
+
+    # --- the epochs ---------------------------------------------------------------------------
+
+    def run_epochs(self) -> None:
+        self.saver = EpochSaver(self.run_dir, every_s=self.cfg.train.save_every_s)
+        self.max_epochs, self.epoch_ends = self.cfg.train.epochs, []
+        self.elapsed_before = self.resume.elapsed_s if self.resume is not None else 0.0
+        with stop_on_sigint() as stop:
+            self.stop = stop
+            epoch = self.start_epoch
+            while epoch < self.cfg.train.epochs:  # the time budget may change the count
+                self._epoch(epoch)
+                epoch += 1
+
+    def _epoch(self, epoch: int) -> None:
+        result = self._train_epoch(epoch)
+        val = validate(model=self._eval_model(), loader=self.val_loader, device=self.device,
+                       precision=self.precision)
+        self.metrics = self._epoch_metrics(epoch, result, val)
+        improved = self.best_top1 is None or val["val_top1"] > self.best_top1
+        if improved:
+            self.best_top1 = val["val_top1"]
+        self._fit_time_budget(epoch)
+        if self.dist.is_main:
+            final = epoch + 1 == self.cfg.train.epochs
+            self.saver.epoch_done(self.metrics, self._checkpoint(epoch + 1, batches_done=0),
+                                  improved, force=final)
+            self._log_epoch(epoch, result)
+        barrier()
+
+    def _train_epoch(self, epoch: int) -> EpochResult:
+        cfg = self.cfg.train
+        loader_lib.set_epoch(self.train_loader, epoch, start_batch=self.skip_batches)
+        result = train_one_epoch(
+            model=self.train_model, loader=self.train_loader, optimizer=self.optimizer,
+            criterion=self.criterion, device=self.device, precision=self.precision,
+            lr_at=self._lr_at, step=self.step, scaler=self.scaler, accum_steps=cfg.accum_steps,
+            clip_grad=cfg.clip_grad, ema=self.ema, mixup=self.mixup, epoch=epoch,
+            num_batches=self.batches_per_epoch, skip_batches=self.skip_batches,
+            should_stop=self._should_stop, show_progress=self.show_progress)
+        self.step = result.step
+        if result.interrupted:
+            self._stop_interrupted(epoch, result.batches_done)
+        self.skip_batches = 0
+        return result
+
+    def _stop_interrupted(self, epoch: int, batches_done: int) -> None:
+        """Ctrl-C: a resumable last.pt (and the best weights waiting in memory), then stop."""
+        last = self.run_dir / "last.pt"
+        if self.dist.is_main:
+            self.saver.flush_best()
+            atomic_save(self._checkpoint(epoch, batches_done=batches_done), last)
+        barrier()
+        raise TrainingInterrupted(
+            f"interrupted in epoch {epoch + 1} after {batches_done} of {self.batches_per_epoch} "
+            f"batches; resumable checkpoint {last}; continue with: --resume {self.run_dir}")
+
+    def _epoch_metrics(self, epoch: int, result: EpochResult, val: dict[str, float]
+                       ) -> dict[str, Any]:
+        """One line of metrics.jsonl."""
+        images = all_reduce_sum([float(result.images)], self.device)[0]
+        metrics = {
+            "epoch": epoch + 1, "lr": result.lr, "train_loss": result.train_loss, **val,
+            "images_per_s": images / max(result.seconds, 1e-9), "seconds": result.seconds,
+            # share of the epoch spent blocked on the input pipeline (this process)
+            "data_wait_pct": 100.0 * result.data_wait_s / max(result.seconds, 1e-9),
+            # wall time since the run started (set-up and evaluation included), summed over
+            # resumed sessions: the x axis of accuracy-vs-time plots
+            "elapsed_s": self.elapsed_before + time.perf_counter() - self.started,
+        }
+        if result.skipped_steps:
+            metrics["skipped_steps"] = result.skipped_steps
+        return metrics
+
+    def _fit_time_budget(self, epoch: int) -> None:
+        """With ``train.time_budget_min``, from the second epoch of a fresh run on: set the
+        number of epochs to what fits, and end the learning-rate schedule there."""
+        elapsed = self.metrics["elapsed_s"]
+        self.epoch_ends.append(elapsed)
+        budget = self.cfg.train.time_budget_min
+        if budget is None or self.start_epoch != 0 or epoch < 1:
+            return
+        epochs = fit_epochs_to_budget(
+            budget_s=60 * budget, elapsed_s=elapsed, epoch_s=recent_pace(self.epoch_ends),
+            epochs_done=epoch + 1, max_epochs=self.max_epochs)
+        epochs = int(broadcast_object(epochs))
+        if epochs == self.cfg.train.epochs:
+            return
+        self.cfg = replace(self.cfg, train=replace(self.cfg.train, epochs=epochs))
+        self.schedule["total_steps"] = self.steps_per_epoch * epochs
+        self.schedule["warmup_steps"] = min(self.warmup_steps, self.schedule["total_steps"])
+        if self.dist.is_main:
+            atomic_write(self.run_dir / "config.yaml", to_yaml(self.cfg))
+            logger.info("time budget %.1f min: %d epochs fit (the schedule ends there)",
+                        budget, epochs)
+
+    def _log_epoch(self, epoch: int, result: EpochResult) -> None:
+        m = self.metrics
+        logger.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  top1 %.2f%%  top5 %.2f%%  "
+                    "%.0f img/s  %.1fs  data wait %.1f%%", epoch + 1, self.cfg.train.epochs,
+                    result.train_loss, m["val_loss"], m["val_top1"], m["val_top5"],
+                    m["images_per_s"], result.seconds, m["data_wait_pct"])
+
+    def _lr_at(self, step: int) -> float:
+        return lr_at_step(step, base_lr=self.cfg.train.lr, min_lr=self.cfg.train.min_lr,
+                          **self.schedule)
+
+    def _should_stop(self) -> bool:
+        """Ctrl-C in any process stops all of them after the same step."""
+        flag = float(self.stop.is_set())
+        if not self.dist.enabled:
+            return bool(flag)
+        return all_reduce_sum([flag], self.device)[0] > 0
+
+    def _eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def _checkpoint(self, epoch: int, *, batches_done: int) -> dict[str, Any]:
+        """What last.pt holds after ``epoch`` epochs and ``batches_done`` batches of the next."""
+        ema = self.ema
+        return make_checkpoint(
+            model=self._eval_model(), classes=self.data.classes, preprocess=self.preprocess,
+            config=to_dict(self.cfg), epoch=epoch, step=self.step, best_top1=self.best_top1,
+            metrics=self.metrics, optimizer=self.optimizer, scaler=self.scaler,
+            ema_model=ema.module if ema is not None else None,
+            train_model=self.model if ema is not None else None,
+            extra={"batches_done": batches_done, "rng": capture_rng_state()})
+
+    # --- the end ------------------------------------------------------------------------------
+
+    def finish(self) -> TrainSummary:
+        overlays, held_out = None, []
+        if self.dist.is_main and self.cfg.train.explain_samples > 0:
+            held_out = held_out_examples(self.data.val_samples, self.cfg.train.explain_samples)
+            overlays = write_overlays(self.run_dir, held_out, device=self.device)
+        return TrainSummary(run_dir=self.run_dir, best_top1=self.best_top1,
+                            last_metrics=self.metrics, epochs_done=self.cfg.train.epochs,
+                            overlays=overlays, held_out=held_out)
+
+
+# --- model, loss ------------------------------------------------------------------------------
+
+
+def build_model(cfg: Config, *, classes: list[str], pretrained: Any = None) -> VisionTransformer:
+    """The preset named in the config, or pretrained weights adapted to these classes.
+
+    With pretrained weights the architecture comes from the file (ours records it; for a raw
+    timm state_dict it is read off the tensor shapes); only the head and, when
+    ``model.img_size`` differs, the position embedding adapt.
+    """
+    m = cfg.model
+    regularisation = dict(drop_rate=m.drop_rate, drop_path_rate=m.drop_path_rate)
+    if pretrained is not None:
+        from vit.models.pretrained import build_finetune_model
+
+        model, _ = build_finetune_model(pretrained, num_classes=len(classes), classes=classes,
+                                        img_size=m.img_size, overrides=regularisation)
+        return model
+    overrides = {k: v for k, v in dict(
+        img_size=m.img_size, patch_size=m.patch_size, global_pool=m.global_pool,
+        reg_tokens=m.reg_tokens, qk_norm=m.qk_norm, init_values=m.init_values,
+        embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
+    ).items() if v is not None}
+    try:
+        return create_model(m.name, num_classes=len(classes), **overrides, **regularisation)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def build_criterion(cfg: Config, *, num_classes: int, train_targets: list[int],
+                    device: torch.device) -> tuple[nn.Module, Any]:
+    """Cross-entropy (label smoothing, optional class weights) or soft-target CE under mixup."""
+    from timm.data import Mixup
+    from timm.loss import SoftTargetCrossEntropy
+
+    loss = cfg.loss
+    weight = None
+    if loss.class_weights == "balanced":
+        weight = balanced_class_weights(train_targets, num_classes).to(device)
+    if loss.mixup_alpha > 0 or loss.cutmix_alpha > 0:
+        if weight is not None:
+            raise ConfigError("loss.class_weights=balanced cannot be combined with mixup/cutmix; "
+                              "use data.sampler=weighted instead")
+        mixup = Mixup(mixup_alpha=loss.mixup_alpha, cutmix_alpha=loss.cutmix_alpha,
+                      prob=loss.mixup_prob, switch_prob=loss.mixup_switch_prob,
+                      label_smoothing=loss.label_smoothing, num_classes=num_classes)
+        return SoftTargetCrossEntropy(), mixup
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=loss.label_smoothing), None
+
+
+def _preprocess(cfg: Config, model: VisionTransformer) -> dict[str, Any]:
+    img_size = model.config.img_size
+    crop_pct = resolve_crop_pct(img_size, cfg.data.crop_pct)
+    return {"img_size": img_size, "mean": list(cfg.data.mean), "std": list(cfg.data.std),
+            "crop_pct": crop_pct}
+
+
+def _check_train_config(cfg: Config, dist_info: DistInfo) -> None:
+    t = cfg.train
+    if t.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {t.batch_size}")
+    if t.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {t.epochs}")
+    if t.accum_steps < 1:
+        raise ConfigError(f"train.accum_steps must be at least 1, got {t.accum_steps}")
+    if t.batch_size % dist_info.world_size:
+        raise ConfigError(
+            f"--batch-size {t.batch_size} is the global batch and must divide evenly over "
+            f"{dist_info.world_size} processes")
+    if not 0 < cfg.data.val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be between 0 and 1, got {cfg.data.val_fraction}")
+    if cfg.data.workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {cfg.data.workers}")
+    if t.time_budget_min is not None and t.time_budget_min <= 0:
+        raise ConfigError(f"train.time_budget_min must be positive, got {t.time_budget_min}")
+    if t.save_every_s < 0:
+        raise ConfigError(f"train.save_every_s must be >= 0, got {t.save_every_s}")
+
+
+def _img_size(cfg: Config, pretrained: Any) -> int:
+    """The training resolution: model.img_size, else the pretrained file's, else the preset's."""
+    if cfg.model.img_size is not None:
+        return cfg.model.img_size
+    if pretrained is not None:
+        from vit.models.pretrained import infer_config
+
+        arch = pretrained.model_config or infer_config(pretrained.state_dict)
+        return int(arch["img_size"])
+    from vit.models.presets import model_config
+
+    try:
+        return model_config(cfg.model.name).img_size
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def _make_ema(model: nn.Module, cfg: Config) -> nn.Module:
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True)
+
+
+# --- Ctrl-C -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def stop_on_sigint() -> Iterator[threading.Event]:
+    """First Ctrl-C asks the loop to stop after the current step; a second one aborts at once."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        logger.warning("interrupt: finishing this step and saving a resumable checkpoint "
+                       "(press Ctrl-C again to abort without saving)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
