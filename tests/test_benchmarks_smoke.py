@@ -277,3 +277,23 @@ def test_rollout_cost_main_smallest(tmp_path: Path, capsys: pytest.CaptureFixtur
     rollout = next(r for r in rows if r["size"] == 64 and r["measurement"] == "rollout")
     assert rollout["reference"] == "forward" and rollout["extra_ratio"] > 0
     assert "weights+extra x" in capsys.readouterr().out
+
+
+def test_explorer_size_smoke(tmp_path: Path, capsys) -> None:
+    from test_explorer import CLASSES, peaky_model
+    from test_predict import save_checkpoint
+
+    from benchmarks import explorer_size
+
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", peaky_model(), CLASSES)
+    out = tmp_path / "sizes.json"
+    assert explorer_size.main(["--images", "noise", "--num", "2", "--checkpoint", str(ckpt),
+                               "--bits", "6,3", "--json", str(out),
+                               "--keep", str(tmp_path / "page.html")]) == 0
+    report = json.loads(out.read_text())
+    assert HEADER_KEYS <= set(report["setup"])
+    rows = report["rows"]
+    assert [(r["attention_bits"], r["auc_steps"]) for r in rows] == [(6, 32), (3, 0)]
+    assert rows[1]["size_mb"] < rows[0]["size_mb"]
+    assert (tmp_path / "page.html").stat().st_size == round(rows[0]["size_mb"] * 1e6)
+    assert "page MB" in capsys.readouterr().out

@@ -25,6 +25,10 @@ _LAZY = {
     "insertion_auc": "vit.explain.faithfulness",
     "explain_bench": "vit.explain.bench",
     "run_explain_bench": "vit.inference.explain_bench",
+    "explorer_page": "vit.explain.explorer",
+    "write_explorer_page": "vit.inference.attention_files",
+    "mean_attention_distance": "vit.explain.attention_stats",
+    "attention_entropy": "vit.explain.attention_stats",
     "load_config": "vit.config",
     "Config": "vit.config",
 }

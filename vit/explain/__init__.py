@@ -16,12 +16,16 @@
     sanity          the model-randomisation check (Spearman, the cascade)
     bench           every measure for every method on a batch; bench_report: the Markdown
     inputs          argument checks; running the model in eval mode and full precision
+    attention_stats mean attention distance and entropy per layer and head
+    explorer        the attention explorer page (explorer_html: its encoding and HTML)
 
     from vit.explain import saliency, attention_maps, overlay, deletion_auc
 """
 
 from vit.explain.attention_maps import attention_maps
+from vit.explain.attention_stats import attention_entropy, mean_attention_distance
 from vit.explain.bench import BENCH_METHODS, explain_bench
+from vit.explain.explorer import PageOptions, explorer_page
 from vit.explain.faithfulness import (
     BASELINES,
     deletion_auc,
@@ -87,4 +91,8 @@ __all__ = [
     "spearman",
     "randomised_cascade",
     "explain_bench",
+    "mean_attention_distance",
+    "attention_entropy",
+    "explorer_page",
+    "PageOptions",
 ]
