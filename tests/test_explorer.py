@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from vit.cli import main
-from vit.explain import attention_rollout, deletion_auc, explain, insertion_auc
+from vit.explain import METHODS, attention_rollout, deletion_auc, insertion_auc, saliency
 from vit.explain.attention_stats import patch_distances
 from vit.explain.explorer import (
     PageOptions,
@@ -73,6 +73,22 @@ def test_query_rollout_cls_row_is_the_rollout_map(fusion, discard):
     torch.testing.assert_close(full[:, 0, 3:].reshape(2, 6, 6), want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("fusion, discard", [("mean", 0.0), ("max", 0.3)])
+def test_query_rollout_rows_are_the_package_rollout_from_each_query(fusion, discard):
+    """Row q of the page's rollout matrices is saliency(method="rollout", query=q): patches as
+    (row, col), [CLS] and a register as token indices."""
+    model = peaky_model()
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        _, attentions = model(x, return_attention=True)
+    full = query_rollout(attentions, head_fusion=fusion, discard_ratio=discard)
+    for query, token in (((2, 5), 3 + 2 * 6 + 5), ((0, 0), 3), (0, 0), (2, 2)):
+        want = saliency(model, x, "rollout", query=query, head_fusion=fusion,
+                        discard_ratio=discard)
+        torch.testing.assert_close(full[:, token, 3:].reshape(2, 6, 6), want, rtol=1e-4,
+                                   atol=1e-6)
+
+
 def test_query_rollout_by_hand():
     # one layer, one head, 2 tokens: M = rownorm(0.5 A + 0.5 I)
     a = torch.tensor([[[[0.2, 0.8], [0.6, 0.4]]]])
@@ -84,17 +100,23 @@ def test_query_rollout_by_hand():
     torch.testing.assert_close(query_rollout([a, b])[0], m_b @ want[0])
 
 
-def test_records_hold_what_explain_and_the_faithfulness_functions_give():
+def test_records_hold_every_saliency_method_and_its_faithfulness():
+    """The page's maps are vit.explain.saliency's, every method of it, for the predicted class,
+    and the AUCs those of vit.explain's deletion/insertion functions on those maps."""
     clf = peaky_classifier()
     x = torch.randn(3, 3, 48, 48)
     views = [np.zeros((48, 48, 3), np.uint8)] * 3
     records = image_records(clf.model, x, views, ["a", "b", "c"], clf.classes, auc_steps=6)
-    for method in ("rollout", "grad-rollout", "attention"):
-        want = explain(clf.model, x, method=method)
+    with torch.no_grad():
+        predicted = clf.model(x).argmax(-1)
+    assert predicted.unique().numel() > 1  # a wrong target would show
+    assert list(records[0]["maps"]) == list(METHODS) == list(records[0]["auc"])
+    for method in METHODS:
+        want = saliency(clf.model, x, method, target=predicted)
         got = torch.tensor([r["maps"][method] for r in records])
         torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-7)
-        deletion = deletion_auc(clf.model, x, want, steps=6)
-        insertion = insertion_auc(clf.model, x, want, steps=6)
+        deletion = deletion_auc(clf.model, x, want, target=predicted, steps=6)
+        insertion = insertion_auc(clf.model, x, want, target=predicted, steps=6)
         for i, r in enumerate(records):
             assert r["auc"][method]["deletion"] == pytest.approx(deletion[i].item(), abs=1e-6)
             assert r["auc"][method]["insertion"] == pytest.approx(insertion[i].item(), abs=1e-6)

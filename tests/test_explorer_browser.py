@@ -23,7 +23,7 @@ from test_explorer import CLASSES, PREPROCESS, peaky_classifier, peaky_model
 from test_predict import save_checkpoint
 
 from vit.cli import main
-from vit.explain import attention_rollout
+from vit.explain import METHODS, attention_rollout, saliency
 from vit.explain.explorer import PageOptions, explorer_page
 from vit.inference.classifier import Classifier
 from vit.models.presets import create_model
@@ -181,6 +181,20 @@ def check_attention(page, attentions, *, image, layer, head, query, prefix=3):
                                atol=tolerance + 1.5 / 255)
 
 
+def check_saliency_maps(page, clf, x, *, image):
+    """Side by side, one per method of vit.explain.saliency: each drawn map is that method's map
+    of the image for the predicted class, and its AUCs are shown beside it."""
+    with torch.no_grad():
+        predicted = clf.model(x).argmax(-1)
+    assert page.locator("#maps figure").count() == len(METHODS)
+    for method in METHODS:
+        want = saliency(clf.model, x, method, target=predicted)[image]
+        assert want.max() > want.min()  # a flat map would show nothing
+        levels, _ = drawn(page, f"#map-{method} canvas")
+        np.testing.assert_allclose(levels, normalised(want, True), atol=1.5 / 255)
+        assert "deletion AUC" in page.locator(f"#map-{method} .auc").inner_text()
+
+
 def test_overlay_is_the_attention_row_of_the_chosen_query_layer_and_head(browser, tiny_page,
                                                                          tmp_path, capsys):
     path, clf, x, attentions, names = tiny_page
@@ -219,6 +233,7 @@ def test_overlay_is_the_attention_row_of_the_chosen_query_layer_and_head(browser
     rollout_map, _ = drawn(page, "#map-rollout canvas")
     np.testing.assert_allclose(rollout_map, normalised(attention_rollout(clf.model, x)[2], True),
                                atol=1.5 / 255)
+    check_saliency_maps(page, clf, x, image=2)
     click_patch(page, 5, 0, (6, 6))
     check_attention(page, attentions, image=2, layer=2, head=2, query=3 + 30)
     box = page.locator("#stage").bounding_box()   # hovering shows a patch, leaving restores

@@ -6,7 +6,8 @@
 
 For every image the page holds the image the model saw, its top-k predictions, every layer's
 and head's attention rows (every query: patches, [CLS] and registers), the attention rollout
-from every query, the package's saliency maps with their deletion/insertion AUC, and the mean
+from every query, the map of every method of ``vit.explain.saliency`` (the class-specific ones
+for the predicted class) with its deletion/insertion AUC on that image, and the mean
 attention distance and entropy of every head (see ``vit.explain.attention_stats``). This module
 computes them; ``vit.explain.explorer_html`` stores them compactly and writes the HTML.
 
@@ -35,7 +36,9 @@ __all__ = [
     "explorer_page",
     "image_records",
     "page_from_records",
+    "page_methods",
     "query_rollout",
+    "saliency_maps",
 ]
 
 logger = logging.getLogger(__name__)
@@ -43,8 +46,15 @@ logger = logging.getLogger(__name__)
 DEFAULT_ATTENTION_BITS = 6
 ROLLOUT_BITS = 8
 DEFAULT_AUC_STEPS = 32
-METHODS = (("rollout", "attention rollout ([CLS])"), ("grad-rollout", "gradient rollout"),
-           ("attention", "last-layer attention ([CLS])"))
+# What the page calls the methods of vit.explain.saliency (a method without a label shows its key)
+METHOD_LABELS = {
+    "rollout": "attention rollout from [CLS] (Abnar & Zuidema 2020)",
+    "grad-rollout": "gradient rollout (Chefer et al. 2021)",
+    "attention": "last-layer attention of [CLS]",
+    "legrad": "LeGrad (Bousselham et al. 2024)",
+    "attnlrp": "AttnLRP (Achtibat et al. 2024)",
+    "gradcam": "Grad-CAM (Selvaraju et al. 2017)",
+}
 
 
 def query_rollout(
@@ -67,29 +77,29 @@ def query_rollout(
     return result
 
 
-def _saliency_maps(
-    model: nn.Module, x: torch.Tensor, attentions: Sequence[torch.Tensor], *,
-    head_fusion: str, discard_ratio: float,
-) -> dict[str, torch.Tensor]:
-    """The maps of ``vit.explain.explain`` for each method, from one forward pass where possible."""
-    from vit.explain.rollout import fuse_heads, rollout_from_attentions
-    from vit.explain.saliency import gradient_rollout
+def page_methods() -> tuple[tuple[str, str], ...]:
+    """(key, label) of every method of ``vit.explain.saliency``, in its order."""
+    from vit.explain.saliency import METHODS
 
-    prefix = model.num_prefix_tokens
-    patch = model.patch_embed.patch_size[0]
-    grid = (x.shape[-2] // patch, x.shape[-1] // patch)
-    last = fuse_heads(attentions[-1].float(), head_fusion)[:, 0, prefix:]
-    return {
-        "rollout": rollout_from_attentions(attentions, prefix, grid, head_fusion=head_fusion,
-                                           discard_ratio=discard_ratio),
-        "grad-rollout": gradient_rollout(model, x),
-        "attention": last.reshape(-1, *grid),
-    }
+    return tuple((method, METHOD_LABELS.get(method, method)) for method in METHODS)
 
 
-def _faithfulness(model: nn.Module, x: torch.Tensor, maps: dict[str, torch.Tensor], steps: int
-                  ) -> list[dict[str, dict[str, float]]]:
-    """Per image and method: deletion and insertion AUC (``vit.explain``'s defaults)."""
+def saliency_maps(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, head_fusion: str,
+                  discard_ratio: float) -> dict[str, torch.Tensor]:
+    """Every method's (B, grid_h, grid_w) map of a batch, through ``vit.explain.saliency``;
+    the class-specific ones for ``target`` (the page passes the predicted classes)."""
+    from vit.explain.saliency import saliency
+
+    options = {"rollout": {"head_fusion": head_fusion, "discard_ratio": discard_ratio},
+               "attention": {"head_fusion": head_fusion}}
+    return {method: saliency(model, x, method, target=target, **options.get(method, {}))
+            .detach().float().cpu() for method, _ in page_methods()}
+
+
+def _faithfulness(model: nn.Module, x: torch.Tensor, maps: dict[str, torch.Tensor],
+                  target: torch.Tensor, steps: int) -> list[dict[str, dict[str, float]]]:
+    """Per image and method: deletion and insertion AUC of ``target``'s probability
+    (``vit.explain.faithfulness``'s baselines)."""
     from vit.explain.faithfulness import deletion_auc, insertion_auc
 
     per_image: list[dict[str, dict[str, float]]] = [{} for _ in range(x.shape[0])]
@@ -97,8 +107,8 @@ def _faithfulness(model: nn.Module, x: torch.Tensor, maps: dict[str, torch.Tenso
         return per_image
     for method, saliency in maps.items():
         steps_here = min(steps, saliency.shape[-2] * saliency.shape[-1])
-        deletion = deletion_auc(model, x, saliency, steps=steps_here).tolist()
-        insertion = insertion_auc(model, x, saliency, steps=steps_here).tolist()
+        deletion = deletion_auc(model, x, saliency, target=target, steps=steps_here).tolist()
+        insertion = insertion_auc(model, x, saliency, target=target, steps=steps_here).tolist()
         for record, d, i in zip(per_image, deletion, insertion, strict=True):
             record[method] = {"deletion": d, "insertion": i}
     return per_image
@@ -148,9 +158,10 @@ def image_records(
         rollout = query_rollout(attentions, head_fusion=head_fusion, discard_ratio=discard_ratio)
         distance, entropy = attention_stats(attentions, prefix, grid, patch)
         top = _top_labels(logits, classes, topk)
-    maps = _saliency_maps(model, x, attentions, head_fusion=head_fusion,
-                          discard_ratio=discard_ratio)
-    aucs = _faithfulness(model, x, maps, auc_steps)
+    predicted = logits.argmax(dim=-1)
+    maps = saliency_maps(model, x, predicted, head_fusion=head_fusion,
+                         discard_ratio=discard_ratio)
+    aucs = _faithfulness(model, x, maps, predicted, auc_steps)
     records = []
     for i, (view, name) in enumerate(zip(views, names, strict=True)):
         per_layer = torch.stack([a[i] for a in attentions])  # (layers, heads, N, N)
@@ -159,7 +170,7 @@ def image_records(
             "top": [[label, p] for label, p in top[i]],
             "attention": encode_rows(per_layer, prefix, attention_bits),
             "rollout": encode_rows(rollout[i], prefix, ROLLOUT_BITS),
-            "maps": {method: rounded(maps[method][i].cpu()) for method, _ in METHODS},
+            "maps": {method: rounded(saliency[i]) for method, saliency in maps.items()},
             "auc": aucs[i],
             "distance": rounded(distance[i].cpu()), "entropy": rounded(entropy[i].cpu()),
         })
@@ -210,7 +221,7 @@ def batch_records(classifier: Any, images: Sequence[Any], names: Sequence[str],
 def page_from_records(classifier: Any, records: Sequence[dict[str, Any]], options: PageOptions,
                        title: str) -> str:
     info = _model_info(classifier.model, classifier.img_size)
-    return explorer_html(records, model_info=info, title=title, methods=METHODS,
+    return explorer_html(records, model_info=info, title=title, methods=page_methods(),
                          settings=options.settings(info["grid"][0] * info["grid"][1]))
 
 

@@ -321,7 +321,8 @@
       $("maps").append(figure);
     }
     const s = DATA.settings;
-    $("maps-note").textContent = "Maps of vit.explain on this image, coloured from their minimum to their maximum. "
+    $("maps-note").textContent = "Maps of vit.explain.saliency on this image, coloured from their minimum to their maximum; "
+      + "the class-specific methods explain the predicted class. "
       + "Deletion: the predicted class's probability as the most salient patches are replaced by the " + s.deletion_baseline
       + " baseline; insertion: as they are revealed on the " + s.insertion_baseline + " baseline; area under the curve over "
       + s.auc_steps + " steps (Petsiuk et al. 2018). Rollout: heads fused by " + s.head_fusion + ", discard ratio " + s.discard_ratio + ".";
