@@ -11,6 +11,7 @@ decoding is the pre-flight check, and the files it cannot decode leave ``data``.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ import torch
 
 from vit.config import Config
 from vit.data import loader as loader_lib
+from vit.data.check import quick_check_samples
 from vit.data.dataset import ImageFolderDataset
 from vit.data.folders import resolve_data_dirs, scan_folder
-from vit.data.images import check_classes_readable, preflight
+from vit.data.images import check_classes_readable
 from vit.data.splits import build_data_report, class_counts, stratified_split
 from vit.data.transforms import build_transform, resolve_crop_pct
 from vit.errors import ConfigError, DataError, VitError
@@ -48,25 +50,41 @@ class RunData:
         return [t for _, t in self.train_samples]
 
     def report(self) -> dict[str, Any]:
-        """What data_report.json holds."""
-        return build_data_report(self.classes, self.train_samples, self.val_samples,
-                                          self.skipped, self.ignored)
+        """What data_report.json holds: the images counted are those not skipped (a file that
+        passed the pre-flight check and failed in a loader worker stays in the samples)."""
+        bad = {s["path"] for s in self.skipped}
+        return build_data_report(self.classes, [s for s in self.train_samples if s[0] not in bad],
+                                 [s for s in self.val_samples if s[0] not in bad],
+                                 self.skipped, self.ignored)
+
+    def add_skipped(self, records: list[dict[str, str]]) -> list[dict[str, str]]:
+        """Add files found unreadable during training; returns those not known before."""
+        known = {s["path"] for s in self.skipped}
+        new = []
+        for record in records:
+            if record["path"] not in known:
+                known.add(record["path"])
+                new.append({"path": record["path"], "reason": record["reason"]})
+        self.skipped.extend(new)
+        return new
 
 
 def prepare_data(cfg: Config) -> RunData:
     """Scan the image folder, pre-flight it and split it.
 
-    The pre-flight check decodes every image once and skips the unreadable ones; the memory
-    pipeline skips it, since decoding the images into memory is that check (``build_loaders``).
+    The pre-flight check is the cheap one of ``vit.data.check`` (header and end marker, cached
+    per folder); files that pass it and still fail are skipped by the loader workers. The memory
+    pipeline skips it, since decoding the images into memory is a full check (``build_loaders``).
     """
     d = cfg.data
     if d.root is None:
         raise ConfigError("no data folder given: pass --data DIR (DIR/<class>/<image> or DIR/train/...)")
     check_images = d.preflight and d.pipeline != "memory"
     train_dir, val_dir = resolve_data_dirs(d.root)
-    train = _scan(train_dir, check_images=check_images, workers=d.workers, check_classes=True)
+    check = dict(check_images=check_images, workers=d.workers, cache=d.cache)
+    train = _scan(train_dir, check_classes=True, **check)
     if val_dir is not None:
-        val = _scan(val_dir, check_images=check_images, workers=d.workers)
+        val = _scan(val_dir, **check)
         if val.classes != train.classes:
             raise VitError(f"{val_dir} has classes {val.classes} but {train_dir} has "
                            f"{train.classes}; they must match")
@@ -98,12 +116,13 @@ class _Scanned:
     ignored: list[str]
 
 
-def _scan(folder: Path, *, check_images: bool, workers: int, check_classes: bool = False
-          ) -> _Scanned:
+def _scan(folder: Path, *, check_images: bool, workers: int, cache: bool,
+          check_classes: bool = False) -> _Scanned:
     scan = scan_folder(folder)
     samples, skipped = scan.samples, []
     if check_images:  # the pre-flight check
-        samples, skipped = preflight(samples, workers=max(workers, 1))
+        samples, skipped = quick_check_samples(samples, folder, workers=min(max(workers, 1),
+                                               os.cpu_count() or 1), cache=cache)
         if check_classes:
             check_classes_readable(folder, scan.classes, samples, skipped)
     return _Scanned(classes=scan.classes, samples=samples, skipped=skipped,
@@ -111,10 +130,11 @@ def _scan(folder: Path, *, check_images: bool, workers: int, check_classes: bool
 
 
 def build_loaders(cfg: Config, data: RunData, *, img_size: int, device: torch.device,
-                  batch_size: int, rank: int = 0, world_size: int = 1
-                  ) -> tuple[Any, Any, RunData]:
+                  batch_size: int, rank: int = 0, world_size: int = 1,
+                  skip_log: Path | None = None) -> tuple[Any, Any, RunData]:
     """Training and validation loaders for ``data.pipeline`` (albumentations workers, or memory),
-    and the data they hold (the memory pipeline leaves out files it cannot decode)."""
+    and the data they hold (the memory pipeline leaves out files it cannot decode). Loader
+    workers append the files they cannot decode to ``skip_log``."""
     if cfg.data.pipeline == "memory":
         return _memory_loaders(cfg, data, img_size=img_size, device=device,
                                batch_size=batch_size, rank=rank, world_size=world_size)
@@ -125,9 +145,10 @@ def build_loaders(cfg: Config, data: RunData, *, img_size: int, device: torch.de
         randaug_n=d.randaug_n, randaug_m=d.randaug_m, **aug)
     eval_tf = build_transform(train=False, crop_pct=d.crop_pct, **aug)
     # per-sample augmentation seeds (seed, epoch, index): resume and worker count change nothing
+    log = str(skip_log) if skip_log is not None else None
     train_set = ImageFolderDataset(data.train_samples, data.classes, train_tf,
-                                            seed=cfg.train.seed)
-    val_set = ImageFolderDataset(data.val_samples, data.classes, eval_tf)
+                                   seed=cfg.train.seed, skip_log=log)
+    val_set = ImageFolderDataset(data.val_samples, data.classes, eval_tf, skip_log=log)
     shard = dict(batch_size=batch_size, workers=d.workers, seed=cfg.train.seed, rank=rank,
                  world_size=world_size, pin_memory=device.type == "cuda")
     train_loader = loader_lib.build_loader(
