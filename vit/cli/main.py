@@ -17,7 +17,7 @@ from importlib import import_module
 
 from vit.errors import VitError
 
-COMMANDS = ("train", "evaluate", "predict", "explain", "export")
+COMMANDS = ("train", "evaluate", "predict", "explain", "export", "check")
 
 
 def build_parser() -> argparse.ArgumentParser:
