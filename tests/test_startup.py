@@ -4,6 +4,7 @@ workers meet broken (recorded, skipped the same way after --resume), and `vit ch
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -53,45 +54,69 @@ def test_quick_check_does_not_decode_whole_jpegs(tmp_path, monkeypatch):
     assert check.quick_check(str(_truncate(path))) is None and decoded == [str(path)]
 
 
-def test_the_cache_remembers_a_folder_and_rechecks_only_changed_files(tmp_path, monkeypatch):
+def _age(folder: Path, seconds: float = 60.0) -> None:
+    """Date every folder back, as if the cache were written long after the last change."""
+    for d in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+        old = d.stat().st_mtime - seconds
+        os.utime(d, (old, old))
+
+
+def test_the_cache_remembers_a_folder_and_checks_only_new_files(tmp_path, monkeypatch):
     data = make_folder(tmp_path / "data", per_class=3)
     (data / "red" / "bad.png").write_bytes(b"")
     samples = scan_folder(data).samples
-    opened = []
-    real = check.quick_check
-    monkeypatch.setattr(check, "quick_check", lambda p: opened.append(p) or real(p))
+    opened, listed = [], []
+    real_check, real_scan = check.quick_check, check.scan_folder
+    monkeypatch.setattr(check, "quick_check", lambda p: opened.append(p) or real_check(p))
+    monkeypatch.setattr(check, "scan_folder", lambda r: listed.append(r) or real_scan(r))
     cache = tmp_path / "cache"
+    _age(data)
 
-    good, skipped = check.quick_check_samples(samples, data, cache=cache)
-    assert len(opened) == len(samples) == 10
+    scan, good, skipped = check.checked_scan(data, cache=cache)
+    assert len(opened) == len(samples) == 10 and scan.samples == samples
     assert [s["path"] for s in skipped] == [str(data / "red" / "bad.png")]
     assert good == [s for s in samples if not s[0].endswith("bad.png")]
     files = list((cache / "folders").glob("*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["root"] == str(data.resolve())
 
-    opened.clear()
-    assert check.quick_check_samples(samples, data, cache=cache) == (good, skipped)
-    assert opened == []  # nothing opened: every answer came from the cache
+    opened.clear(), listed.clear()
+    again = check.checked_scan(data, cache=cache)
+    assert (again[0].samples, again[0].classes, again[1:]) == (samples, scan.classes,
+                                                               (good, skipped))
+    assert opened == [] and listed == []  # neither listed nor opened: all from the cache
 
-    _photo(data / "red" / "bad.png", "PNG")  # repaired: new size and mtime
-    good2, skipped2 = check.quick_check_samples(samples, data, cache=cache)
-    assert opened == [str(data / "red" / "bad.png")] and skipped2 == [] and good2 == samples
+    _photo(data / "red" / "new.png", "PNG")  # a new file changes its folder's mtime
+    (data / "red" / "bad.png").unlink()
+    scan3, good3, skipped3 = check.checked_scan(data, cache=cache)
+    assert listed == [data] and opened == [str(data / "red" / "new.png")]
+    assert skipped3 == [] and good3 == scan3.samples and len(good3) == 10
 
     files[0].write_text("{not json")  # a broken cache is a re-check, never an error
     opened.clear()
-    assert check.quick_check_samples(samples, data, cache=cache) == (samples, [])
-    assert len(opened) == len(samples)
+    assert check.checked_scan(data, cache=cache)[1] == good3 and len(opened) == 10
+
+
+def test_a_folder_changed_just_before_the_listing_is_listed_again(tmp_path):
+    """Folder mtimes have a coarse clock: a change in the same tick as the listing must not
+    hide a file (git's "racy" entries)."""
+    data = make_folder(tmp_path / "data", per_class=2)
+    check.checked_scan(data, cache=tmp_path / "cache")
+    stamps = {d: d.stat().st_mtime_ns for d in (data, data / "red")}
+    _photo(data / "red" / "late.png", "PNG")
+    for d, ns in stamps.items():  # as if the folder's clock had not moved
+        os.utime(d, ns=(ns, ns))
+    scan, _, _ = check.checked_scan(data, cache=tmp_path / "cache")
+    assert str(data / "red" / "late.png") in [p for p, _ in scan.samples]
 
 
 def test_the_check_runs_in_processes_with_the_same_answer(tmp_path, monkeypatch):
     data = make_folder(tmp_path / "data", per_class=4)
     _truncate(data / "red" / "001.png")
-    samples = scan_folder(data).samples
     monkeypatch.setattr(check, "_PARALLEL_FROM", 1)
     monkeypatch.setattr(check, "_CHUNK", 3)
-    parallel = check.quick_check_samples(samples, data, workers=2, cache=False)
-    assert parallel == check.quick_check_samples(samples, data, workers=1, cache=False)
-    assert [s["path"] for s in parallel[1]] == [str(data / "red" / "001.png")]
+    parallel = check.checked_scan(data, workers=2, cache=False)
+    assert parallel[1:] == check.checked_scan(data, workers=1, cache=False)[1:]
+    assert [s["path"] for s in parallel[2]] == [str(data / "red" / "001.png")]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """What can be known about image files before training, cheaply, and remembered.
 
-    good, skipped = quick_check_samples(samples, root)  # header + end marker, cached
+    scan, good, skipped = checked_scan(root)           # scan_folder + header/end check, cached
     bad = full_check(paths, workers=2)                   # decode everything (`vit check`)
 
 The quick check opens each file, lets Pillow read its header (format, size; the
@@ -8,9 +8,9 @@ decompression-bomb limit is applied there) and reads its last bytes: a JPEG must
 EOI marker, a PNG with its IEND chunk, a GIF with its trailer, a WebP must be as long as its
 RIFF header says. A file that passes is taken as whole; one that does not (or a format without
 such a marker) is decoded once, so a truncated file is caught before training and a valid file
-with trailing bytes is kept. What the check learned about a folder is cached (see
-``cache_dir``): on a later run only new or changed files (size or mtime) are opened, so a
-million files start in seconds. A file that passes and still fails to decode in a loader worker
+with trailing bytes is kept. The listing and what the check learned are cached per folder (see
+``cache_dir``): a later run whose folders are unchanged (mtimes) reads both from there and
+opens no image, so a million files start in seconds. A file that passes and still fails to decode in a loader worker
 is skipped there (``ImageFolderDataset``) and recorded in the run folder.
 """
 
@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import struct
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from vit.data.folders import Sample
+from vit.data.folders import FolderScan, Sample, scan_folder
 from vit.data.images import (
     UnreadableImageError,
     _check_chunk,
@@ -38,7 +39,7 @@ from vit.data.images import (
     load_image,
 )
 
-__all__ = ["quick_check", "quick_check_samples", "full_check", "cache_dir", "cache_file"]
+__all__ = ["quick_check", "checked_scan", "full_check", "cache_dir", "cache_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ CACHE_VERSION = 1
 _TAIL_BYTES = 32
 _PARALLEL_FROM = 2048  # fewer unknown files than this: checked in this process
 _CHUNK = 512
+_RACY_NS = 2_000_000_000  # folders changed this close to the listing are listed again
 
 
 def _ends_whole(head: bytes, tail: bytes, size: int, fmt: str | None) -> bool:
@@ -145,18 +147,17 @@ def _read_cache(path: Path, root: str) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         logger.warning("Ignoring the unreadable folder cache %s (%s); checking again", path, exc)
         return {}
-    if (cached.get("format"), cached.get("version"), cached.get("root")) != (
-            CACHE_FORMAT, CACHE_VERSION, root):
+    if not isinstance(cached, dict) or (cached.get("format"), cached.get("version"),
+                                        cached.get("root")) != (CACHE_FORMAT, CACHE_VERSION, root):
         return {}
     return cached
 
 
-def _write_cache(path: Path, root: str, files: dict[str, list[int]],
-                 bad: dict[str, str]) -> None:
+def _write_cache(path: Path, content: dict[str, Any]) -> None:
     from vit.io import atomic_write
 
-    text = json.dumps({"format": CACHE_FORMAT, "version": CACHE_VERSION, "root": root,
-                       "files": files, "bad": bad}, separators=(",", ":"))
+    text = json.dumps({"format": CACHE_FORMAT, "version": CACHE_VERSION, **content},
+                      separators=(",", ":"))
     try:
         atomic_write(path, text, durable=False)  # losing it costs a re-check, nothing more
     except Exception as exc:  # a cache that cannot be written must never stop a run
@@ -164,47 +165,82 @@ def _write_cache(path: Path, root: str, files: dict[str, list[int]],
                        path, exc)
 
 
-def _stat_all(paths: Sequence[str], prefix_len: int) -> dict[str, list[int]]:
-    """``relative path -> [size, mtime_ns]``; a file that vanished gets size -1."""
-    stats = {}
-    for p in paths:
-        try:
-            st = os.stat(p)
-            stats[p[prefix_len:]] = [st.st_size, st.st_mtime_ns]
-        except OSError:
-            stats[p[prefix_len:]] = [-1, 0]
-    return stats
+def _dir_mtimes(dirs: Sequence[str], prefix_len: int) -> dict[str, int] | None:
+    try:
+        return {d[prefix_len:]: os.stat(d).st_mtime_ns for d in dirs}
+    except OSError:
+        return None
 
 
-def quick_check_samples(samples: Sequence[Sample], root: str | os.PathLike[str], *,
-                        workers: int = 1, cache: Path | None | bool = True
-                        ) -> tuple[list[Sample], list[dict[str, str]]]:
-    """``quick_check`` every sample below ``root``, reusing the folder's cache for files whose
-    size and mtime are unchanged. Returns ``(good_samples, skipped)`` like ``preflight``; one
-    warning is logged per unreadable file. ``cache``: ``True`` for ``cache_dir()``, a folder,
-    or ``False``/``None`` for no cache."""
-    root_key = str(Path(root).resolve())
-    prefix = str(root).rstrip(os.sep) + os.sep
-    paths = [p for p, _ in samples]
-    prefix_len = len(prefix) if all(p.startswith(prefix) for p in paths) else 0
-    stats = _stat_all(paths, prefix_len)
+def _unchanged(root: str, cached: dict[str, Any]) -> bool:
+    """Whether no folder of the cached listing changed since (a file added, removed or renamed
+    changes its folder's mtime). A folder changed shortly before the cache was written may
+    have changed again within the clock's resolution: such a listing is not trusted."""
+    dirs, written = cached.get("dirs"), cached.get("written_ns", 0)
+    if not dirs:
+        return False
+    now = _dir_mtimes([os.path.join(root, d) if d else root for d in dirs], 0)
+    racy = written - _RACY_NS
+    return now is not None and all(now[os.path.join(root, d) if d else root] == m and m < racy
+                                   for d, m in dirs.items())
+
+
+def _scan_from_cache(prefix: str, cached: dict[str, Any]) -> FolderScan:
+    return FolderScan(samples=[(prefix + rel, t) for rel, t in cached["samples"]],
+                      classes=cached["classes"], ignored=[prefix + p for p in cached["ignored"]])
+
+
+def _relative(paths: Sequence[str], prefix: str) -> int:
+    """How many leading characters of every path to drop to make it relative to the root."""
+    return len(prefix) if all(p.startswith(prefix) for p in paths) else 0
+
+
+def checked_scan(root: str | os.PathLike[str], *, workers: int = 1,
+                 cache: Path | None | bool = True
+                 ) -> tuple[FolderScan, list[Sample], list[dict[str, str]]]:
+    """``scan_folder(root)`` and ``quick_check`` of its images: ``(scan, good_samples,
+    skipped)``; one warning is logged per unreadable file.
+
+    With ``cache`` (``True``: ``cache_dir()``; or a folder) the listing and what the check
+    found are kept per folder. When no folder changed since (their mtimes), a later run reads
+    both from the cache and opens no image; otherwise it lists again and checks only the files
+    it has not seen before. A file replaced in place under the same name is not checked again
+    (its folder's mtime does not change): loader workers still skip it if it fails, and
+    ``vit check`` or deleting the cache finds it.
+    """
+    root_text = str(root).rstrip(os.sep) or os.sep
+    root_key, prefix = str(Path(root).resolve()), root_text + os.sep
     path = cache_file(root, None if cache is True else cache) if cache else None
     cached = _read_cache(path, root_key) if path is not None else {}
-    known_files, known_bad = cached.get("files", {}), cached.get("bad", {})
-    todo = [p for p in paths if known_files.get(p[prefix_len:]) != stats[p[prefix_len:]]]
-    reasons = dict(zip(todo, _in_processes(_quick_chunk, todo, workers=workers,
-                                           desc="checking image headers"), strict=True))
-    bad = {rel: known_bad[rel] for rel in stats if rel in known_bad
-           and known_files.get(rel) == stats[rel]}
-    bad.update({p[prefix_len:]: r for p, r in reasons.items() if r is not None})
-    if path is not None and (todo or len(known_files) != len(stats)):
-        _write_cache(path, root_key, stats, bad)
-    logger.debug("quick check of %s: %d files, %d from the cache", root, len(paths),
-                 len(paths) - len(todo))
+    if cached and _unchanged(root_text, cached):
+        scan = _scan_from_cache(prefix, cached)
+        return scan, *_split_bad(scan.samples, len(prefix), cached["bad"])
+    written_ns = time.time_ns()
+    scan = scan_folder(root)
+    cut = _relative([p for p, _ in scan.samples] + scan.ignored + scan.dirs[1:], prefix)
+    known = {rel for rel, _ in cached.get("samples", [])}
+    todo = [p for p, _ in scan.samples if p[cut:] not in known]
+    reasons = _in_processes(_quick_chunk, todo, workers=workers, desc="checking image headers")
+    bad = {rel: r for rel, r in cached.get("bad", {}).items()}
+    bad.update({p[cut:]: r for p, r in zip(todo, reasons, strict=True) if r is not None})
+    present = {p[cut:] for p, _ in scan.samples}
+    bad = {rel: r for rel, r in bad.items() if rel in present}
+    dirs = _dir_mtimes(scan.dirs, cut) if cut else None
+    if path is not None and dirs is not None:
+        _write_cache(path, {
+            "root": root_key, "written_ns": written_ns, "dirs": dirs, "classes": scan.classes,
+            "samples": [[p[cut:], t] for p, t in scan.samples],
+            "ignored": [p[cut:] for p in scan.ignored], "bad": bad})
+    logger.debug("quick check of %s: %d images, %d new", root, len(scan.samples), len(todo))
+    return scan, *_split_bad(scan.samples, cut, bad)
+
+
+def _split_bad(samples: Sequence[Sample], cut: int, bad: dict[str, str]
+               ) -> tuple[list[Sample], list[dict[str, str]]]:
     good: list[Sample] = []
     skipped: list[dict[str, str]] = []
     for sample in samples:
-        reason = bad.get(sample[0][prefix_len:])
+        reason = bad.get(sample[0][cut:])
         if reason is None:
             good.append(sample)
         else:

@@ -20,7 +20,7 @@ import torch
 
 from vit.config import Config
 from vit.data import loader as loader_lib
-from vit.data.check import quick_check_samples
+from vit.data.check import checked_scan
 from vit.data.dataset import ImageFolderDataset
 from vit.data.folders import resolve_data_dirs, scan_folder
 from vit.data.images import check_classes_readable
@@ -118,13 +118,15 @@ class _Scanned:
 
 def _scan(folder: Path, *, check_images: bool, workers: int, cache: bool,
           check_classes: bool = False) -> _Scanned:
-    scan = scan_folder(folder)
-    samples, skipped = scan.samples, []
-    if check_images:  # the pre-flight check
-        samples, skipped = quick_check_samples(samples, folder, workers=min(max(workers, 1),
-                                               os.cpu_count() or 1), cache=cache)
-        if check_classes:
-            check_classes_readable(folder, scan.classes, samples, skipped)
+    if not check_images:
+        scan = scan_folder(folder)
+        return _Scanned(classes=scan.classes, samples=scan.samples, skipped=[],
+                        ignored=list(scan.ignored))
+    # the pre-flight check: headers and end markers, remembered per folder
+    scan, samples, skipped = checked_scan(
+        folder, workers=min(max(workers, 1), os.cpu_count() or 1), cache=cache)
+    if check_classes:
+        check_classes_readable(folder, scan.classes, samples, skipped)
     return _Scanned(classes=scan.classes, samples=samples, skipped=skipped,
                     ignored=list(scan.ignored))
 
