@@ -1,4 +1,4 @@
-"""The ``vit`` command: ``vit train|evaluate|predict|explain|export``.
+"""The ``vit`` command: ``vit train|evaluate|predict|explain|export|check``.
 
 Only this layer prints and exits. A mistake of the user's (a ``VitError``) becomes one line on
 stderr and exit code 2; an unexpected failure one line and exit code 1; ``--debug`` shows the

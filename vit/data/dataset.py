@@ -129,5 +129,5 @@ class ImageFolderDataset(Dataset):
         raise DataError(
             f"{attempts} consecutive images from {self.samples[index][0]} on cannot be read "
             f"(last reason: {self.skipped[-1]['reason'] if self.skipped else 'see log'}); "
-            "check the data, e.g. with the preflight check enabled"
+            "check the data with `vit check DIR`"
         )

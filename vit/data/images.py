@@ -1,8 +1,9 @@
 """Decoding image files so that a bad file is a reason, never a crash.
 
 ``load_image`` decodes any file Pillow reads into RGB (EXIF orientation applied, transparency on
-white, 16-bit scaled to 8 bits) or raises ``UnreadableImageError`` with the reason. The
-pre-flight check decodes a whole data set once, in threads, and keeps the readable images.
+white, 16-bit scaled to 8 bits) or raises ``UnreadableImageError`` with the reason. ``preflight``
+decodes a whole data set once, in threads, and keeps the readable images (training checks
+cheaply instead, and `vit check` decodes in processes: ``vit.data.check``).
 """
 
 from __future__ import annotations
