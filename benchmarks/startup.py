@@ -12,7 +12,8 @@ from starting the process to the end of the first training step (a patched step 
 time and ends the process), so it holds interpreter start, imports, the folder scan, the
 pre-flight check, the split, the model, the loader workers and the first batch.
 
-The smallest folder measures the fixed cost; the cost per file is
+The time spent in ``prepare_data`` (scan, check, split) is reported apart: on a shared machine
+it is the less noisy figure. The smallest folder measures the fixed cost; the cost per file is
 ``(time(N files) - time(smallest)) / (N - smallest)``, extrapolated to ImageNet's 1.28M files.
 The files were just written, so they are in the page cache: on cold disks or network storage
 the first run's header reads cost more (one small read at each end of every file).
@@ -43,6 +44,14 @@ IMAGENET_FILES = 1_281_167
 DRIVER = """
 import os, sys, time
 import vit.training.epoch as epoch
+import vit.training.trainer as trainer
+real_prepare = trainer.prepare_data
+def prepare(*a, **k):
+    start = time.perf_counter()
+    out = real_prepare(*a, **k)
+    print("PREPARE", time.perf_counter() - start, flush=True)
+    return out
+trainer.prepare_data = prepare
 real = epoch._Steps.batch
 def first(self, *a, **k):
     out = real(self, *a, **k)
@@ -80,17 +89,20 @@ def write_folder(root: Path, files: int, classes: int, images: list[bytes]) -> P
     return root
 
 
-def time_to_first_step(data: Path, run: Path, cache: Path, workers: int) -> float:
+def time_to_first_step(data: Path, run: Path, cache: Path, workers: int
+                       ) -> tuple[float, float]:
+    """(seconds from the command to the first step, seconds of which in prepare_data)"""
     env = {**os.environ, "VIT_CACHE_DIR": str(cache)}
     argv = [sys.executable, "-c", DRIVER, "train", "--data", str(data), "--output", str(run),
             "--batch-size", "32", "--epochs", "1", "--device", "cpu", "--workers", str(workers),
             "--quiet", "train.explain_samples=0"]
     start = time.time()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True)
-    stamps = [line for line in proc.stdout.splitlines() if line.startswith("FIRST_STEP")]
-    if not stamps:
+    stamps = {line.split()[0]: float(line.split()[1]) for line in proc.stdout.splitlines()
+              if line.startswith(("FIRST_STEP", "PREPARE"))}
+    if "FIRST_STEP" not in stamps:
         raise RuntimeError(f"no training step (exit {proc.returncode}): {proc.stderr[-2000:]}")
-    return float(stamps[0].split()[1]) - start
+    return stamps["FIRST_STEP"] - start, stamps["PREPARE"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,11 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for n in sorted(args.files):
             data = write_folder(tmp / f"data_{n}", n, args.classes, images)
-            first = time_to_first_step(data, tmp / f"run_{n}_a", tmp / "cache", args.workers)
-            later = time_to_first_step(data, tmp / f"run_{n}_b", tmp / "cache", args.workers)
-            rows.append({"files": n, "first_run_s": first, "later_run_s": later})
-            print(f"{n:>9,} files: first run {first:6.2f} s, later run {later:6.2f} s",
-                  flush=True)
+            first, first_prep = time_to_first_step(data, tmp / f"run_{n}_a", tmp / "cache",
+                                                   args.workers)
+            later, later_prep = time_to_first_step(data, tmp / f"run_{n}_b", tmp / "cache",
+                                                   args.workers)
+            rows.append({"files": n, "first_run_s": first, "later_run_s": later,
+                         "first_prepare_s": first_prep, "later_prepare_s": later_prep})
+            print(f"{n:>9,} files: first run {first:6.2f} s (data preparation {first_prep:.2f} s)"
+                  f", later run {later:6.2f} s ({later_prep:.2f} s)", flush=True)
             shutil.rmtree(data)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -127,10 +142,13 @@ def main(argv: list[str] | None = None) -> int:
             per_file = (row[f"{kind}_run_s"] - base[f"{kind}_run_s"]) / extra
             row[f"{kind}_ms_per_file"] = 1e3 * per_file
             row[f"{kind}_imagenet_s"] = base[f"{kind}_run_s"] + per_file * IMAGENET_FILES
-        print(f"{row['files']:>9,} files: beyond the fixed cost {row['first_ms_per_file']:.4f} "
-              f"ms/file first run, {row['later_ms_per_file']:.4f} ms/file later run; "
-              f"1.28M files: {row['first_imagenet_s']:.0f} s first, "
-              f"{row['later_imagenet_s']:.0f} s later")
+            prep = (row[f"{kind}_prepare_s"] - base[f"{kind}_prepare_s"]) / extra
+            row[f"{kind}_prepare_ms_per_file"] = 1e3 * prep
+        print(f"{row['files']:>9,} files, beyond the fixed cost: first run "
+              f"{row['first_ms_per_file']:.4f} ms/file ({row['first_prepare_ms_per_file']:.4f} "
+              f"in data preparation), later run {row['later_ms_per_file']:.4f} ms/file "
+              f"({row['later_prepare_ms_per_file']:.4f}); 1.28M files: "
+              f"{row['first_imagenet_s']:.0f} s first, {row['later_imagenet_s']:.0f} s later")
     info["loadavg_end"] = load_average()
     print(f"load average at the end: {info['loadavg_end']}")
     if args.json:

@@ -43,7 +43,12 @@ class ModelConfig:
 class DataConfig:
     """Where the images are and how they become tensors."""
 
-    root: str | None = None  # DIR/<class>/... or DIR/train/<class>/... (+ DIR/val/...)
+    # DIR/<class>/..., DIR/train/<class>/... (+ DIR/val/...), or tar shards written by
+    # `vit shard`: 'OUT/train-{000000..000123}.tar'
+    root: str | None = None
+    # validation for shards: a folder or a shard pattern (default: the val shards in _info.json)
+    val_root: str | None = None
+    shuffle_buffer: int = 2048  # shards: samples mixed in each loader worker's buffer
     val_fraction: float = 0.1  # held out (stratified) when there is no val/ folder
     workers: int = 4
     # before training, check every file cheaply (header, end marker; vit/data/check.py) and

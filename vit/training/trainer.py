@@ -149,7 +149,7 @@ class Trainer:
         if self.batches_per_epoch == 0:
             raise ConfigError(
                 f"--batch-size {cfg.train.batch_size} is larger than the "
-                f"{len(self.data.train_samples)} training images; lower it")
+                f"{self.data.num_train} training images; lower it")
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.train.accum_steps)
         self.warmup_steps = round(cfg.train.warmup_epochs * self.steps_per_epoch)
         self.schedule = {"warmup_steps": self.warmup_steps,
@@ -225,7 +225,7 @@ class Trainer:
         write_json(run_dir / "data_report.json", data.report())
         write_json(run_dir / "split.json", data.split)
         logger.info("%d classes, %d training / %d validation images", len(data.classes),
-                    len(data.train_samples), len(data.val_samples))
+                    data.num_train, data.num_val)
         arch = f"from {cfg.train.pretrained}" if cfg.train.pretrained else cfg.model.name
         total, trainable = count_parameters(self.model)
         logger.info("model %s (%d blocks, width %d): %.2fM parameters (%.2fM trained), device %s, "
@@ -384,7 +384,7 @@ class Trainer:
             logger.warning("%d unreadable files skipped; they are listed with the reason in %s",
                            len(self.data.skipped), self.run_dir / "data_report.json")
         overlays = None
-        if self.dist.is_main and self.cfg.train.explain_samples > 0:
+        if self.dist.is_main and self.cfg.train.explain_samples > 0 and self.data.val_samples:
             overlays = write_overlays(self.run_dir, self.data.val_samples,
                                       num_images=self.cfg.train.explain_samples,
                                       device=self.device)
