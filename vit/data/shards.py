@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
 
 from vit.data.folders import IMG_EXTENSIONS, Sample
 from vit.data.images import UnreadableImageError, load_image_bytes
@@ -93,7 +94,8 @@ def write_split(samples: Sequence[Sample], split: str, output: Path, root: Path,
     prefix = str(root).rstrip(os.sep) + os.sep
     cut = len(prefix) if all(p.startswith(prefix) for p, _ in samples) else 0
     names = []
-    for k, group in enumerate(groups):
+    for k, group in enumerate(tqdm(groups, desc=f"writing {split} shards", unit="shard",
+                                   disable=None)):
         names.append(f"{split}-{k:06d}.tar")
         atomic_write(output / names[-1], lambda f, g=group: _write_tar(f, g, cut))
     counts = np.bincount([t for _, t in samples], minlength=num_classes).tolist()
