@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from vit.cli.main import add_common_flags
 
     p = sub.add_parser(
-        "train", help="train on an image folder (no arguments: the quickstart)",
+        "train", help="train on an image folder or tar shards (no arguments: the quickstart)",
         description="Train a ViT. Data inputs (--data): an image folder DIR/<class>/<image> "
         "(a stratified --val-fraction is held out); DIR/train/<class>/... plus DIR/val/<class>/"
         "... (validation as given); or WebDataset tar shards written by `vit shard`, as a "
