@@ -68,6 +68,7 @@ class DataConfig:
     # "memory": decode once into a uint8 tensor on the device, augment batches there
     # (small images; see vit/data/memory.py)
     pipeline: str = "albumentations"
+    aug_batches: int = 1  # memory pipeline: augment this many batches per call (fewer launches)
 
 
 @dataclass
@@ -98,6 +99,9 @@ class TrainConfig:
     precision: str = "auto"  # auto, fp32, bf16, fp16
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     compile: bool = False
+    # torch.compile's mode when compile is on: "default", "reduce-overhead" (CUDA graphs),
+    # "max-autotune", "max-autotune-no-cudagraphs"
+    compile_mode: str = "default"
     seed: int = 0
     output: str | None = None  # run folder; default runs/<timestamp>
     # Wall-clock budget in minutes (set-up and evaluation included). After every epoch from the
@@ -125,6 +129,8 @@ _CHOICES = {
     "data.pipeline": ("albumentations", "memory"),
     "loss.class_weights": ("none", "balanced"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.compile_mode": ("default", "reduce-overhead", "max-autotune",
+                           "max-autotune-no-cudagraphs"),
 }
 
 

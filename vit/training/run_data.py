@@ -210,7 +210,7 @@ def _memory_loaders(cfg: Config, data: RunData, *, img_size: int, device: torch.
     train_loader = memory.MemoryLoader(
         train_images.to(device), data.train_targets, augment=train_aug, shuffle=True,
         drop_last=True, weights=_sampler_weights(cfg, data.train_targets, len(data.classes)),
-        **shard)
+        aug_batches=d.aug_batches, **shard)
     val_loader = memory.MemoryLoader(
         val_images.to(device), [t for _, t in data.val_samples],
         augment=memory.BatchAugment(train=False, **norm), shuffle=False, drop_last=False,

@@ -215,7 +215,7 @@ class Trainer:
     def _wrap(self, model: nn.Module) -> nn.Module:
         """The model the steps run: compiled and/or wrapped for DDP when asked."""
         if self.cfg.train.compile:
-            model = torch.compile(model)
+            model = torch.compile(model, mode=self.cfg.train.compile_mode)
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
