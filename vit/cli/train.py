@@ -35,12 +35,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     from vit.cli.main import add_common_flags
 
     p = sub.add_parser(
-        "train", help="train on an image folder (no arguments: the quickstart)",
-        description="Train a ViT on DIR/<class>/<image> (or DIR/train + DIR/val). With no "
-        "arguments: the quickstart on a built-in synthetic shapes dataset.",
+        "train", help="train on an image folder or tar shards (no arguments: the quickstart)",
+        description="Train a ViT. Data inputs (--data): an image folder DIR/<class>/<image> "
+        "(a stratified --val-fraction is held out); DIR/train/<class>/... plus DIR/val/<class>/"
+        "... (validation as given); or WebDataset tar shards written by `vit shard`, as a "
+        "quoted brace pattern 'OUT/train-{000000..000123}.tar' (validation: the val shards "
+        "beside them, or data.val_root=DIR_OR_PATTERN). With no arguments: the quickstart on "
+        "a built-in synthetic shapes dataset.",
         epilog="Any config key can be set as section.key=value, e.g. train.ema=true "
         "loss.mixup_alpha=0.8 data.randaug_m=7.")
-    p.add_argument("--data", metavar="DIR", help="image folder")
+    p.add_argument("--data", metavar="DIR|'SHARDS-{0..N}.tar'",
+                   help="image folder (DIR/<class>/..., or DIR/train + DIR/val) or tar shards")
     p.add_argument("--config", metavar="YAML", help="recipe, e.g. configs/cifar10_vit_tiny.yaml")
     p.add_argument("--model", metavar="NAME", help="preset name (see `vit.list_models()`)")
     p.add_argument("--img-size", type=int, metavar="N")
