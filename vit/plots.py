@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from vit.io import atomic_write
 
@@ -118,7 +118,7 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], path: PathLike) -
         acc_axes.text(
             0.98,
             0.04,
-            f"best top-1 {top1[best]:.4g} @ epoch {epochs[best]:g}",
+            f"best top-1 {top1[best]:.4g}% @ epoch {epochs[best]:g}",
             transform=acc_axes.transAxes,
             ha="right",
             va="bottom",
@@ -127,6 +127,7 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], path: PathLike) -
             bbox={"facecolor": "white", "edgecolor": "crimson"},
         )
     _finish_axes(acc_axes, "Validation accuracy", "accuracy (%)", any(plotted))
+    acc_axes.yaxis.set_major_formatter(PercentFormatter(xmax=100, decimals=0))
 
     has_lr = _plot_series(lr_axes, epochs, _series(rows, "lr"), "lr", color="tab:green")
     lr_axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))

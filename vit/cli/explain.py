@@ -7,21 +7,29 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags
+    from vit.cli.main import add_common_flags, add_parser
 
-    p = sub.add_parser("explain", help="draw attention-rollout overlays for images",
+    p = add_parser(sub, "explain", help="draw attention-rollout overlays for images",
                        description="Overlay where the model looks on each image; writes "
                        "DIR/<stem>_<method>.png per image and DIR/grid.png.")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT",
+                   help="best.pt from `vit train`, or an exported .safetensors")
     p.add_argument("paths", nargs="+", metavar="PATH", help="images, folders or globs")
-    p.add_argument("--output", required=True, metavar="DIR")
-    p.add_argument("--method", default="rollout", choices=["rollout", "grad-rollout", "attention"])
-    p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"])
-    p.add_argument("--discard-ratio", type=float, default=0.0, metavar="F")
-    p.add_argument("--alpha", type=float, default=0.5, metavar="A")
-    p.add_argument("--topk", type=int, default=3, metavar="K")
-    p.add_argument("--batch-size", type=int, default=16, metavar="N")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder for the PNG files")
+    p.add_argument("--method", default="rollout", choices=["rollout", "grad-rollout", "attention"],
+                   help="attention rollout, gradient rollout, or the last layer's attention")
+    p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"],
+                   help="how rollout combines the heads of a layer")
+    p.add_argument("--discard-ratio", type=float, default=0.0, metavar="F",
+                   help="share of the weakest attention entries rollout drops per row")
+    p.add_argument("--alpha", type=float, default=0.5, metavar="A",
+                   help="opacity of the heat map over the image (0..1)")
+    p.add_argument("--topk", type=int, default=3, metavar="K",
+                   help="predictions named in each picture's title")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N",
+                   help="images per forward pass")
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
+                   help="where to run; auto picks the GPU when there is one")
     add_common_flags(p)
     p.set_defaults(func=run)
 
