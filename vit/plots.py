@@ -272,10 +272,12 @@ def plot_image_grid(
     ncols: int | None = None,
     title: str | None = None,
     title_colors: Sequence[str | None] | None = None,
+    cell_size: tuple[float, float] = GRID_CELL_SIZE,
 ) -> Path:
     """A grid of HxWx3 uint8 images, each with its (wrapped) title.
 
-    `title_colors` optionally colours each title (e.g. "red" for a wrong prediction).
+    `title_colors` optionally colours each title (e.g. "red" for a wrong prediction);
+    `cell_size` is (width, height) in inches per image.
     An empty list gives a small figure saying there is nothing to show.
     """
     if len(titles) != len(images):
@@ -290,7 +292,7 @@ def plot_image_grid(
         return _save(figure, path)
 
     rows, cols = _grid_shape(len(images), ncols)
-    cell_w, cell_h = GRID_CELL_SIZE
+    cell_w, cell_h = cell_size
     extra = 0.5 if title else 0.0
     figure = _new_figure((cell_w * cols, cell_h * rows + extra))
     axes_grid = figure.subplots(rows, cols, squeeze=False).ravel()
@@ -311,14 +313,17 @@ def plot_side_by_side(
     title: str,
     path: PathLike,
     labels: tuple[str, str] = ("input", "attention rollout"),
+    title_color: str | None = None,
 ) -> Path:
-    """The input image beside its overlay (e.g. attention rollout), under one title."""
+    """The input image beside its overlay (e.g. attention rollout), under one title (in
+    ``title_color``, e.g. red for a wrong prediction)."""
     figure = _new_figure(SIDE_BY_SIDE_SIZE)
     for axes, picture, label in zip(figure.subplots(1, 2), (image, overlay), labels, strict=True):
         axes.imshow(np.asarray(picture), cmap="gray" if np.ndim(picture) == 2 else None)
         axes.set_title(label, fontsize=10)
         axes.axis("off")
-    figure.suptitle(_wrap(title, width=70, max_lines=2), fontsize=12)
+    figure.suptitle(_wrap(title, width=70, max_lines=2), fontsize=12,
+                    color=title_color or "black")
     return _save(figure, path)
 
 

@@ -11,7 +11,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = add_parser(sub, "explain", help="draw attention-rollout overlays for images",
                        description="Overlay where the model looks on each image; writes "
-                       "DIR/<stem>_<method>.png per image and DIR/grid.png.")
+                       "DIR/<stem>_<method>.png per image (the image beside its overlay) and "
+                       "DIR/grid.png. Titles give the true label when the image's folder is "
+                       "named after a class, the prediction and its probability; mistakes are "
+                       "red.")
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="best.pt from `vit train`, or an exported .safetensors")
     p.add_argument("paths", nargs="+", metavar="PATH", help="images, folders or globs")
@@ -24,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="share of the weakest attention entries rollout drops per row")
     p.add_argument("--alpha", type=float, default=0.5, metavar="A",
                    help="opacity of the heat map over the image (0..1)")
+    p.add_argument("--colormap", default="inferno", metavar="NAME",
+                   help="matplotlib colour map of the heat map; perceptually uniform ones "
+                   "(inferno, viridis, magma, cividis) show the map's steps truthfully")
     p.add_argument("--topk", type=int, default=3, metavar="K",
                    help="predictions named in each picture's title")
     p.add_argument("--batch-size", type=int, default=16, metavar="N",
@@ -46,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     results = explain_files(
         checkpoint=args.checkpoint, paths=paths, output=args.output, method=args.method,
         head_fusion=args.head_fusion, discard_ratio=args.discard_ratio, alpha=args.alpha,
+        colormap=args.colormap,
         topk=args.topk, batch_size=args.batch_size, device=args.device,
         show_progress=sys.stderr.isatty() and not args.quiet)
     for r in results:
