@@ -32,6 +32,16 @@ def test_workers_leave_a_core_for_training(cores, workers):
 def test_explicit_workers_are_kept():
     cfg, notes = fit_workers(load_config(None, ["data.workers=3"]), cores=2)
     assert cfg.data.workers == 3 and notes == []
+    cfg, _ = fit_to_data(cfg, num_train=20, img_size=32)
+    assert cfg.data.workers == 3
+
+
+def test_few_images_need_no_loader_processes():
+    cfg, _ = fit_workers(load_config(None), cores=4)
+    few, notes = fit_to_data(cfg, num_train=24, img_size=32, workers_chosen=True)
+    assert few.data.workers == 0 and "data.workers=0" in notes[0][1]
+    many, _ = fit_to_data(cfg, num_train=5000, img_size=32, workers_chosen=True)
+    assert many.data.workers == 3
 
 
 @pytest.mark.parametrize("num_train,world,batch", [
@@ -94,6 +104,6 @@ def test_a_run_records_and_logs_its_choices(tmp_path, caplog):
         train(cfg, show_progress=False)
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["train"]["batch_size"] == 9  # 12 images, 3 held out
-    assert saved["data"]["workers"] == auto_workers() and saved["data"]["randaug_n"] == 0
+    assert saved["data"]["workers"] == 0 and saved["data"]["randaug_n"] == 0  # 9 images
     assert "--batch-size 64 is larger than the 9 training images; using 9" in caplog.text
     assert "recipe 'light'" in caplog.text

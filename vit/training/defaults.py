@@ -26,6 +26,9 @@ __all__ = ["RECIPES", "Recipe", "auto_workers", "auto_batch_size", "pick_recipe"
            "fit_workers"]
 
 SMALL_IMAGE_PX = 64  # at or below: a crop must keep most of the image to keep the object
+# Below this many training images, loader processes cost more than they save: each epoch starts
+# them anew (a second or more on a busy CPU), and the training process decodes so few at once.
+FEW_IMAGES_FOR_WORKERS = 500
 
 
 @dataclass(frozen=True)
@@ -85,12 +88,17 @@ def fit_workers(cfg: Config, cores: int | None = None) -> tuple[Config, Notes]:
     return replace(cfg, data=replace(cfg.data, workers=workers)), [(logging.INFO, why)]
 
 
-def fit_to_data(cfg: Config, *, num_train: int, img_size: int, world_size: int = 1
-                ) -> tuple[Config, Notes]:
+def fit_to_data(cfg: Config, *, num_train: int, img_size: int, world_size: int = 1,
+                workers_chosen: bool = False) -> tuple[Config, Notes]:
     """Fill what the config leaves unset, and clamp a batch larger than the data. Returns the
-    new config and one (level, line) per choice, to be logged."""
+    new config and one (level, line) per choice, to be logged. ``workers_chosen``: the loader
+    workers came from ``fit_workers`` (not the user), so a small data set may drop them."""
     notes: Notes = []
     train, data, model = cfg.train, cfg.data, cfg.model
+    if workers_chosen and data.workers and num_train < FEW_IMAGES_FOR_WORKERS:
+        notes.append((logging.INFO, f"data.workers=0: {num_train} training images decode in "
+                      "the training process faster than loader processes start each epoch"))
+        data = replace(data, workers=0)
     batch = train.batch_size
     if batch is None:
         batch = auto_batch_size(num_train, world_size)

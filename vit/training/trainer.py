@@ -102,6 +102,7 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.show_progress = show_progress and self.dist.is_main
         _check_train_config(cfg, self.dist)
+        self.workers_chosen = cfg.data.workers is None
         cfg = self._log_choices(*fit_workers(cfg))
         if resume is not None and not isinstance(resume, ResumePoint):
             resume = ResumePoint.load(resume)
@@ -180,7 +181,7 @@ class Trainer:
         data = prepare_data(cfg)
         cfg = self.cfg = self._log_choices(*fit_to_data(
             cfg, num_train=len(data.train_samples), img_size=img_size,
-            world_size=self.dist.world_size))
+            world_size=self.dist.world_size, workers_chosen=self.workers_chosen))
         if self.resume is not None:
             if self.resume.state["classes"] != data.classes:
                 raise VitError(f"the data's classes {data.classes} differ from the resumed "
