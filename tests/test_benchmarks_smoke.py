@@ -239,3 +239,23 @@ def test_time_to_accuracy_main_runs_a_config(shapes_dataset: Path, tmp_path: Pat
     times = [e["elapsed_s"] for e in run["epochs"]]
     assert 0 < times[0] < times[1] <= run["wall_s"]
     assert (tmp_path / "t.png").stat().st_size > 1000
+
+
+def test_explorer_size_smoke(tmp_path: Path, capsys) -> None:
+    from test_explorer import CLASSES, peaky_model
+    from test_predict import save_checkpoint
+
+    from benchmarks import explorer_size
+
+    ckpt = save_checkpoint(tmp_path / "tiny.pt", peaky_model(), CLASSES)
+    out = tmp_path / "sizes.json"
+    assert explorer_size.main(["--images", "noise", "--num", "2", "--checkpoint", str(ckpt),
+                               "--bits", "6,3", "--json", str(out),
+                               "--keep", str(tmp_path / "page.html")]) == 0
+    report = json.loads(out.read_text())
+    assert HEADER_KEYS <= set(report["setup"])
+    rows = report["rows"]
+    assert [(r["attention_bits"], r["auc_steps"]) for r in rows] == [(6, 32), (3, 0)]
+    assert rows[1]["size_mb"] < rows[0]["size_mb"]
+    assert (tmp_path / "page.html").stat().st_size == round(rows[0]["size_mb"] * 1e6)
+    assert "page MB" in capsys.readouterr().out

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-HELP_COMMANDS = [[], ["train"], ["evaluate"], ["predict"], ["explain"], ["export"], ["models"]]
+HELP_COMMANDS = [[], ["train"], ["evaluate"], ["predict"], ["explain"], ["export"],
+                 ["attention-stats"], ["models"]]
 
 
 def imported_modules(*argv: str) -> set[str]:

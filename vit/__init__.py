@@ -22,6 +22,10 @@ _LAZY = {
     "explain": "vit.explain.rollout",
     "deletion_auc": "vit.explain.faithfulness",
     "insertion_auc": "vit.explain.faithfulness",
+    "explorer_page": "vit.explain.explorer",
+    "write_explorer_page": "vit.inference.attention_files",
+    "mean_attention_distance": "vit.explain.attention_stats",
+    "attention_entropy": "vit.explain.attention_stats",
     "load_config": "vit.config",
     "Config": "vit.config",
 }

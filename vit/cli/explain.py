@@ -1,4 +1,4 @@
-"""`vit explain`: attention overlays for images, as PNG files."""
+"""`vit explain`: attention overlays for images, as PNG files and/or one explorer page."""
 
 from __future__ import annotations
 
@@ -12,13 +12,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_parser(sub, "explain", help="draw attention-rollout overlays for images",
                        description="Overlay where the model looks on each image; writes "
                        "DIR/<stem>_<method>.png per image (the image beside its overlay) and "
-                       "DIR/grid.png. Titles give the true label when the image's folder is "
-                       "named after a class, the prediction and its probability; mistakes are "
-                       "red.")
+                       "DIR/grid.png (--output), and/or one self-contained HTML page to explore "
+                       "every layer and head (--html). Titles give the true label when the "
+                       "image's folder is named after a class, the prediction and its "
+                       "probability; mistakes are red.")
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="best.pt from `vit train`, or an exported .safetensors")
     p.add_argument("paths", nargs="+", metavar="PATH", help="images, folders or globs")
-    p.add_argument("--output", required=True, metavar="DIR", help="folder for the PNG files")
+    p.add_argument("--output", metavar="DIR",
+                   help="folder for the PNG overlays (default: none; --output or --html needed)")
+    p.add_argument("--html", metavar="FILE",
+                   help="write the attention explorer page here (default: none)")
     p.add_argument("--method", default="rollout", choices=["rollout", "grad-rollout", "attention"],
                    help="attention rollout, gradient rollout, or the last layer's attention")
     p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"],
@@ -32,6 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(inferno, viridis, magma, cividis) show the map's steps truthfully")
     p.add_argument("--topk", type=int, default=3, metavar="K",
                    help="predictions named in each picture's title")
+    p.add_argument("--auc-steps", type=int, default=32, metavar="N",
+                   help="--html: deletion/insertion curve steps per map (0 skips them)")
+    p.add_argument("--attention-bits", type=int, default=6, metavar="B",
+                   help="--html: bits per stored attention weight, 1-8")
     p.add_argument("--batch-size", type=int, default=16, metavar="N",
                    help="images per forward pass")
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
@@ -40,22 +48,54 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _check(args: argparse.Namespace) -> None:
+    from vit.errors import VitError
+
+    if args.output is None and args.html is None:
+        raise VitError("vit explain needs --output DIR (PNG overlays) or --html FILE (the "
+                       "explorer page), or both")
+    if args.batch_size < 1:
+        raise VitError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.auc_steps < 0:
+        raise VitError(f"--auc-steps must be 0 (skip) or more, got {args.auc_steps}")
+    if not 1 <= args.attention_bits <= 8:
+        raise VitError(f"--attention-bits must be in [1, 8], got {args.attention_bits}")
+
+
+def _write_page(args: argparse.Namespace, paths: list, show_progress: bool) -> None:
+    from vit.explain.explorer import PageOptions
+    from vit.inference.attention_files import write_explorer_page
+
+    options = PageOptions(topk=args.topk, head_fusion=args.head_fusion,
+                          discard_ratio=args.discard_ratio, auc_steps=args.auc_steps,
+                          attention_bits=args.attention_bits)
+    result = write_explorer_page(checkpoint=args.checkpoint, paths=paths, output=args.html,
+                                 options=options, batch_size=args.batch_size, device=args.device,
+                                 show_progress=show_progress)
+    skipped = f", {result.skipped} unreadable skipped" if result.skipped else ""
+    print(f"explorer page: {result.path} ({result.images} images{skipped}, "
+          f"{result.size_bytes / 1e6:.1f} MB); open it in a browser")
+
+
 def run(args: argparse.Namespace) -> int:
     from vit.data.folders import expand_paths
+    from vit.inference.attention_files import check_html_output
     from vit.inference.overlays import explain_files
 
-    if args.batch_size < 1:
-        from vit.errors import VitError
-
-        raise VitError(f"--batch-size must be at least 1, got {args.batch_size}")
+    _check(args)
+    if args.html is not None:
+        check_html_output(args.html)  # before any work
     paths = expand_paths(args.paths)
-    results = explain_files(
-        checkpoint=args.checkpoint, paths=paths, output=args.output, method=args.method,
-        head_fusion=args.head_fusion, discard_ratio=args.discard_ratio, alpha=args.alpha,
-        colormap=args.colormap,
-        topk=args.topk, batch_size=args.batch_size, device=args.device,
-        show_progress=sys.stderr.isatty() and not args.quiet)
-    for r in results:
-        if not r.error:  # unreadable files were already reported as warnings
-            print(f"{r.output}  {', '.join(f'{lab} {p:.1%}' for lab, p in r.predictions)}")
+    show_progress = sys.stderr.isatty() and not args.quiet
+    if args.output is not None:
+        results = explain_files(
+            checkpoint=args.checkpoint, paths=paths, output=args.output, method=args.method,
+            head_fusion=args.head_fusion, discard_ratio=args.discard_ratio, alpha=args.alpha,
+            colormap=args.colormap, topk=args.topk, batch_size=args.batch_size,
+            device=args.device, show_progress=show_progress)
+        for r in results:
+            if not r.error:  # unreadable files were already reported as warnings
+                print(f"{r.output}  {', '.join(f'{lab} {p:.1%}' for lab, p in r.predictions)}")
+    if args.html is not None:
+        _write_page(args, paths, show_progress)
     return 0

@@ -1,4 +1,4 @@
-"""The ``vit`` command: ``vit train|evaluate|predict|explain|export|models``.
+"""The ``vit`` command: ``vit train|evaluate|predict|explain|export|attention-stats|models``.
 
 Only this layer prints and exits. A mistake of the user's (a ``VitError``) becomes one line on
 stderr and exit code 2; an unexpected failure one line and exit code 1; ``--debug`` shows the
@@ -20,7 +20,7 @@ from importlib import import_module
 
 from vit.errors import VitError
 
-COMMANDS = ("train", "evaluate", "predict", "explain", "export", "models")
+COMMANDS = ("train", "evaluate", "predict", "explain", "export", "attention-stats", "models")
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train Vision Transformers on image folders, classify and explain.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        import_module(f"vit.cli.{name}").register(sub)
+        import_module(f"vit.cli.{name.replace('-', '_')}").register(sub)
     return parser
 
 

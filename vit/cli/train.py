@@ -172,6 +172,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if summary.overlays is not None:
         print(f"attention overlays: {summary.overlays}", file=sys.stderr)
+    if quick and summary.held_out:
+        from vit.training.quickstart import write_quickstart_explorer
+
+        page = write_quickstart_explorer(summary.run_dir, summary.held_out,
+                                         device=cfg.train.device)
+        if page is not None:
+            print(f"attention explorer: {page} (open it in a browser: click a patch to see "
+                  "where it looks, layer by layer and head by head)", file=sys.stderr)
     best = f"{summary.best_top1:.2f}%" if summary.best_top1 is not None else "n/a"
     print(f"done: best val top-1 {best}; run folder {summary.run_dir} "
           f"(best.pt, last.pt, metrics.jsonl, curves.png)")

@@ -4,10 +4,14 @@
     overlay       a map over the image, as RGB
     faithfulness  deletion / insertion AUC and the random baseline
     inputs        argument checks; running the model in eval mode and full precision
+    attention_stats  mean attention distance and entropy per layer and head
+    explorer      the attention explorer page (explorer_html: its encoding and HTML)
 
     from vit.explain import attention_rollout, overlay, deletion_auc
 """
 
+from vit.explain.attention_stats import attention_entropy, mean_attention_distance
+from vit.explain.explorer import PageOptions, explorer_page
 from vit.explain.faithfulness import (
     BASELINES,
     deletion_auc,
@@ -46,4 +50,8 @@ __all__ = [
     "insertion_auc",
     "random_saliency",
     "make_baseline",
+    "mean_attention_distance",
+    "attention_entropy",
+    "explorer_page",
+    "PageOptions",
 ]

@@ -2,15 +2,19 @@
 
 It writes a synthetic shapes image folder (no download), trains a small ViT on it (on the GPU in
 bf16 when there is one, else on the CPU in a few minutes), and, like every run, draws
-attention-rollout overlays of held-out images (``train.explain_samples``). ``configs/quickstart.yaml`` holds the same settings (a test keeps the two
-equal).
+attention-rollout overlays of held-out images (``train.explain_samples``); its last step writes
+the attention explorer page of the same images (RUN/explorer.html). ``configs/quickstart.yaml``
+holds the same settings (a test keeps the two equal).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from vit.config import Config, config_from_dict
+
+logger = logging.getLogger(__name__)
 
 QUICKSTART = {
     "model": {"name": "vit_quick_patch8_48", "drop_path_rate": 0.0},
@@ -37,3 +41,18 @@ def prepare_quickstart_data(cfg: Config) -> Path:
     img_size = cfg.model.img_size or 48
     return make_shapes_dataset(root, num_per_class=SHAPES_PER_CLASS, img_size=img_size,
                                seed=0, val_fraction=SHAPES_VAL_FRACTION)
+
+
+def write_quickstart_explorer(run_dir: Path, paths: list[str], *, device: str = "auto"
+                              ) -> Path | None:
+    """The attention explorer page of the run's held-out images (``TrainSummary.held_out``, those
+    of its overlays) by best.pt: RUN_DIR/explorer.html; None, with a warning, when it could not
+    be written (a finished run never fails for it)."""
+    from vit.inference.attention_files import write_explorer_page
+
+    try:
+        return write_explorer_page(checkpoint=run_dir / "best.pt", paths=paths,
+                                   output=run_dir / "explorer.html", device=device).path
+    except Exception as e:  # a drawing problem must never end a finished run
+        logger.warning("could not write the attention explorer page: %s", e)
+        return None

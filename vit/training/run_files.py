@@ -91,16 +91,16 @@ def held_out_examples(samples: list[tuple[str, int]], num_images: int) -> list[s
     return [path for row in rounds for path in row if path is not None][:num_images]
 
 
-def write_overlays(run_dir: Path, val_samples: list[tuple[str, int]], *, num_images: int,
-                   device: torch.device) -> Path | None:
-    """Attention-rollout overlays of held-out images by best.pt, into RUN/overlays (the last
-    step of a run: ``train.explain_samples``); None when they could not be drawn."""
+def write_overlays(run_dir: Path, paths: list[str], *, device: torch.device) -> Path | None:
+    """Attention-rollout overlays of held-out images (``held_out_examples``) by best.pt, into
+    RUN/overlays (the last step of a run: ``train.explain_samples``); None when they could not
+    be drawn."""
     from vit.inference.overlays import explain_files
 
     out = run_dir / "overlays"
     try:
         explain_files(checkpoint=run_dir / "best.pt", output=out, method="rollout",
-                      paths=held_out_examples(val_samples, num_images), device=str(device))
+                      paths=paths, device=str(device))
     except Exception as e:  # a drawing problem must never end a finished run
         logger.warning("could not draw the attention overlays: %s", e)
         return None

@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,12 @@ from vit.training.epoch import EpochResult, train_one_epoch, validate
 from vit.training.optim import build_optimizer, count_parameters, freeze_parameters, lr_at_step
 from vit.training.resume import ResumeAt, ResumePoint, capture_rng_state, truncate_metrics
 from vit.training.run_data import RunData, build_loaders, prepare_data
-from vit.training.run_files import EpochSaver, default_run_dir, write_overlays
+from vit.training.run_files import (
+    EpochSaver,
+    default_run_dir,
+    held_out_examples,
+    write_overlays,
+)
 
 __all__ = ["train", "Trainer", "TrainSummary", "TrainingInterrupted", "ResumePoint",
            "build_model", "build_criterion"]
@@ -68,6 +73,7 @@ class TrainSummary:
     last_metrics: dict[str, Any]
     epochs_done: int
     overlays: Path | None = None  # RUN/overlays, when train.explain_samples > 0
+    held_out: list[str] = field(default_factory=list)  # the images of the overlays
 
 
 def train(cfg: Config, *, resume: str | os.PathLike | ResumePoint | None = None,
@@ -374,14 +380,13 @@ class Trainer:
     # --- the end ------------------------------------------------------------------------------
 
     def finish(self) -> TrainSummary:
-        overlays = None
+        overlays, held_out = None, []
         if self.dist.is_main and self.cfg.train.explain_samples > 0:
-            overlays = write_overlays(self.run_dir, self.data.val_samples,
-                                      num_images=self.cfg.train.explain_samples,
-                                      device=self.device)
+            held_out = held_out_examples(self.data.val_samples, self.cfg.train.explain_samples)
+            overlays = write_overlays(self.run_dir, held_out, device=self.device)
         return TrainSummary(run_dir=self.run_dir, best_top1=self.best_top1,
                             last_metrics=self.metrics, epochs_done=self.cfg.train.epochs,
-                            overlays=overlays)
+                            overlays=overlays, held_out=held_out)
 
 
 # --- model, loss ------------------------------------------------------------------------------
