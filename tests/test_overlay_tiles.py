@@ -78,6 +78,5 @@ def test_the_end_of_a_run_uses_the_same_renderer(tmp_path, monkeypatch):
 
     calls = []
     monkeypatch.setattr(overlays, "explain_files", lambda **kw: calls.append(kw))
-    run_files.write_overlays(tmp_path, [("v/red/1.png", 2), ("v/blue/2.png", 0)], num_images=2,
-                             device="cpu")
-    assert len(calls) == 1
+    run_files.write_overlays(tmp_path, ["v/red/1.png", "v/blue/2.png"], device="cpu")
+    assert len(calls) == 1 and calls[0]["paths"] == ["v/red/1.png", "v/blue/2.png"]

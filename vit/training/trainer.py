@@ -202,10 +202,10 @@ class Trainer:
         return model, img_size, data
 
     def _log_choices(self, cfg: Config, notes: list[tuple[int, str]]) -> Config:
-        """Log the defaults chosen for this run (``vit/training/defaults.py``) and why."""
-        if self.dist.is_main:
-            for level, line in notes:
-                logger.log(level, "%s", line)
+        """Keep the defaults chosen for this run (``vit/training/defaults.py``) and why, for
+        ``write_start`` to log once the run is set up (a mistake found on the way stays the
+        only line)."""
+        self.choices = [*getattr(self, "choices", []), *notes]
         return cfg
 
     def _restore(self) -> ResumeAt:
@@ -234,6 +234,8 @@ class Trainer:
         if not self.dist.is_main:
             return
         cfg, data, run_dir = self.cfg, self.data, self.run_dir
+        for level, line in self.choices:
+            logger.log(level, "%s", line)
         atomic_write(run_dir / "config.yaml", to_yaml(cfg))
         write_json(run_dir / "data_report.json", data.report())
         write_json(run_dir / "split.json", data.split)
