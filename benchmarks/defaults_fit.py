@@ -96,6 +96,8 @@ def main() -> None:
     p.add_argument("--cases", default="cifar,photos",
                    help=f"comma-separated, of {', '.join(CASES)}")
     p.add_argument("--workers", type=int, default=1, help="loader processes, both variants")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="override every case's epochs (a smaller budget on a busy machine)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -107,11 +109,15 @@ def main() -> None:
             case = CASES[name]
             data = unpack_subset(args.shared / case["archive"], Path(tmp) / name,
                                  train=case["train"], val=case["val"])
+            if args.epochs is not None:
+                case = {**case, "flags": [*case["flags"], f"train.epochs={args.epochs}"]}
             for variant in ("before", "after"):
                 row = run_case(name, case, data, Path(tmp) / "runs" / name, variant,
                                args.workers)
                 results["runs"].append(row)
                 print(json.dumps(row), flush=True)
+                if args.json:  # after every run: a long benchmark keeps what it measured
+                    write_json(args.json, results)
     print(f"\n{'case':<8} {'variant':<7} {'batch':>5} {'scale':>11} {'randaug':>8} "
           f"{'drop':>5} {'loss first->last':>17} {'best top-1':>10} {'wall':>7}")
     for r in results["runs"]:
@@ -119,8 +125,6 @@ def main() -> None:
               f"{str(r['randaug']):>8} {r['drop_path_rate']:>5} "
               f"{r['first_train_loss']:>7.3f} -> {r['last_train_loss']:<7.3f} "
               f"{r['best_top1']:>9.2f}% {r['wall_s']:>6.0f}s")
-    if args.json:
-        write_json(args.json, results)
 
 
 if __name__ == "__main__":
