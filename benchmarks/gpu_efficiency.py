@@ -58,10 +58,24 @@ def matmul_peak(device: torch.device, *, size: int, dtype: torch.dtype, repeats:
     return 2 * size**3 / statistics.median(times)
 
 
+COMPILE_MODES = ("off", "on", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compiled_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """``off``: the eager model; ``on``: torch.compile's default mode; else that mode."""
+    if mode not in COMPILE_MODES:
+        raise SystemExit(f"error: --compile takes {', '.join(COMPILE_MODES)}; got {mode!r}")
+    if mode == "off":
+        return model
+    return torch.compile(model, mode=None if mode == "on" else mode)
+
+
 def train_step_fn(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                  y: torch.Tensor, *, bf16: bool):
+                  y: torch.Tensor, *, bf16: bool, cuda_graphs: bool = False):
     """One full training step: autocast forward, loss, backward, optimizer step."""
     def step() -> None:
+        if cuda_graphs:  # each call is a new step: last step's graph outputs may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(x), y)
         loss.backward()
@@ -70,7 +84,7 @@ def train_step_fn(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: t
     return step
 
 
-def make_step(name: str, *, batch: int, compiled: bool, device: torch.device, bf16: bool):
+def make_step(name: str, *, batch: int, compiled: str, device: torch.device, bf16: bool):
     """(model, step): a fresh model, fused AdamW on CUDA, one random batch, and its train step."""
     torch.manual_seed(0)
     model = create_model(name, num_classes=1000).to(device)
@@ -78,11 +92,12 @@ def make_step(name: str, *, batch: int, compiled: bool, device: torch.device, bf
     size = model.config.img_size
     x = torch.randn(batch, 3, size, size, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
-    step = train_step_fn(torch.compile(model) if compiled else model, optimizer, x, y, bf16=bf16)
+    step = train_step_fn(compiled_model(model, compiled), optimizer, x, y, bf16=bf16,
+                         cuda_graphs=compiled == "reduce-overhead")
     return model, step
 
 
-def measure(name: str, *, batch: int, compiled: bool, device: torch.device, bf16: bool,
+def measure(name: str, *, batch: int, compiled: str, device: torch.device, bf16: bool,
             warmup: int, iters: int, repeats: int, peak: float) -> dict[str, Any]:
     model, step = make_step(name, batch=batch, compiled=compiled, device=device, bf16=bf16)
     cfg = model.config
@@ -106,7 +121,7 @@ def measure(name: str, *, batch: int, compiled: bool, device: torch.device, bf16
 def profile_top_kernels(name: str, *, batch: int, device: torch.device, bf16: bool) -> str:
     from torch.profiler import ProfilerActivity, profile
 
-    _, step = make_step(name, batch=batch, compiled=True, device=device, bf16=bf16)
+    _, step = make_step(name, batch=batch, compiled="on", device=device, bf16=bf16)
     for _ in range(3):
         step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -126,7 +141,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--device", default="cuda")
     p.add_argument("--models", default="vit_small_patch16_224,vit_base_patch16_224")
     p.add_argument("--batches", default="256,512", help="per-step batch sizes to try")
-    p.add_argument("--compile", default="off,on", help="off, on, or both (off,on)")
+    p.add_argument("--compile", default="off,on",
+                   help=f"comma-separated torch.compile modes to try: {', '.join(COMPILE_MODES)}")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
     p.add_argument("--peak-size", type=int, default=None, help="matmul size (default 8192, CPU 1024)")
     p.add_argument("--warmup", type=int, default=5)
@@ -150,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in parse_list(args.models):
         for batch in [int(b) for b in parse_list(args.batches)]:
             for mode in parse_list(args.compile):
-                row = measure(name, batch=batch, compiled=mode == "on", device=device, bf16=bf16,
+                row = measure(name, batch=batch, compiled=mode, device=device, bf16=bf16,
                               warmup=args.warmup, iters=args.iters, repeats=args.repeats, peak=peak)
                 rows.append(row)
                 print(f"{name} batch {batch} compile {mode}: {row['img_per_s']:.0f} img/s, "

@@ -16,3 +16,18 @@ def shapes_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Layout ``<root>/<class>/<NNNNN>.png`` plus ``boxes.json``; treat it as read-only.
     """
     return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), num_per_class=8)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _folder_cache_in_a_temp_folder(tmp_path_factory: pytest.TempPathFactory):
+    """The pre-flight cache (vit.data.check) of every test, subprocesses included, goes to a
+    temp folder instead of ~/.cache/vit."""
+    import os
+
+    previous = os.environ.get("VIT_CACHE_DIR")
+    os.environ["VIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("vit_cache"))
+    yield
+    if previous is None:
+        os.environ.pop("VIT_CACHE_DIR", None)
+    else:
+        os.environ["VIT_CACHE_DIR"] = previous

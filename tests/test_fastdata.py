@@ -320,3 +320,22 @@ def test_two_shards_augment_exactly_as_one_process_with_the_global_batch():
         for r in range(2):
             torch.testing.assert_close(parts[r][b][0], x[r::2], atol=0, rtol=0)
             assert torch.equal(parts[r][b][1], y[r::2])
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_augmenting_several_batches_per_call_gives_the_same_batches(world_size):
+    images = torch.randint(0, 256, (31, 16, 16, 3), dtype=torch.uint8)
+    for rank in range(world_size):
+        common = dict(rank=rank, world_size=world_size, drop_last=False, batch_size=3)
+        one, three = _train_loader(images, **common), _train_loader(images, aug_batches=3, **common)
+        set_epoch(one, 4)
+        full = list(one)
+        for start in (0, 2):  # from an epoch's start, and resumed in the middle of a group
+            set_epoch(three, 4, start_batch=start)
+            grouped = list(three)
+            assert len(grouped) == len(full) - start
+            for (xa, ya), (xb, yb) in zip(full[start:], grouped, strict=True):
+                torch.testing.assert_close(xb, xa, atol=0, rtol=0)
+                assert torch.equal(ya, yb)
+    with pytest.raises(ConfigError, match="aug_batches"):
+        _train_loader(images, aug_batches=0)

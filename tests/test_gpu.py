@@ -58,6 +58,27 @@ def test_a_checkpoint_trained_on_the_gpu_gives_the_same_labels_on_the_cpu(tmp_pa
     assert relative_error(p_gpu, p_cpu) < 1e-3
 
 
+@pytest.mark.gpu
+@needs_gpu
+def test_cuda_graphs_and_grouped_augmentation_train(tmp_path):
+    """The loop-speed levers for the GPU: train.compile_mode=reduce-overhead (CUDA graphs; the
+    loop marks each step) with the memory pipeline augmenting 4 batches per call."""
+    from test_train import make_folder, tiny_config
+
+    from vit.training.trainer import train
+
+    data = make_folder(tmp_path / "data", per_class=24)
+    summary = train(tiny_config(data, tmp_path / "run", "train.device=cuda",
+                                "train.precision=bf16", "train.epochs=3", "train.compile=true",
+                                "train.compile_mode=reduce-overhead", "data.pipeline=memory",
+                                "data.aug_batches=4"), show_progress=False)
+    import json
+
+    rows = [json.loads(line) for line in (summary.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = torch.tensor([row["train_loss"] for row in rows])
+    assert summary.epochs_done == 3 and len(losses) == 3 and bool(torch.isfinite(losses).all())
+
+
 def explained_model() -> VisionTransformer:
     torch.manual_seed(0)
     model = VisionTransformer(img_size=32, patch_size=4, num_classes=10, embed_dim=64, depth=4,

@@ -332,6 +332,14 @@ def test_memory_pipeline_trains_as_well_as_the_worker_pipeline(tmp_path):
     assert abs(agree - summary.best_top1) < 1e-6
 
 
+def test_grouped_augmentation_trains_the_same_weights(tmp_path):
+    """data.aug_batches only changes how many batches one augmentation call makes."""
+    data = make_folder(tmp_path / "data")
+    runs = [train(tiny_config(data, tmp_path / f"run{k}", "data.pipeline=memory",
+                              f"data.aug_batches={k}"), show_progress=False) for k in (1, 3)]
+    assert_same_weights(*(weights(r.run_dir / "last.pt") for r in runs))
+
+
 def test_bf16_autocast_trains_on_cpu(tmp_path):
     """The mixed-precision path end to end where this machine allows it (CPU bf16 autocast)."""
     data = make_folder(tmp_path / "data")

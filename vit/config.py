@@ -43,10 +43,18 @@ class ModelConfig:
 class DataConfig:
     """Where the images are and how they become tensors."""
 
-    root: str | None = None  # DIR/<class>/... or DIR/train/<class>/... (+ DIR/val/...)
+    # DIR/<class>/..., DIR/train/<class>/... (+ DIR/val/...), or tar shards written by
+    # `vit shard`: 'OUT/train-{000000..000123}.tar'
+    root: str | None = None
+    # validation for shards: a folder or a shard pattern (default: the val shards in _info.json)
+    val_root: str | None = None
+    shuffle_buffer: int = 2048  # shards: samples mixed in each loader worker's buffer
     val_fraction: float = 0.1  # held out (stratified) when there is no val/ folder
     workers: int | None = None  # None: one fewer than the CPU cores, at most 8
-    preflight: bool = True  # decode every file once before training; skip the unreadable
+    # before training, check every file cheaply (header, end marker; vit/data/check.py) and
+    # skip the unreadable; `vit check DIR` decodes everything
+    preflight: bool = True
+    cache: bool = True  # remember the check per folder in $VIT_CACHE_DIR (~/.cache/vit)
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     crop_pct: float | None = None  # eval centre crop; None: 0.875 at >= 128 px, 1.0 below
@@ -63,6 +71,7 @@ class DataConfig:
     # "memory": decode once into a uint8 tensor on the device, augment batches there
     # (small images; see vit/data/memory.py)
     pipeline: str = "albumentations"
+    aug_batches: int = 1  # memory pipeline: augment this many batches per call (fewer launches)
 
 
 @dataclass
@@ -95,6 +104,9 @@ class TrainConfig:
     precision: str = "auto"  # auto, fp32, bf16, fp16
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     compile: bool = False
+    # torch.compile's mode when compile is on: "default", "reduce-overhead" (CUDA graphs),
+    # "max-autotune", "max-autotune-no-cudagraphs"
+    compile_mode: str = "default"
     seed: int = 0
     output: str | None = None  # run folder; default runs/<timestamp>
     # Wall-clock budget in minutes (set-up and evaluation included). After every epoch from the
@@ -123,6 +135,8 @@ _CHOICES = {
     "data.pipeline": ("albumentations", "memory"),
     "loss.class_weights": ("none", "balanced"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.compile_mode": ("default", "reduce-overhead", "max-autotune",
+                           "max-autotune-no-cudagraphs"),
 }
 
 

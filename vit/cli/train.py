@@ -36,16 +36,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     d = Config()  # the defaults a run gets without a recipe (the quickstart has its own)
     p = add_parser(
-        sub, "train", help="train on an image folder (no arguments: the quickstart)",
-        description="Train a ViT on DIR/<class>/<image> (or DIR/train + DIR/val). With no "
-        "arguments: the quickstart on a built-in synthetic shapes dataset "
-        "(configs/quickstart.yaml). Defaults below are those of a run with --data and no "
-        "--config; a recipe (--config) sets its own.",
+        sub, "train", help="train on an image folder or tar shards (no arguments: the quickstart)",
+        description="Train a ViT. Data inputs (--data): an image folder DIR/<class>/<image> "
+        "(a stratified --val-fraction is held out); DIR/train/<class>/... plus DIR/val/<class>/"
+        "... (validation as given); or WebDataset tar shards written by `vit shard`, as a "
+        "quoted brace pattern 'OUT/train-{000000..000123}.tar' (validation: the val shards "
+        "beside them, or data.val_root=DIR_OR_PATTERN). With no arguments: the quickstart on "
+        "a built-in synthetic shapes dataset (configs/quickstart.yaml). Defaults below are "
+        "those of a run with --data and no --config; a recipe (--config) sets its own.",
         epilog="Any config key can be set as section.key=value, e.g. train.ema=true "
         "loss.mixup_alpha=0.8 data.randaug_m=7 (sections: model, data, train, loss; see "
         "vit/config.py). `vit models` lists the model names.")
-    p.add_argument("--data", metavar="DIR",
-                   help="image folder: DIR/<class>/<image>, or DIR/train/... (+ DIR/val/...) "
+    p.add_argument("--data", metavar="DIR|'SHARDS-{0..N}.tar'",
+                   help="image folder (DIR/<class>/..., or DIR/train + DIR/val) or tar shards "
                    "(default: none, which runs the quickstart)")
     p.add_argument("--config", metavar="YAML",
                    help="a recipe, e.g. configs/flowers_vit_nano_cpu.yaml (default: none)")
@@ -58,8 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, metavar="N",
                    help=f"passes over the training images (default: {d.train.epochs})")
     p.add_argument("--batch-size", type=int, metavar="N",
-                   help=f"global batch per step (default: {d.train.batch_size}, lowered with a "
-                   "warning to the number of training images)")
+                   help="global batch per step (default: about 32 steps per epoch, 8 to 128; "
+                   "a batch larger than the training images is lowered with a warning)")
     p.add_argument("--lr", type=float, metavar="X",
                    help=f"peak learning rate of AdamW (default: {d.train.lr:g})")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],

@@ -1,7 +1,8 @@
 """Images to batches: knows nothing of models or training.
 
     folders     the folder layout, scanning by class, the files/folders/globs a command is given
-    images      decoding that survives bad files; the pre-flight check
+    images      decoding that survives bad files
+    check       the cheap pre-flight check and its per-folder cache; the full check (vit check)
     splits      stratified split, class counts and weights, the data report
     transforms  albumentations: training augmentation, the evaluation crop, normalisation
     dataset     the training Dataset

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from vit.data.folders import Sample
 from vit.data.images import UnreadableImageError, load_image
 from vit.errors import DataError
+from vit.io import append_jsonl
 
 __all__ = ["ImageFolderDataset"]
 
@@ -27,10 +28,14 @@ def _to_float_tensor(image: Image.Image) -> torch.Tensor:
 class ImageFolderDataset(Dataset):
     """``(path, target)`` samples -> ``(float tensor CHW, target)``.
 
-    A file that cannot be decoded is logged, recorded in ``skipped`` (per process: loader
-    workers each keep their own list) and replaced by the next readable sample, so one bad
-    file does not stop training. ``max_consecutive_failures`` bad files in a row raise
-    ``DataError``. Without a transform, images become tensors in [0, 1] at their own size.
+    A file that cannot be decoded is recorded in ``skipped`` (per process: loader workers each
+    keep their own list) and replaced by the next readable sample, so one bad file does not
+    stop training; the replacement depends only on which files are bad, so a resumed run skips
+    the same way. With ``skip_log`` (a JSON-lines file) every process, loader workers included,
+    also appends ``{"path", "reason"}`` there for the main process to report (``mark_bad``
+    tells later workers what is already known); without it each skip is logged as a warning.
+    ``max_consecutive_failures`` bad files in a row raise ``DataError``. Without a transform,
+    images become tensors in [0, 1] at their own size.
 
     Random augmentation is reproducible in one of two ways:
 
@@ -50,6 +55,7 @@ class ImageFolderDataset(Dataset):
         *,
         seed: int | None = None,
         max_consecutive_failures: int = 32,
+        skip_log: str | None = None,
     ):
         if not samples:
             raise DataError("the dataset has no samples; check the image folder")
@@ -59,12 +65,18 @@ class ImageFolderDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.max_consecutive_failures = max_consecutive_failures
+        self.skip_log = skip_log
         self.skipped: list[dict[str, str]] = []
         self._bad: set[int] = set()
         self._seeded_worker: int | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def mark_bad(self, paths: set[str]) -> None:
+        """Files already known to be unreadable: skipped without another attempt (workers
+        started later inherit this; the samples that replace them do not change)."""
+        self._bad.update(i for i, (p, _) in enumerate(self.samples) if p in paths)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose per-sample augmentation seeds are used (with ``seed``)."""
@@ -93,9 +105,14 @@ class ImageFolderDataset(Dataset):
             return load_image(path)
         except UnreadableImageError as exc:
             self._bad.add(index)
-            self.skipped.append({"path": path, "reason": exc.reason})
-            logger.warning("Skipping unreadable image %s (%s); using the next one instead",
-                           path, exc.reason)
+            record = {"path": path, "reason": exc.reason}
+            self.skipped.append(record)
+            if self.skip_log is not None:
+                append_jsonl(self.skip_log, record)
+                logger.debug("Skipping unreadable image %s (%s)", path, exc.reason)
+            else:
+                logger.warning("Skipping unreadable image %s (%s); using the next one instead",
+                               path, exc.reason)
             return None
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
@@ -112,5 +129,5 @@ class ImageFolderDataset(Dataset):
         raise DataError(
             f"{attempts} consecutive images from {self.samples[index][0]} on cannot be read "
             f"(last reason: {self.skipped[-1]['reason'] if self.skipped else 'see log'}); "
-            "check the data, e.g. with the preflight check enabled"
+            "check the data with `vit check DIR`"
         )

@@ -90,12 +90,15 @@ class FolderScan:
     samples: list[Sample]
     classes: list[str]
     ignored: list[str] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)  # the folders listed: root, classes, below
 
 
-def _list_class_files(class_dir: Path) -> tuple[list[str], list[str]]:
-    """(image files, other files) under ``class_dir``, recursively, skipping hidden entries."""
+def _list_class_files(class_dir: Path, dirs: list[str]) -> tuple[list[str], list[str]]:
+    """(image files, other files) under ``class_dir``, recursively, skipping hidden entries;
+    the folders listed are appended to ``dirs``."""
     images, others = [], []
     for dirpath, dirnames, filenames in os.walk(class_dir):
+        dirs.append(dirpath)
         dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
         for name in filenames:
             if _is_hidden(name):
@@ -146,10 +149,11 @@ def scan_folder(
     samples: list[Sample] = []
     ignored = sorted(str(p) for p in root.iterdir() if p.is_file() and is_image_file(p))
     empty: list[str] = []
+    dirs = [str(root)]
     for target, name in enumerate(class_list):
         if name not in found:
             continue
-        images, others = _list_class_files(root / name)
+        images, others = _list_class_files(root / name, dirs)
         ignored.extend(others)
         if not images:
             empty.append(name)
@@ -168,7 +172,7 @@ def scan_folder(
     if ignored:
         logger.info("Ignored %d files in %s that are not images in a class folder, e.g. %s",
                     len(ignored), root, ignored[0])
-    return FolderScan(samples, class_list, ignored)
+    return FolderScan(samples, class_list, ignored, dirs)
 
 
 # ---------------------------------------------------------------------------------------------

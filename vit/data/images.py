@@ -1,12 +1,14 @@
 """Decoding image files so that a bad file is a reason, never a crash.
 
 ``load_image`` decodes any file Pillow reads into RGB (EXIF orientation applied, transparency on
-white, 16-bit scaled to 8 bits) or raises ``UnreadableImageError`` with the reason. The
-pre-flight check decodes a whole data set once, in threads, and keeps the readable images.
+white, 16-bit scaled to 8 bits) or raises ``UnreadableImageError`` with the reason. ``preflight``
+decodes a whole data set once, in threads, and keeps the readable images (training checks
+cheaply instead, and `vit check` decodes in processes: ``vit.data.check``).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -23,6 +25,7 @@ from vit.errors import DataError
 __all__ = [
     "UnreadableImageError",
     "load_image",
+    "load_image_bytes",
     "to_rgb",
     "preflight",
     "check_classes_readable",
@@ -123,17 +126,29 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     limit is ``PIL.Image.MAX_IMAGE_PIXELS`` and is checked before any pixel is decoded.
     """
     path = str(path)
+    return _decode(path, path)
+
+
+def load_image_bytes(data: bytes, name: str) -> Image.Image:
+    """``load_image`` for the bytes of an image file (a shard's record); ``name`` says which
+    in the error."""
+    if not data:
+        raise UnreadableImageError(name, "empty file (zero bytes)")
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source: str | io.BytesIO, name: str) -> Image.Image:
     try:
-        with Image.open(path) as img:
-            _check_pixel_count(img, path)
+        with Image.open(source) as img:
+            _check_pixel_count(img, name)
             img.seek(0)
             img.load()
-            img = _apply_exif_orientation(img, path)
+            img = _apply_exif_orientation(img, name)
             return to_rgb(img)
     except UnreadableImageError:
         raise
     except Exception as exc:  # decoders raise many types; every one means "unreadable"
-        raise UnreadableImageError(path, _failure_reason(path, exc)) from exc
+        raise UnreadableImageError(name, _failure_reason(name, exc)) from exc
 
 
 def _check_one(path: str) -> str | None:

@@ -96,6 +96,9 @@ def set_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
     Works for the DataLoader of ``build_loader`` and for ``vit.data.memory.MemoryLoader`` (an
     ``EpochSampler`` and no dataset object).
     """
+    if hasattr(loader, "set_epoch"):  # vit.data.shards.ShardLoader
+        loader.set_epoch(epoch, start_batch)
+        return
     sampler = loader.sampler
     if isinstance(sampler, EpochSampler):
         sampler.set_epoch(epoch, start_batch)

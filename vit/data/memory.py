@@ -350,39 +350,59 @@ class BatchAugment:
         made for the whole global batch and this shard's rows kept, so torchrun processes
         together augment exactly as one process with the global batch would.
         """
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"expected uint8 images (B, H, W, 3), got {images.dtype} "
-                             f"{tuple(images.shape)}")
-        x = images.permute(0, 3, 1, 2).float()  # (B, H, W, 3) -> (B, 3, H, W)
-        if self.train:
-            if generator is None:
-                raise ValueError("training augmentation needs a generator")
-            x = self.crop_flip(x, generator, shard)
-            if self.randaug_n > 0:
-                x = self.randaugment(x, generator, shard)
-        elif x.shape[-2:] != (self.img_size, self.img_size):
-            raise ValueError(f"evaluation images must be stored at {self.img_size} px, "
-                             f"got {tuple(x.shape[-2:])}")
-        return self.normalize(x)
+        _check_images(images)
+        if not self.train:
+            return self.apply(images, None)
+        if generator is None:
+            raise ValueError("training augmentation needs a generator")
+        height, width = images.shape[1:3]
+        return self.apply(images, self.draw(images.shape[0], height=height, width=width,
+                                            generator=generator, shard=shard))
 
-    def crop_flip(self, x: torch.Tensor, generator: torch.Generator,
-                  shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
-        b, _, height, width = x.shape
-        (rank, world), n = shard, b * shard[1]  # draws for the global batch, then this shard
+    def draw(self, batch: int, *, height: int, width: int, generator: torch.Generator,
+             shard: tuple[int, int] = (0, 1)) -> AugmentDraws:
+        """Every random choice for one batch of ``batch`` rows (this shard's), on the CPU.
+
+        The draws for several batches, each from its own generator, can be joined with
+        ``AugmentDraws.cat`` and applied in one call: each row comes out as it would alone.
+        """
+        (rank, world), n = shard, batch * shard[1]  # draws for the global batch, then this shard
         boxes = sample_crop_boxes(n, height=height, width=width, scale=self.scale,
                                   ratio=self.ratio, generator=generator)[rank::world]
         flip = (torch.rand(n, generator=generator) < self.hflip)[rank::world]
+        randaug = None
+        if self.randaug_n > 0:
+            p = sample_randaugment(n, n=self.randaug_n, generator=generator)
+            randaug = RandAugmentParams(chosen=p.chosen[rank::world],
+                                        strength=p.strength[rank::world])
+        return AugmentDraws(boxes=boxes, flip=flip, randaug=randaug)
+
+    def apply(self, images: torch.Tensor, draws: AugmentDraws | None) -> torch.Tensor:
+        """``uint8 (B, H, W, 3)`` -> normalised ``float32 (B, 3, S, S)`` with these draws
+        (``None``: evaluation, only normalise)."""
+        _check_images(images)
+        x = images.permute(0, 3, 1, 2).float()  # (B, H, W, 3) -> (B, 3, H, W)
+        if draws is None:
+            if x.shape[-2:] != (self.img_size, self.img_size):
+                raise ValueError(f"evaluation images must be stored at {self.img_size} px, "
+                                 f"got {tuple(x.shape[-2:])}")
+            return self.normalize(x)
+        if draws.boxes.shape[0] != x.shape[0]:
+            raise ValueError(f"draws for {draws.boxes.shape[0]} images, got {x.shape[0]}")
+        x = self.crop_flip(x, draws.boxes, draws.flip)
+        if draws.randaug is not None:
+            x = self.randaugment(x, draws.randaug)
+        return self.normalize(x)
+
+    def crop_flip(self, x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
         grid = crop_grid(_to(boxes, x), flip.to(x.device, non_blocking=True), height=height,
                          width=width, size=self.img_size)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         return _as_uint8_values(out)
 
-    def randaugment(self, x: torch.Tensor, generator: torch.Generator,
-                    shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    def randaugment(self, x: torch.Tensor, p: RandAugmentParams) -> torch.Tensor:
         """Each sample applies its chosen ops in the list's order (as ``A.SomeOf`` sorts them)."""
-        rank, world = shard
-        p = sample_randaugment(x.shape[0] * world, n=self.randaug_n, generator=generator)
-        p = RandAugmentParams(chosen=p.chosen[rank::world], strength=p.strength[rank::world])
         f = self.randaug_m / 10.0
         rot, shear, shift, enhance = 30.0 * f, 17.0 * f, 0.45 * f, 0.9 * f
         fill = _to(255.0 * self.mean, x)
@@ -412,6 +432,30 @@ class BatchAugment:
         return x
 
 
+def _check_images(images: torch.Tensor) -> None:
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images (B, H, W, 3), got {images.dtype} "
+                         f"{tuple(images.shape)}")
+
+
+@dataclass
+class AugmentDraws:
+    """The random choices of ``BatchAugment.draw`` for a batch (CPU tensors, one row per image)."""
+
+    boxes: torch.Tensor  # (B, 4) crop boxes (x0, y0, w, h)
+    flip: torch.Tensor  # (B,) bool
+    randaug: RandAugmentParams | None
+
+    @staticmethod
+    def cat(parts: Sequence[AugmentDraws]) -> AugmentDraws:
+        randaug = None
+        if parts[0].randaug is not None:
+            randaug = RandAugmentParams(chosen=torch.cat([d.randaug.chosen for d in parts]),
+                                        strength=torch.cat([d.randaug.strength for d in parts]))
+        return AugmentDraws(boxes=torch.cat([d.boxes for d in parts]),
+                            flip=torch.cat([d.flip for d in parts]), randaug=randaug)
+
+
 def _posterize_bits(unit: torch.Tensor, f: float) -> torch.Tensor:
     """Integer bits uniform over [8 - round(4 f), 8], as ``A.Posterize(num_bits=(lo, 8))``."""
     low = 8 - round(4 * f)
@@ -435,23 +479,30 @@ class MemoryLoader:
     """Batches ``(x, y)`` from a ``uint8`` image tensor, augmented on the tensor's device.
 
     Same contract as the DataLoader from ``vit.data.loader.build_loader``: an ``EpochSampler``
-    orders and shards the indices, ``vit.data.loader.set_epoch(loader, epoch, start_batch)`` before
-    each epoch, and ``len()`` counts this process's batches. With ``drop_last`` (training), ``world_size``
-    processes with batch B see and augment exactly what one process with batch B x world_size
-    would.
+    orders and shards the indices, ``vit.data.loader.set_epoch(loader, epoch, start_batch)``
+    before each epoch, and ``len()`` counts this process's batches. With ``drop_last``
+    (training), ``world_size`` processes with batch B see and augment exactly what one process
+    with batch B x world_size would.
+
+    ``aug_batches=K`` augments K batches in one call (each with the draws of its own seeded
+    generator, so every batch is the same as with K=1): on a GPU the ~500 small kernels of an
+    augmentation call are launched once per K batches instead of once per batch.
     """
 
     def __init__(self, images: torch.Tensor, targets: Sequence[int], *, augment: BatchAugment,
                  batch_size: int, shuffle: bool, drop_last: bool, seed: int, rank: int = 0,
-                 world_size: int = 1, weights: Sequence[float] | None = None):
+                 world_size: int = 1, weights: Sequence[float] | None = None,
+                 aug_batches: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        if aug_batches < 1:
+            raise ConfigError(f"data.aug_batches must be at least 1, got {aug_batches}")
         if len(targets) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(targets)} targets")
         self.images = images
         self.targets = torch.as_tensor(list(targets), dtype=torch.long).to(images.device)
         self.augment = augment
-        self.batch_size = batch_size
+        self.batch_size, self.aug_batches = batch_size, aug_batches
         self.drop_last = drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.sampler = EpochSampler(images.shape[0], shuffle=shuffle, seed=seed, rank=rank,
@@ -464,12 +515,24 @@ class MemoryLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.tensor(list(self.sampler), dtype=torch.long)
-        for b in range(len(self)):
-            index = order[b * self.batch_size:(b + 1) * self.batch_size]
-            index = index.to(self.images.device, non_blocking=True)
-            g = None
-            if self.augment.train:  # the same draws in every process; each keeps its shard's
-                batch = self.sampler.start // self.batch_size + b  # counted from the epoch's start
-                g = torch.Generator().manual_seed(batch_seed(self.seed, self.sampler.epoch, batch))
-            x = self.augment(self.images[index], g, shard=(self.rank, self.world_size))
-            yield x, self.targets[index]
+        count = len(self)
+        for first in range(0, count, self.aug_batches):
+            batches = range(first, min(first + self.aug_batches, count))
+            index = [order[b * self.batch_size:(b + 1) * self.batch_size] for b in batches]
+            sizes = [len(i) for i in index]
+            joined = torch.cat(index).to(self.images.device, non_blocking=True)
+            draws = None
+            if self.augment.train:
+                draws = AugmentDraws.cat([self._draws(b, rows)
+                                          for b, rows in zip(batches, sizes, strict=True)])
+            x = self.augment.apply(self.images[joined], draws)  # (sum(sizes), 3, S, S)
+            yield from zip(x.split(sizes), self.targets[joined].split(sizes), strict=True)
+
+    def _draws(self, b: int, rows: int) -> AugmentDraws:
+        """Batch ``b``'s draws: the same in every process (each keeps its shard's rows), seeded
+        by the batch's number counted from the epoch's start, so a resume draws them again."""
+        batch = self.sampler.start // self.batch_size + b
+        g = torch.Generator().manual_seed(batch_seed(self.seed, self.sampler.epoch, batch))
+        height, width = self.images.shape[1:3]
+        return self.augment.draw(rows, height=height, width=width, generator=g,
+                                 shard=(self.rank, self.world_size))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -102,6 +103,15 @@ def train_one_epoch(
         interrupted=interrupted, data_wait_s=data_wait)
 
 
+def _mark_cudagraph_step() -> None:
+    """Tell CUDA-graph trees (``train.compile_mode=reduce-overhead``) that a new training step
+    begins, so the previous step's graph outputs may be overwritten. Nothing to do (and no
+    import of inductor) unless a compiled model already uses them."""
+    trees = sys.modules.get("torch._inductor.cudagraph_trees")
+    if trees is not None:
+        trees.mark_step_begin()
+
+
 class _Steps:
     """Batches through the model, and an optimizer step every ``accum_steps`` of them."""
 
@@ -144,6 +154,7 @@ class _Steps:
         # DDP: only all-reduce gradients on the micro-batch that ends an accumulation window.
         no_sync = not is_update and hasattr(model, "no_sync")
         with model.no_sync() if no_sync else contextlib.nullcontext():
+            _mark_cudagraph_step()
             with autocast(self.device, self.precision):
                 logits = model(x)
             loss = self.criterion(logits.float(), y)

@@ -11,6 +11,7 @@ decoding is the pre-flight check, and the files it cannot decode leave ``data``.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,11 @@ import torch
 
 from vit.config import Config
 from vit.data import loader as loader_lib
+from vit.data.check import checked_scan
 from vit.data.dataset import ImageFolderDataset
 from vit.data.folders import resolve_data_dirs, scan_folder
-from vit.data.images import check_classes_readable, preflight
+from vit.data.images import check_classes_readable
+from vit.data.shards import is_shard_spec
 from vit.data.splits import build_data_report, class_counts, stratified_split
 from vit.data.transforms import build_transform, resolve_crop_pct
 from vit.errors import ConfigError, DataError, VitError
@@ -42,31 +45,63 @@ class RunData:
     split: dict[str, Any]  # what split.json records
     skipped: list[dict[str, str]] = field(default_factory=list)  # unreadable: path, reason
     ignored: list[str] = field(default_factory=list)  # files that are not images
+    train_shards: Any = None  # vit.data.shards.ShardSpec when training from shards
+    val_shards: Any = None  # ... when validating on shards
 
     @property
     def train_targets(self) -> list[int]:
+        if self.train_shards is not None:
+            return _targets_of(self.train_shards)
         return [t for _, t in self.train_samples]
 
+    @property
+    def num_train(self) -> int:
+        return self.train_shards.num_samples if self.train_shards else len(self.train_samples)
+
+    @property
+    def num_val(self) -> int:
+        return self.val_shards.num_samples if self.val_shards else len(self.val_samples)
+
     def report(self) -> dict[str, Any]:
-        """What data_report.json holds."""
-        return build_data_report(self.classes, self.train_samples, self.val_samples,
-                                          self.skipped, self.ignored)
+        """What data_report.json holds: the images counted are those not skipped (a file that
+        passed the pre-flight check and failed in a loader worker stays in the samples)."""
+        if self.train_shards is not None:
+            return _shard_report(self)
+        bad = {s["path"] for s in self.skipped}
+        return build_data_report(self.classes, [s for s in self.train_samples if s[0] not in bad],
+                                 [s for s in self.val_samples if s[0] not in bad],
+                                 self.skipped, self.ignored)
+
+    def add_skipped(self, records: list[dict[str, str]]) -> list[dict[str, str]]:
+        """Add files found unreadable during training; returns those not known before."""
+        known = {s["path"] for s in self.skipped}
+        new = []
+        for record in records:
+            if record["path"] not in known:
+                known.add(record["path"])
+                new.append({"path": record["path"], "reason": record["reason"]})
+        self.skipped.extend(new)
+        return new
 
 
 def prepare_data(cfg: Config) -> RunData:
     """Scan the image folder, pre-flight it and split it.
 
-    The pre-flight check decodes every image once and skips the unreadable ones; the memory
-    pipeline skips it, since decoding the images into memory is that check (``build_loaders``).
+    The pre-flight check is the cheap one of ``vit.data.check`` (header and end marker, cached
+    per folder); files that pass it and still fail are skipped by the loader workers. The memory
+    pipeline skips it, since decoding the images into memory is a full check (``build_loaders``).
     """
     d = cfg.data
     if d.root is None:
         raise ConfigError("no data folder given: pass --data DIR (DIR/<class>/<image> or DIR/train/...)")
+    if is_shard_spec(d.root):
+        return _shard_data(cfg)
     check_images = d.preflight and d.pipeline != "memory"
     train_dir, val_dir = resolve_data_dirs(d.root)
-    train = _scan(train_dir, check_images=check_images, workers=d.workers, check_classes=True)
+    check = dict(check_images=check_images, workers=d.workers, cache=d.cache)
+    train = _scan(train_dir, check_classes=True, **check)
     if val_dir is not None:
-        val = _scan(val_dir, check_images=check_images, workers=d.workers)
+        val = _scan(val_dir, **check)
         if val.classes != train.classes:
             raise VitError(f"{val_dir} has classes {val.classes} but {train_dir} has "
                            f"{train.classes}; they must match")
@@ -98,23 +133,31 @@ class _Scanned:
     ignored: list[str]
 
 
-def _scan(folder: Path, *, check_images: bool, workers: int, check_classes: bool = False
-          ) -> _Scanned:
-    scan = scan_folder(folder)
-    samples, skipped = scan.samples, []
-    if check_images:  # the pre-flight check
-        samples, skipped = preflight(samples, workers=max(workers, 1))
-        if check_classes:
-            check_classes_readable(folder, scan.classes, samples, skipped)
+def _scan(folder: Path, *, check_images: bool, workers: int, cache: bool,
+          check_classes: bool = False) -> _Scanned:
+    if not check_images:
+        scan = scan_folder(folder)
+        return _Scanned(classes=scan.classes, samples=scan.samples, skipped=[],
+                        ignored=list(scan.ignored))
+    # the pre-flight check: headers and end markers, remembered per folder
+    scan, samples, skipped = checked_scan(
+        folder, workers=min(max(workers, 1), os.cpu_count() or 1), cache=cache)
+    if check_classes:
+        check_classes_readable(folder, scan.classes, samples, skipped)
     return _Scanned(classes=scan.classes, samples=samples, skipped=skipped,
                     ignored=list(scan.ignored))
 
 
 def build_loaders(cfg: Config, data: RunData, *, img_size: int, device: torch.device,
-                  batch_size: int, rank: int = 0, world_size: int = 1
-                  ) -> tuple[Any, Any, RunData]:
+                  batch_size: int, rank: int = 0, world_size: int = 1,
+                  skip_log: Path | None = None) -> tuple[Any, Any, RunData]:
     """Training and validation loaders for ``data.pipeline`` (albumentations workers, or memory),
-    and the data they hold (the memory pipeline leaves out files it cannot decode)."""
+    and the data they hold (the memory pipeline leaves out files it cannot decode). Loader
+    workers append the files they cannot decode to ``skip_log``."""
+    if data.train_shards is not None:
+        return _shard_loaders(cfg, data, img_size=img_size, device=device,
+                              batch_size=batch_size, rank=rank, world_size=world_size,
+                              skip_log=skip_log)
     if cfg.data.pipeline == "memory":
         return _memory_loaders(cfg, data, img_size=img_size, device=device,
                                batch_size=batch_size, rank=rank, world_size=world_size)
@@ -125,9 +168,10 @@ def build_loaders(cfg: Config, data: RunData, *, img_size: int, device: torch.de
         randaug_n=d.randaug_n, randaug_m=d.randaug_m, **aug)
     eval_tf = build_transform(train=False, crop_pct=d.crop_pct, **aug)
     # per-sample augmentation seeds (seed, epoch, index): resume and worker count change nothing
+    log = str(skip_log) if skip_log is not None else None
     train_set = ImageFolderDataset(data.train_samples, data.classes, train_tf,
-                                            seed=cfg.train.seed)
-    val_set = ImageFolderDataset(data.val_samples, data.classes, eval_tf)
+                                   seed=cfg.train.seed, skip_log=log)
+    val_set = ImageFolderDataset(data.val_samples, data.classes, eval_tf, skip_log=log)
     shard = dict(batch_size=batch_size, workers=d.workers, seed=cfg.train.seed, rank=rank,
                  world_size=world_size, pin_memory=device.type == "cuda")
     train_loader = loader_lib.build_loader(
@@ -166,7 +210,7 @@ def _memory_loaders(cfg: Config, data: RunData, *, img_size: int, device: torch.
     train_loader = memory.MemoryLoader(
         train_images.to(device), data.train_targets, augment=train_aug, shuffle=True,
         drop_last=True, weights=_sampler_weights(cfg, data.train_targets, len(data.classes)),
-        **shard)
+        aug_batches=d.aug_batches, **shard)
     val_loader = memory.MemoryLoader(
         val_images.to(device), [t for _, t in data.val_samples],
         augment=memory.BatchAugment(train=False, **norm), shuffle=False, drop_last=False,
@@ -184,3 +228,106 @@ def _inverse_frequency_weights(targets: list[int], num_classes: int) -> list[flo
     """Per-sample weights 1 / count(class): every class is drawn equally often."""
     counts = class_counts(targets, num_classes)
     return [1.0 / counts[t] for t in targets]
+
+
+# --- shards -----------------------------------------------------------------------------------
+
+
+def _targets_of(spec: Any) -> list[int]:
+    """The training targets, from the class counts in _info.json ([] when it has none)."""
+    if spec.per_class is None:
+        return []
+    return [c for c, n in enumerate(spec.per_class) for _ in range(n)]
+
+
+def _shard_report(data: RunData) -> dict[str, Any]:
+    def summary(spec: Any, samples: list) -> dict[str, Any]:
+        if spec is None:
+            return {"images": len(samples), "per_class": dict(zip(
+                data.classes, class_counts([t for _, t in samples], len(data.classes)),
+                strict=True))}
+        return {"images": spec.num_samples, "shards": len(spec.urls), "per_class": dict(
+            zip(data.classes, spec.per_class, strict=True)) if spec.per_class else None}
+
+    return {"classes": data.classes, "num_classes": len(data.classes), "source": "shards",
+            "train": summary(data.train_shards, []),
+            "val": summary(data.val_shards, data.val_samples),
+            "skipped": data.skipped, "num_skipped": len(data.skipped),
+            "num_ignored_files": 0, "ignored_files_examples": []}
+
+
+def _shard_data(cfg: Config) -> RunData:
+    """Training shards (``data.root``) and validation from ``data.val_root`` (a folder or
+    shards), else from the ``val`` split named in the training shards' ``_info.json``."""
+    from vit.data.shards import open_shards
+
+    d = cfg.data
+    if d.pipeline == "memory":
+        raise ConfigError("data.pipeline=memory reads image folders; train from shards with "
+                          "the default data.pipeline=albumentations")
+    if d.sampler == "weighted":
+        raise ConfigError("data.sampler=weighted needs an image folder; with shards use "
+                          "loss.class_weights=balanced")
+    train = open_shards(d.root)
+    if cfg.loss.class_weights == "balanced" and train.per_class is None:
+        raise ConfigError(f"loss.class_weights=balanced needs the class counts of {d.root}, "
+                          "which its _info.json lacks; write the shards with `vit shard`")
+    folder = Path(train.urls[0]).parent
+    val_root = d.val_root
+    if val_root is None:
+        names = train.info.get("splits", {}).get("val", {}).get("filenames")
+        if not names:
+            raise DataError(f"no validation data for the shards {d.root}: {folder}/_info.json "
+                            "names no val shards; pass data.val_root=DIR or a shard pattern")
+        val_root = "::".join(str(folder / name) for name in names)  # webdataset's list syntax
+    val_shards, val_samples = None, []
+    if is_shard_spec(val_root):
+        val_shards = open_shards(val_root)
+        if val_shards.classes != train.classes:
+            raise VitError(f"{val_root} has classes {val_shards.classes} but {d.root} has "
+                           f"{train.classes}; they must match")
+    else:
+        val_samples = scan_folder(val_root, classes=train.classes).samples
+    return RunData(root=folder, classes=train.classes, train_samples=[], val_samples=val_samples,
+                   split={"kind": "shards", "train": d.root, "val": val_root},
+                   train_shards=train, val_shards=val_shards)
+
+
+def _shard_loaders(cfg: Config, data: RunData, *, img_size: int, device: torch.device,
+                   batch_size: int, rank: int, world_size: int, skip_log: Path | None
+                   ) -> tuple[Any, Any, RunData]:
+    """Streaming loaders over the shards: the same transforms as the folder path."""
+    from vit.data.shards import ShardDataset, ShardLoader
+
+    d = cfg.data
+    aug = dict(img_size=img_size, mean=d.mean, std=d.std)
+    train_tf = build_transform(
+        train=True, scale=tuple(d.scale), ratio=tuple(d.ratio), hflip=d.hflip,
+        randaug_n=d.randaug_n, randaug_m=d.randaug_m, **aug)
+    eval_tf = build_transform(train=False, crop_pct=d.crop_pct, **aug)
+    log = str(skip_log) if skip_log is not None else None
+    slots = world_size * max(d.workers, 1)
+    spec = data.train_shards
+    if len(spec.urls) < slots:
+        raise ConfigError(
+            f"{len(spec.urls)} training shards cannot feed {world_size} processes x "
+            f"{max(d.workers, 1)} loader workers without reading a shard twice; write smaller "
+            "shards (vit shard --shard-size) or lower --workers")
+    common = dict(rank=rank, world_size=world_size, batch_size=batch_size, skip_log=log)
+    train_set = ShardDataset(spec.urls, spec.lengths, len(data.classes), train_tf,
+                             seed=cfg.train.seed, shuffle_buffer=d.shuffle_buffer, **common)
+    pin = device.type == "cuda"
+    train_loader = ShardLoader(train_set, batch_size=batch_size, workers=d.workers,
+                               drop_last=True, pin_memory=pin)
+    if data.val_shards is not None:
+        val_set = ShardDataset(data.val_shards.urls, data.val_shards.lengths, len(data.classes),
+                               eval_tf, seed=cfg.train.seed, **common)
+        workers = min(d.workers, len(data.val_shards.urls))
+        val_loader: Any = ShardLoader(val_set, batch_size=batch_size, workers=workers,
+                                      drop_last=False, pin_memory=pin)
+    else:
+        val_loader = loader_lib.build_loader(
+            ImageFolderDataset(data.val_samples, data.classes, eval_tf, skip_log=log),
+            shuffle=False, drop_last=False, batch_size=batch_size, workers=d.workers,
+            seed=cfg.train.seed, rank=rank, world_size=world_size, pin_memory=pin)
+    return train_loader, val_loader, data

@@ -12,6 +12,7 @@ metrics.jsonl, curves.png, last.pt, best.pt, and at the end overlays/ (attention
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -114,6 +115,10 @@ class Trainer:
             resume = ResumePoint.load(resume)
         self.resume = resume
         self.run_dir = self._make_run_dir(cfg.train.output)
+        # files the loader workers could not decode, appended as they meet them
+        self.skip_log = self.run_dir / "skipped.jsonl"
+        if resume is None and self.dist.is_main:
+            self.skip_log.unlink(missing_ok=True)
         self.cfg = replace(cfg, train=replace(cfg.train, output=str(self.run_dir)))
         self.metrics: dict[str, Any] = {}  # of the last finished epoch
 
@@ -148,12 +153,13 @@ class Trainer:
         world = self.dist.world_size
         self.train_loader, self.val_loader, self.data = build_loaders(
             cfg, data, img_size=img_size, device=self.device,
-            batch_size=cfg.train.batch_size // world, rank=self.dist.rank, world_size=world)
+            batch_size=cfg.train.batch_size // world, rank=self.dist.rank, world_size=world,
+            skip_log=self.skip_log)
         self.batches_per_epoch = len(self.train_loader)
         if self.batches_per_epoch == 0:
             raise ConfigError(
                 f"--batch-size {cfg.train.batch_size} is larger than the "
-                f"{len(self.data.train_samples)} training images; lower it")
+                f"{self.data.num_train} training images; lower it")
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.train.accum_steps)
         self.warmup_steps = round(cfg.train.warmup_epochs * self.steps_per_epoch)
         self.schedule = {"warmup_steps": self.warmup_steps,
@@ -186,7 +192,7 @@ class Trainer:
             img_size = _img_size(cfg, pretrained)
         data = prepare_data(cfg)
         cfg = self.cfg = self._log_choices(*fit_to_data(
-            cfg, num_train=len(data.train_samples), img_size=img_size,
+            cfg, num_train=data.num_train, img_size=img_size,
             world_size=self.dist.world_size, workers_chosen=self.workers_chosen))
         if self.resume is not None:
             if self.resume.state["classes"] != data.classes:
@@ -223,7 +229,7 @@ class Trainer:
     def _wrap(self, model: nn.Module) -> nn.Module:
         """The model the steps run: compiled and/or wrapped for DDP when asked."""
         if self.cfg.train.compile:
-            model = torch.compile(model)
+            model = torch.compile(model, mode=self.cfg.train.compile_mode)
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
@@ -237,13 +243,11 @@ class Trainer:
         for level, line in self.choices:
             logger.log(level, "%s", line)
         atomic_write(run_dir / "config.yaml", to_yaml(cfg))
+        self._collect_skipped()  # a resumed run: what its workers met before
         write_json(run_dir / "data_report.json", data.report())
         write_json(run_dir / "split.json", data.split)
         logger.info("%d classes, %d training / %d validation images", len(data.classes),
-                    len(data.train_samples), len(data.val_samples))
-        if data.skipped:
-            logger.warning("%d unreadable files skipped; they are listed with the reason in %s",
-                           len(data.skipped), run_dir / "data_report.json")
+                    data.num_train, data.num_val)
         arch = f"from {cfg.train.pretrained}" if cfg.train.pretrained else cfg.model.name
         total, trainable = count_parameters(self.model)
         logger.info("model %s (%d blocks, width %d): %.2fM parameters (%.2fM trained), device %s, "
@@ -274,6 +278,8 @@ class Trainer:
             self.best_top1 = val["val_top1"]
         self._fit_time_budget(epoch)
         if self.dist.is_main:
+            if self._collect_skipped():
+                write_json(self.run_dir / "data_report.json", self.data.report())
             final = epoch + 1 == self.cfg.train.epochs
             self.saver.epoch_done(self.metrics, self._checkpoint(epoch + 1, batches_done=0),
                                   improved, force=final)
@@ -295,6 +301,21 @@ class Trainer:
             self._stop_interrupted(epoch, result.batches_done)
         self.skip_batches = 0
         return result
+
+    def _collect_skipped(self) -> bool:
+        """Main process: the files loader workers could not decode, added to data_report.json
+        (one warning each) and marked so later workers skip them without trying again."""
+        new = self.data.add_skipped(read_skip_log(self.skip_log))
+        for record in new:
+            logger.warning("Skipping %s: %s (met while training)", record["path"],
+                           record["reason"])
+        if new:
+            paths = {r["path"] for r in new}
+            for loader in (self.train_loader, self.val_loader):
+                dataset = getattr(loader, "dataset", None)
+                if hasattr(dataset, "mark_bad"):
+                    dataset.mark_bad(paths)
+        return bool(new)
 
     def _stop_interrupted(self, epoch: int, batches_done: int) -> None:
         """Ctrl-C: a resumable last.pt (and the best weights waiting in memory), then stop."""
@@ -382,13 +403,28 @@ class Trainer:
     # --- the end ------------------------------------------------------------------------------
 
     def finish(self) -> TrainSummary:
+        if self.dist.is_main and self.data.skipped:
+            logger.warning("%d unreadable files skipped; they are listed with the reason in %s",
+                           len(self.data.skipped), self.run_dir / "data_report.json")
         overlays, held_out = None, []
-        if self.dist.is_main and self.cfg.train.explain_samples > 0:
+        if self.dist.is_main and self.cfg.train.explain_samples > 0 and self.data.val_samples:
             held_out = held_out_examples(self.data.val_samples, self.cfg.train.explain_samples)
             overlays = write_overlays(self.run_dir, held_out, device=self.device)
         return TrainSummary(run_dir=self.run_dir, best_top1=self.best_top1,
                             last_metrics=self.metrics, epochs_done=self.cfg.train.epochs,
                             overlays=overlays, held_out=held_out)
+
+
+def read_skip_log(path: Path) -> list[dict[str, str]]:
+    """The records loader workers appended; a line a crash cut short is ignored."""
+    records = []
+    with contextlib.suppress(FileNotFoundError), path.open() as f:
+        for line in f:
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and {"path", "reason"} <= record.keys():
+                    records.append(record)
+    return records
 
 
 # --- model, loss ------------------------------------------------------------------------------
