@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 HELP_COMMANDS = [[], ["train"], ["evaluate"], ["predict"], ["explain"], ["export"],
-                 ["attention-stats"], ["models"]]
+                 ["attention-stats"], ["check"], ["shard"], ["models"]]
 
 
 def imported_modules(*argv: str) -> set[str]:
