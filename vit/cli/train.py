@@ -34,7 +34,6 @@ FLAG_KEYS = {
 def register(sub: argparse._SubParsersAction) -> None:
     from vit.cli.main import add_common_flags, add_parser
 
-    d = Config()  # the defaults a run gets without a recipe (the quickstart has its own)
     p = add_parser(
         sub, "train", help="train on an image folder or tar shards (no arguments: the quickstart)",
         description="Train a ViT. Data inputs (--data): an image folder DIR/<class>/<image> "
@@ -47,6 +46,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="Any config key can be set as section.key=value, e.g. train.ema=true "
         "loss.mixup_alpha=0.8 data.randaug_m=7 (sections: model, data, train, loss; see "
         "vit/config.py). `vit models` lists the model names.")
+    _add_flags(p, Config())
+    add_common_flags(p)
+    p.set_defaults(func=run)
+
+
+def _add_flags(p: argparse.ArgumentParser, d: Config) -> None:
+    """The options of `vit train`; their defaults are those of ``d``."""
     p.add_argument("--data", metavar="DIR|'SHARDS-{0..N}.tar'",
                    help="image folder (DIR/<class>/..., or DIR/train + DIR/val) or tar shards "
                    "(default: none, which runs the quickstart)")
@@ -91,8 +97,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"parts of a pretrained model to keep fixed (default: {d.train.freeze})")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. train.ema=true (default: none)")
-    add_common_flags(p)
-    p.set_defaults(func=run)
 
 
 def check_args(args: argparse.Namespace) -> None:
