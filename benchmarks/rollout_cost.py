@@ -1,135 +1,217 @@
-"""What an explanation costs, relative to the pass it explains.
+"""What an explanation costs in time and peak memory, against the pass it explains.
 
-    python benchmarks/rollout_cost.py --model vit_small_patch16_224 --batch 16 --repeats 5 --device cpu
+    python benchmarks/rollout_cost.py --model vit_base_patch16_224 --sizes 224,448,896 --batch 1 \
+        --repeats 3 --json benchmarks/results/rollout_cost_cpu.json
 
-Times, on one random batch, with a warm-up and then the median of ``--repeats`` rounds in which
-every measurement runs once, in turn (so drifts in clock speed and load hit all of them alike).
-The minimum is printed as well: on a shared machine it is the steadier estimate.
+For each input size (ViT-B/16: 197, 785 and 3,137 tokens at 224, 448 and 896 px; the position
+embedding is resampled), on one random batch:
 
-    forward            model(x), fused attention, no grad         (reference for rollout)
-    forward explicit   model(x, return_attention=True), no grad   (where rollout's time goes)
-    rollout math       rollout_from_attentions on that pass's attentions (the rest of it)
-    attention_rollout  the explainer
-    forward+backward   model(x), backward of the top logits       (reference for grad rollout)
-    gradient_rollout   the explainer
+    forward            model(x), fused attention, no grad          reference for rollout, attention
+    forward+backward   model(x), backward of the top logits        reference for the gradient methods
+    rollout, attention, grad-rollout, legrad, attnlrp, gradcam      vit.explain.saliency(...)
+    explicit forward   model(x, return_attention=True): every layer's N x N attention, as rollout
+                       used to (only up to --explicit-max-tokens tokens: 5.7 GB at 896 px)
 
-The issue's goal: attention_rollout at most about 1.3x one forward pass.
+Time: a warm-up round, then ``--repeats`` rounds that run every measurement once, in turn
+(common.time_alternating: drifts in clock speed and load hit all alike); median and minimum.
+
+Peak memory: bytes in use by malloc (glibc ``mallinfo2``: ``uordblks`` in the heap plus
+``hblkhd`` in mmapped chunks, where large tensors live), read after every aten op through a
+``TorchDispatchMode``, minus the bytes in use just before the call. Weights and input were
+allocated before, so this is the memory the call itself needs ("extra"); "total" adds the bytes
+the weights and the input ("weights + extra"), what one call needs in all. Peaks inside one op
+(a kernel's scratch) are not seen; with --threads 1 every allocation is in the main arena that
+mallinfo2 reports.
+
+The goal (issue 14): rollout within 1.5x of a forward pass in peak memory and in time at every
+size; the gradient methods' figures are stated against forward+backward and forward.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from vit.explain import attention_rollout, gradient_rollout, rollout_from_attentions
+from vit.explain import saliency
 from vit.models.presets import create_model, list_models
 
 if not __package__:  # run as `python benchmarks/rollout_cost.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import format_header, machine_info
+from benchmarks.common import (
+    Column,
+    command_line,
+    format_header,
+    format_table,
+    machine_info,
+    time_alternating,
+    write_json,
+)
+
+EXPLAINERS = ("rollout", "attention", "grad-rollout", "legrad", "attnlrp", "gradcam")
+REFERENCE = {"rollout": "forward", "attention": "forward", "explicit forward": "forward",
+             "grad-rollout": "forward+backward", "legrad": "forward+backward",
+             "attnlrp": "forward+backward", "gradcam": "forward+backward"}
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds for one call, waiting for the device to finish."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+# --- peak memory ---------------------------------------------------------------------------------
 
 
-def measurements(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[], object]]:
-    with torch.no_grad():
-        _, attentions = model(x, return_attention=True)
-    grid = (x.shape[-2] // model.patch_embed.patch_size[0], x.shape[-1] // model.patch_embed.patch_size[1])
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
 
+
+def _mallinfo2() -> Callable[[], int] | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+    except (OSError, AttributeError):
+        return None
+
+    def in_use() -> int:
+        info = libc.mallinfo2()
+        return int(info.uordblks + info.hblkhd)
+
+    return in_use
+
+
+MALLOC_IN_USE = _mallinfo2()
+
+
+class PeakMemory(TorchDispatchMode):
+    """Peak of ``MALLOC_IN_USE()`` after every aten op run inside, relative to the start."""
+
+    def __enter__(self) -> PeakMemory:
+        self.start = self.peak = MALLOC_IN_USE()
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        self.peak = max(self.peak, MALLOC_IN_USE())
+        return out
+
+
+def peak_memory(fn: Callable[[], object]) -> int:
+    """Bytes the call needed at its peak beyond what was in use before it."""
+    if MALLOC_IN_USE is None:
+        raise RuntimeError("peak memory needs glibc's mallinfo2 (Linux, glibc >= 2.33)")
+    with PeakMemory() as mode:
+        fn()
+    return mode.peak - mode.start
+
+
+# --- the measurements ----------------------------------------------------------------------------
+
+
+def measurements(model: torch.nn.Module, x: torch.Tensor, explicit: bool,
+                 methods: tuple[str, ...] = EXPLAINERS) -> dict[str, Callable[[], object]]:
     def forward() -> None:
         with torch.no_grad():
             model(x)
-
-    def forward_explicit() -> None:
-        with torch.no_grad():
-            model(x, return_attention=True)
 
     def forward_backward() -> None:
         model(x).max(dim=-1).values.sum().backward()
         model.zero_grad(set_to_none=True)
 
-    return {
-        "forward": forward,
-        "forward explicit": forward_explicit,
-        "rollout math": lambda: rollout_from_attentions(attentions, model.num_prefix_tokens, grid),
-        "attention_rollout": lambda: attention_rollout(model, x),
-        "forward+backward": forward_backward,
-        "gradient_rollout": lambda: gradient_rollout(model, x),
-    }
+    def forward_explicit() -> None:
+        with torch.no_grad():
+            model(x, return_attention=True)
+
+    fns: dict[str, Callable[[], object]] = {"forward": forward}
+    if any(REFERENCE[m] == "forward+backward" for m in methods):
+        fns["forward+backward"] = forward_backward
+    if explicit:
+        fns["explicit forward"] = forward_explicit
+    for method in methods:
+        fns[method] = lambda method=method: saliency(model, x, method)
+    return fns
 
 
-REFERENCE = {"forward explicit": "forward", "rollout math": "forward", "attention_rollout": "forward",
-             "gradient_rollout": "forward+backward"}
-
-
-def run(model_name: str, batch: int, repeats: int, warmup: int, device: torch.device,
-        seed: int) -> dict[str, list[float]]:
-    """Seconds of each measurement, one per repeat."""
+def measure_size(model: torch.nn.Module, size: int, *, batch: int, repeats: int, warmup: int,
+                 explicit_max_tokens: int, seed: int, methods: tuple[str, ...] = EXPLAINERS
+                 ) -> list[dict[str, Any]]:
+    """One row per measurement at ``size`` px: times, peak memory and ratios to the reference."""
     torch.manual_seed(seed)
-    model = create_model(model_name).to(device).eval()
-    torch.nn.init.normal_(model.head.weight, std=0.02)  # a zero head would give zero gradients
-    size = model.config.img_size
-    x = torch.randn(batch, 3, size, size, device=device)
-    fns = measurements(model, x)
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(timed(fn, device))
-    return times
-
-
-def format_table(times: dict[str, list[float]], batch: int) -> str:
-    """Median and minimum per measurement, and each one's ratio to its reference."""
-    median = {name: statistics.median(t) for name, t in times.items()}
-    best = {name: min(t) for name, t in times.items()}
-    rows = [f"{'measurement':<18} {'median ms':>10} {'ms/image':>9} {'min ms':>9}  "
-            f"{'ratio (median)':<28} ratio (min)"]
-    for name in times:
+    x = torch.randn(batch, 3, size, size)
+    tokens = model.num_prefix_tokens + (size // model.patch_embed.patch_size[0]) ** 2
+    fns = measurements(model, x, explicit=tokens <= explicit_max_tokens, methods=methods)
+    memory = {name: peak_memory(fn) for name, fn in fns.items()}  # also a warm-up of each
+    times = time_alternating(fns, device=torch.device("cpu"), warmup=warmup, repeats=repeats)
+    resident = sum(p.numel() * p.element_size() for p in model.parameters()) \
+        + x.numel() * x.element_size()  # weights and input
+    rows = []
+    for name in fns:
         ref = REFERENCE.get(name)
-        ratios = (f"{median[name] / median[ref]:.2f}x {ref}", f"{best[name] / best[ref]:.2f}x") \
-            if ref else ("", "")
-        rows.append(f"{name:<18} {median[name] * 1e3:>10.1f} {median[name] * 1e3 / batch:>9.2f} "
-                    f"{best[name] * 1e3:>9.1f}  {ratios[0]:<28} {ratios[1]}")
-    return "\n".join(rows)
+        row = {"size": size, "tokens": tokens, "measurement": name,
+               "median_s": statistics.median(times[name]), "min_s": min(times[name]),
+               "extra_mib": memory[name] / 2**20, "total_mib": (resident + memory[name]) / 2**20}
+        if ref is not None:
+            row["reference"] = ref
+            row["time_ratio"] = row["median_s"] / statistics.median(times[ref])
+            row["time_ratio_min"] = row["min_s"] / min(times[ref])
+            row["extra_ratio"] = memory[name] / max(memory[ref], 1)
+            row["total_ratio"] = (resident + memory[name]) / (resident + memory[ref])
+        rows.append(row)
+    return rows
 
 
-def main() -> None:
+COLUMNS = [
+    Column("size", "px"), Column("tokens", "tokens"), Column("measurement", "measurement"),
+    Column("median_s", "median s", ".3f"), Column("min_s", "min s", ".3f"),
+    Column("extra_mib", "peak extra MiB", ".1f"), Column("total_mib", "weights+extra MiB", ".1f"),
+    Column("reference", "vs"), Column("time_ratio", "time x (median)", ".2f"),
+    Column("time_ratio_min", "time x (min)", ".2f"), Column("extra_ratio", "extra memory x", ".2f"),
+    Column("total_ratio", "weights+extra x", ".2f"),
+]
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="vit_small_patch16_224", choices=list_models())
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--model", default="vit_base_patch16_224", choices=list_models())
+    parser.add_argument("--sizes", default="224,448,896", help="comma-separated input sizes, px")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    args = parser.parse_args()
+    parser.add_argument("--explicit-max-tokens", type=int, default=800,
+                        help="measure the explicit-attention forward up to this many tokens")
+    parser.add_argument("--methods", default=",".join(EXPLAINERS),
+                        help=f"comma-separated, from {', '.join(EXPLAINERS)} (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args = parser.parse_args(argv)
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    if not methods or any(m not in EXPLAINERS for m in methods):
+        parser.error(f"--methods must name some of {', '.join(EXPLAINERS)}; got {args.methods!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    device = torch.device(args.device)
-    times = run(args.model, args.batch, args.repeats, args.warmup, device, args.seed)
-    print(format_header(machine_info(device, " ".join(sys.argv))))
-    print(f"model: {args.model}, batch {args.batch}, device {device}, "
-          f"median of {args.repeats} after {args.warmup} warm-up\n")
-    print(format_table(times, args.batch))
+    torch.manual_seed(args.seed)
+    model = create_model(args.model).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.02)  # a zero head would give zero gradients
+    info = machine_info(torch.device("cpu"), command_line(__file__, sys.argv[1:] if argv is None
+                                                          else argv))
+    print(format_header(info))
+    print(f"model {args.model}, batch {args.batch}, median of {args.repeats} after "
+          f"{args.warmup} warm-up; memory: malloc in use (mallinfo2), peak after every op\n")
+    rows = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        rows += measure_size(model, size, batch=args.batch, repeats=args.repeats,
+                             warmup=args.warmup, explicit_max_tokens=args.explicit_max_tokens,
+                             seed=args.seed, methods=methods)
+        print(format_table([r for r in rows if r["size"] == size], COLUMNS), "\n", flush=True)
+    if args.json is not None:
+        write_json(args.json, {"machine": info, "model": args.model, "batch": args.batch,
+                               "rows": rows})
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts, not an installed package
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, data_speed, gpu_efficiency, model_speed, time_to_accuracy  # noqa: E402
+from benchmarks import (  # noqa: E402
+    common,
+    data_speed,
+    gpu_efficiency,
+    model_speed,
+    rollout_cost,
+    time_to_accuracy,
+)
 from vit.models.presets import count_flops_per_image  # noqa: E402
 from vit.models.vision_transformer import VisionTransformer, ViTConfig  # noqa: E402
 
@@ -239,6 +246,37 @@ def test_time_to_accuracy_main_runs_a_config(shapes_dataset: Path, tmp_path: Pat
     times = [e["elapsed_s"] for e in run["epochs"]]
     assert 0 < times[0] < times[1] <= run["wall_s"]
     assert (tmp_path / "t.png").stat().st_size > 1000
+
+
+# --- rollout_cost: peak memory by malloc accounting -----------------------------------------------
+
+
+@pytest.mark.skipif(rollout_cost.MALLOC_IN_USE is None, reason="needs glibc's mallinfo2")
+def test_peak_memory_sees_a_temporary_and_not_what_existed_before() -> None:
+    kept = torch.ones(2**20)  # 4 MiB allocated before: not counted
+
+    def make_and_drop() -> float:
+        a = torch.ones(4 * 2**20)  # 16 MiB, freed before the call ends
+        b = a * 2  # another 16 MiB alive at the same time
+        return float(b[0])
+
+    extra = rollout_cost.peak_memory(make_and_drop)
+    assert 32 * 2**20 <= extra < 34 * 2**20
+    assert kept.sum() > 0
+
+
+def test_rollout_cost_main_smallest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cost.json"
+    rollout_cost.main(["--model", "vit_nano_patch4_32", "--sizes", "32,64", "--repeats", "1",
+                       "--warmup", "0", "--explicit-max-tokens", "100", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    names = {(r["size"], r["measurement"]) for r in rows}
+    assert (32, "explicit forward") in names and (64, "explicit forward") not in names  # 257 tokens
+    assert {m for s, m in names if s == 64} == {"forward", "forward+backward",
+                                               *rollout_cost.EXPLAINERS}
+    rollout = next(r for r in rows if r["size"] == 64 and r["measurement"] == "rollout")
+    assert rollout["reference"] == "forward" and rollout["extra_ratio"] > 0
+    assert "weights+extra x" in capsys.readouterr().out
 
 
 def test_explorer_size_smoke(tmp_path: Path, capsys) -> None:

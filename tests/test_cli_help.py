@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-HELP_COMMANDS = [[], ["train"], ["evaluate"], ["predict"], ["explain"], ["export"],
+HELP_COMMANDS = [[], ["train"], ["evaluate"], ["predict"], ["explain"], ["explain-bench"],
+                 ["export"],
                  ["attention-stats"], ["check"], ["shard"], ["models"]]
 
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from vit.errors import VitError
 from vit.explain import (
+    METHODS,
     attention_rollout,
     deletion_auc,
     explain,
@@ -319,14 +320,14 @@ def test_explainers_keep_the_model_fused_and_in_its_mode(monkeypatch, training):
                         lambda *a, **k: calls.append(1) or sdpa(*a, **k))
     maps = [attention_rollout(model, x) for _ in range(2)]  # eval inside: dropout off
     assert torch.equal(maps[0], maps[1])
-    gradient_rollout(model, x)
-    raw_attention(model, x)
-    assert calls == []  # explainers take the explicit path
+    for method in METHODS:
+        explain(model, x, method=method)
     assert [m.training for m in model.modules()] == modes
 
+    calls.clear()
     out = model(x)
     assert isinstance(out, torch.Tensor) and out.shape == (2, 3)
-    assert len(calls) == TINY["depth"]  # the next normal forward is fused again
+    assert len(calls) == TINY["depth"]  # the next normal forward is fused, one call per block
     model.eval()
     torch.testing.assert_close(attention_rollout(model, x), maps[0])
 
@@ -355,8 +356,8 @@ def test_return_logits_gives_the_same_map_and_the_models_logits(method):
 
 
 def test_explain_rejects_an_unknown_method():
-    with pytest.raises(VitError, match="rollout"):
-        explain(tiny_model(), torch.zeros(1, 3, 32, 32), method="gradcam")
+    with pytest.raises(VitError, match="rollout, grad-rollout, attention, legrad, attnlrp, gradcam"):
+        explain(tiny_model(), torch.zeros(1, 3, 32, 32), method="grad-cam")
 
 
 # --- 7. overlay ------------------------------------------------------------------------------

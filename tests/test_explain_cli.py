@@ -1,5 +1,6 @@
 """`vit explain` on files: one PNG per image, named so that no overlay overwrites another."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,41 @@ def test_same_named_files_in_different_folders_get_separate_overlays(tmp_path, c
                      "only_a_rollout.png", "only_b_rollout.png"]
     assert len(capsys.readouterr().out.splitlines()) == 4
     assert Path(out / "grid.png").stat().st_size > 0
+
+
+def test_several_methods_give_one_row_per_image_and_one_column_per_method(tmp_path, capsys):
+    from vit.explain import METHODS
+    from vit.explain.bench import BENCH_METHODS
+    from vit.inference.overlays import parse_methods
+    from vit.plots import GRID_CELL_SIZE
+
+    ckpt = save_checkpoint(tmp_path / "best.pt", tiny_model(), ["x", "y", "z"])
+    rng = np.random.default_rng(1)
+    paths = []
+    for name in ("p.png", "q.png"):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    grid = tmp_path / "figure.png"
+    assert main(["explain", "--checkpoint", str(ckpt), *paths, "--output", str(tmp_path / "o"),
+                 "--method", "rollout,legrad,gradcam", "--grid", str(grid)]) == 0
+    names = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert names == sorted(f"{s}_{m}.png" for s in "pq" for m in ("rollout", "legrad", "gradcam"))
+    width, height = Image.open(grid).size  # 2 rows x (input + 3 methods) cells
+    assert width == round(4 * GRID_CELL_SIZE[0] * 120) and height > 2 * GRID_CELL_SIZE[1] * 120
+    assert parse_methods("all") == list(METHODS)
+    assert all(m in command_help("explain") for m in METHODS)
+    assert all(m in command_help("explain-bench") for m in BENCH_METHODS)
+    assert main(["explain", "--checkpoint", str(ckpt), *paths, "--output", str(tmp_path / "o"),
+                 "--method", "rollout,lrp"]) == 2
+    assert "rollout, grad-rollout, attention, legrad, attnlrp, gradcam" in capsys.readouterr().err
+
+
+def command_help(command: str) -> str:
+    """`vit COMMAND -h` on one line (argparse wraps lines at spaces and hyphens)."""
+    from vit.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return re.sub(r"-\s+", "-", " ".join(sub.choices[command].format_help().split()))
 
 
 def test_each_image_is_decoded_once_and_each_batch_runs_the_model_once(tmp_path, monkeypatch):

@@ -201,3 +201,15 @@ def test_config_roundtrip():
     assert ViTConfig.from_dict(cfg.__dict__) == cfg
     with pytest.raises(ValueError, match="unknown model config keys"):
         ViTConfig.from_dict({**cfg.__dict__, "bogus": 1})
+
+
+def test_mlp_in_chunks_of_tokens_gives_the_same_block_output():
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=4, num_classes=3, embed_dim=32, depth=2,
+                              num_heads=2, init_values=0.5).eval()
+    tokens = torch.randn(2, 65, 32)
+    with torch.no_grad():
+        whole, _ = model.blocks[1](tokens)
+        for chunk in (1, 7, 64, 65, 500):
+            chunked, _ = model.blocks[1](tokens, mlp_chunk=chunk)
+            torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-5)

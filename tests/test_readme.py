@@ -115,6 +115,7 @@ def workspace(tmp_path_factory) -> Path:
                     per_class=per_class, size=24)
     export_checkpoint(ws / "runs" / "quickstart" / "best.pt", ws / "weights.safetensors")
     (ws / "RUN").symlink_to(ws / "runs" / "quickstart")
+    (ws / "assets").mkdir()  # where the README draws figures (--grid assets/...)
     return ws
 
 

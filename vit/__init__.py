@@ -1,6 +1,6 @@
-"""vit: train Vision Transformers on image folders, classify images, explain with attention rollout.
+"""vit: train Vision Transformers on image folders, classify images, explain them.
 
-    from vit import create_model, Classifier, attention_rollout, overlay
+    from vit import create_model, Classifier, saliency, attention_maps, overlay
 """
 
 from importlib import import_module
@@ -15,13 +15,17 @@ _LAZY = {
     "create_model": "vit.models.presets",
     "list_models": "vit.models.presets",
     "Classifier": "vit.inference.classifier",
-    "attention_rollout": "vit.explain.rollout",
-    "gradient_rollout": "vit.explain.rollout",
+    "saliency": "vit.explain.saliency",
+    "attention_maps": "vit.explain.attention_maps",
+    "attention_rollout": "vit.explain.saliency",
+    "gradient_rollout": "vit.explain.saliency",
     "overlay": "vit.explain.overlay",
-    "raw_attention": "vit.explain.rollout",
-    "explain": "vit.explain.rollout",
+    "raw_attention": "vit.explain.saliency",
+    "explain": "vit.explain.saliency",
     "deletion_auc": "vit.explain.faithfulness",
     "insertion_auc": "vit.explain.faithfulness",
+    "explain_bench": "vit.explain.bench",
+    "run_explain_bench": "vit.inference.explain_bench",
     "explorer_page": "vit.explain.explorer",
     "write_explorer_page": "vit.inference.attention_files",
     "mean_attention_distance": "vit.explain.attention_stats",

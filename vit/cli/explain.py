@@ -1,4 +1,5 @@
-"""`vit explain`: attention overlays for images, as PNG files and/or one explorer page."""
+"""`vit explain`: saliency overlays for images, as PNG files (one method or several), and/or
+one attention explorer page."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import sys
 def register(sub: argparse._SubParsersAction) -> None:
     from vit.cli.main import add_common_flags, add_parser
 
-    p = add_parser(sub, "explain", help="draw attention-rollout overlays for images",
-                       description="Overlay where the model looks on each image; writes "
-                       "DIR/<stem>_<method>.png per image (the image beside its overlay) and "
-                       "DIR/grid.png (--output), and/or one self-contained HTML page to explore "
-                       "every layer and head (--html). Titles give the true label when the "
-                       "image's folder is named after a class, the prediction and its "
-                       "probability; mistakes are red.")
+    p = add_parser(sub, "explain", help="draw saliency overlays for images",
+                   description="Overlay where the model looks on each image; writes "
+                   "DIR/<stem>_<method>.png per image and method (the image beside its overlay) "
+                   "and DIR/grid.png (with several methods: one image per row, one method per "
+                   "column) (--output), and/or one self-contained HTML page to explore every "
+                   "layer and head (--html). Titles give the true label when the image's folder "
+                   "is named after a class, the prediction and its probability; mistakes are red.")
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="best.pt from `vit train`, or an exported .safetensors")
     p.add_argument("paths", nargs="+", metavar="PATH", help="images, folders or globs")
@@ -23,8 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="folder for the PNG overlays (default: none; --output or --html needed)")
     p.add_argument("--html", metavar="FILE",
                    help="write the attention explorer page here (default: none)")
-    p.add_argument("--method", default="rollout", choices=["rollout", "grad-rollout", "attention"],
-                   help="attention rollout, gradient rollout, or the last layer's attention")
+    p.add_argument("--method", default="rollout", metavar="NAME",
+                   help="rollout, grad-rollout, attention, legrad, attnlrp or gradcam; a "
+                   "comma-separated list of them; or all (default: rollout)")
     p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"],
                    help="how rollout combines the heads of a layer")
     p.add_argument("--discard-ratio", type=float, default=0.0, metavar="F",
@@ -42,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="--html: bits per stored attention weight, 1-8")
     p.add_argument("--batch-size", type=int, default=16, metavar="N",
                    help="images per forward pass")
+    p.add_argument("--grid", metavar="PNG", help="where to write the grid (default DIR/grid.png)")
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
                    help="where to run; auto picks the GPU when there is one")
     add_common_flags(p)
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             checkpoint=args.checkpoint, paths=paths, output=args.output, method=args.method,
             head_fusion=args.head_fusion, discard_ratio=args.discard_ratio, alpha=args.alpha,
             colormap=args.colormap, topk=args.topk, batch_size=args.batch_size,
-            device=args.device, show_progress=show_progress)
+            device=args.device, grid=args.grid, show_progress=show_progress)
         for r in results:
             if not r.error:  # unreadable files were already reported as warnings
                 print(f"{r.output}  {', '.join(f'{lab} {p:.1%}' for lab, p in r.predictions)}")

@@ -1,16 +1,30 @@
-"""Where the model looks, and whether to believe it. Uses the model only.
+"""Where the model looks, and whether to believe it. Uses the model (and images) only.
 
-    rollout       attention rollout, gradient rollout, raw attention (the maps)
-    overlay       a map over the image, as RGB
-    faithfulness  deletion / insertion AUC and the random baseline
-    inputs        argument checks; running the model in eval mode and full precision
-    attention_stats  mean attention distance and entropy per layer and head
-    explorer      the attention explorer page (explorer_html: its encoding and HTML)
+    saliency        every method behind one batched call: saliency(model, images, method=...)
+    rows            attention rollout from any query token, one layer's attention row
+    grad_rollout    gradient-weighted rollout (Chefer et al. 2021)
+    legrad          LeGrad (Bousselham et al. 2024)
+    lrp             AttnLRP (Achtibat et al. 2024) and CP-LRP
+    gradcam         Grad-CAM (Selvaraju et al. 2017) on a block's patch tokens
+    attention_maps  chosen layers', heads' and query rows' attention
+    recompute       running the blocks in memory linear in the tokens (shared by the methods)
+    rollout         the rollout arithmetic on given attention tensors
+    overlay         a map over the image, as RGB
+    faithfulness    deletion / insertion AUC with pixels replaced, and the random baseline
+    token_drop      deletion / insertion with patch tokens dropped from the sequence
+    occlusion       the occlusion oracle
+    sanity          the model-randomisation check (Spearman, the cascade)
+    bench           every measure for every method on a batch; bench_report: the Markdown
+    inputs          argument checks; running the model in eval mode and full precision
+    attention_stats mean attention distance and entropy per layer and head
+    explorer        the attention explorer page (explorer_html: its encoding and HTML)
 
-    from vit.explain import attention_rollout, overlay, deletion_auc
+    from vit.explain import saliency, attention_maps, overlay, deletion_auc
 """
 
+from vit.explain.attention_maps import attention_maps
 from vit.explain.attention_stats import attention_entropy, mean_attention_distance
+from vit.explain.bench import BENCH_METHODS, explain_bench
 from vit.explain.explorer import PageOptions, explorer_page
 from vit.explain.faithfulness import (
     BASELINES,
@@ -19,24 +33,45 @@ from vit.explain.faithfulness import (
     make_baseline,
     random_saliency,
 )
+from vit.explain.grad_rollout import grad_rollout
+from vit.explain.gradcam import gradcam
+from vit.explain.legrad import LEGRAD_POOLS, legrad
+from vit.explain.lrp import LRP_RULES, attnlrp
+from vit.explain.occlusion import occlusion
 from vit.explain.overlay import overlay
 from vit.explain.rollout import (
     HEAD_FUSIONS,
-    METHODS,
-    attention_rollout,
     discard_lowest,
-    explain,
     fuse_heads,
     grad_rollout_from_attentions,
-    gradient_rollout,
-    raw_attention,
     rollout_from_attentions,
 )
+from vit.explain.saliency import (
+    CLASS_SPECIFIC,
+    METHODS,
+    attention_rollout,
+    explain,
+    gradient_rollout,
+    raw_attention,
+    saliency,
+)
+from vit.explain.sanity import randomised_cascade, spearman
+from vit.explain.token_drop import token_drop_auc, token_drop_curves
 
 __all__ = [
-    "HEAD_FUSIONS",
     "METHODS",
+    "CLASS_SPECIFIC",
+    "HEAD_FUSIONS",
+    "LEGRAD_POOLS",
+    "LRP_RULES",
     "BASELINES",
+    "BENCH_METHODS",
+    "saliency",
+    "attention_maps",
+    "grad_rollout",
+    "legrad",
+    "attnlrp",
+    "gradcam",
     "attention_rollout",
     "gradient_rollout",
     "raw_attention",
@@ -50,6 +85,12 @@ __all__ = [
     "insertion_auc",
     "random_saliency",
     "make_baseline",
+    "token_drop_auc",
+    "token_drop_curves",
+    "occlusion",
+    "spearman",
+    "randomised_cascade",
+    "explain_bench",
     "mean_attention_distance",
     "attention_entropy",
     "explorer_page",

@@ -72,7 +72,8 @@ def _saliency_maps(
     head_fusion: str, discard_ratio: float,
 ) -> dict[str, torch.Tensor]:
     """The maps of ``vit.explain.explain`` for each method, from one forward pass where possible."""
-    from vit.explain.rollout import fuse_heads, gradient_rollout, rollout_from_attentions
+    from vit.explain.rollout import fuse_heads, rollout_from_attentions
+    from vit.explain.saliency import gradient_rollout
 
     prefix = model.num_prefix_tokens
     patch = model.patch_embed.patch_size[0]

@@ -1,5 +1,5 @@
-"""What every explainer does with its inputs: argument checks, and running the model in eval mode
-and full precision on its own device."""
+"""What every explainer does with its inputs: argument checks (images, layers, query tokens,
+targets), and running the model in eval mode and full precision on its own device."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from torch import nn
 from vit.errors import ConfigError
 
 __all__ = [
+    "Query",
+    "check_autograd",
     "check_choice",
     "check_images",
     "check_layer_index",
@@ -19,6 +21,9 @@ __all__ = [
     "model_device",
     "input_grid",
     "resolve_target",
+    "query_token",
+    "query_tokens",
+    "layer_list",
 ]
 
 
@@ -85,3 +90,47 @@ def resolve_target(target: int | torch.Tensor | None, logits: torch.Tensor) -> t
     if target.min() < 0 or target.max() >= num_classes:
         raise ConfigError(f"target classes must be in [0, {num_classes - 1}], got {target.tolist()}")
     return target
+
+
+Query = int | tuple[int, int] | None
+
+
+def check_autograd(method: str) -> None:
+    if torch.is_inference_mode_enabled():
+        raise ConfigError(f"{method} needs autograd: call it outside torch.inference_mode()")
+
+
+def query_token(query: Query, num_prefix_tokens: int, grid: tuple[int, int]) -> int:
+    """None -> 0 ([CLS]); an int -> that token; (row, col) -> that patch's token."""
+    gh, gw = grid
+    n = num_prefix_tokens + gh * gw
+    if query is None:
+        return 0
+    if isinstance(query, tuple) and len(query) == 2:
+        row, col = query
+        if not (0 <= row < gh and 0 <= col < gw):
+            raise ConfigError(f"query patch {query} is outside the {gh}x{gw} grid")
+        return num_prefix_tokens + row * gw + col
+    if isinstance(query, int) and not isinstance(query, bool):
+        if not 0 <= query < n:
+            raise ConfigError(f"query token must be in [0, {n - 1}] for {n} tokens; got {query}")
+        return query
+    raise ConfigError(f"query must be None, a token index or a (row, col) patch; got {query!r}")
+
+
+def query_tokens(query: Query | Sequence[Query], num_prefix_tokens: int,
+                  grid: tuple[int, int]) -> list[int] | None:
+    if query is None:
+        return None
+    queries = query if isinstance(query, list) else [query]
+    return [query_token(q, num_prefix_tokens, grid) for q in queries]
+
+
+def layer_list(layers: int | Sequence[int] | None, depth: int) -> list[int]:
+    chosen = range(depth) if layers is None else [layers] if isinstance(layers, int) else layers
+    for layer in chosen:
+        check_layer_index("layer", layer, depth, allow_negative=True)
+    if len(chosen) == 0:
+        raise ConfigError("layers must name at least one layer; None means all")
+    return [layer % depth for layer in chosen]
+

@@ -1,46 +1,32 @@
-"""Saliency maps for a ViT's decision: attention rollout, gradient rollout, raw attention.
+"""The rollout arithmetic on given attention tensors: head fusion, thinning, rollout (Abnar &
+Zuidema 2020) and gradient rollout (Chefer et al. 2021) of per-block (B, heads, N, N) attentions.
 
-    attention_rollout(model, images)   # Abnar & Zuidema 2020: how much [CLS] draws from each patch
-    gradient_rollout(model, images)    # Chefer et al. 2021: attention weighted by its gradient
-    raw_attention(model, images)       # one layer's [CLS] attention
+    rollout_from_attentions(attentions, num_prefix_tokens, grid)        # (B, grid_h, grid_w)
+    grad_rollout_from_attentions(attentions, gradients, num_prefix_tokens, grid)
 
-Every map is ``(B, grid_h, grid_w)``: the [CLS] row on the patch tokens, register tokens left out,
-with the grid of the input size (which may differ from the trained size).
-
-The model stays fused (scaled_dot_product_attention) for training and prediction; the explainers
-ask for the attention weights with ``model(x, return_attention=True)`` for that call only, with
-the model in eval mode, and restore every module's train/eval flag afterwards.
-
+Every map is ``(B, grid_h, grid_w)``: the [CLS] row on the patch tokens, register tokens left out.
 Rollout needs only the [CLS] row of ``M_L @ ... @ M_1``. Multiplying the row vector ``e_0``
 from the left, last layer first, costs O(N^2) per layer instead of the O(N^3) of the full product.
+On a model, ``vit.explain.saliency`` does the same without holding the attention of every layer
+(``vit.explain.rows``, ``vit.explain.grad_rollout``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
-from torch import nn
 
 from vit.errors import ConfigError
 from vit.explain.inputs import (
     check_choice,
-    check_images,
     check_layer_index,
-    eval_mode,
-    input_grid,
-    model_device,
-    resolve_target,
 )
 
 __all__ = [
     "HEAD_FUSIONS",
-    "METHODS",
-    "attention_rollout",
-    "gradient_rollout",
-    "raw_attention",
-    "explain",
+    "check_rollout_args",
+    "patch_map",
     "rollout_from_attentions",
     "grad_rollout_from_attentions",
     "fuse_heads",
@@ -48,10 +34,9 @@ __all__ = [
 ]
 
 HEAD_FUSIONS = ("mean", "max", "min")
-METHODS = ("rollout", "grad-rollout", "attention")
 
 
-def _check_rollout_args(head_fusion: str, discard_ratio: float, start_layer: int, depth: int) -> None:
+def check_rollout_args(head_fusion: str, discard_ratio: float, start_layer: int, depth: int) -> None:
     check_choice("head_fusion", head_fusion, HEAD_FUSIONS)
     if not 0.0 <= discard_ratio < 1.0:
         raise ConfigError(f"discard_ratio must be in [0, 1); got {discard_ratio}")
@@ -123,7 +108,7 @@ def _rollout_step(
     return 0.5 * w_times_f + 0.5 * w
 
 
-def _patch_map(cls_row: torch.Tensor, num_prefix_tokens: int, grid: tuple[int, int]) -> torch.Tensor:
+def patch_map(cls_row: torch.Tensor, num_prefix_tokens: int, grid: tuple[int, int]) -> torch.Tensor:
     """(B, N) [CLS] row -> (B, grid_h, grid_w) weights on the patch tokens (prefix dropped)."""
     gh, gw = grid
     n = cls_row.shape[-1]
@@ -158,7 +143,7 @@ def rollout_from_attentions(
     of each row, add the residual (``0.5 * A + 0.5 * I``), renormalise the rows, and chain.
     """
     _check_attentions(attentions)
-    _check_rollout_args(head_fusion, discard_ratio, start_layer, depth=len(attentions))
+    check_rollout_args(head_fusion, discard_ratio, start_layer, depth=len(attentions))
 
     # R = M_L ... M_1 and only its [CLS] row is kept: e_0^T M_L ... M_1, as vector-matrix
     # products from the last block back, O(N^2) per block instead of O(N^3).
@@ -166,7 +151,7 @@ def rollout_from_attentions(
     row = _cls_rows(blocks[-1])
     for attention in reversed(blocks):
         row = _rollout_step(row, attention.float(), head_fusion, discard_ratio)
-    return _patch_map(row, num_prefix_tokens, grid)
+    return patch_map(row, num_prefix_tokens, grid)
 
 
 def grad_rollout_from_attentions(
@@ -187,90 +172,4 @@ def grad_rollout_from_attentions(
     for attention, gradient in zip(reversed(attentions), reversed(gradients), strict=True):
         relevance = (gradient.float() * attention.float()).clamp(min=0)
         row = row + _row_times_heads(row, relevance) / attention.shape[1]
-    return _patch_map(row, num_prefix_tokens, grid)
-
-
-# ---------------------------------------------------------------------------------------------
-# On a model
-# ---------------------------------------------------------------------------------------------
-
-
-Maps = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-
-
-def attention_rollout(
-    model: nn.Module,
-    images: torch.Tensor,
-    *,
-    head_fusion: str = "mean",
-    discard_ratio: float = 0.0,
-    start_layer: int = 0,
-    return_logits: bool = False,
-) -> Maps:
-    """Attention rollout (Abnar & Zuidema 2020) of a batch -> (B, grid_h, grid_w) raw weights.
-
-    With ``return_logits`` also the (B, num_classes) logits of the same forward pass.
-    """
-    check_images(images)
-    _check_rollout_args(head_fusion, discard_ratio, start_layer, depth=len(model.blocks))
-    x = images.to(model_device(model, images.device))
-    with eval_mode(model), torch.no_grad():
-        logits, attentions = model(x, return_attention=True)
-        maps = rollout_from_attentions(
-            attentions, model.num_prefix_tokens, input_grid(model, x),
-            head_fusion=head_fusion, discard_ratio=discard_ratio, start_layer=start_layer,
-        )
-    return (maps, logits) if return_logits else maps
-
-
-def gradient_rollout(
-    model: nn.Module, images: torch.Tensor, *, target: int | torch.Tensor | None = None,
-    return_logits: bool = False,
-) -> Maps:
-    """Gradient-weighted rollout (Chefer et al. 2021) for ``target`` (default: predicted class).
-
-    One backward pass gives every image's gradients (the images are independent); only the
-    attention tensors get gradients, so the parameters' ``.grad`` are left untouched. With
-    ``return_logits`` also the (B, num_classes) logits of the same forward pass.
-    """
-    check_images(images)
-    if torch.is_inference_mode_enabled():
-        raise ConfigError("gradient_rollout needs autograd: call it outside torch.inference_mode()")
-    # A leaf that requires grad keeps the graph alive even when the parameters are frozen.
-    x = images.detach().to(model_device(model, images.device)).requires_grad_(True)
-    with eval_mode(model), torch.enable_grad():
-        logits, attentions = model(x, return_attention=True)
-        classes = resolve_target(target, logits.detach())
-        score = logits.gather(1, classes[:, None]).sum()
-        gradients = torch.autograd.grad(score, attentions)
-        maps = grad_rollout_from_attentions([a.detach() for a in attentions], gradients,
-                                            model.num_prefix_tokens, input_grid(model, x))
-    return (maps, logits.detach()) if return_logits else maps
-
-
-def raw_attention(
-    model: nn.Module, images: torch.Tensor, *, layer: int = -1, head_fusion: str = "mean",
-    return_logits: bool = False,
-) -> Maps:
-    """One layer's head-fused [CLS] attention on the patches -> (B, grid_h, grid_w); with
-    ``return_logits`` also the (B, num_classes) logits of the same forward pass."""
-    check_images(images)
-    check_choice("head_fusion", head_fusion, HEAD_FUSIONS)
-    check_layer_index("layer", layer, len(model.blocks), allow_negative=True)
-    x = images.to(model_device(model, images.device))
-    with eval_mode(model), torch.no_grad():
-        logits, attentions = model(x, return_attention=True)
-        fused = fuse_heads(attentions[layer].float(), head_fusion)
-        maps = _patch_map(fused[:, 0], model.num_prefix_tokens, input_grid(model, x))
-    return (maps, logits) if return_logits else maps
-
-
-def explain(
-    model: nn.Module, images: torch.Tensor, *, method: str = "rollout", **kwargs: Any
-) -> Maps:
-    """Saliency (B, grid_h, grid_w) by name: "rollout", "grad-rollout" or "attention"
-    (``return_logits=True``: and the logits of the same forward pass)."""
-    check_choice("method", method, METHODS)
-    explainer = {"rollout": attention_rollout, "grad-rollout": gradient_rollout,
-                 "attention": raw_attention}[method]
-    return explainer(model, images, **kwargs)
+    return patch_map(row, num_prefix_tokens, grid)

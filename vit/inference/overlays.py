@@ -1,13 +1,13 @@
 """Overlays for files on disk: the one renderer behind `vit explain` and the end of every run
 (the quickstart's grid included).
 
-For each image: the saliency map of the chosen method, drawn over the image at a size where a
-photo stays recognisable (at least ``DISPLAY_PX``, the same crop the model saw), with a
-perceptually uniform colour map at moderate opacity, beside the plain image;
-``DIR/<stem>_<method>.png`` holds the pair under its title, ``DIR/grid.png`` all pairs. Each
-title says the true label when the folder names it (``.../<class>/<image>``), the prediction
-and its probability; a wrong prediction is written in red with a red frame, and the grid's
-heading counts the mistakes.
+For each image and each chosen method (one, a comma-separated list, or "all"): the saliency
+map, drawn over the image at a size where a photo stays recognisable (at least ``DISPLAY_PX``,
+the same crop the model saw), in a perceptually uniform colour map at moderate opacity, beside
+the plain image in ``DIR/<stem>_<method>.png``; ``DIR/grid.png`` shows the whole set (with
+several methods, one image per row and one method per column). Each title says the true label
+when the folder names it (``.../<class>/<image>``), the prediction and its probability; a wrong
+prediction is written in red with a red frame, and the grid's heading counts the mistakes.
 """
 
 from __future__ import annotations
@@ -20,18 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from vit.data.images import UnreadableImageError, load_image
 from vit.data.transforms import eval_geometry
 from vit.errors import VitError
 from vit.explain.overlay import DEFAULT_COLORMAP, overlay
-from vit.explain.rollout import METHODS, explain
+from vit.explain.saliency import METHODS, saliency
 from vit.inference.classifier import Classifier, top_labels
 from vit.io import make_output_dir
 from vit.plots import plot_image_grid, plot_side_by_side
 
 logger = logging.getLogger(__name__)
+
 
 DISPLAY_PX = 160  # the smallest side a picture is drawn at (small inputs are enlarged)
 WRONG, RIGHT, UNKNOWN = "crimson", "forestgreen", "dimgray"  # frame and title colours
@@ -64,6 +66,31 @@ def _title(predictions: list[tuple[str, float]]) -> str:
     return ", ".join(f"{label} {p:.0%}" for label, p in predictions)
 
 
+def parse_methods(method: str) -> list[str]:
+    """``"legrad"``, ``"rollout,legrad"`` or ``"all"`` -> a list of saliency method names."""
+    names = list(METHODS) if method == "all" else [m.strip() for m in method.split(",") if m.strip()]
+    if not names or any(m not in METHODS for m in names):
+        raise VitError(f"--method must be one of {', '.join(METHODS)}, a comma-separated list of "
+                       f"them, or all; got {method!r}")
+    return names
+
+
+def _output_stems(paths: Sequence[str | Path]) -> dict[Path, str]:
+    """``<stem>`` per input (``<stem>_<method>.png``); when two inputs share a stem (a/1.png,
+    b/1.png) the folder name is put in front, so no overlay overwrites another."""
+    stems = Counter(Path(p).stem for p in paths)
+    return {Path(p): Path(p).stem if stems[Path(p).stem] == 1
+            else f"{Path(p).parent.name}_{Path(p).stem}" for p in paths}
+
+
+def _method_options(method: str, head_fusion: str, discard_ratio: float) -> dict[str, Any]:
+    if method == "rollout":
+        return {"head_fusion": head_fusion, "discard_ratio": discard_ratio}
+    if method == "attention":
+        return {"head_fusion": head_fusion}
+    return {}
+
+
 def tile_title(item: ExplainedImage, *, topk: int | None = None) -> str:
     """``true circle | predicted square 59%  WRONG`` (top-k predictions with ``topk``)."""
     predicted = _title(item.predictions[:topk] if topk else item.predictions[:1])
@@ -90,25 +117,6 @@ def _framed_pair(image: np.ndarray, blended: np.ndarray, colour: str) -> np.ndar
     return framed
 
 
-def _output_names(paths: Sequence[str | Path], method: str) -> dict[Path, str]:
-    """``<stem>_<method>.png`` per input; when two inputs share a stem (a/1.png, b/1.png) the
-    folder name is put in front, so no overlay overwrites another."""
-    stems = Counter(Path(p).stem for p in paths)
-    return {Path(p): (Path(p).stem if stems[Path(p).stem] == 1
-                      else f"{Path(p).parent.name}_{Path(p).stem}") + f"_{method}.png"
-            for p in paths}
-
-
-def _method_options(method: str, head_fusion: str, discard_ratio: float) -> dict[str, Any]:
-    if method not in METHODS:
-        raise VitError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    if method == "rollout":
-        return {"head_fusion": head_fusion, "discard_ratio": discard_ratio}
-    if method == "attention":
-        return {"head_fusion": head_fusion}
-    return {}
-
-
 def _read_views(clf: Classifier, paths: Sequence[str | Path]
                 ) -> tuple[list[Path], list[np.ndarray], list[np.ndarray], list[ExplainedImage]]:
     """Decode each image once: (readable paths, the views the model sees, the same crops at
@@ -128,6 +136,18 @@ def _read_views(clf: Classifier, paths: Sequence[str | Path]
     return good, views, shown, skipped
 
 
+def _draw_grid(cells: list[np.ndarray], titles: list[str], colours: list[str],
+               methods: list[str], items: list[ExplainedImage], path: Path) -> None:
+    several = len(methods) > 1
+    heading = ("image | " + ", ".join(methods)) if several else f"{methods[0]}: image | overlay"
+    known = [item for item in items if item.wrong is not None]
+    if known:
+        heading += f"; {sum(i.wrong for i in known)} of {len(known)} predictions wrong (red)"
+    plot_image_grid(cells, titles, path, ncols=1 + len(methods) if several else min(3, len(cells)),
+                    title=heading, title_colors=colours,
+                    cell_size=(3.0, 3.3) if several else (4.6, 2.7))
+
+
 def explain_files(
     *,
     checkpoint: str | Path,
@@ -140,20 +160,23 @@ def explain_files(
     topk: int = 3,
     batch_size: int = 16,
     device: str = "auto",
+    grid: str | Path | None = None,
     show_progress: bool = False,
     colormap: str = DEFAULT_COLORMAP,
 ) -> list[ExplainedImage]:
-    """Write one side-by-side PNG per readable image and a grid; unreadable files are skipped.
+    """Write one side-by-side PNG per readable image and method, and the grid (``grid``,
+    default DIR/grid.png); unreadable files are skipped. ``method``: see ``parse_methods``.
 
-    Each batch is decoded once, and one forward pass gives both the saliency maps and the
-    predictions in the titles.
+    Each batch is decoded and cropped once and runs the model's forward pass once (the
+    predictions in the titles, and the class every class-specific map explains).
     """
-    options = _method_options(method, head_fusion, discard_ratio)
+    methods = parse_methods(method)
+    options = {m: _method_options(m, head_fusion, discard_ratio) for m in methods}
     out_dir = make_output_dir(output)
     clf = Classifier.from_checkpoint(checkpoint, device=device)
-    names = _output_names(paths, method)
+    stems = _output_stems(paths)
     results: list[ExplainedImage] = []
-    tiles = []
+    cells, titles, colours = [], [], []
     batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
     for batch in tqdm(batches, desc=f"explain ({method})",
                       disable=not show_progress or len(batches) < 2):
@@ -161,32 +184,34 @@ def explain_files(
         results += skipped
         if not views:
             continue
-        saliency, logits = explain(clf.model, clf.normalise(views).to(clf.device), method=method,
-                                   return_logits=True, **options)
-        predictions = top_labels(logits.float().softmax(dim=-1).cpu(), clf.classes, topk)
-        for path, image, sal, preds in zip(good, shown, saliency.cpu(), predictions, strict=True):
+        x = clf.normalise(views).to(clf.device)
+        with torch.no_grad():
+            logits = clf.model(x).float()
+        maps = {m: saliency(clf.model, x, m, target=logits.argmax(dim=1), **options[m]).cpu()
+                for m in methods}
+        predictions = top_labels(logits.softmax(dim=-1).cpu(), clf.classes, topk)
+        for i, (path, image, preds) in enumerate(zip(good, shown, predictions, strict=True)):
             item = ExplainedImage(path, None, preds, true_label=true_label(path, clf.classes))
-            blended = overlay(image, sal, alpha=alpha, colormap=colormap)
-            item.output = plot_side_by_side(image, blended, tile_title(item, topk=topk),
-                                            out_dir / names[path], title_color=_colour(item),
-                                            labels=("image", f"{method} ({colormap})"))
+            colour = _colour(item)
+            blended = [overlay(image, maps[m][i], alpha=alpha, colormap=colormap)
+                       for m in methods]
+            outputs = [plot_side_by_side(image, picture, tile_title(item, topk=topk),
+                                         out_dir / f"{stems[path]}_{m}.png", title_color=colour,
+                                         labels=("image", f"{m} ({colormap})"))
+                       for m, picture in zip(methods, blended, strict=True)]
+            item.output = outputs[0]
             results.append(item)
-            tiles.append((_framed_pair(image, blended, _colour(item)), item))
-    if tiles:
-        _write_grid(tiles, out_dir / "grid.png", method=method)
+            if len(methods) > 1:
+                cells += [image, *blended]
+                titles += [tile_title(item), *methods]
+                colours += [colour, *[None] * len(methods)]
+            else:
+                cells.append(_framed_pair(image, blended[0], colour))
+                titles.append(tile_title(item))
+                colours.append(colour)
+    if cells:
+        _draw_grid(cells, titles, colours, methods, [r for r in results if not r.error],
+                   Path(grid) if grid else out_dir / "grid.png")
     elif paths:
         raise VitError("none of the images could be read; nothing to explain")
     return results
-
-
-def _write_grid(tiles: list[tuple[np.ndarray, ExplainedImage]], path: Path, *, method: str
-                ) -> Path:
-    items = [item for _, item in tiles]
-    known = [item for item in items if item.wrong is not None]
-    heading = f"{method}: image | overlay"
-    if known:
-        wrong = sum(item.wrong for item in known)
-        heading += f"; {wrong} of {len(known)} predictions wrong (red frame)"
-    return plot_image_grid([tile for tile, _ in tiles], [tile_title(item) for item in items],
-                           path, title=heading, title_colors=[_colour(i) for i in items],
-                           cell_size=(4.6, 2.7), ncols=min(3, len(items)))

@@ -20,6 +20,7 @@ Presets by name (``create_model``) are in ``vit.models.presets``; ``from_timm`` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -32,6 +33,9 @@ __all__ = [
     "VisionTransformer",
     "config_dict",
 ]
+
+# The attention itself, given q, k, v (B, heads, N, head_dim) -> output (B, heads, N, head_dim).
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -125,16 +129,25 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(
-        self, x: torch.Tensor, return_attention: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokens (B, N, D) -> q, k, v, each (B, heads, N, head_dim), q and k normalised."""
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, heads, N, head_dim)
-        q, k = self.q_norm(q), self.k_norm(k)
+        return self.q_norm(q), self.k_norm(k), v
+
+    def forward(
+        self, x: torch.Tensor, return_attention: bool = False, attend: Attend | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``attend(q, k, v) -> (B, heads, N, head_dim)``, when given, replaces the attention
+        itself for this call (explanations use it to see q, k, v and the output's gradient)."""
+        B, N, D = x.shape
+        q, k, v = self.heads(x)
 
         attn = None
-        if return_attention:
+        if attend is not None:
+            x = attend(q, k, v)
+        elif return_attention:
             attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, heads, N, N)
             attn = attn.softmax(dim=-1)  # each row sums to 1
             x = self.attn_drop(attn) @ v  # (B, heads, N, head_dim)
@@ -203,12 +216,21 @@ class Block(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(
-        self, x: torch.Tensor, return_attention: bool = False
+        self, x: torch.Tensor, return_attention: bool = False, attend: Attend | None = None,
+        mlp_chunk: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        y, attn = self.attn(self.norm1(x), return_attention=return_attention)
+        """``mlp_chunk``: run the MLP on that many tokens at a time. It acts on each token
+        alone, so the result is the same with a fraction of the memory (for inference: while
+        training, stochastic depth would draw per chunk)."""
+        y, attn = self.attn(self.norm1(x), return_attention=return_attention, attend=attend)
         x = x + self.drop_path1(self.ls1(y))
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        return x, attn
+        if mlp_chunk is None:
+            return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))), attn
+        out = torch.empty_like(x)
+        for start in range(0, x.shape[1], mlp_chunk):
+            part = x[:, start:start + mlp_chunk]  # (B, chunk, D)
+            out[:, start:start + mlp_chunk] = part + self.drop_path2(self.ls2(self.mlp(self.norm2(part))))
+        return out, attn
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,16 +337,20 @@ class VisionTransformer(nn.Module):
             raise ValueError(
                 f"expected input of shape (B, {self.config.in_chans}, H, W), got {tuple(x.shape)}"
             )
-        p = self.patch_embed.patch_size[0]
-        grid = (x.shape[-2] // p, x.shape[-1] // p)
-        x = self.patch_embed(x)  # (B, P, D)
-        x = self._pos_embed(x, grid)  # (B, N, D)
+        x = self.embed(x)  # (B, N, D)
         attentions = []
         for block in self.blocks:
             x, attn = block(x, return_attention=return_attention)
             if attn is not None:
                 attentions.append(attn)
         return self.norm(x), attentions
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Image (B, C, H, W) -> the first block's input tokens (B, N, D): patches, prefix, position."""
+        p = self.patch_embed.patch_size[0]
+        grid = (x.shape[-2] // p, x.shape[-1] // p)
+        x = self.patch_embed(x)  # (B, P, D)
+        return self._pos_embed(x, grid)  # (B, N, D)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image (B, C, H, W) -> normalised tokens (B, N, D)."""

@@ -1,0 +1,211 @@
+"""The evidence: token dropping, occlusion, rank correlation, the randomisation cascade, the
+asked-object score, the two-squares data and `vit explain-bench` end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from test_explain import tiny_model
+from test_predict import save_checkpoint
+
+from vit.cli import main
+from vit.data.squares import make_squares_dataset, make_two_squares_set
+from vit.errors import VitError
+from vit.explain.bench import SANITY_THRESHOLD, asked_object_hits, explain_bench
+from vit.explain.bench_report import markdown_report
+from vit.explain.occlusion import occlusion
+from vit.explain.sanity import randomised_cascade, spearman
+from vit.explain.token_drop import token_drop_auc, token_drop_curve, token_drop_curves
+from vit.inference.explain_bench import patch_mask
+
+
+def trained_like(seed: int = 0, **overrides):
+    model = tiny_model(seed, **overrides)
+    with torch.no_grad():
+        model.head.weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(seed))
+    return model
+
+
+def images(batch: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+# --- dropping patch tokens equals masking them out of every attention --------------------------
+
+
+def masked_probability(model, x, keep, classes):
+    """Reference: the full sequence, but no token attends to a dropped patch (a key mask)."""
+    n = model.num_prefix_tokens + 16
+    allowed = torch.zeros(x.shape[0], n, dtype=torch.bool)
+    allowed[:, :model.num_prefix_tokens] = True
+    for i, kept in enumerate(keep):
+        allowed[i, model.num_prefix_tokens + kept] = True
+    mask = allowed[:, None, None, :]  # (B, 1, 1, N): keys
+
+    def attend(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    with torch.no_grad():
+        tokens = model.embed(x)
+        for block in model.blocks:
+            tokens, _ = block(tokens, attend=attend)
+        probs = model.forward_head(model.norm(tokens)).softmax(-1)
+    return probs.gather(1, classes[:, None])[:, 0]
+
+
+def test_token_deletion_and_insertion_curves_equal_key_masking():
+    model, x = trained_like(reg_tokens=1), images(2)
+    classes = torch.tensor([0, 2])
+    saliency = torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(1))
+    order = saliency.flatten(1).argsort(dim=1, descending=True)
+    for insert in (False, True):
+        curve, fraction = token_drop_curve(model, x, saliency, classes, insert=insert, steps=4)
+        assert fraction.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+        for point, count in enumerate([0, 4, 8, 12, 16]):
+            keep = order[:, :count] if insert else order[:, count:]
+            torch.testing.assert_close(curve[:, point], masked_probability(model, x, keep, classes))
+    with torch.no_grad():
+        full = model(x).softmax(-1).gather(1, classes[:, None])[:, 0]
+    deletion, _ = token_drop_curve(model, x, saliency, classes, insert=False, steps=4)
+    torch.testing.assert_close(deletion[:, 0], full)  # nothing removed yet: the model's output
+    auc = token_drop_auc(model, x, saliency, classes, insert=False, steps=4)
+    torch.testing.assert_close(auc, torch.trapezoid(deletion, dx=0.25, dim=1))
+    # several curves at once share forward passes between sequences of equal length
+    together = token_drop_curves(model, x, {"del": (saliency, False), "ins": (saliency, True),
+                                            "lerf": (-saliency, False)}, classes, steps=4)
+    for name, sal, insert in (("del", saliency, False), ("ins", saliency, True),
+                              ("lerf", -saliency, False)):
+        alone, _ = token_drop_curve(model, x, sal, classes, insert=insert, steps=4)
+        torch.testing.assert_close(together[name][0], alone)
+
+
+# --- occlusion, ranks, the cascade, the asked object --------------------------------------------
+
+
+def test_occlusion_is_the_logit_drop_of_each_hidden_patch():
+    model, x = trained_like(), images(2)
+    classes = torch.tensor([1, 2])
+    out = occlusion(model, x, classes, baseline="zero", batch_size=7)  # chunks of 3 patches
+    with torch.no_grad():
+        full = model(x).gather(1, classes[:, None])[:, 0]
+        for p in range(16):
+            hidden = x.clone()
+            r, c = divmod(p, 4)
+            hidden[:, :, 8 * r:8 * r + 8, 8 * c:8 * c + 8] = 0.0
+            drop = full - model(hidden).gather(1, classes[:, None])[:, 0]
+            torch.testing.assert_close(out[:, r, c], drop, atol=1e-5, rtol=1e-5)
+
+
+def test_spearman_with_ties_matches_scipy_and_a_hand_example():
+    # ranks of [1, 2, 2, 3] are [0, 1.5, 1.5, 3]; against [0, 1, 2, 3]: cov 4.5, norms sqrt(4.5 * 5)
+    a, b = torch.tensor([[1.0, 2.0, 2.0, 3.0]]), torch.tensor([[10.0, 20.0, 30.0, 40.0]])
+    assert spearman(a, b).item() == pytest.approx(4.5 / (4.5 * 5) ** 0.5)
+    assert spearman(b, -b).item() == pytest.approx(-1.0)
+    assert spearman(torch.zeros(1, 4), b).item() == 0.0  # a constant map carries no ranking
+    stats = pytest.importorskip("scipy.stats")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 5, (6, 30), generator=g).float(), torch.randn(6, 30, generator=g)
+    expected = [stats.spearmanr(x[i], y[i]).statistic for i in range(6)]
+    np.testing.assert_allclose(spearman(x, y).numpy(), expected, rtol=1e-5)
+
+
+def test_the_cascade_randomises_the_head_then_one_more_block_from_the_top():
+    model = trained_like(depth=3)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    stages = []
+    for stage, randomised in randomised_cascade(model, seed=0):
+        state = randomised.state_dict()
+        changed = {k.split(".")[0] + ("." + k.split(".")[1] if k.startswith("blocks") else "")
+                   for k in state if not torch.equal(state[k], original[k])}
+        stages.append((stage, changed))
+    assert stages == [(0, {"head", "norm"}), (1, {"head", "norm", "blocks.2"}),
+                      (2, {"head", "norm", "blocks.2", "blocks.1"}),
+                      (3, {"head", "norm", "blocks.2", "blocks.1", "blocks.0"})]
+    assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())  # a copy
+    again = [s for _, s in randomised_cascade(model, seed=0)][-1].state_dict()
+    assert all(torch.equal(again[k], state[k]) for k in state)  # seeded
+
+
+def test_asked_object_hits_share_ties():
+    inside = torch.tensor([[True, False], [False, False]]).expand(3, 2, 2)
+    maps = torch.tensor([[[0.9, 0.1], [0.2, 0.3]],   # top patch on the object
+                         [[0.1, 0.9], [0.2, 0.3]],   # elsewhere
+                         [[0.5, 0.5], [0.1, 0.1]]])  # tie, one of two on the object
+    assert asked_object_hits(maps, inside).tolist() == [1.0, 0.0, 0.5]
+
+
+def test_patch_mask_of_a_box_without_resizing():
+    # 32 px, crop 1.0, patch 8: centres at 4, 12, 20, 28. x in [10, 21) holds 12 and 20.
+    mask = patch_mask((10, 0, 21, 5), (32, 32), img_size=32, crop_pct=1.0, patch_size=8)
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[0, 1:3] = True
+    assert torch.equal(mask, expected)
+
+
+# --- the whole bench --------------------------------------------------------------------------
+
+
+def test_bench_rows_sanity_verdicts_and_asked_objects():
+    model, x = trained_like(depth=2), images(4)
+    inside = torch.zeros(4, 4, dtype=torch.bool)
+    inside[0, 0] = True
+    objects = [[(0, inside), (1, ~inside)]] * 4
+    result = explain_bench(model, x, methods=["rollout", "legrad", "random", "occlusion"],
+                           steps=4, batch_size=3, objects=objects)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert result["images"] == 4 and result["half_stage"] == 1 and list(rows) == [
+        "rollout", "legrad", "random", "occlusion"]
+    for row in rows.values():
+        for key in ("token_deletion", "token_insertion", "pixel_deletion", "pixel_insertion"):
+            assert 0.0 <= row[key] <= 1.0 and row[f"{key}_sem"] >= 0.0
+        assert 0.0 <= row["asked_object"] <= 1.0
+    # rollout never looks at the head: identical maps with a random head
+    assert rows["rollout"]["random_0"] == pytest.approx(1.0)
+    assert rows["rollout"]["sanity"] == ("pass" if rows["rollout"]["random_1"] < SANITY_THRESHOLD
+                                         else "FAIL")
+    assert "random_0" not in rows["random"] and "sanity" not in rows["random"]
+    # the lead of each column's best contender, paired image by image
+    deletion = result["paired"]["token_deletion"]
+    best = deletion["best"]
+    assert best in ("rollout", "legrad")
+    per_image = result["per_image"]
+    for other, (mean, sem) in deletion["ahead_of"].items():
+        diff = torch.tensor(per_image[other]["token_deletion"]) - torch.tensor(
+            per_image[best]["token_deletion"])  # lower deletion is better
+        assert mean == pytest.approx(diff.mean().item(), abs=1e-6)
+        assert sem == pytest.approx(diff.std().item() / 2.0, abs=1e-6)  # 4 images
+    table = markdown_report(result)
+    assert "| random (reference) |" in table and "asked object (%)" in table
+    with pytest.raises(VitError, match="unknown methods"):
+        explain_bench(model, x, methods=["lrp"])
+
+
+def test_squares_data_and_the_cli_end_to_end(tmp_path, capsys):
+    train = make_squares_dataset(tmp_path / "squares", num_per_class=2, val_per_class=2,
+                                 colours=["red", "blue", "green"])
+    assert sorted(p.name for p in (train / "val").iterdir()) == ["blue", "green", "red"]
+    pairs = make_two_squares_set(tmp_path / "two", num_images=3, colours=["red", "blue", "green"])
+    objects = json.loads((pairs / "objects.json").read_text())
+    for name, found in objects.items():
+        image = np.asarray(Image.open(pairs / name))
+        assert image.shape == (32, 32, 3) and len({o["class"] for o in found}) == 2
+        for o in found:  # the box holds the bright square
+            x0, y0, x1, y1 = o["box"]
+            assert image[y0:y1, x0:x1].max(axis=-1).mean() > 120 > image[:2, :2].max()
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "best.pt", trained_like(), ["red", "blue", "green"])
+    out = tmp_path / "bench"
+    assert main(["explain-bench", "--checkpoint", str(ckpt), "--data", str(pairs), "--methods",
+                 "gradcam,random", "--steps", "4", "--output", str(out)]) == 0
+    result = json.loads((out / "explain_bench.json").read_text())
+    assert result["images"] == 3 and [r["method"] for r in result["rows"]] == ["gradcam", "random"]
+    assert "asked object" in (out / "explain_bench.md").read_text()
+    assert "| gradcam |" in capsys.readouterr().out
+    assert main(["explain-bench", "--checkpoint", str(ckpt), "--data", str(train),
+                 "--methods", "lrp", "--output", str(out)]) == 2
+    assert "unknown methods ['lrp']" in capsys.readouterr().err

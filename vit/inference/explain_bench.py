@@ -1,0 +1,191 @@
+"""`vit explain-bench` behind the command: a checkpoint and held-out images of a folder in,
+``explain_bench.md`` and ``.json`` out.
+
+    result, paths = run_explain_bench("runs/quickstart/best.pt", "data/shapes", images=100)
+
+The images: ``DIR/val``, else the run's held-out ``split.json`` files, else ``DIR`` itself; or,
+with an ``objects.json`` in DIR (images holding two objects of different classes, e.g. from
+``vit.data.squares.make_two_squares_set``), its images, each object asked for in turn. The
+measures: ``vit.explain.bench``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vit.data.folders import resolve_data_dirs, scan_folder
+from vit.data.images import load_image
+from vit.data.transforms import eval_geometry
+from vit.errors import ConfigError, DataError
+from vit.explain.bench import BENCH_METHODS, check_bench_args, explain_bench, mean_and_sem
+from vit.explain.bench_report import cell, markdown_report
+from vit.inference.classifier import Classifier
+from vit.io import atomic_write
+
+__all__ = ["OBJECTS_FILE", "run_explain_bench", "held_out_images", "pick_balanced",
+           "read_objects", "patch_mask"]
+
+
+OBJECTS_FILE = "objects.json"
+
+
+Box = tuple[int, int, int, int]  # pixel box [x0, y0, x1, y1) in the file's own coordinates
+
+
+def held_out_images(data: Path, checkpoint: Path, classes: Sequence[str]
+                    ) -> tuple[list[tuple[Path, int]], str]:
+    """(path, label) of images the run did not train on, and where they come from: ``data/val``,
+    else the ``val_files`` of the run's ``split.json``, else ``data`` itself (no train/)."""
+    train_dir, val_dir = resolve_data_dirs(data)
+    if val_dir is not None:
+        samples = scan_folder(val_dir, classes=classes).samples
+        return [(Path(p), label) for p, label in samples], str(val_dir)
+    split_file = checkpoint.parent / "split.json"
+    split = json.loads(split_file.read_text()) if split_file.is_file() else {}
+    if split.get("kind") == "stratified":
+        paths = [Path(p) for p in split["val_files"]]
+        return [(p, classes.index(p.parent.name)) for p in paths if p.parent.name in classes], \
+            f"{split_file} (val_files)"
+    if train_dir != data:
+        raise DataError(f"{data} has train/ but no val/, and {split_file} lists no held-out "
+                        "files; pass a folder of held-out images (<class>/<image>) with --data")
+    samples = scan_folder(data, classes=classes).samples
+    return [(Path(p), label) for p, label in samples], str(data)
+
+
+def pick_balanced(labels: Sequence[int], limit: int, seed: int) -> list[int]:
+    """Up to ``limit`` indices, classes taking turns, each class in a seeded random order."""
+    generator = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    queues = [[members[j] for j in torch.randperm(len(members), generator=generator).tolist()]
+              for _, members in sorted(by_class.items())]
+    picked = [q[k] for k in range(max(map(len, queues), default=0)) for q in queues if k < len(q)]
+    return sorted(picked[:limit])
+
+
+def read_objects(data: Path, classes: Sequence[str]) -> list[tuple[Path, list[tuple[int, Box]]]]:
+    """``data/objects.json``: ``{"image path": [{"class": name, "box": [x0, y0, x1, y1]}, ...]}``."""
+    listed = json.loads((data / OBJECTS_FILE).read_text())
+    out = []
+    for name, objects in sorted(listed.items()):
+        unknown = [o["class"] for o in objects if o["class"] not in classes]
+        if unknown:
+            raise DataError(f"{data / OBJECTS_FILE}: {name} holds classes {unknown} that the "
+                            f"checkpoint does not know ({', '.join(classes)})")
+        out.append((data / name, [(classes.index(o["class"]), tuple(o["box"])) for o in objects]))
+    return out
+
+
+def patch_mask(box: Box, image_hw: tuple[int, int], *, img_size: int, crop_pct: float | None,
+               patch_size: int) -> torch.Tensor:
+    """(grid_h, grid_w) bool: the patches whose centre lies on the box, after the eval resize
+    and centre crop the model's input went through."""
+    x0, y0, x1, y1 = box
+    mask = np.zeros(image_hw, dtype=np.uint8)
+    mask[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = 1
+    blank = np.zeros((*image_hw, 3), dtype=np.uint8)
+    mask = eval_geometry(img_size, crop_pct)(image=blank, mask=mask)["mask"]
+    centre = patch_size // 2
+    return torch.from_numpy(mask[centre::patch_size, centre::patch_size].astype(bool))
+
+
+def _machine(device: torch.device, command: str | None) -> dict[str, Any]:
+    import datetime
+    import os
+    import platform
+
+    cpu = platform.processor()
+    if Path("/proc/cpuinfo").is_file():
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
+                 .splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "command": command, "cpu": cpu, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "device": str(device), "loadavg": [round(v, 2) for v in os.getloadavg()]}
+
+
+Selection = tuple[list[Path], list[int] | None, list[list[tuple[int, Box]]] | None, str]
+
+
+def _select(clf: Any, checkpoint: Path, data: Path, limit: int, seed: int) -> Selection:
+    """(paths, labels or None, objects or None, where from): with ``objects.json``, up to
+    ``limit`` of its images (seeded); else up to ``limit`` held-out images, classes balanced."""
+    if (data / OBJECTS_FILE).is_file():
+        listed = read_objects(data, clf.classes)
+        order = torch.randperm(len(listed), generator=torch.Generator().manual_seed(seed))
+        listed = [listed[i] for i in sorted(order[:limit].tolist())]
+        return [p for p, _ in listed], None, [o for _, o in listed], str(data / OBJECTS_FILE)
+    images, source = held_out_images(data, checkpoint, clf.classes)
+    if not images:
+        raise DataError(f"no held-out images found in {source}")
+    chosen = pick_balanced([label for _, label in images], limit, seed)
+    return [images[i][0] for i in chosen], [images[i][1] for i in chosen], None, source
+
+
+def _write_report(result: Mapping[str, Any], output: Path) -> list[Path]:
+    setup, machine = result["setup"], result["machine"]
+    accuracy = f", accuracy {cell(result, 'accuracy', 100.0, 1)}%" if "accuracy" in result else ""
+    text = "\n".join([
+        f"# explain-bench: `{setup['checkpoint']}`", "",
+        f"{result['images']} images from `{setup['images_from']}`{accuracy}; target: the "
+        f"predicted class; curves of {setup['steps']} steps; seed {setup['seed']}.", "",
+        f"Machine: {machine['cpu']} ({machine['cpu_count']} cores, torch {machine['torch']}, "
+        f"{machine['torch_threads']} threads, load {machine['loadavg']}), device "
+        f"{machine['device']}, {machine['date']}, {setup['seconds']:.0f} s.",
+        f"Command: `{machine['command']}`" if machine.get("command") else "", "",
+        markdown_report(result), ""])
+    paths = [output / "explain_bench.md", output / "explain_bench.json"]
+    atomic_write(paths[0], text)
+    atomic_write(paths[1], json.dumps(result, indent=2) + "\n")
+    return paths
+
+
+def run_explain_bench(
+    checkpoint: str | Path, data: str | Path, *, methods: Sequence[str] = BENCH_METHODS,
+    images: int = 200, steps: int = 32, seed: int = 0, batch_size: int = 25,
+    sanity: bool = True, output: str | Path | None = None, device: str = "auto",
+    command: str | None = None, show_progress: bool = False,
+) -> tuple[dict[str, Any], list[Path]]:
+    """Load a checkpoint and held-out images of ``data``, run ``explain_bench`` and write
+    ``explain_bench.md`` and ``.json`` into ``output`` (default: ``explain_bench/`` beside the
+    checkpoint). Returns the result and the two paths."""
+    import time
+
+
+    checkpoint, data = Path(checkpoint), Path(data).expanduser()
+    check_bench_args(methods, steps, batch_size)
+    if images < 1:
+        raise ConfigError(f"images must be >= 1; got {images}")
+    clf = Classifier.from_checkpoint(checkpoint, device=device)
+    paths, labels, boxes, source = _select(clf, checkpoint, data, images, seed)
+    arrays = [np.asarray(load_image(p)) for p in paths]
+    x = clf.transform(arrays).to(clf.device)
+    objects = None if boxes is None else [
+        [(c, patch_mask(box, a.shape[:2], img_size=clf.img_size,
+                        crop_pct=clf.preprocess["crop_pct"],
+                        patch_size=clf.model.patch_embed.patch_size[0])) for c, box in found]
+        for a, found in zip(arrays, boxes, strict=True)]
+    start = time.perf_counter()
+    result = explain_bench(clf.model, x, methods=methods, steps=steps, seed=seed,
+                           batch_size=batch_size, sanity=sanity, objects=objects,
+                           show_progress=show_progress)
+    if labels is not None:
+        with torch.no_grad():
+            correct = clf.model(x).argmax(dim=1).cpu() == torch.tensor(labels)
+        result["accuracy"], result["accuracy_sem"] = mean_and_sem(correct.float())
+    result["setup"] = {"checkpoint": str(checkpoint), "images_from": source, "steps": steps,
+                       "seed": seed, "methods": list(methods), "img_size": clf.img_size,
+                       "seconds": time.perf_counter() - start}
+    result["machine"] = _machine(clf.device, command)
+    out = Path(output) if output is not None else checkpoint.parent / "explain_bench"
+    return result, _write_report(result, out)
+
