@@ -148,6 +148,22 @@ def _draw_grid(cells: list[np.ndarray], titles: list[str], colours: list[str],
                     cell_size=(3.0, 3.3) if several else (4.6, 2.7))
 
 
+def _draw_item(item: ExplainedImage, image: np.ndarray, blended: list[np.ndarray],
+               methods: list[str], stem: Path, *, topk: int, colormap: str
+               ) -> tuple[list[np.ndarray], list[str], list[str | None]]:
+    """One image's ``<stem>_<method>.png`` files (sets ``item.output``) and its grid cells,
+    titles and title colours."""
+    colour = _colour(item)
+    outputs = [plot_side_by_side(image, picture, tile_title(item, topk=topk),
+                                 Path(f"{stem}_{m}.png"), title_color=colour,
+                                 labels=("image", f"{m} ({colormap})"))
+               for m, picture in zip(methods, blended, strict=True)]
+    item.output = outputs[0]
+    if len(methods) > 1:
+        return [image, *blended], [tile_title(item), *methods], [colour, *[None] * len(methods)]
+    return [_framed_pair(image, blended[0], colour)], [tile_title(item)], [colour]
+
+
 def explain_files(
     *,
     checkpoint: str | Path,
@@ -192,23 +208,13 @@ def explain_files(
         predictions = top_labels(logits.softmax(dim=-1).cpu(), clf.classes, topk)
         for i, (path, image, preds) in enumerate(zip(good, shown, predictions, strict=True)):
             item = ExplainedImage(path, None, preds, true_label=true_label(path, clf.classes))
-            colour = _colour(item)
             blended = [overlay(image, maps[m][i], alpha=alpha, colormap=colormap)
                        for m in methods]
-            outputs = [plot_side_by_side(image, picture, tile_title(item, topk=topk),
-                                         out_dir / f"{stems[path]}_{m}.png", title_color=colour,
-                                         labels=("image", f"{m} ({colormap})"))
-                       for m, picture in zip(methods, blended, strict=True)]
-            item.output = outputs[0]
+            row = _draw_item(item, image, blended, methods, out_dir / stems[path],
+                             topk=topk, colormap=colormap)
             results.append(item)
-            if len(methods) > 1:
-                cells += [image, *blended]
-                titles += [tile_title(item), *methods]
-                colours += [colour, *[None] * len(methods)]
-            else:
-                cells.append(_framed_pair(image, blended[0], colour))
-                titles.append(tile_title(item))
-                colours.append(colour)
+            for grid_list, values in zip((cells, titles, colours), row, strict=True):
+                grid_list += values
     if cells:
         _draw_grid(cells, titles, colours, methods, [r for r in results if not r.error],
                    Path(grid) if grid else out_dir / "grid.png")
