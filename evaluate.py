@@ -6,4 +6,4 @@ import sys
 from vit.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["evaluate", *sys.argv[1:]]))
+    sys.exit(main(["evaluate", *sys.argv[1:]], prog="python evaluate.py"))

@@ -64,7 +64,7 @@ def test_report_equals_the_numbers_computed_by_hand(hand_made, tmp_path):
     p_true = [0.82, 0.40, 0.84, 0.62, 0.62, 0.40]  # probability of the true class, per image
     assert report["num_images"] == 6
     assert report["top1"] == pytest.approx(100 * 4 / 6)  # percent, as everywhere
-    assert report["top5"] == pytest.approx(100.0)  # top-3 of 3 classes
+    assert report["top5"] is None  # 3 classes: top-5 would be 100% whatever the model
     assert report["loss"] == pytest.approx(-sum(map(math.log, p_true)) / 6, abs=1e-5)
     # 15 bins: {.48, .52} both wrong, {.62, .62} both right, {.82, .84} both right
     ece = (abs(0 - (0.48 + 0.52)) + abs(2 - 1.24) + abs(2 - (0.82 + 0.84))) / 6
@@ -97,7 +97,7 @@ def test_report_equals_the_numbers_computed_by_hand(hand_made, tmp_path):
 def test_summary_table_shows_the_headline_numbers(hand_made):
     clf, data = hand_made
     text = format_summary(evaluate_folder(clf, data))
-    assert "top-1 66.67%" in text and "top-5 100.00%" in text
+    assert "top-1 66.67%" in text and "top-5" not in text  # 3 classes: top-5 is always 100%
     assert "green     66.67%  100.00%   80.00%        2" in text
     assert "folders the model does not know (left out): 1" in text
     assert "unreadable files skipped: 1" in text
@@ -174,3 +174,28 @@ def test_evaluate_accuracy_equals_predict_proba(tmp_path, capsys, runner):
     assert 0 < accuracy < 100  # a model that is neither always right nor always wrong
     assert report["top1"] == pytest.approx(accuracy, abs=1e-4)
     assert f"top-1 {accuracy:.2f}%" in stdout
+
+
+def test_evaluate_says_when_the_images_are_the_runs_own(tmp_path, capsys):
+    """Evaluating on the folder a run trained and selected on repeats its scores: say so."""
+    from test_train import make_folder, tiny_config
+
+    from vit.cli import main
+    from vit.training.trainer import train
+
+    data = make_folder(tmp_path / "data", per_class=4)
+    train(tiny_config(data, tmp_path / "run", "train.epochs=1"), show_progress=False)
+    held_out = make_folder(tmp_path / "new", per_class=2)
+    ckpt = str(tmp_path / "run" / "best.pt")
+
+    assert main(["evaluate", "--checkpoint", ckpt, "--data", str(data),
+                 "--output", str(tmp_path / "e1")]) == 0
+    out = capsys.readouterr().out
+    assert "3 of these 12 images are the run's own validation images" in out
+    assert "9 of these 12 images are the run's training images" in out
+    report = json.loads((tmp_path / "e1" / "report.json").read_text())
+    assert report["seen_by_run"] == {"training": 9, "validation": 3}
+
+    assert main(["evaluate", "--checkpoint", ckpt, "--data", str(held_out),
+                 "--output", str(tmp_path / "e2")]) == 0
+    assert "note:" not in capsys.readouterr().out

@@ -24,6 +24,7 @@ from vit.explain import (
     raw_attention,
     rollout_from_attentions,
 )
+from vit.explain.overlay import DEFAULT_COLORMAP
 from vit.models.vision_transformer import VisionTransformer
 
 TINY = dict(img_size=32, patch_size=8, num_classes=3, embed_dim=32, depth=2, num_heads=2)
@@ -363,7 +364,7 @@ def test_explain_rejects_an_unknown_method():
 
 
 def jet(value: float) -> np.ndarray:
-    return np.rint(np.array(matplotlib.colormaps["jet"](value)[:3]) * 255)
+    return np.rint(np.array(matplotlib.colormaps[DEFAULT_COLORMAP](value)[:3]) * 255)
 
 
 def test_overlay_shape_alpha_and_colours():

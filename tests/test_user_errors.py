@@ -37,8 +37,10 @@ TRAIN_OVERRIDES = ("model.embed_dim=32", "model.depth=2", "model.num_heads=2",
 
 def train_argv(data: object, output: object, *flags: object,
                overrides: tuple[str, ...] = ()) -> list:
-    """`vit train` on ``data`` with the tiny model; later flags and overrides win."""
-    return ["train", "--data", data, "--output", output, *TRAIN_FLAGS, *flags,
+    """`vit train` on ``data`` with the tiny model; later flags and overrides win. With
+    ``--pretrained`` the weights choose the architecture, so ``--model`` is left out."""
+    fixed = TRAIN_FLAGS[2:] if "--pretrained" in flags else TRAIN_FLAGS
+    return ["train", "--data", data, "--output", output, *fixed, *flags,
             *TRAIN_OVERRIDES, *overrides]
 
 
@@ -116,6 +118,13 @@ MISTAKES = {
     "train: unknown model": Mistake(train("{data}", "--model", "vit_hugee"), ("'vit_hugee'",)),
     "train: unknown config key": Mistake(
         train("{data}", overrides=("train.epochz=3",)), ("'train.epochz'",)),
+    "train: a key in the wrong section": Mistake(
+        train("{data}", overrides=("train.label_smoothing=0.2",)),
+        ("'train.label_smoothing'", "use loss.label_smoothing")),
+    "train: a folder without --data": Mistake(("train", "{data}"), ("did you mean --data {data}",)),
+    "train: --model with --pretrained": Mistake(
+        (*train("{data}"), "--pretrained", "{ckpt}"), ("--model vit_nano_patch4_32",
+                                                       "--pretrained {ckpt}", "drop --model")),
     "train: --device cuda without a GPU": Mistake(
         train("{data}", "--device", "cuda"), ("--device cuda",), marks=(NO_GPU,)),
     "train: --precision fp16 on the CPU": Mistake(

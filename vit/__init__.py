@@ -6,13 +6,14 @@
 from importlib import import_module
 from typing import Any
 
-from vit.models.presets import create_model, list_models
-from vit.models.vision_transformer import VisionTransformer, ViTConfig
-
 __version__ = "0.1.0"
 
-# Heavier parts load on first use, so `import vit` stays fast.
+# Everything loads on first use, so `import vit` (and `vit --help`) never waits for torch.
 _LAZY = {
+    "VisionTransformer": "vit.models.vision_transformer",
+    "ViTConfig": "vit.models.vision_transformer",
+    "create_model": "vit.models.presets",
+    "list_models": "vit.models.presets",
     "Classifier": "vit.inference.classifier",
     "saliency": "vit.explain.saliency",
     "attention_maps": "vit.explain.attention_maps",
@@ -33,7 +34,7 @@ _LAZY = {
     "Config": "vit.config",
 }
 
-__all__ = ["VisionTransformer", "ViTConfig", "create_model", "list_models", *_LAZY]
+__all__ = [*_LAZY]
 
 
 def __getattr__(name: str) -> Any:

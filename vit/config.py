@@ -36,7 +36,7 @@ class ModelConfig:
     num_heads: int | None = None
     mlp_ratio: float | None = None
     drop_rate: float = 0.0
-    drop_path_rate: float = 0.1
+    drop_path_rate: float | None = None  # None: from the data (vit/training/defaults.py)
 
 
 @dataclass
@@ -50,7 +50,7 @@ class DataConfig:
     val_root: str | None = None
     shuffle_buffer: int = 2048  # shards: samples mixed in each loader worker's buffer
     val_fraction: float = 0.1  # held out (stratified) when there is no val/ folder
-    workers: int = 4
+    workers: int | None = None  # None: one fewer than the CPU cores, at most 8
     # before training, check every file cheaply (header, end marker; vit/data/check.py) and
     # skip the unreadable; `vit check DIR` decodes everything
     preflight: bool = True
@@ -58,11 +58,14 @@ class DataConfig:
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     crop_pct: float | None = None  # eval centre crop; None: 0.875 at >= 128 px, 1.0 below
-    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area
+    # Augmentation. None: chosen from the image size, the number of images and the epochs
+    # (vit/training/defaults.py), or from the named recipe light|medium|strong; logged.
+    recipe: str | None = None
+    scale: list[float] | None = None  # RandomResizedCrop area, e.g. [0.35, 1.0]
     ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333])
     hflip: float = 0.5
-    randaug_n: int = 2  # RandAugment-style ops per image (0: off)
-    randaug_m: int = 9  # their strength, 0..10
+    randaug_n: int | None = None  # RandAugment-style ops per image (0: off)
+    randaug_m: int | None = None  # their strength, 0..10
     sampler: str = "random"  # "random" or "weighted" (inverse class frequency)
     # "albumentations": decode + augment per image in loader workers (any data set);
     # "memory": decode once into a uint8 tensor on the device, augment batches there
@@ -84,7 +87,9 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
-    batch_size: int = 128  # global batch per optimizer step = batch_size * accum_steps
+    # global batch per optimizer step = batch_size * accum_steps; None: about 32 steps per epoch
+    # (8 to 128); a batch larger than the training images is lowered with a warning
+    batch_size: int | None = None
     lr: float = 1e-3
     min_lr: float = 1e-5
     weight_decay: float = 0.05
@@ -126,6 +131,7 @@ class Config:
 _CHOICES = {
     "model.global_pool": (None, "token", "avg"),
     "data.sampler": ("random", "weighted"),
+    "data.recipe": (None, "light", "medium", "strong"),
     "data.pipeline": ("albumentations", "memory"),
     "loss.class_weights": ("none", "balanced"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
@@ -203,6 +209,11 @@ def set_value(cfg: Config, dotted_key: str, value: Any) -> None:
     section = getattr(cfg, section_name)
     hints = _section_types(section)
     if key not in hints:
+        elsewhere = [name for name in sections if name != section_name
+                     and key in _section_types(getattr(cfg, name))]
+        if elsewhere:
+            raise ConfigError(f"unknown config key {dotted_key!r}: {key} is in the "
+                              f"{elsewhere[0]} section, use {elsewhere[0]}.{key}")
         raise ConfigError(
             f"unknown config key {dotted_key!r}; valid keys in {section_name}: "
             f"{', '.join(sorted(hints))}"

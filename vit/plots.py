@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from vit.io import atomic_write
 
@@ -118,7 +118,7 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], path: PathLike) -
         acc_axes.text(
             0.98,
             0.04,
-            f"best top-1 {top1[best]:.4g} @ epoch {epochs[best]:g}",
+            f"best top-1 {top1[best]:.4g}% @ epoch {epochs[best]:g}",
             transform=acc_axes.transAxes,
             ha="right",
             va="bottom",
@@ -127,6 +127,7 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], path: PathLike) -
             bbox={"facecolor": "white", "edgecolor": "crimson"},
         )
     _finish_axes(acc_axes, "Validation accuracy", "accuracy (%)", any(plotted))
+    acc_axes.yaxis.set_major_formatter(PercentFormatter(xmax=100, decimals=0))
 
     has_lr = _plot_series(lr_axes, epochs, _series(rows, "lr"), "lr", color="tab:green")
     lr_axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
@@ -271,10 +272,12 @@ def plot_image_grid(
     ncols: int | None = None,
     title: str | None = None,
     title_colors: Sequence[str | None] | None = None,
+    cell_size: tuple[float, float] = GRID_CELL_SIZE,
 ) -> Path:
     """A grid of HxWx3 uint8 images, each with its (wrapped) title.
 
-    `title_colors` optionally colours each title (e.g. "red" for a wrong prediction).
+    `title_colors` optionally colours each title (e.g. "red" for a wrong prediction);
+    `cell_size` is (width, height) in inches per image.
     An empty list gives a small figure saying there is nothing to show.
     """
     if len(titles) != len(images):
@@ -289,7 +292,7 @@ def plot_image_grid(
         return _save(figure, path)
 
     rows, cols = _grid_shape(len(images), ncols)
-    cell_w, cell_h = GRID_CELL_SIZE
+    cell_w, cell_h = cell_size
     extra = 0.5 if title else 0.0
     figure = _new_figure((cell_w * cols, cell_h * rows + extra))
     axes_grid = figure.subplots(rows, cols, squeeze=False).ravel()
@@ -310,14 +313,17 @@ def plot_side_by_side(
     title: str,
     path: PathLike,
     labels: tuple[str, str] = ("input", "attention rollout"),
+    title_color: str | None = None,
 ) -> Path:
-    """The input image beside its overlay (e.g. attention rollout), under one title."""
+    """The input image beside its overlay (e.g. attention rollout), under one title (in
+    ``title_color``, e.g. red for a wrong prediction)."""
     figure = _new_figure(SIDE_BY_SIDE_SIZE)
     for axes, picture, label in zip(figure.subplots(1, 2), (image, overlay), labels, strict=True):
         axes.imshow(np.asarray(picture), cmap="gray" if np.ndim(picture) == 2 else None)
         axes.set_title(label, fontsize=10)
         axes.axis("off")
-    figure.suptitle(_wrap(title, width=70, max_lines=2), fontsize=12)
+    figure.suptitle(_wrap(title, width=70, max_lines=2), fontsize=12,
+                    color=title_color or "black")
     return _save(figure, path)
 
 

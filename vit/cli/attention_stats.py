@@ -8,10 +8,10 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags
+    from vit.cli.main import add_common_flags, add_parser
 
-    p = sub.add_parser(
-        "attention-stats", help="plot mean attention distance and entropy against depth",
+    p = add_parser(
+        sub, "attention-stats", help="plot mean attention distance and entropy against depth",
         description="For each layer and head: the mean attention distance in pixels "
         "(Dosovitskiy et al. 2021, Fig. 7) and the attention entropy, averaged over the images "
         "of a folder. Writes attention_stats.png and attention_stats.json.")
@@ -29,8 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "fresh weights from the run's seed")
     p.add_argument("--seed", type=int, metavar="N",
                    help="seed for --untrained (default: the run's)")
-    p.add_argument("--batch-size", type=int, default=64, metavar="N")
-    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N",
+                   help="images per forward pass")
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
+                   help="where to run; auto picks the GPU when there is one")
     add_common_flags(p)
     p.set_defaults(func=run)
 

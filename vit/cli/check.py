@@ -9,10 +9,10 @@ import time
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags
+    from vit.cli.main import add_common_flags, add_parser
 
-    p = sub.add_parser(
-        "check", help="decode every image of a folder and list the unreadable ones",
+    p = add_parser(
+        sub, "check", help="decode every image of a folder and list the unreadable ones",
         description="The full check: decode every image below DIR (any layout, searched "
         "recursively) in parallel processes; print one line per unreadable file (PATH: reason) "
         "and a summary. Exit code 0 when all decode, 1 when some do not. Training does not need "
@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, metavar="N",
                    help="decoding processes (default: one per CPU)")
     p.add_argument("--output", metavar="FILE.json",
-                   help="also write {images, unreadable: [{path, reason}]} as JSON")
+                   help="also write {images, unreadable: [{path, reason}]} as JSON "
+                   "(default: none)")
     add_common_flags(p)
     p.set_defaults(func=run)
 

@@ -10,10 +10,10 @@ from vit.errors import VitError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags
+    from vit.cli.main import add_common_flags, add_parser
 
-    p = sub.add_parser(
-        "evaluate", help="measure a checkpoint on a labelled image folder",
+    p = add_parser(
+        sub, "evaluate", help="measure a checkpoint on a labelled image folder",
         description="Evaluate on DIR/<class>/<image>, or on DIR/test/ (preferred) or DIR/val/. "
         "Folders are matched to the checkpoint's classes by name. Writes report.json, "
         "predictions.csv, confusion_matrix.png, reliability.png and mistakes.png.")
@@ -22,10 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="labelled image folder")
     p.add_argument("--output", metavar="DIR",
                    help="where to write the report (default: CKPT's folder/eval-<DIR name>)")
-    p.add_argument("--batch-size", type=int, default=64, metavar="N")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
     p.add_argument("--num-mistakes", type=int, default=16, metavar="N",
                    help="images in mistakes.png (default 16)")
-    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda")
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
+                   help="where to run; auto picks the GPU when there is one")
     add_common_flags(p)
     p.set_defaults(func=run)
 
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     clf = Classifier.from_checkpoint(args.checkpoint, device=args.device,
                                      batch_size=args.batch_size)
     report = evaluate_folder(clf, args.data, output_dir=output, num_mistakes=args.num_mistakes,
-                             show_progress=sys.stderr.isatty() and not args.quiet)
+                             show_progress=sys.stderr.isatty() and not args.quiet,
+                             run_dir=Path(args.checkpoint).parent)
     sys.stdout.write(format_summary(report))
     print(f"report: {output / 'report.json'}")
     return 0

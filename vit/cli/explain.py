@@ -8,32 +8,45 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags
+    from vit.cli.main import add_common_flags, add_parser
 
-    p = sub.add_parser("explain", help="draw saliency overlays for images",
-                       description="Overlay where the model looks on each image; writes "
-                       "DIR/<stem>_<method>.png per image and method and DIR/grid.png (with "
-                       "several methods: one image per row, one method per column) (--output), "
-                       "and/or one self-contained HTML page to explore every layer and head "
-                       "(--html).")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT")
+    p = add_parser(sub, "explain", help="draw saliency overlays for images",
+                   description="Overlay where the model looks on each image; writes "
+                   "DIR/<stem>_<method>.png per image and method (the image beside its overlay) "
+                   "and DIR/grid.png (with several methods: one image per row, one method per "
+                   "column) (--output), and/or one self-contained HTML page to explore every "
+                   "layer and head (--html). Titles give the true label when the image's folder "
+                   "is named after a class, the prediction and its probability; mistakes are red.")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT",
+                   help="best.pt from `vit train`, or an exported .safetensors")
     p.add_argument("paths", nargs="+", metavar="PATH", help="images, folders or globs")
-    p.add_argument("--output", metavar="DIR", help="folder for the PNG overlays")
-    p.add_argument("--html", metavar="FILE", help="write the attention explorer page here")
+    p.add_argument("--output", metavar="DIR",
+                   help="folder for the PNG overlays (default: none; --output or --html needed)")
+    p.add_argument("--html", metavar="FILE",
+                   help="write the attention explorer page here (default: none)")
     p.add_argument("--method", default="rollout", metavar="NAME",
                    help="rollout, grad-rollout, attention, legrad, attnlrp or gradcam; a "
                    "comma-separated list of them; or all (default: rollout)")
-    p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"])
-    p.add_argument("--discard-ratio", type=float, default=0.0, metavar="F")
-    p.add_argument("--alpha", type=float, default=0.5, metavar="A")
-    p.add_argument("--topk", type=int, default=3, metavar="K")
+    p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"],
+                   help="how rollout combines the heads of a layer")
+    p.add_argument("--discard-ratio", type=float, default=0.0, metavar="F",
+                   help="share of the weakest attention entries rollout drops per row")
+    p.add_argument("--alpha", type=float, default=0.5, metavar="A",
+                   help="opacity of the heat map over the image (0..1)")
+    p.add_argument("--colormap", default="inferno", metavar="NAME",
+                   help="matplotlib colour map of the heat map; perceptually uniform ones "
+                   "(inferno, viridis, magma, cividis) show the map's steps truthfully")
+    p.add_argument("--topk", type=int, default=3, metavar="K",
+                   help="predictions named in each picture's title")
     p.add_argument("--auc-steps", type=int, default=32, metavar="N",
                    help="--html: deletion/insertion curve steps per map (0 skips them)")
     p.add_argument("--attention-bits", type=int, default=6, metavar="B",
-                   help="--html: bits per stored attention weight, 1-8 (default 6)")
-    p.add_argument("--batch-size", type=int, default=16, metavar="N")
+                   help="--html: bits per stored attention weight, 1-8")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N",
+                   help="images per forward pass")
     p.add_argument("--grid", metavar="PNG", help="where to write the grid (default DIR/grid.png)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
+                   help="where to run; auto picks the GPU when there is one")
     add_common_flags(p)
     p.set_defaults(func=run)
 
@@ -81,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
         results = explain_files(
             checkpoint=args.checkpoint, paths=paths, output=args.output, method=args.method,
             head_fusion=args.head_fusion, discard_ratio=args.discard_ratio, alpha=args.alpha,
-            topk=args.topk, batch_size=args.batch_size, device=args.device, grid=args.grid,
-            show_progress=show_progress)
+            colormap=args.colormap, topk=args.topk, batch_size=args.batch_size,
+            device=args.device, grid=args.grid, show_progress=show_progress)
         for r in results:
             if not r.error:  # unreadable files were already reported as warnings
                 print(f"{r.output}  {', '.join(f'{lab} {p:.1%}' for lab, p in r.predictions)}")

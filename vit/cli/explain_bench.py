@@ -8,10 +8,10 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags
+    from vit.cli.main import add_common_flags, add_parser
 
-    p = sub.add_parser(
-        "explain-bench", help="measure the saliency methods: faithfulness and sanity",
+    p = add_parser(
+        sub, "explain-bench", help="measure the saliency methods: faithfulness and sanity",
         description="For every method, a random map and the occlusion oracle, on held-out "
         "images of DIR: deletion and insertion AUC with pixels replaced and with patch tokens "
         "dropped, the LeRF-MoRF gap, the model-randomisation sanity check, and, when DIR holds "
@@ -26,11 +26,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=int, default=200, metavar="N", help="at most N images")
     p.add_argument("--steps", type=int, default=32, metavar="N",
                    help="points on each deletion/insertion curve (at most the patch count)")
-    p.add_argument("--batch-size", type=int, default=25, metavar="N")
+    p.add_argument("--batch-size", type=int, default=25, metavar="N",
+                   help="images per forward pass")
     p.add_argument("--no-sanity", action="store_true", help="skip the randomisation check")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random baseline and checks")
     p.add_argument("--output", metavar="DIR", help="default: CKPT's folder/explain_bench")
-    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda")
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
+                   help="where to run; auto picks the GPU when there is one")
     add_common_flags(p)
     p.set_defaults(func=run)
 

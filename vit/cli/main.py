@@ -1,9 +1,12 @@
 """The ``vit`` command: ``vit train|evaluate|predict|explain|explain-bench|export|
-attention-stats|check|shard``.
+attention-stats|check|shard|models``.
 
 Only this layer prints and exits. A mistake of the user's (a ``VitError``) becomes one line on
 stderr and exit code 2; an unexpected failure one line and exit code 1; ``--debug`` shows the
 traceback instead.
+
+Building the parser imports no torch: each command module imports its heavy parts inside
+``run``, so ``vit --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -19,16 +22,35 @@ from importlib import import_module
 from vit.errors import VitError
 
 COMMANDS = ("train", "evaluate", "predict", "explain", "explain-bench", "export",
-            "attention-stats", "check", "shard")
+            "attention-stats", "check", "shard", "models")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already states one or there
+    is none to state (a flag that is off, an option without a value)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or not action.option_strings or default is None
+                or default is False or default is argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vit", description="Train Vision Transformers on image folders, classify and explain.")
+        prog="vit", formatter_class=HelpFormatter,
+        description="Train Vision Transformers on image folders, classify and explain.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         import_module(f"vit.cli.{name.replace('-', '_')}").register(sub)
     return parser
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str, **kwargs) -> argparse.ArgumentParser:
+    """A command's parser, with the shared help formatter."""
+    return sub.add_parser(name, formatter_class=HelpFormatter, **kwargs)
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
@@ -59,10 +81,19 @@ def overrides_last(argv: Sequence[str]) -> list[str]:
     return flags + [a for a in argv if _OVERRIDE.match(a)]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = overrides_last(sys.argv[1:] if argv is None else argv)
+def parse_args(argv: Sequence[str], prog: str = "vit") -> argparse.Namespace:
+    """``python train.py ARGS`` arrives as ``train ARGS`` with ``prog="python train.py"``: its
+    usage line then names the script, not ``vit train``."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if prog != "vit" and argv and argv[0] in COMMANDS:
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices[argv[0]].prog = prog
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "vit") -> int:
+    argv = overrides_last(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv, prog)
     debug = getattr(args, "debug", False)
     setup_logging(debug=debug, quiet=getattr(args, "quiet", False))
     try:
@@ -75,15 +106,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         error("interrupted")
         return 130
+    except BrokenPipeError:  # `vit models | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:  # the one place that turns surprises into one line
         if debug:
             raise
         error(f"{type(e).__name__}: {e} (run again with --debug for the traceback)")
         return 1
     finally:
-        from vit.training.distributed import shutdown
+        if "torch.distributed" in sys.modules:  # only a run that used torch can have a group
+            from vit.training.distributed import shutdown
 
-        shutdown()
+            shutdown()
 
 
 def run() -> None:  # console-script entry point

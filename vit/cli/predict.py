@@ -8,21 +8,22 @@ import io
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vit.errors import DataError, VitError
-from vit.inference.classifier import FilePrediction
-from vit.io import atomic_write
+
+if TYPE_CHECKING:
+    from vit.inference.classifier import FilePrediction
 
 FORMATS = ("table", "json", "csv")
 CSV_COLUMNS = ("path", "rank", "label", "probability", "error")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags
+    from vit.cli.main import add_common_flags, add_parser
 
-    p = sub.add_parser(
-        "predict", help="classify images with a checkpoint",
+    p = add_parser(
+        sub, "predict", help="classify images with a checkpoint",
         description="Print the top-k classes of each image. PATH may be an image file, a folder "
         "(searched recursively for images) or a glob such as 'photos/**/*.jpg' (quote it).",
         epilog="Unreadable images are skipped with a warning and listed with their error; "
@@ -32,10 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="images, folders or globs")
     p.add_argument("--topk", type=int, default=5, metavar="K",
                    help="classes per image (default 5, at most the number of classes)")
-    p.add_argument("--batch-size", type=int, default=64, metavar="N")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
     p.add_argument("--format", default="table", choices=FORMATS, help="output format")
-    p.add_argument("--output", metavar="FILE", help="write here instead of stdout")
-    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda")
+    p.add_argument("--output", metavar="FILE", help="write to this file (default: stdout)")
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
+                   help="where to run; auto picks the GPU when there is one")
     add_common_flags(p)
     p.set_defaults(func=run)
 
@@ -96,6 +98,8 @@ def write_text(text: str, output: str | None) -> None:
     if output is None:
         sys.stdout.write(text)
         return
+    from vit.io import atomic_write
+
     atomic_write(output, text)
 
 

@@ -21,10 +21,10 @@ def parse_size(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags
+    from vit.cli.main import add_common_flags, add_parser
 
-    p = sub.add_parser(
-        "shard", help="write an image folder as WebDataset tar shards",
+    p = add_parser(
+        sub, "shard", help="write an image folder as WebDataset tar shards",
         description="Write DIR (DIR/<class>/<image>, or DIR/train + DIR/val) as tar shards: "
         "OUT/train-NNNNNN.tar and OUT/val-NNNNNN.tar (one sample = the image file's bytes as "
         "stored + its class index), OUT/classes.txt and OUT/_info.json (sample counts per "
@@ -35,8 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, metavar="OUT", help="folder for the shards")
     p.add_argument("--shard-size", default="512MB", metavar="SIZE",
                    help="bytes of images per shard (default 512MB)")
-    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F")
-    p.add_argument("--seed", type=int, default=0, metavar="N")
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                   help="share of images held out for validation when DIR has no val/")
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seed of that held-out split (the same as `vit train --seed`)")
     p.add_argument("--workers", type=int, default=2, metavar="N",
                    help="processes for the header check")
     add_common_flags(p)

@@ -32,40 +32,89 @@ FLAG_KEYS = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags
+    from vit.cli.main import add_common_flags, add_parser
 
-    p = sub.add_parser(
-        "train", help="train on an image folder or tar shards (no arguments: the quickstart)",
+    p = add_parser(
+        sub, "train", help="train on an image folder or tar shards (no arguments: the quickstart)",
         description="Train a ViT. Data inputs (--data): an image folder DIR/<class>/<image> "
         "(a stratified --val-fraction is held out); DIR/train/<class>/... plus DIR/val/<class>/"
         "... (validation as given); or WebDataset tar shards written by `vit shard`, as a "
         "quoted brace pattern 'OUT/train-{000000..000123}.tar' (validation: the val shards "
         "beside them, or data.val_root=DIR_OR_PATTERN). With no arguments: the quickstart on "
-        "a built-in synthetic shapes dataset.",
+        "a built-in synthetic shapes dataset (configs/quickstart.yaml). Defaults below are "
+        "those of a run with --data and no --config; a recipe (--config) sets its own.",
         epilog="Any config key can be set as section.key=value, e.g. train.ema=true "
-        "loss.mixup_alpha=0.8 data.randaug_m=7.")
-    p.add_argument("--data", metavar="DIR|'SHARDS-{0..N}.tar'",
-                   help="image folder (DIR/<class>/..., or DIR/train + DIR/val) or tar shards")
-    p.add_argument("--config", metavar="YAML", help="recipe, e.g. configs/cifar10_vit_tiny.yaml")
-    p.add_argument("--model", metavar="NAME", help="preset name (see `vit.list_models()`)")
-    p.add_argument("--img-size", type=int, metavar="N")
-    p.add_argument("--epochs", type=int, metavar="N")
-    p.add_argument("--batch-size", type=int, metavar="N", help="global batch per step")
-    p.add_argument("--lr", type=float, metavar="X", help="peak learning rate")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--device", metavar="auto|cpu|cuda")
-    p.add_argument("--workers", type=int, metavar="N", help="data loader processes")
-    p.add_argument("--val-fraction", type=float, metavar="F")
-    p.add_argument("--seed", type=int, metavar="N")
-    p.add_argument("--output", metavar="RUN_DIR", help="run folder (default runs/<time>)")
-    p.add_argument("--resume", metavar="RUN_DIR_OR_CKPT", help="continue an interrupted run")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--pretrained", metavar="SOURCE",
-                   help="fine-tune from a checkpoint, a timm state_dict file, or timm:NAME")
-    p.add_argument("--freeze", metavar="none|backbone|all-but-last-N")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+        "loss.mixup_alpha=0.8 data.randaug_m=7 (sections: model, data, train, loss; see "
+        "vit/config.py). `vit models` lists the model names.")
+    _add_flags(p, Config())
     add_common_flags(p)
     p.set_defaults(func=run)
+
+
+def _add_flags(p: argparse.ArgumentParser, d: Config) -> None:
+    """The options of `vit train`; their defaults are those of ``d``."""
+    p.add_argument("--data", metavar="DIR|'SHARDS-{0..N}.tar'",
+                   help="image folder (DIR/<class>/..., or DIR/train + DIR/val) or tar shards "
+                   "(default: none, which runs the quickstart)")
+    p.add_argument("--config", metavar="YAML",
+                   help="a recipe, e.g. configs/flowers_vit_nano_cpu.yaml (default: none)")
+    p.add_argument("--model", metavar="NAME",
+                   help=f"model preset, see `vit models` (default: {d.model.name}; with "
+                   "--pretrained the architecture comes from the weights)")
+    p.add_argument("--img-size", type=int, metavar="N",
+                   help="training resolution in pixels (default: the model's, or the "
+                   "pretrained weights')")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help=f"passes over the training images (default: {d.train.epochs})")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="global batch per step (default: about 32 steps per epoch, 8 to 128; "
+                   "a batch larger than the training images is lowered with a warning)")
+    p.add_argument("--lr", type=float, metavar="X",
+                   help=f"peak learning rate of AdamW (default: {d.train.lr:g})")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help=f"autocast precision; auto: bf16/fp16 on a GPU, fp32 on the CPU "
+                   f"(default: {d.train.precision})")
+    p.add_argument("--device", metavar="auto|cpu|cuda",
+                   help=f"where to train; auto picks the GPU when there is one "
+                   f"(default: {d.train.device})")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="data loader processes (default: one fewer than the CPU cores, at "
+                   "most 8)")
+    p.add_argument("--val-fraction", type=float, metavar="F",
+                   help=f"share of images held out for validation when there is no val/ "
+                   f"folder (default: {d.data.val_fraction})")
+    p.add_argument("--seed", type=int, metavar="N",
+                   help=f"random seed of split, initialisation and augmentation "
+                   f"(default: {d.train.seed})")
+    p.add_argument("--output", metavar="RUN_DIR", help="run folder (default: runs/<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR_OR_CKPT",
+                   help="continue an interrupted run (default: a new run)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--pretrained", metavar="SOURCE",
+                   help="fine-tune from a checkpoint, a timm state_dict file, or timm:NAME "
+                   "(default: none, train from scratch)")
+    p.add_argument("--freeze", metavar="none|backbone|all-but-last-N",
+                   help=f"parts of a pretrained model to keep fixed (default: {d.train.freeze})")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. train.ema=true (default: none)")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Mistakes a newcomer makes, caught before anything loads, with the fix in the message."""
+    from pathlib import Path
+
+    from vit.errors import ConfigError
+
+    for text in args.overrides:
+        if "=" not in text and Path(text).is_dir():
+            raise ConfigError(f"{text!r} is a folder, not a key=value override: did you mean "
+                              f"--data {text}?")
+    pretrained = args.pretrained or next(
+        (t.split("=", 1)[1] for t in args.overrides if t.startswith("train.pretrained=")), None)
+    if args.model is not None and pretrained:
+        raise ConfigError(f"--model {args.model} and --pretrained {pretrained} both choose the "
+                          "architecture; with --pretrained it comes from the weights, so drop "
+                          "--model (or drop --pretrained to train that model from scratch)")
 
 
 def is_quickstart(args: argparse.Namespace) -> bool:
@@ -102,6 +151,7 @@ def resolve_config(args: argparse.Namespace,
 
 
 def run(args: argparse.Namespace) -> int:
+    check_args(args)  # before torch loads: a mistake answers at once
     from vit.runtime import keep_freed_memory
     from vit.training.resume import ResumePoint
     from vit.training.trainer import TrainingInterrupted, train

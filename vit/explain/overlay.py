@@ -10,7 +10,11 @@ from PIL import Image
 
 from vit.errors import ConfigError
 
-__all__ = ["overlay"]
+__all__ = ["overlay", "DEFAULT_COLORMAP"]
+
+# Perceptually uniform (equal steps of saliency look like equal steps of colour), readable in
+# grey and by colour-blind readers; jet's bright bands invent edges that are not in the map.
+DEFAULT_COLORMAP = "inferno"
 
 
 def _as_rgb_array(image: np.ndarray | Image.Image) -> np.ndarray:
@@ -40,7 +44,7 @@ def overlay(
     saliency: torch.Tensor | np.ndarray,
     *,
     alpha: float = 0.5,
-    colormap: str = "jet",
+    colormap: str = DEFAULT_COLORMAP,
 ) -> np.ndarray:
     """Blend a coloured (grid_h, grid_w) saliency map over the HxWx3 uint8 image the model saw.
 
@@ -49,7 +53,7 @@ def overlay(
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha must be in [0, 1]; got {alpha}")
     if colormap not in matplotlib.colormaps:
-        raise ConfigError(f"unknown colormap {colormap!r}; try jet, viridis, inferno or turbo")
+        raise ConfigError(f"unknown colormap {colormap!r}; try inferno, viridis, magma or cividis")
     rgb = _as_rgb_array(image)
     sal = torch.as_tensor(saliency).detach().cpu().float()
     if sal.ndim != 2:

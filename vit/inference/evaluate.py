@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -229,9 +230,12 @@ def evaluate_folder(
     batch_size: int | None = None,
     num_mistakes: int = 16,
     show_progress: bool = False,
+    run_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``clf`` on an image folder; write report.json, predictions.csv and the plots
-    to ``output_dir`` (when given) and return the report."""
+    to ``output_dir`` (when given) and return the report. With ``run_dir`` (the folder
+    ``vit train`` wrote the checkpoint to), ``report["seen_by_run"]`` counts the evaluated
+    images that the run trained on or picked its best epoch with."""
     eval_dir = resolve_eval_dir(data_dir)
     eval_set = scan_eval_folder(eval_dir, clf.classes)
     out = make_output_dir(output_dir) if output_dir is not None else None
@@ -248,12 +252,41 @@ def evaluate_folder(
         "missing_classes": eval_set.match.missing,
         "skipped": scored.skipped,
     })
+    if run_dir is not None:
+        report["seen_by_run"] = seen_by_run(run_dir, [path for path, _ in eval_set.samples])
     if out is not None:
         write_predictions_csv(out / PREDICTIONS_FILE, scored, clf.classes)
         report["plots"] = [p.name for p in write_plots(out, scored, report, clf,
                                                        num_mistakes=num_mistakes)]
         write_json(out / REPORT_FILE, report)
     return report
+
+
+def seen_by_run(run_dir: str | os.PathLike[str], paths: Sequence[str]) -> dict[str, int]:
+    """How many of ``paths`` the run in ``run_dir`` trained on (``training``) or chose its best
+    epoch with (``validation``), from its split.json and config.yaml; zeros when the folder
+    holds no such record (an exported model, a moved checkpoint)."""
+    import yaml
+
+    from vit.data.folders import resolve_data_dirs
+
+    run_dir = Path(run_dir)
+    counts = {"training": 0, "validation": 0}
+    try:
+        split = json.loads((run_dir / "split.json").read_text())
+        root = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {})["data"]["root"]
+        train_dir = resolve_data_dirs(root)[0].resolve()
+    except (OSError, ValueError, KeyError, TypeError, DataError):
+        return counts
+    val_files = {str(Path(f).resolve()) for f in split.get("val_files", [])}
+    val_dir = Path(split["val_dir"]).resolve() if split.get("val_dir") else None
+    for path in paths:
+        resolved = Path(path).resolve()
+        if str(resolved) in val_files or (val_dir is not None and resolved.is_relative_to(val_dir)):
+            counts["validation"] += 1
+        elif resolved.is_relative_to(train_dir):
+            counts["training"] += 1
+    return counts
 
 
 def _percent(value: float | None) -> str:
@@ -268,8 +301,9 @@ def format_summary(report: dict[str, Any]) -> str:
     """A short text table of ``report`` for the terminal."""
     lines = [
         f"{report['num_images']} images from {report.get('eval_dir', '?')}",
-        f"top-1 {_percent(report['top1'])}   top-5 {_percent(report['top5'])}   "
-        f"loss {_number(report['loss'])}   ECE {_number(report['ece'])}",
+        f"top-1 {_percent(report['top1'])}   "
+        + (f"top-5 {_percent(report['top5'])}   " if report.get("top5") is not None else "")
+        + f"loss {_number(report['loss'])}   ECE {_number(report['ece'])}",
     ]
     width = max(len("class"), *(len(name) for name in report["per_class"]))
     lines.append(f"{'class':<{width}}  precision   recall       f1  support")
@@ -281,4 +315,20 @@ def format_summary(report: dict[str, Any]) -> str:
                       ("skipped", "unreadable files skipped")):
         if report.get(key):
             lines.append(f"{what}: {len(report[key])}")
+    lines += _seen_warnings(report)
     return "\n".join(lines) + "\n"
+
+
+def _seen_warnings(report: dict[str, Any]) -> list[str]:
+    """Say when the evaluated images are not held out from the run that made the model."""
+    seen, total = report.get("seen_by_run") or {}, report["num_images"]
+    lines = []
+    if seen.get("validation"):
+        lines.append(f"note: {seen['validation']} of these {total} images are the run's own "
+                     "validation images, which picked best.pt: this repeats the selection score "
+                     "and overstates accuracy on new images; keep a held-out DIR/test/ folder "
+                     "and evaluate on it")
+    if seen.get("training"):
+        lines.append(f"note: {seen['training']} of these {total} images are the run's training "
+                     "images: this measures memory, not accuracy on new images")
+    return lines

@@ -147,7 +147,7 @@ class EvalAccumulator:
     def compute(self) -> dict[str, Any]:
         """Metrics over everything seen (all ranks under DDP), as CPU tensors and Python numbers.
 
-        Keys: top1, top5 (percent), loss, ece (in [0, 1]), num_images (numbers); precision,
+        Keys: top1, top5 (percent; None with 5 classes or fewer), loss, ece (in [0, 1]), num_images (numbers); precision,
         recall, f1 (percent), support (C,) and confusion_matrix (C, C), rows = true class
         (tensors).
         """
@@ -158,7 +158,9 @@ class EvalAccumulator:
         num_images = int(support.sum())
         return {
             "top1": percent(float(self._top1.compute()), num_images) if num_images else math.nan,
-            "top5": percent(float(self._top5.compute()), num_images) if num_images else math.nan,
+            # top-5 of 5 or fewer classes is 100% whatever the model: not reported
+            "top5": None if self.num_classes <= 5 else
+            percent(float(self._top5.compute()), num_images) if num_images else math.nan,
             "loss": float(loss),
             "ece": float(values["ece"]),
             "num_images": num_images,
@@ -192,7 +194,7 @@ def build_report(computed: dict[str, Any], classes: Sequence[str]) -> dict[str, 
     }
     return {
         "top1": _finite_or_none(float(computed["top1"])),
-        "top5": _finite_or_none(float(computed["top5"])),
+        "top5": None if computed["top5"] is None else _finite_or_none(float(computed["top5"])),
         "loss": _finite_or_none(float(computed["loss"])),
         "ece": _finite_or_none(float(computed["ece"])),
         "num_images": int(computed["num_images"]),

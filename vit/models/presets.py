@@ -11,7 +11,8 @@ from typing import Any
 
 from vit.models.vision_transformer import VisionTransformer, ViTConfig
 
-__all__ = ["list_models", "model_config", "create_model", "count_flops_per_image"]
+__all__ = ["list_models", "model_config", "create_model", "count_flops_per_image",
+           "count_parameters", "describe_models", "PURPOSES"]
 
 _PRESETS: dict[str, dict[str, Any]] = {
     # Same shapes as timm's models of these names (ImageNet, 224 px).
@@ -26,6 +27,20 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "vit_tiny_patch2_32": dict(img_size=32, patch_size=2, embed_dim=192, depth=12, num_heads=3),
     # The quickstart's model: 48 px synthetic shapes, 6x6 grid, trains in minutes on 2 CPU cores.
     "vit_quick_patch8_48": dict(img_size=48, patch_size=8, embed_dim=96, depth=4, num_heads=4, mlp_ratio=2.0),
+}
+
+
+# What each preset is for: `vit models` prints these.
+PURPOSES: dict[str, str] = {
+    "vit_tiny_patch16_224": "photos at 224 px on a GPU; fine-tune timm's weights of this name",
+    "vit_small_patch16_224": "photos at 224 px on a GPU; the usual fine-tuning start",
+    "vit_base_patch16_224": "photos at 224 px, large data sets or fine-tuning; a big GPU",
+    "vit_large_patch16_224": "photos at 224 px, fine-tuning only; a big GPU",
+    "vit_nano_patch4_32": "small images (or photos at 32-64 px) on a CPU: the CPU recipes",
+    "vit_tiny_patch4_32": "CIFAR-size images on a GPU (the default model)",
+    "vit_small_patch4_32": "CIFAR-size images on a GPU, more capacity",
+    "vit_tiny_patch2_32": "CIFAR-size images, 16x16 grid: finer maps, 4x the tokens",
+    "vit_quick_patch8_48": "the quickstart: 48 px synthetic shapes, minutes on 2 CPU cores",
 }
 
 
@@ -66,3 +81,24 @@ def count_flops_per_image(cfg: ViTConfig, train: bool = False) -> float:
     head = 2 * D * cfg.num_classes
     fwd = patch + L * (qkv_proj + attn + mlp) + head
     return float(fwd * (3 if train else 1))
+
+
+def count_parameters(cfg: ViTConfig) -> int:
+    """Parameters of the model ``cfg`` describes, counted on the meta device (no memory used)."""
+    import torch
+
+    with torch.device("meta"):
+        model = VisionTransformer(cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe_models(num_classes: int = 1000) -> list[dict[str, Any]]:
+    """Each preset: name, default image size, patch, parameters and forward GFLOPs per image
+    (with a ``num_classes`` head), and what it is for."""
+    rows = []
+    for name in list_models():
+        cfg = model_config(name, num_classes=num_classes)
+        rows.append(dict(name=name, img_size=cfg.img_size, patch_size=cfg.patch_size,
+                         params=count_parameters(cfg), gflops=count_flops_per_image(cfg) / 1e9,
+                         purpose=PURPOSES.get(name, "")))
+    return rows

@@ -262,17 +262,20 @@ def validate(
     desc: str = "eval",
 ) -> dict[str, float]:
     """Loss, top-1 and top-5 accuracy (percent) over ``loader``, summed over all processes.
+    Top-5 is None with 5 classes or fewer, where it is 100% whatever the model.
 
     The sums stay on the device until the end: one wait for the GPU per evaluation, not per batch.
     """
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top-1, top-5, count
+    num_classes = 0
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not show_progress, dynamic_ncols=True):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, precision):
             logits = model(x)
         logits = logits.float()
+        num_classes = logits.shape[1]
         loss = F.cross_entropy(logits, y, reduction="sum").double()
         count = torch.tensor(float(y.numel()), device=device, dtype=torch.float64)
         sums += torch.cat([loss[None], topk_correct(logits, y, ks=(1, 5)), count[None]])
@@ -283,5 +286,5 @@ def validate(
     return {
         "val_loss": loss_sum / count,
         "val_top1": percent(correct1, count),
-        "val_top5": percent(correct5, count),
+        "val_top5": percent(correct5, count) if num_classes > 5 else None,
     }

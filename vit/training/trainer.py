@@ -38,6 +38,7 @@ from vit.models.presets import create_model
 from vit.models.vision_transformer import VisionTransformer, ViTConfig
 from vit.runtime import make_grad_scaler, resolve_device, resolve_precision
 from vit.training.budget import fit_epochs_to_budget, recent_pace
+from vit.training.defaults import fit_to_data, fit_workers
 from vit.training.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -108,6 +109,8 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.show_progress = show_progress and self.dist.is_main
         _check_train_config(cfg, self.dist)
+        self.workers_chosen = cfg.data.workers is None
+        cfg = self._log_choices(*fit_workers(cfg))
         if resume is not None and not isinstance(resume, ResumePoint):
             resume = ResumePoint.load(resume)
         self.resume = resume
@@ -144,6 +147,7 @@ class Trainer:
         cfg = self.cfg
         torch.manual_seed(cfg.train.seed)
         model, img_size, data = self._model_and_data()
+        cfg = self.cfg  # with the defaults fitted to the data
         self.model = model.to(self.device)
         self.preprocess = _preprocess(cfg, model)
         world = self.dist.world_size
@@ -187,6 +191,9 @@ class Trainer:
                 pretrained = read_pretrained(cfg.train.pretrained)
             img_size = _img_size(cfg, pretrained)
         data = prepare_data(cfg)
+        cfg = self.cfg = self._log_choices(*fit_to_data(
+            cfg, num_train=data.num_train, img_size=img_size,
+            world_size=self.dist.world_size, workers_chosen=self.workers_chosen))
         if self.resume is not None:
             if self.resume.state["classes"] != data.classes:
                 raise VitError(f"the data's classes {data.classes} differ from the resumed "
@@ -199,6 +206,13 @@ class Trainer:
             logger.info("freeze=%s: training %d parameter tensors", cfg.train.freeze,
                         len(trainable))
         return model, img_size, data
+
+    def _log_choices(self, cfg: Config, notes: list[tuple[int, str]]) -> Config:
+        """Keep the defaults chosen for this run (``vit/training/defaults.py``) and why, for
+        ``write_start`` to log once the run is set up (a mistake found on the way stays the
+        only line)."""
+        self.choices = [*getattr(self, "choices", []), *notes]
+        return cfg
 
     def _restore(self) -> ResumeAt:
         if self.resume is None:
@@ -226,6 +240,8 @@ class Trainer:
         if not self.dist.is_main:
             return
         cfg, data, run_dir = self.cfg, self.data, self.run_dir
+        for level, line in self.choices:
+            logger.log(level, "%s", line)
         atomic_write(run_dir / "config.yaml", to_yaml(cfg))
         self._collect_skipped()  # a resumed run: what its workers met before
         write_json(run_dir / "data_report.json", data.report())
@@ -353,9 +369,10 @@ class Trainer:
 
     def _log_epoch(self, epoch: int, result: EpochResult) -> None:
         m = self.metrics
-        logger.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  top1 %.2f%%  top5 %.2f%%  "
+        top5 = f"  top5 {m['val_top5']:.2f}%" if m.get("val_top5") is not None else ""
+        logger.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  top1 %.2f%%%s  "
                     "%.0f img/s  %.1fs  data wait %.1f%%", epoch + 1, self.cfg.train.epochs,
-                    result.train_loss, m["val_loss"], m["val_top1"], m["val_top5"],
+                    result.train_loss, m["val_loss"], m["val_top1"], top5,
                     m["images_per_s"], result.seconds, m["data_wait_pct"])
 
     def _lr_at(self, step: int) -> float:
@@ -469,19 +486,19 @@ def _preprocess(cfg: Config, model: VisionTransformer) -> dict[str, Any]:
 
 def _check_train_config(cfg: Config, dist_info: DistInfo) -> None:
     t = cfg.train
-    if t.batch_size < 1:
+    if t.batch_size is not None and t.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {t.batch_size}")
     if t.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {t.epochs}")
     if t.accum_steps < 1:
         raise ConfigError(f"train.accum_steps must be at least 1, got {t.accum_steps}")
-    if t.batch_size % dist_info.world_size:
+    if t.batch_size is not None and t.batch_size % dist_info.world_size:
         raise ConfigError(
             f"--batch-size {t.batch_size} is the global batch and must divide evenly over "
             f"{dist_info.world_size} processes")
     if not 0 < cfg.data.val_fraction < 1:
         raise ConfigError(f"--val-fraction must be between 0 and 1, got {cfg.data.val_fraction}")
-    if cfg.data.workers < 0:
+    if cfg.data.workers is not None and cfg.data.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {cfg.data.workers}")
     if t.time_budget_min is not None and t.time_budget_min <= 0:
         raise ConfigError(f"train.time_budget_min must be positive, got {t.time_budget_min}")

@@ -1,0 +1,140 @@
+"""The README, walked as a new user would: every fenced shell command and Python block runs, in
+order, in a fresh folder that holds what the README assumes (the quickstart's data and run,
+made small here; `DIR`, a small image folder of your own; `weights.safetensors`).
+
+A block the test cannot run is marked in the README, on the line just before it, with
+``<!-- readme-test: skip (REASON) -->``, where REASON names a GPU, the network or a run longer
+than a minute; any other block that fails fails this test. Shell blocks run as bash scripts;
+plain blocks run only their ``$ ``-prompted commands (the rest is printed output).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+MARKER = re.compile(r"<!-- readme-test: skip \((?P<why>[^)]+)\) -->\s*$")
+FENCE = re.compile(r"^```(?P<lang>\w*)\s*$")
+SKIP_REASONS = ("gpu", "network", "longer than a minute")
+# Per block. On 2 idle cores the longest (30 epochs of configs/photos_cpu.yaml on DIR) takes
+# about a minute; on a 2-core machine shared with three other test suites it took over 4.
+TIMEOUT_S = 900
+
+
+@dataclass
+class Block:
+    line: int  # 1-based line of the opening fence
+    lang: str  # "bash", "python", "" (plain)
+    body: str
+    skip: str | None  # the marker's reason
+
+    @property
+    def commands(self) -> str | None:
+        """What to run: the shell script, the Python code, or a plain block's prompted lines."""
+        if self.lang in ("bash", "sh", "shell", "python"):
+            return self.body
+        lines, keep = [], False
+        for line in self.body.splitlines():
+            if line.startswith("$ "):
+                lines.append(line[2:])
+                keep = line.endswith("\\")
+            elif keep:
+                lines.append(line)
+                keep = line.endswith("\\")
+        return "\n".join(lines) or None
+
+
+def readme_blocks(text: str) -> list[Block]:
+    blocks, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        match = FENCE.match(lines[i])
+        if not match:
+            i += 1
+            continue
+        end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
+        marker = MARKER.search(lines[i - 1]) if i > 0 else None
+        blocks.append(Block(i + 1, match["lang"], "\n".join(lines[i + 1:end]) + "\n",
+                            marker["why"] if marker else None))
+        i = end + 1
+    return blocks
+
+
+def runnable() -> list[Block]:
+    return [b for b in readme_blocks(README.read_text()) if b.commands]
+
+
+def test_the_readme_parser_finds_blocks_and_markers():
+    text = ("a\n```bash\necho hi\n```\n<!-- readme-test: skip (network) -->\n```bash\npip x\n```\n"
+            "```\n$ vit predict a \\\n      b\nPATH  PREDICTIONS\n```\n```python\nprint(1)\n```\n")
+    blocks = readme_blocks(text)
+    assert [(b.lang, b.skip) for b in blocks] == [("bash", None), ("bash", "network"), ("", None),
+                                                  ("python", None)]
+    assert blocks[2].commands == "vit predict a \\\n      b"
+
+
+def test_every_skip_marker_gives_an_accepted_reason():
+    for block in readme_blocks(README.read_text()):
+        if block.skip is not None:
+            assert any(r in block.skip for r in SKIP_REASONS), \
+                f"README line {block.line}: skip reason {block.skip!r} is none of {SKIP_REASONS}"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A folder where the README's paths exist: the quickstart's data (full size, for the file
+    names the README uses) and a 1-epoch run of a tiny model in runs/quickstart, DIR (a small
+    train/val/test folder), weights.safetensors and RUN (= runs/quickstart)."""
+    from test_train import make_folder
+
+    from vit.config import config_from_dict
+    from vit.data.synthetic import make_shapes_dataset
+    from vit.inference.export import export_checkpoint
+    from vit.training.quickstart import QUICKSTART, SHAPES_PER_CLASS, SHAPES_VAL_FRACTION
+    from vit.training.trainer import train
+
+    ws = tmp_path_factory.mktemp("readme")
+    for name in ("train.py", "evaluate.py", "configs", "benchmarks"):
+        (ws / name).symlink_to(ROOT / name)
+    make_shapes_dataset(ws / "data" / "shapes", num_per_class=SHAPES_PER_CLASS, img_size=48,
+                        seed=0, val_fraction=SHAPES_VAL_FRACTION)
+    cfg = config_from_dict({**QUICKSTART, "model": {**QUICKSTART["model"], "embed_dim": 32,
+                                                    "depth": 2, "num_heads": 2}})
+    cfg.data.root, cfg.train.output = str(ws / "data" / "shapes"), str(ws / "runs" / "quickstart")
+    cfg.train.epochs, cfg.train.device, cfg.data.workers = 1, "cpu", 0
+    train(cfg, show_progress=False)
+    for split, per_class in (("train", 8), ("val", 3), ("test", 3)):
+        make_folder(ws / "DIR" / split, classes=("daisy", "roses", "tulips"),
+                    per_class=per_class, size=24)
+    export_checkpoint(ws / "runs" / "quickstart" / "best.pt", ws / "weights.safetensors")
+    (ws / "RUN").symlink_to(ws / "runs" / "quickstart")
+    (ws / "assets").mkdir()  # where the README draws figures (--grid assets/...)
+    return ws
+
+
+def _environment() -> dict[str, str]:
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", runnable(), ids=lambda b: f"line{b.line}")
+def test_readme_block_runs(block, workspace):
+    if block.skip is not None:
+        pytest.skip(f"README line {block.line}: {block.skip}")
+    if block.lang == "python":
+        argv = [sys.executable, "-c", block.commands]
+    else:
+        argv = ["bash", "-euo", "pipefail", "-c", block.commands]
+    proc = subprocess.run(argv, cwd=workspace, env=_environment(), capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, (f"README line {block.line} failed ({proc.returncode}):\n"
+                                  f"{block.commands}\n--- stderr ---\n{proc.stderr[-3000:]}")

@@ -1,0 +1,39 @@
+"""`vit models`: the model presets, what they cost and what each is for."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from vit.cli.main import add_parser
+
+    p = add_parser(sub, "models", help="list the model presets (--model NAME)",
+                   description="The names --model accepts, with parameters, forward FLOPs per "
+                   "image at the default image size, and what each is for.")
+    p.add_argument("--num-classes", type=int, default=1000, metavar="N",
+                   help="classes of the head counted in parameters and FLOPs")
+    p.set_defaults(func=run)
+
+
+def format_table(rows: list[dict]) -> str:
+    header = ("NAME", "IMG", "PATCH", "PARAMS", "GFLOPS", "FOR")
+    cells = [header] + [(r["name"], f"{r['img_size']} px", str(r["patch_size"]),
+                         f"{r['params'] / 1e6:.2f}M", f"{r['gflops']:.3f}", r["purpose"])
+                        for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header) - 1)]
+    lines = ["  ".join([*(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)),
+                        row[-1]]) for row in cells]
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    from vit.errors import VitError
+    from vit.models.presets import describe_models
+
+    if args.num_classes < 1:
+        raise VitError(f"--num-classes must be at least 1, got {args.num_classes}")
+    print(format_table(describe_models(num_classes=args.num_classes)), end="")
+    print("GFLOPS: one forward pass of one image at IMG (2 per multiply-add); training costs "
+          "about 3x. Another size: --img-size N (the position embedding is resampled).")
+    return 0
