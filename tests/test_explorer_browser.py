@@ -370,6 +370,7 @@ def test_vit_s_page_redraws_a_patch_click_quickly(browser, vit_s_page, capsys):
               f"max {max(frame):.1f} ms; redraw itself: median {statistics.median(draw):.2f} ms, "
               f"max {max(draw):.2f} ms ({len(times)} clicks); first view of another image "
               f"(decode + draw): {switch_ms:.0f} ms")
-    assert len(times) == 30 and all(t > 0 for t in draw)
+    # performance.now() is coarsened (100 us in headless Chromium): a redraw may read 0
+    assert len(times) == 30 and all(t >= 0 for t in draw) and max(frame) > 0
     assert watched.problems == []
     page.close()

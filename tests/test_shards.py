@@ -195,3 +195,17 @@ def test_a_shard_without_class_indices_is_one_line(tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", "--data", tmp_path / "x-0.tar",
                            "--output", tmp_path / "run", "--device", "cpu")
     assert code == 2 and "has no class index (.cls)" in error_line(err)
+
+
+def test_a_glob_names_the_shards_in_order(tmp_path, capsys):
+    data = make_folder(tmp_path / "data", per_class=8)
+    code, out, err = run_cli(capsys, "shard", "--data", data, "--output", tmp_path / "s",
+                             "--shard-size", "2KB")
+    assert code == 0, err
+    pattern = out.splitlines()[0].split(": ", 1)[1].split("shards: ")[1].strip("'")
+    braces = open_shards(pattern)
+    assert len(braces.urls) > 1
+    assert open_shards(str(tmp_path / "s" / "train-*.tar")).urls == braces.urls
+    code, _, err = run_cli(capsys, "train", "--data", f"{tmp_path}/none-*.tar",
+                           "--output", tmp_path / "run", "--device", "cpu")
+    assert code == 2 and "matches no file" in error_line(err)

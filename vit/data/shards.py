@@ -48,7 +48,8 @@ _IMAGE_KEYS = tuple(e.lstrip(".") for e in IMG_EXTENSIONS)
 
 
 def is_shard_spec(text: str | os.PathLike[str] | None) -> bool:
-    """Whether ``--data`` names tar shards (``DIR/train-{000000..000123}.tar``, ``x.tar``)."""
+    """Whether ``--data`` names tar shards (``DIR/train-{000000..000123}.tar``,
+    ``DIR/train-*.tar``, ``x.tar``)."""
     return text is not None and str(text).split("::")[0].endswith(".tar")
 
 
@@ -165,6 +166,12 @@ def _expand(pattern: str) -> list[str]:
     from webdataset.shardlists import expand_urls
 
     urls = [os.path.expanduser(u) for u in expand_urls(pattern)]
+    if any(c in pattern for c in "*?["):  # a glob ('shards/train-*.tar'): the files it matches
+        import glob
+
+        urls = sorted(f for u in urls for f in glob.glob(u))
+        if not urls:
+            raise DataError(f"the shard pattern {pattern!r} matches no file; check the folder")
     missing = [u for u in urls if not os.path.isfile(u)]
     if len(missing) == len(urls):
         raise DataError(f"the shard pattern {pattern!r} matches no file (it names {len(urls)}, "
