@@ -49,7 +49,7 @@ def test_quick_check_finds_truncated_files_and_keeps_whole_ones(tmp_path):
 def test_quick_check_does_not_decode_whole_jpegs(tmp_path, monkeypatch):
     path = _photo(tmp_path / "ok.jpg", size=(200, 150))
     decoded = []
-    monkeypatch.setattr(check, "load_image", lambda p: decoded.append(p))
+    monkeypatch.setattr(check, "decode_reason", lambda p: decoded.append(p))  # the full decode
     assert check.quick_check(str(path)) is None and decoded == []
     assert check.quick_check(str(_truncate(path))) is None and decoded == [str(path)]
 

@@ -36,7 +36,7 @@ from vit.data.images import (
     _check_chunk,
     _check_pixel_count,
     _failure_reason,
-    load_image,
+    decode_reason,
 )
 
 __all__ = ["quick_check", "checked_scan", "full_check", "cache_dir", "cache_file"]
@@ -82,11 +82,8 @@ def quick_check(path: str) -> str | None:
         return exc.reason
     except Exception as exc:  # every failure to open means "unreadable", with its reason
         return _failure_reason(path, exc)
-    try:  # truncated, trailing bytes, or a format without an end marker: decode to know
-        load_image(path)
-    except UnreadableImageError as exc:
-        return exc.reason
-    return None
+    # truncated, trailing bytes, or a format without an end marker: decode to know
+    return decode_reason(path)
 
 
 def _quick_chunk(paths: list[str]) -> list[str | None]:

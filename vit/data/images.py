@@ -151,7 +151,8 @@ def _decode(source: str | io.BytesIO, name: str) -> Image.Image:
         raise UnreadableImageError(name, _failure_reason(name, exc)) from exc
 
 
-def _check_one(path: str) -> str | None:
+def decode_reason(path: str) -> str | None:
+    """Why ``path`` cannot be decoded, or None when it can (a full decode)."""
     try:
         load_image(path)
     except UnreadableImageError as exc:
@@ -160,7 +161,7 @@ def _check_one(path: str) -> str | None:
 
 
 def _check_chunk(paths: list[str]) -> list[str | None]:
-    return [_check_one(p) for p in paths]
+    return [decode_reason(p) for p in paths]
 
 
 def _default_workers() -> int:

@@ -162,11 +162,7 @@ def build_loaders(cfg: Config, data: RunData, *, img_size: int, device: torch.de
         return _memory_loaders(cfg, data, img_size=img_size, device=device,
                                batch_size=batch_size, rank=rank, world_size=world_size)
     d = cfg.data
-    aug = dict(img_size=img_size, mean=d.mean, std=d.std)
-    train_tf = build_transform(
-        train=True, scale=tuple(d.scale), ratio=tuple(d.ratio), hflip=d.hflip,
-        randaug_n=d.randaug_n, randaug_m=d.randaug_m, **aug)
-    eval_tf = build_transform(train=False, crop_pct=d.crop_pct, **aug)
+    train_tf, eval_tf = _transforms(cfg, img_size)
     # per-sample augmentation seeds (seed, epoch, index): resume and worker count change nothing
     log = str(skip_log) if skip_log is not None else None
     train_set = ImageFolderDataset(data.train_samples, data.classes, train_tf,
@@ -216,6 +212,17 @@ def _memory_loaders(cfg: Config, data: RunData, *, img_size: int, device: torch.
         augment=memory.BatchAugment(train=False, **norm), shuffle=False, drop_last=False,
         **shard)
     return train_loader, val_loader, data
+
+
+def _transforms(cfg: Config, img_size: int) -> tuple[Any, Any]:
+    """The albumentations training and evaluation transforms of ``cfg.data`` (folders and
+    shards alike)."""
+    d = cfg.data
+    aug = dict(img_size=img_size, mean=d.mean, std=d.std)
+    train_tf = build_transform(
+        train=True, scale=tuple(d.scale), ratio=tuple(d.ratio), hflip=d.hflip,
+        randaug_n=d.randaug_n, randaug_m=d.randaug_m, **aug)
+    return train_tf, build_transform(train=False, crop_pct=d.crop_pct, **aug)
 
 
 def _sampler_weights(cfg: Config, targets: list[int], num_classes: int) -> list[float] | None:
@@ -300,11 +307,7 @@ def _shard_loaders(cfg: Config, data: RunData, *, img_size: int, device: torch.d
     from vit.data.shards import ShardDataset, ShardLoader
 
     d = cfg.data
-    aug = dict(img_size=img_size, mean=d.mean, std=d.std)
-    train_tf = build_transform(
-        train=True, scale=tuple(d.scale), ratio=tuple(d.ratio), hflip=d.hflip,
-        randaug_n=d.randaug_n, randaug_m=d.randaug_m, **aug)
-    eval_tf = build_transform(train=False, crop_pct=d.crop_pct, **aug)
+    train_tf, eval_tf = _transforms(cfg, img_size)
     log = str(skip_log) if skip_log is not None else None
     slots = world_size * max(d.workers, 1)
     spec = data.train_shards
