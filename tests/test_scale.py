@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
+from test_train import ROOT, _cli_args, assert_same_weights, make_folder, weights
 
-from tests.test_train import ROOT, _cli_args, assert_same_weights, make_folder, weights
+from vit.cli import main
+from vit.models.checkpoint import load_checkpoint
 
 # one machine: gloo over loopback, whatever the host name resolves to
 DIST_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
@@ -60,3 +65,107 @@ def test_two_nodes_of_two_processes_match_one_process(tmp_path):
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
     assert_same_weights(weights(tmp_path / "single" / "last.pt"),
                         weights(tmp_path / "nodes" / "last.pt"), exact=False)
+
+
+# The same run cut after its first epoch, on every rank (a process that exits between epochs).
+STOPS_AFTER_EPOCH_1 = r"""
+import sys
+from pathlib import Path
+import vit.training.trainer as trainer
+
+real = trainer.train_one_epoch
+
+def stops(**kwargs):
+    if kwargs["epoch"] == 1:
+        raise SystemExit(3)
+    return real(**kwargs)
+
+trainer.train_one_epoch = stops
+from vit.cli import main
+sys.exit(main(["train", *sys.argv[1:]]))
+"""
+
+
+def run_torchrun(args: list[str], *, script: Path | None = None) -> subprocess.CompletedProcess:
+    cmd = torchrun(args)
+    if script is not None:
+        cmd[cmd.index(str(ROOT / "train.py"))] = str(script)
+    return subprocess.run(cmd, cwd=ROOT, env=DIST_ENV, capture_output=True, text=True,
+                          timeout=300)
+
+
+def held_per_process(log: str) -> int:
+    found = re.search(r"at most (\d+) parameter elements", log)
+    assert found, log[-2000:]
+    return int(found.group(1))
+
+
+@pytest.fixture(scope="module")
+def strategies(tmp_path_factory) -> dict[str, Path]:
+    """Two 2-process runs of the same 2 epochs: DDP, and FSDP2 with activation checkpointing;
+    their logs are kept beside them (log.txt)."""
+    root = tmp_path_factory.mktemp("strategies")
+    data = make_folder(root / "data", per_class=16)
+    runs = {"data": data}
+    for name, extra in [("ddp", []), ("fsdp", ["train.strategy=fsdp",
+                                                "train.activation_checkpointing=true"])]:
+        proc = run_torchrun([*_cli_args(data, root / name, 2), *extra])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (root / name / "log.txt").write_text(proc.stderr)
+        runs[name] = root / name
+    return runs
+
+
+def _losses(run: Path) -> list[float]:
+    """Train and validation loss of every epoch, one after the other."""
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r[key] for r in records for key in ("train_loss", "val_loss")]
+
+
+@pytest.mark.slow
+def test_fsdp_takes_the_steps_of_ddp_with_half_the_parameters_per_process(strategies):
+    """FSDP2 (+ activation checkpointing) and DDP: the same losses every epoch to 1e-5
+    (relative) and the same weights to 2e-5; the largest process holds about half the
+    parameter elements (2 processes)."""
+    ddp, fsdp = strategies["ddp"], strategies["fsdp"]
+    assert _losses(fsdp) == pytest.approx(_losses(ddp), rel=1e-5)
+    assert_same_weights(weights(ddp / "last.pt"), weights(fsdp / "last.pt"), exact=False)
+    total = sum(t.numel() for t in weights(ddp / "last.pt").values())
+    held_ddp = held_per_process((ddp / "log.txt").read_text())
+    held_fsdp = held_per_process((fsdp / "log.txt").read_text())
+    assert held_ddp == total
+    assert 0.45 < held_fsdp / held_ddp < 0.6, (held_fsdp, held_ddp)
+
+
+@pytest.mark.slow
+def test_fsdp_checkpoint_is_one_file_predict_reads_without_a_process_group(strategies, capsys):
+    ckpt = load_checkpoint(strategies["fsdp"] / "best.pt")
+    assert not any(type(t).__name__ == "DTensor" for t in ckpt["model"].values())
+    image = next((strategies["data"] / "red").glob("*.png"))
+    assert main(["predict", "--checkpoint", str(strategies["fsdp"] / "best.pt"), str(image),
+                 "--device", "cpu", "--format", "json"]) == 0
+    assert "red" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_fsdp_resume_is_exact(strategies, tmp_path):
+    """An FSDP run cut after epoch 1 and resumed (--resume, 2 processes) ends with exactly the
+    weights and optimizer state of the run that was never cut."""
+    script = tmp_path / "stops.py"
+    script.write_text(STOPS_AFTER_EPOCH_1)
+    run = tmp_path / "run"
+    args = [*_cli_args(strategies["data"], run, 2), "train.strategy=fsdp",
+            "train.activation_checkpointing=true"]
+    cut = run_torchrun(args, script=script)
+    assert cut.returncode != 0
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    resumed = run_torchrun(["--resume", str(run)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = load_checkpoint(strategies["fsdp"] / "last.pt")
+    again = load_checkpoint(run / "last.pt")
+    assert again["epoch"] == 2
+    assert_same_weights(straight["model"], again["model"])
+    for name, state in straight["optimizer"]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(
+                again["optimizer"]["state"][name][key])), (name, key)

@@ -107,6 +107,11 @@ class TrainConfig:
     # torch.compile's mode when compile is on: "default", "reduce-overhead" (CUDA graphs),
     # "max-autotune", "max-autotune-no-cudagraphs"
     compile_mode: str = "default"
+    # How several processes (torchrun) share the model: "ddp" (a whole copy each) or "fsdp"
+    # (FSDP2: weights, gradients and AdamW state sharded per block; fp32 or bf16)
+    strategy: str = "ddp"
+    # Recompute each block's activations in the backward pass instead of keeping them
+    activation_checkpointing: bool = False
     seed: int = 0
     output: str | None = None  # run folder; default runs/<timestamp>
     # Wall-clock budget in minutes (set-up and evaluation included). After every epoch from the
@@ -135,6 +140,7 @@ _CHOICES = {
     "data.pipeline": ("albumentations", "memory"),
     "loss.class_weights": ("none", "balanced"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.strategy": ("ddp", "fsdp"),
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune",
                            "max-autotune-no-cudagraphs"),
 }

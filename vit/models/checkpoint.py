@@ -99,9 +99,14 @@ def make_checkpoint(
     ema_model: nn.Module | None = None,
     train_model: nn.Module | None = None,
     extra: Mapping[str, Any] | None = None,
+    model_state: Mapping[str, torch.Tensor] | None = None,
+    train_model_state: Mapping[str, torch.Tensor] | None = None,
+    optimizer_state: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The checkpoint dict (see the module docstring); pass ``optimizer`` etc. to make it
     resumable. ``model`` may be wrapped (DDP, torch.compile): keys come out unprefixed.
+    ``model_state``, ``train_model_state`` and ``optimizer_state`` are states already gathered
+    (from FSDP shards): they replace those of ``model``, ``train_model`` and ``optimizer``.
 
     Tensors are not copied: save the dict right away, before the next optimizer step.
     """
@@ -112,7 +117,7 @@ def make_checkpoint(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "vit_version": __version__,
-        "model": _model_state(plain_model),
+        "model": dict(model_state) if model_state is not None else _model_state(plain_model),
         "model_config": config_dict(plain_model),
         "classes": [str(c) for c in classes],
         "preprocess": _check_preprocess(preprocess),
@@ -123,8 +128,10 @@ def make_checkpoint(
         "metrics": _plain(metrics),
     }
     resume = {
-        "train_model": _model_state(train_model),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "train_model": (dict(train_model_state) if train_model_state is not None
+                        else _model_state(train_model)),
+        "optimizer": (dict(optimizer_state) if optimizer_state is not None
+                      else optimizer.state_dict() if optimizer is not None else None),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "ema": _model_state(ema_model),
         "extra": _plain(extra) if extra is not None else None,

@@ -185,6 +185,8 @@ def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, *,
     if scaler is not None:
         scaler.unscale_(optimizer)
     grad_norm = nn.utils.clip_grad_norm_(model.parameters(), clip_grad or math.inf)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor, the same on every process
+        grad_norm = grad_norm.full_tensor()
     if scaler is not None:
         scale_before = scaler.get_scale()  # fp16 reads the scale back: one wait per step
         scaler.step(optimizer)  # skipped when the gradients hold inf/NaN

@@ -23,6 +23,7 @@ from torch import nn
 from vit.errors import CheckpointError
 from vit.io import atomic_write, read_jsonl
 from vit.models.checkpoint import load_checkpoint
+from vit.training.parallel import load_model_state, load_optimizer_state
 
 __all__ = [
     "capture_rng_state",
@@ -117,10 +118,10 @@ class ResumePoint:
         if "optimizer" not in state or state.get("optimizer") is None:
             raise CheckpointError("this checkpoint holds no optimizer state and cannot be "
                                   "resumed; use it with --pretrained to start a new run")
-        model.load_state_dict(state.get("train_model") or state["model"])
+        load_model_state(model, state.get("train_model") or state["model"])
         try:
-            optimizer.load_state_dict(state["optimizer"])
-        except ValueError as e:  # torch: "... parameter group that doesn't match the size ..."
+            load_optimizer_state(model, optimizer, state["optimizer"])
+        except (ValueError, KeyError) as e:  # torch: "... parameter group that doesn't match the size ..."
             raise CheckpointError(
                 f"this checkpoint's optimizer state does not fit the parameter groups of this run "
                 f"({e}); the groups changed (train.freeze, train.layer_decay or "

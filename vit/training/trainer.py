@@ -48,6 +48,14 @@ from vit.training.distributed import (
 )
 from vit.training.epoch import EpochResult, train_one_epoch, validate
 from vit.training.optim import build_optimizer, count_parameters, freeze_parameters, lr_at_step
+from vit.training.parallel import (
+    check_strategy,
+    full_model_state,
+    full_optimizer_state,
+    is_sharded,
+    most_held,
+    prepare_model,
+)
 from vit.training.resume import ResumeAt, ResumePoint, capture_rng_state, truncate_metrics
 from vit.training.run_data import RunData, build_loaders, prepare_data
 from vit.training.run_files import (
@@ -109,6 +117,7 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.show_progress = show_progress and self.dist.is_main
         _check_train_config(cfg, self.dist)
+        check_strategy(cfg.train.strategy, precision=self.precision, ema=cfg.train.ema)
         self.workers_chosen = cfg.data.workers is None
         cfg = self._log_choices(*fit_workers(cfg))
         if resume is not None and not isinstance(resume, ResumePoint):
@@ -164,6 +173,10 @@ class Trainer:
         self.warmup_steps = round(cfg.train.warmup_epochs * self.steps_per_epoch)
         self.schedule = {"warmup_steps": self.warmup_steps,
                          "total_steps": self.steps_per_epoch * cfg.train.epochs}
+        prepare_model(model, strategy=cfg.train.strategy, precision=self.precision,
+                      activation_checkpointing=cfg.train.activation_checkpointing,
+                      world_size=world)
+        self.held_per_process = most_held(model)  # parameter elements, the largest shard
         self.optimizer = build_optimizer(model, lr=cfg.train.lr,
                                          weight_decay=cfg.train.weight_decay,
                                          layer_decay=cfg.train.layer_decay)
@@ -227,10 +240,12 @@ class Trainer:
         return at
 
     def _wrap(self, model: nn.Module) -> nn.Module:
-        """The model the steps run: compiled and/or wrapped for DDP when asked."""
+        """The model the steps run: compiled and/or wrapped for DDP when asked (an FSDP model
+        is sharded already, by ``prepare_model``)."""
+        sharded = is_sharded(model)
         if self.cfg.train.compile:
             model = torch.compile(model, mode=self.cfg.train.compile_mode)
-        if self.dist.enabled:
+        if self.dist.enabled and not sharded:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         return model
@@ -254,6 +269,10 @@ class Trainer:
                     "precision %s, global batch %d", arch, self.model.config.depth,
                     self.model.config.embed_dim, total / 1e6, trainable / 1e6, self.device,
                     self.precision, cfg.train.batch_size * cfg.train.accum_steps)
+        if self.dist.enabled:
+            logger.info("%d processes, strategy %s: at most %d parameter elements (%.2fM) held "
+                        "by one process", self.dist.world_size, cfg.train.strategy,
+                        self.held_per_process, self.held_per_process / 1e6)
 
     # --- the epochs ---------------------------------------------------------------------------
 
@@ -277,12 +296,12 @@ class Trainer:
         if improved:
             self.best_top1 = val["val_top1"]
         self._fit_time_budget(epoch)
+        checkpoint = self._checkpoint(epoch + 1, batches_done=0)  # every process: FSDP gathers
         if self.dist.is_main:
             if self._collect_skipped():
                 write_json(self.run_dir / "data_report.json", self.data.report())
             final = epoch + 1 == self.cfg.train.epochs
-            self.saver.epoch_done(self.metrics, self._checkpoint(epoch + 1, batches_done=0),
-                                  improved, force=final)
+            self.saver.epoch_done(self.metrics, checkpoint, improved, force=final)
             self._log_epoch(epoch, result)
         barrier()
 
@@ -320,9 +339,10 @@ class Trainer:
     def _stop_interrupted(self, epoch: int, batches_done: int) -> None:
         """Ctrl-C: a resumable last.pt (and the best weights waiting in memory), then stop."""
         last = self.run_dir / "last.pt"
+        checkpoint = self._checkpoint(epoch, batches_done=batches_done)
         if self.dist.is_main:
             self.saver.flush_best()
-            atomic_save(self._checkpoint(epoch, batches_done=batches_done), last)
+            atomic_save(checkpoint, last)
         barrier()
         raise TrainingInterrupted(
             f"interrupted in epoch {epoch + 1} after {batches_done} of {self.batches_per_epoch} "
@@ -389,16 +409,24 @@ class Trainer:
     def _eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
-    def _checkpoint(self, epoch: int, *, batches_done: int) -> dict[str, Any]:
-        """What last.pt holds after ``epoch`` epochs and ``batches_done`` batches of the next."""
+    def _checkpoint(self, epoch: int, *, batches_done: int) -> dict[str, Any] | None:
+        """What last.pt holds after ``epoch`` epochs and ``batches_done`` batches of the next.
+
+        Every process calls it: the full model (FSDP) and optimizer state are gathered from all
+        of them onto rank 0, the only one that gets a checkpoint (None elsewhere)."""
         ema = self.ema
+        gathered = full_model_state(self.model) if is_sharded(self.model) else None
+        optimizer_state = full_optimizer_state(self.model, self.optimizer)
+        if not self.dist.is_main:
+            return None
         return make_checkpoint(
             model=self._eval_model(), classes=self.data.classes, preprocess=self.preprocess,
             config=to_dict(self.cfg), epoch=epoch, step=self.step, best_top1=self.best_top1,
             metrics=self.metrics, optimizer=self.optimizer, scaler=self.scaler,
             ema_model=ema.module if ema is not None else None,
             train_model=self.model if ema is not None else None,
-            extra={"batches_done": batches_done, "rng": capture_rng_state()})
+            extra={"batches_done": batches_done, "rng": capture_rng_state()},
+            model_state=gathered, optimizer_state=optimizer_state)
 
     # --- the end ------------------------------------------------------------------------------
 
