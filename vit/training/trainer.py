@@ -31,7 +31,7 @@ from vit.config import Config, to_dict, to_yaml
 from vit.data import loader as loader_lib
 from vit.data.splits import balanced_class_weights
 from vit.data.transforms import resolve_crop_pct
-from vit.errors import ConfigError, VitError
+from vit.errors import ConfigError, OutputError, VitError
 from vit.io import atomic_save, atomic_write, make_output_dir, remove_stale_temp_files, write_json
 from vit.models.checkpoint import make_checkpoint
 from vit.models.presets import create_model
@@ -47,6 +47,7 @@ from vit.training.distributed import (
     init_distributed,
 )
 from vit.training.epoch import EpochResult, train_one_epoch, validate
+from vit.training.faults import explain_fault, stop_on_sigterm
 from vit.training.optim import build_optimizer, count_parameters, freeze_parameters, lr_at_step
 from vit.training.parallel import (
     check_strategy,
@@ -64,6 +65,7 @@ from vit.training.run_files import (
     held_out_examples,
     write_overlays,
 )
+from vit.training.run_lock import RunLockedError, acquire_run_lock
 
 __all__ = ["train", "Trainer", "TrainSummary", "TrainingInterrupted", "ResumePoint",
            "build_model", "build_criterion"]
@@ -132,10 +134,21 @@ class Trainer:
         self.metrics: dict[str, Any] = {}  # of the last finished epoch
 
     def run(self) -> TrainSummary:
-        self.build()
-        self.write_start()
-        self.run_epochs()
-        return self.finish()
+        """The whole run; a fault of scale (``vit.training.faults``) ends it with one line."""
+        try:
+            with stop_on_sigterm(self.run_dir):
+                self.build()
+                self.write_start()
+                self.run_epochs()
+                return self.finish()
+        except (RuntimeError, OutputError) as e:
+            fault = explain_fault(e, run_dir=self.run_dir, rank=self.dist.rank)
+            if fault is None:
+                raise
+            raise fault from e
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def _make_run_dir(self, output: str | None) -> Path:
         if output:
@@ -145,8 +158,16 @@ class Trainer:
         else:
             run_dir = default_run_dir()
         run_dir = Path(broadcast_object(str(run_dir)))
+        self.lock, refused = None, None
         if self.dist.is_main:
             make_output_dir(run_dir)
+            try:
+                self.lock = acquire_run_lock(run_dir)  # refused while a live run writes here
+            except RunLockedError as e:
+                refused = str(e)
+        refused = broadcast_object(refused)  # every process stops, not rank 0 alone
+        if refused is not None:
+            raise RunLockedError(refused)
         return run_dir
 
     # --- set-up -------------------------------------------------------------------------------
