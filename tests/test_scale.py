@@ -16,10 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import ROOT, _cli_args, assert_same_weights, make_folder, weights
+from test_train import ROOT, _cli_args, assert_same_weights, make_folder, tiny_config, weights
 
 from vit.cli import main
+from vit.errors import ConfigError
 from vit.models.checkpoint import load_checkpoint
+from vit.models.vision_transformer import VisionTransformer
+from vit.training.parallel import check_strategy, prepare_model
+from vit.training.trainer import train
 
 # one machine: gloo over loopback, whatever the host name resolves to
 DIST_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
@@ -102,13 +106,13 @@ def held_per_process(log: str) -> int:
 
 @pytest.fixture(scope="module")
 def strategies(tmp_path_factory) -> dict[str, Path]:
-    """Two 2-process runs of the same 2 epochs: DDP, and FSDP2 with activation checkpointing;
-    their logs are kept beside them (log.txt)."""
+    """Two 2-process runs of the same 2 epochs, both with activation checkpointing: DDP and
+    FSDP2; their logs are kept beside them (log.txt)."""
     root = tmp_path_factory.mktemp("strategies")
     data = make_folder(root / "data", per_class=16)
     runs = {"data": data}
-    for name, extra in [("ddp", []), ("fsdp", ["train.strategy=fsdp",
-                                                "train.activation_checkpointing=true"])]:
+    for name, extra in [("ddp", ["train.activation_checkpointing=true"]),
+                        ("fsdp", ["train.strategy=fsdp", "train.activation_checkpointing=true"])]:
         proc = run_torchrun([*_cli_args(data, root / name, 2), *extra])
         assert proc.returncode == 0, proc.stderr[-3000:]
         (root / name / "log.txt").write_text(proc.stderr)
@@ -124,7 +128,7 @@ def _losses(run: Path) -> list[float]:
 
 @pytest.mark.slow
 def test_fsdp_takes_the_steps_of_ddp_with_half_the_parameters_per_process(strategies):
-    """FSDP2 (+ activation checkpointing) and DDP: the same losses every epoch to 1e-5
+    """FSDP2 and DDP (both with activation checkpointing): the same losses every epoch to 1e-5
     (relative) and the same weights to 2e-5; the largest process holds about half the
     parameter elements (2 processes)."""
     ddp, fsdp = strategies["ddp"], strategies["fsdp"]
@@ -171,3 +175,34 @@ def test_fsdp_resume_is_exact(strategies, tmp_path):
         for key, value in state.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(
                 again["optimizer"]["state"][name][key])), (name, key)
+
+
+def test_activation_checkpointing_recomputes_the_same_steps_in_one_process(tmp_path):
+    """One process: activation checkpointing (and train.strategy=fsdp, which has nothing to
+    shard there) train exactly the weights of a plain run."""
+    data = make_folder(tmp_path / "data")
+    plain = train(tiny_config(data, tmp_path / "plain"), show_progress=False)
+    again = train(tiny_config(data, tmp_path / "ac", "train.activation_checkpointing=true",
+                              "train.strategy=fsdp"), show_progress=False)
+    assert_same_weights(weights(plain.run_dir / "last.pt"), weights(again.run_dir / "last.pt"))
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_activation_checkpointing_runs_each_block_again_in_the_backward(checkpointing):
+    model = VisionTransformer(img_size=16, patch_size=4, num_classes=3, embed_dim=32, depth=2,
+                              num_heads=2)
+    prepare_model(model, strategy="ddp", precision="fp32",
+                  activation_checkpointing=checkpointing, world_size=1)
+    calls = []
+    model.blocks[0].attn.register_forward_pre_hook(lambda module, args: calls.append(1))
+    model(torch.randn(2, 3, 16, 16)).sum().backward()
+    assert len(calls) == (2 if checkpointing else 1)  # forward, and again in the backward
+
+
+def test_fsdp_refuses_what_it_cannot_honour():
+    with pytest.raises(ConfigError, match="not fp16"):
+        check_strategy("fsdp", precision="fp16", ema=False)
+    with pytest.raises(ConfigError, match="train.ema"):
+        check_strategy("fsdp", precision="bf16", ema=True)
+    check_strategy("ddp", precision="fp16", ema=True)  # DDP takes both
+    check_strategy("fsdp", precision="bf16", ema=False)
