@@ -25,14 +25,12 @@ from test_train import (
     _wait_for,
     assert_same_weights,
     make_folder,
-    tiny_config,
     weights,
 )
 
 from vit.cli import main
 from vit.models.checkpoint import load_checkpoint
 from vit.training.run_lock import LOCK_NAME, RunLockedError, acquire_run_lock
-from vit.training.trainer import train
 
 needs_proc = pytest.mark.skipif(not Path("/proc/self/task").is_dir(),
                                 reason="finds child processes through /proc (Linux)")
@@ -117,8 +115,9 @@ def test_second_run_on_a_live_runs_folder_is_refused(tmp_path, capsys):
 
 def test_full_disk_during_checkpoint_write_keeps_the_old_last_pt(tmp_path, monkeypatch, capsys):
     data = make_folder(tmp_path / "data")
-    straight = train(tiny_config(data, tmp_path / "straight", "train.epochs=3"),
-                     show_progress=False)
+    extra = ["train.lr=3e-3", "train.warmup_epochs=0.5"]  # tiny_config's
+    assert main(["train", *_cli_args(data, tmp_path / "straight", 3), *extra]) == 0
+    capsys.readouterr()
     real_save = torch.save
     writes = []
 
@@ -132,7 +131,7 @@ def test_full_disk_during_checkpoint_write_keeps_the_old_last_pt(tmp_path, monke
 
     monkeypatch.setattr(torch, "save", disk_fills_up)
     run = tmp_path / "run"
-    args = ["train", *_cli_args(data, run, 3), "train.lr=3e-3", "train.warmup_epochs=0.5"]
+    args = ["train", *_cli_args(data, run, 3), *extra]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -147,7 +146,7 @@ def test_full_disk_during_checkpoint_write_keeps_the_old_last_pt(tmp_path, monke
 
     assert main(["train", "--resume", str(run)]) == 0
     assert load_checkpoint(run / "last.pt")["epoch"] == 3
-    assert_same_weights(weights(straight.run_dir / "last.pt"), weights(run / "last.pt"))
+    assert_same_weights(weights(tmp_path / "straight" / "last.pt"), weights(run / "last.pt"))
 
 
 # --- a loader worker killed by the OS -------------------------------------------------------

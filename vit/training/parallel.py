@@ -121,10 +121,13 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The optimizer's whole state, keyed by parameter name, on rank 0's CPU. Collective."""
+    """The optimizer's whole state, keyed by parameter name: gathered onto rank 0's CPU from
+    FSDP shards; the tensors themselves (no copy) for a model that is not sharded, as
+    ``optimizer.state_dict()`` gives them. Collective: every process calls it."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    return get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
+    return get_optimizer_state_dict(model, optimizer,
+                                    options=_options(cpu_offload=is_sharded(model)))
 
 
 def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
