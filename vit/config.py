@@ -87,6 +87,10 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
+    # early stopping: stop after `patience` epochs without a better `monitor` (null or 0: off);
+    # `monitor` (val_top1 or val_loss) also picks the epoch best.pt holds
+    patience: int | None = None
+    monitor: str = "val_top1"
     # global batch per optimizer step = batch_size * accum_steps; None: about 32 steps per epoch
     # (8 to 128); a batch larger than the training images is lowered with a warning
     batch_size: int | None = None
@@ -135,6 +139,7 @@ _CHOICES = {
     "data.pipeline": ("albumentations", "memory"),
     "loss.class_weights": ("none", "balanced"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.monitor": ("val_top1", "val_loss"),
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune",
                            "max-autotune-no-cudagraphs"),
 }

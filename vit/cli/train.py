@@ -188,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"attention explorer: {page} (open it in a browser: click a patch to see "
                   "where it looks, layer by layer and head by head)", file=sys.stderr)
     best = f"{summary.best_top1:.2f}%" if summary.best_top1 is not None else "n/a"
+    if summary.stopped_early:  # the log says why
+        best += f" (stopped early after epoch {summary.epochs_done} of {cfg.train.epochs})"
     print(f"done: best val top-1 {best}; run folder {summary.run_dir} "
           f"(best.pt, last.pt, metrics.jsonl, curves.png)")
     return 0

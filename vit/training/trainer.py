@@ -46,6 +46,7 @@ from vit.training.distributed import (
     broadcast_object,
     init_distributed,
 )
+from vit.training.early_stop import EarlyStopping
 from vit.training.epoch import EpochResult, train_one_epoch, validate
 from vit.training.optim import build_optimizer, count_parameters, freeze_parameters, lr_at_step
 from vit.training.resume import ResumeAt, ResumePoint, capture_rng_state, truncate_metrics
@@ -75,6 +76,7 @@ class TrainSummary:
     epochs_done: int
     overlays: Path | None = None  # RUN/overlays, when train.explain_samples > 0
     held_out: list[str] = field(default_factory=list)  # the images of the overlays
+    stopped_early: str | None = None  # why train.patience ended the run before train.epochs
 
 
 def train(cfg: Config, *, resume: str | os.PathLike | ResumePoint | None = None,
@@ -175,6 +177,8 @@ class Trainer:
         at = self._restore()
         self.start_epoch, self.skip_batches = at.epoch, at.batches_done
         self.step, self.best_top1 = at.step, at.best_top1
+        self.stopper = EarlyStopping(monitor=cfg.train.monitor, patience=cfg.train.patience)
+        self.stopper.load_state_dict(at.early_stop, best_top1=at.best_top1, epoch=at.epoch)
         self.train_model = self._wrap(model)
 
     def _model_and_data(self) -> tuple[VisionTransformer, int, RunData]:
@@ -264,23 +268,28 @@ class Trainer:
         with stop_on_sigint() as stop:
             self.stop = stop
             epoch = self.start_epoch
-            while epoch < self.cfg.train.epochs:  # the time budget may change the count
+            # the time budget may change the count; train.patience may end the run before it
+            while epoch < self.cfg.train.epochs and not self.stopper.should_stop:
                 self._epoch(epoch)
                 epoch += 1
+        self.epochs_done = epoch
+        if self.stopper.should_stop and self.dist.is_main:
+            logger.info("%s; stopped after epoch %d of %d", self.stopper.reason(), epoch,
+                        self.cfg.train.epochs)
 
     def _epoch(self, epoch: int) -> None:
         result = self._train_epoch(epoch)
         val = validate(model=self._eval_model(), loader=self.val_loader, device=self.device,
                        precision=self.precision)
         self.metrics = self._epoch_metrics(epoch, result, val)
-        improved = self.best_top1 is None or val["val_top1"] > self.best_top1
-        if improved:
+        if self.best_top1 is None or val["val_top1"] > self.best_top1:
             self.best_top1 = val["val_top1"]
+        improved = self.stopper.update(epoch=epoch + 1, metrics=self.metrics)  # best.pt's epoch
         self._fit_time_budget(epoch)
         if self.dist.is_main:
             if self._collect_skipped():
                 write_json(self.run_dir / "data_report.json", self.data.report())
-            final = epoch + 1 == self.cfg.train.epochs
+            final = epoch + 1 == self.cfg.train.epochs or self.stopper.should_stop
             self.saver.epoch_done(self.metrics, self._checkpoint(epoch + 1, batches_done=0),
                                   improved, force=final)
             self._log_epoch(epoch, result)
@@ -398,7 +407,8 @@ class Trainer:
             metrics=self.metrics, optimizer=self.optimizer, scaler=self.scaler,
             ema_model=ema.module if ema is not None else None,
             train_model=self.model if ema is not None else None,
-            extra={"batches_done": batches_done, "rng": capture_rng_state()})
+            extra={"batches_done": batches_done, "rng": capture_rng_state(),
+                   "early_stop": self.stopper.state_dict()})
 
     # --- the end ------------------------------------------------------------------------------
 
@@ -411,8 +421,10 @@ class Trainer:
             held_out = held_out_examples(self.data.val_samples, self.cfg.train.explain_samples)
             overlays = write_overlays(self.run_dir, held_out, device=self.device)
         return TrainSummary(run_dir=self.run_dir, best_top1=self.best_top1,
-                            last_metrics=self.metrics, epochs_done=self.cfg.train.epochs,
-                            overlays=overlays, held_out=held_out)
+                            last_metrics=self.metrics, epochs_done=self.epochs_done,
+                            overlays=overlays, held_out=held_out,
+                            stopped_early=self.stopper.reason() if self.stopper.should_stop
+                            else None)
 
 
 def read_skip_log(path: Path) -> list[dict[str, str]]:
