@@ -53,9 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _add_flags(p: argparse.ArgumentParser, d: Config) -> None:
     """The options of `vit train`; their defaults are those of ``d``."""
-    p.add_argument("--data", metavar="DIR|'SHARDS-{0..N}.tar'",
-                   help="image folder (DIR/<class>/..., or DIR/train + DIR/val) or tar shards "
-                   "(default: none, which runs the quickstart)")
+    p.add_argument("--data", metavar="DIR|LABELS.csv|'SHARDS-{0..N}.tar'",
+                   help="image folder (DIR/<class>/..., or DIR/train + DIR/val), a label file "
+                   "(a CSV with path,label columns, paths relative to its folder; optional "
+                   "split column: train, val, test) or tar shards (default: none, which runs "
+                   "the quickstart)")
     p.add_argument("--config", metavar="YAML",
                    help="a recipe, e.g. configs/flowers_vit_nano_cpu.yaml (default: none)")
     p.add_argument("--model", metavar="NAME",
