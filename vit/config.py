@@ -91,6 +91,9 @@ class TrainConfig:
     # `monitor` (val_top1 or val_loss) also picks the epoch best.pt holds
     patience: int | None = None
     monitor: str = "val_top1"
+    # experiment trackers, any of [tensorboard, wandb, mlflow] (optional extras of the same
+    # names; vit/training/trackers.py says where each writes); none by default
+    report_to: list[str] = field(default_factory=list)
     # global batch per optimizer step = batch_size * accum_steps; None: about 32 steps per epoch
     # (8 to 128); a batch larger than the training images is lowered with a warning
     batch_size: int | None = None

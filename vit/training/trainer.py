@@ -55,8 +55,10 @@ from vit.training.run_files import (
     EpochSaver,
     default_run_dir,
     held_out_examples,
+    tracked_images,
     write_overlays,
 )
+from vit.training.trackers import Trackers, check_trackers, open_trackers
 
 __all__ = ["train", "Trainer", "TrainSummary", "TrainingInterrupted", "ResumePoint",
            "build_model", "build_criterion"]
@@ -123,12 +125,16 @@ class Trainer:
             self.skip_log.unlink(missing_ok=True)
         self.cfg = replace(cfg, train=replace(cfg.train, output=str(self.run_dir)))
         self.metrics: dict[str, Any] = {}  # of the last finished epoch
+        self.trackers = Trackers({})  # train.report_to, opened by write_start (main process)
 
     def run(self) -> TrainSummary:
-        self.build()
-        self.write_start()
-        self.run_epochs()
-        return self.finish()
+        try:
+            self.build()
+            self.write_start()
+            self.run_epochs()
+            return self.finish()
+        finally:
+            self.trackers.close({})  # an interrupted or failed run: close what is open
 
     def _make_run_dir(self, output: str | None) -> Path:
         if output:
@@ -252,6 +258,7 @@ class Trainer:
         write_json(run_dir / "split.json", data.split)
         logger.info("%d classes, %d training / %d validation images", len(data.classes),
                     data.num_train, data.num_val)
+        self.trackers = open_trackers(cfg.train.report_to, run_dir=run_dir, config=to_dict(cfg))
         arch = f"from {cfg.train.pretrained}" if cfg.train.pretrained else cfg.model.name
         total, trainable = count_parameters(self.model)
         logger.info("model %s (%d blocks, width %d): %.2fM parameters (%.2fM trained), device %s, "
@@ -293,6 +300,7 @@ class Trainer:
             self.saver.epoch_done(self.metrics, self._checkpoint(epoch + 1, batches_done=0),
                                   improved, force=final)
             self._log_epoch(epoch, result)
+            self.trackers.log_epoch(epoch + 1, self.metrics)
         barrier()
 
     def _train_epoch(self, epoch: int) -> EpochResult:
@@ -304,7 +312,8 @@ class Trainer:
             lr_at=self._lr_at, step=self.step, scaler=self.scaler, accum_steps=cfg.accum_steps,
             clip_grad=cfg.clip_grad, ema=self.ema, mixup=self.mixup, epoch=epoch,
             num_batches=self.batches_per_epoch, skip_batches=self.skip_batches,
-            should_stop=self._should_stop, show_progress=self.show_progress)
+            should_stop=self._should_stop, show_progress=self.show_progress,
+            on_step=self.trackers.log_step if self.trackers else None)
         self.step = result.step
         if result.interrupted:
             self._stop_interrupted(epoch, result.batches_done)
@@ -420,6 +429,11 @@ class Trainer:
         if self.dist.is_main and self.cfg.train.explain_samples > 0 and self.data.val_samples:
             held_out = held_out_examples(self.data.val_samples, self.cfg.train.explain_samples)
             overlays = write_overlays(self.run_dir, held_out, device=self.device)
+        if self.trackers:  # curves, confusion matrix and overlays, then the final numbers
+            self.trackers.log_images(tracked_images(self.run_dir, self.data.val_samples,
+                                                    device=self.device), step=self.epochs_done)
+            self.trackers.close({"best_val_top1": self.best_top1,
+                                 "epochs_done": self.epochs_done, **self.metrics})
         return TrainSummary(run_dir=self.run_dir, best_top1=self.best_top1,
                             last_metrics=self.metrics, epochs_done=self.epochs_done,
                             overlays=overlays, held_out=held_out,
@@ -516,6 +530,7 @@ def _check_train_config(cfg: Config, dist_info: DistInfo) -> None:
         raise ConfigError(f"train.time_budget_min must be positive, got {t.time_budget_min}")
     if t.save_every_s < 0:
         raise ConfigError(f"train.save_every_s must be >= 0, got {t.save_every_s}")
+    check_trackers(t.report_to)  # a missing extra: one line, before any work
 
 
 def _img_size(cfg: Config, pretrained: Any) -> int:
