@@ -164,3 +164,13 @@ def test_trackers_are_imported_only_when_asked_for():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_report_to_takes_a_list_or_names():
+    from vit.config import load_config
+
+    for text, expected in (("[tensorboard,wandb]", ["tensorboard", "wandb"]),
+                           ("mlflow", ["mlflow"]), ("wandb,mlflow", ["wandb", "mlflow"]),
+                           ("[]", [])):
+        assert load_config(None, [f"train.report_to={text}"]).train.report_to == expected
+    assert load_config(None).train.report_to == []  # none by default

@@ -226,6 +226,8 @@ def set_value(cfg: Config, dotted_key: str, value: Any) -> None:
             f"unknown config key {dotted_key!r}; valid keys in {section_name}: "
             f"{', '.join(sorted(hints))}"
         )
+    if dotted_key == "train.report_to" and isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]  # report_to=tensorboard
     value = _coerce(dotted_key, value, hints[key])
     choices = _CHOICES.get(dotted_key)
     if choices is not None and value not in choices:
