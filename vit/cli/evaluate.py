@@ -14,8 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = add_parser(
         sub, "evaluate", help="measure a checkpoint on a labelled image folder",
-        description="Evaluate on DIR/<class>/<image>, or on DIR/test/ (preferred) or DIR/val/. "
-        "Folders are matched to the checkpoint's classes by name. Writes report.json, "
+        description="Evaluate on DIR/<class>/<image>, or on DIR/test/ (preferred) or DIR/val/, "
+        "or on a label file's test (else val, else all) rows. Folders and labels are matched to the checkpoint's classes by name. Writes report.json, "
         "predictions.csv, confusion_matrix.png, reliability.png and mistakes.png.")
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="best.pt from `vit train`, or an exported .safetensors")

@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub, "train", help="train on an image folder or tar shards (no arguments: the quickstart)",
         description="Train a ViT. Data inputs (--data): an image folder DIR/<class>/<image> "
         "(a stratified --val-fraction is held out); DIR/train/<class>/... plus DIR/val/<class>/"
-        "... (validation as given); or WebDataset tar shards written by `vit shard`, as a "
+        "... (validation as given); a label file LABELS.csv with path,label[,split] columns "
+        "(paths relative to its folder; split: train, val, test); or WebDataset tar shards written by `vit shard`, as a "
         "quoted brace pattern 'OUT/train-{000000..000123}.tar' (validation: the val shards "
         "beside them, or data.val_root=DIR_OR_PATTERN). With no arguments: the quickstart on "
         "a built-in synthetic shapes dataset (configs/quickstart.yaml). Defaults below are "
