@@ -346,12 +346,54 @@ def test_no_network_is_one_line(run, tmp_path, no_network, capsys):
                               "(huggingface.co is unreachable) and it is not in the local cache")
 
 
+def test_offline_the_cached_copy_is_used(run, fake_hub, tmp_path):
+    from vit.inference.hub import push_to_hub
+    from vit.models.pretrained import read_pretrained
+
+    push_to_hub(run, REPO)
+    online = Classifier.from_pretrained(REPO, device="cpu")
+    http = _http_module()
+
+    def refuse(request):
+        raise http.ConnectError("[Errno 111] Connection refused", request=request)
+
+    hub.set_client_factory(lambda: http.Client(transport=http.MockTransport(refuse)))
+    fake_hub.requests.clear()
+    offline = Classifier.from_pretrained(REPO, device="cpu")
+    assert fake_hub.requests == []  # nothing reached the Hub: the cache answered
+    image = colour_image((30, 200, 40))
+    torch.testing.assert_close(offline.predict_proba(image), online.predict_proba(image))
+    # the folder of a download (or of --to-folder) works as --pretrained too
+    from vit.inference.hub import write_hub_folder
+
+    folder = write_hub_folder(run, tmp_path / "pushed")
+    weights = read_pretrained(str(folder))
+    assert weights.classes == CLASSES and weights.model_config is not None
+
+
 def test_a_missing_repository_or_file_is_one_line(fake_hub):
     with pytest.raises(CheckpointError, match=f"^no model {REPO} on the Hugging Face Hub"):
         Classifier.from_pretrained(REPO)
     fake_hub.repos[REPO] = {"config.json": b"{}"}
     with pytest.raises(CheckpointError, match=f"^{REPO} has no model.safetensors"):
         Classifier.from_pretrained(REPO)
+
+
+def test_a_refused_push_says_to_log_in(run, fake_hub, monkeypatch, capsys):
+    answer = fake_hub.__call__
+
+    def unauthorized(request):
+        if request.url.path == "/api/repos/create":
+            return fake_hub.http.Response(401, json={"error": "Invalid credentials"})
+        return answer(request)
+
+    monkeypatch.setattr(FakeHub, "__call__", lambda self, request: unauthorized(request))
+    assert main(["push", str(run), "--repo", REPO]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"error: the Hub refused the push to {REPO} (")
+    assert err.endswith("log in with `hf auth login` or set HF_TOKEN to a token that may write "
+                        "there")
 
 
 def test_what_is_neither_a_folder_nor_a_repo_id(tmp_path):

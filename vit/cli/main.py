@@ -64,7 +64,8 @@ def setup_logging(*, debug: bool = False, quiet: bool = False) -> None:
         level = max(level, logging.WARNING)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", force=True)
-    for noisy in ("PIL", "matplotlib", "timm", "urllib3", "httpx", "huggingface_hub"):
+    for noisy in ("PIL", "matplotlib", "timm", "urllib3", "httpx", "httpx2", "huggingface_hub",
+                  "gradio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

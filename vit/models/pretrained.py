@@ -98,6 +98,8 @@ def read_pretrained(source: str | Path) -> PretrainedWeights:
     if isinstance(source, str) and source.startswith(HF_PREFIX):
         return _read_hub(source)
     path = Path(source)
+    if path.is_dir() and (path / WEIGHTS_NAME).is_file() and (path / CONFIG_NAME).is_file():
+        return _read_hub(str(path))  # a folder of `vit push --to-folder`, or a Hub download
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; pass a weights file inside it (.pt, .pth, "
                               ".bin or .safetensors)")
