@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vit.explain import attention_rollout, gradient_rollout
+from vit.explain import METHODS, saliency
 from vit.models.vision_transformer import VisionTransformer
 from vit.runtime import resolve_device, resolve_precision
 from vit.training.quickstart import quickstart_config
@@ -88,19 +88,19 @@ def explained_model() -> VisionTransformer:
     return model
 
 
-@pytest.mark.parametrize("method", [attention_rollout, gradient_rollout],
-                         ids=["rollout", "gradient rollout"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.gpu
 @needs_gpu
 def test_explanations_on_the_gpu_match_the_cpu(method, precision):
-    """Explanations switch an outer autocast off: under bf16 they are the fp32 maps."""
+    """Every method switches an outer autocast off: under bf16 its maps are the fp32 maps."""
     model = explained_model()
     images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    on_cpu = method(model, images)
+    target = torch.arange(6) % 3  # fixed classes: a near tie cannot flip the explained class
+    on_cpu = saliency(model, images, method, target=target)
     gpu_model = explained_model().cuda()
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
-        on_gpu = method(gpu_model, images.cuda())
+        on_gpu = saliency(gpu_model, images.cuda(), method, target=target.cuda())
     assert on_gpu.device.type == "cuda" and on_gpu.shape == on_cpu.shape == (6, 8, 8)
     assert torch.isfinite(on_gpu).all() and on_cpu.std() > 0
     assert on_gpu.dtype == torch.float32 and relative_error(on_gpu, on_cpu) < 1e-3

@@ -1,18 +1,18 @@
 """Does attention rollout find the object, and is it faithful? (synthetic shapes, known boxes)
 
-Fast tests check the geometry of ``benchmarks/explain_quality.py`` (object box -> patch grid,
-through the eval resize and centre crop) against hand-computed grids, and run the script once
-on an untrained tiny checkpoint. The slow tests train the quickstart model briefly on the
-synthetic shapes and check rollout against the object boxes with an independent reference:
-at 48 px with crop_pct 1.0 the eval geometry is the identity, so patch (i, j) is "on the
-object" when its centre ((j + 1/2) * 8, (i + 1/2) * 8) lies in the box [x0, x1) x [y0, y1).
+Fast tests check the geometry behind `vit explain-bench`'s pointing game on the shapes (object
+box -> patch grid, through the eval resize and centre crop) against hand-computed grids, the
+choice of held-out images, and the bench end to end on an untrained tiny checkpoint, its
+pointing game recomputed here from the boxes. The slow tests train the quickstart model briefly
+on the synthetic shapes and check rollout against the object boxes with an independent
+reference: at 48 px with crop_pct 1.0 the eval geometry is the identity, so patch (i, j) is "on
+the object" when its centre ((j + 1/2) * 8, (i + 1/2) * 8) lies in the box [x0, x1) x [y0, y1).
 """
 
 from __future__ import annotations
 
 import json
 import resource
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,20 +21,23 @@ import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts, not an installed package
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import explain_quality as eq  # noqa: E402
-from vit.data.folders import scan_folder  # noqa: E402
-from vit.data.images import load_image  # noqa: E402
-from vit.data.synthetic import load_boxes, make_shapes_dataset  # noqa: E402
-from vit.errors import DataError  # noqa: E402
-from vit.explain import attention_rollout, deletion_auc, random_saliency  # noqa: E402
-from vit.inference.classifier import Classifier  # noqa: E402
-from vit.models.checkpoint import make_checkpoint  # noqa: E402
-from vit.models.vision_transformer import VisionTransformer  # noqa: E402
-from vit.training.quickstart import quickstart_config  # noqa: E402
+from vit.data.folders import scan_folder
+from vit.data.images import load_image
+from vit.data.synthetic import load_boxes, make_shapes_dataset
+from vit.errors import DataError
+from vit.explain import attention_rollout, deletion_auc, random_saliency, saliency
+from vit.explain.bench import mean_and_sem
+from vit.inference.classifier import Classifier
+from vit.inference.explain_bench import (
+    boxed_objects,
+    held_out_images,
+    patch_mask,
+    pick_balanced,
+    run_explain_bench,
+)
+from vit.models.checkpoint import make_checkpoint
+from vit.models.vision_transformer import VisionTransformer
+from vit.training.quickstart import quickstart_config
 
 # --- geometry: box -> patch grid ----------------------------------------------------------------
 
@@ -42,18 +45,18 @@ from vit.training.quickstart import quickstart_config  # noqa: E402
 def test_box_to_patches_without_resize_is_the_centre_test() -> None:
     # 48 px, crop_pct 1.0: identity. Patch centres at 4, 12, 20, 28, 36, 44 px.
     # x in [8, 21) holds the centres 12 and 20 (columns 1, 2); y in [0, 13) holds 4 and 12.
-    mask = eq.mask_in_view(eq.box_mask((8, 0, 21, 13), 48, 48), img_size=48, crop_pct=1.0)
+    mask = patch_mask((8, 0, 21, 13), (48, 48), img_size=48, crop_pct=1.0, patch_size=8)
     expected = torch.zeros(6, 6, dtype=torch.bool)
     expected[0:2, 1:3] = True
-    assert torch.equal(eq.patch_centres_inside(mask, (8, 8)), expected)
+    assert torch.equal(mask, expected)
 
 
 def test_box_edges_are_exclusive_at_a_patch_centre() -> None:
     # x1 = 20 excludes the centre at x = 20; x0 = 20 includes it.
-    left = eq.mask_in_view(eq.box_mask((0, 0, 20, 48), 48, 48), img_size=48, crop_pct=1.0)
-    right = eq.mask_in_view(eq.box_mask((20, 0, 48, 48), 48, 48), img_size=48, crop_pct=1.0)
-    assert eq.patch_centres_inside(left, (8, 8))[0].tolist() == [True, True, False] + [False] * 3
-    assert eq.patch_centres_inside(right, (8, 8))[0].tolist() == [False, False, True] + [True] * 3
+    left = patch_mask((0, 0, 20, 48), (48, 48), img_size=48, crop_pct=1.0, patch_size=8)
+    right = patch_mask((20, 0, 48, 48), (48, 48), img_size=48, crop_pct=1.0, patch_size=8)
+    assert left[0].tolist() == [True, True, False] + [False] * 3
+    assert right[0].tolist() == [False, False, True] + [True] * 3
 
 
 def test_box_follows_the_eval_resize_and_centre_crop() -> None:
@@ -63,33 +66,22 @@ def test_box_follows_the_eval_resize_and_centre_crop() -> None:
     # The box x [45, 90), y [21, 45) becomes x [30, 60) - 17 = [13, 43) -> [13, 32) after the
     # crop and y [14, 30) - 4 = [10, 26). Patch centres at 4, 12, 20, 28: columns 2, 3 and
     # rows 1, 2 (every edge is at least 2 px from a centre, so resampling cannot flip one).
-    mask = eq.mask_in_view(eq.box_mask((45, 21, 90, 45), 60, 100), img_size=32, crop_pct=0.8)
-    assert mask.shape == (32, 32)
+    mask = patch_mask((45, 21, 90, 45), (60, 100), img_size=32, crop_pct=0.8, patch_size=8)
     expected = torch.zeros(4, 4, dtype=torch.bool)
     expected[1:3, 2:4] = True
-    assert torch.equal(eq.patch_centres_inside(mask, (8, 8)), expected)
-
-
-def test_pointing_hits_share_ties_between_the_highest_patches() -> None:
-    inside = torch.tensor([[True, True], [False, False]])  # the top row is on the object
-    saliency = torch.tensor([[[0.1, 0.9], [0.2, 0.3]],   # top patch (0, 1): inside
-                             [[0.1, 0.2], [0.9, 0.3]],   # (1, 0): outside
-                             [[0.5, 0.1], [0.5, 0.5]],   # a 3-way tie, 1 of them inside
-                             [[0.0, 0.0], [0.0, 0.0]]])  # constant: the chance level, 2 of 4
-    hits = eq.pointing_hits(saliency, inside.expand(4, 2, 2))
-    assert hits.tolist() == pytest.approx([1.0, 0.0, 1 / 3, 0.5])
+    assert torch.equal(mask, expected)
 
 
 def test_pick_balanced_lets_classes_take_turns() -> None:
     labels = [0, 0, 0, 0, 1, 1, 2]
-    picked = eq.pick_balanced(labels, limit=5, seed=0)
+    picked = pick_balanced(labels, limit=5, seed=0)
     assert sorted(labels[i] for i in picked) == [0, 0, 1, 1, 2]
     assert picked == sorted(picked) and len(set(picked)) == 5
-    assert eq.pick_balanced(labels, limit=5, seed=0) == picked
-    assert eq.pick_balanced(labels, limit=50, seed=3) == list(range(7))
+    assert pick_balanced(labels, limit=5, seed=0) == picked
+    assert pick_balanced(labels, limit=50, seed=3) == list(range(7))
 
 
-def test_held_out_images_are_the_runs_validation_split(tmp_path: Path) -> None:
+def test_held_out_images_are_the_runs_validation_split_with_their_boxes(tmp_path: Path) -> None:
     data = make_shapes_dataset(tmp_path / "shapes", num_per_class=2, img_size=32,
                                classes=["circle", "square"], seed=0)
     run = tmp_path / "run"
@@ -97,28 +89,31 @@ def test_held_out_images_are_the_runs_validation_split(tmp_path: Path) -> None:
     val_files = [str(data / "square" / "00001.png"), str(data / "circle" / "00000.png")]
     (run / "split.json").write_text(json.dumps({"kind": "stratified", "val_files": val_files}))
 
-    images, source = eq.held_out_images(data, run / "best.pt", ["circle", "square"])
+    images, source = held_out_images(data, run / "best.pt", ["circle", "square"])
     assert images == [(Path(val_files[0]), 1), (Path(val_files[1]), 0)]
     assert source.endswith("split.json (val_files)")
-    samples, _ = eq.load_samples(data, run / "best.pt", ["circle", "square"], limit=5, seed=0)
-    assert [s.box for s in samples] == [load_boxes(data)["square/00001.png"],
-                                        load_boxes(data)["circle/00000.png"]]
+    boxes = load_boxes(data)
+    assert boxed_objects(data, images) == [[(1, boxes["square/00001.png"])],
+                                           [(0, boxes["circle/00000.png"])]]
+    with pytest.raises(DataError, match="no box for"):
+        boxed_objects(data, [(data / "circle" / "missing.png", 0)])
+    assert boxed_objects(tmp_path / "run", images) is None  # no boxes.json: no pointing game
 
 
 def test_train_folder_without_held_out_images_is_refused(tmp_path: Path) -> None:
     (tmp_path / "data" / "train" / "cat").mkdir(parents=True)
     with pytest.raises(DataError, match="held-out"):
-        eq.held_out_images(tmp_path / "data", tmp_path / "best.pt", ["cat"])
+        held_out_images(tmp_path / "data", tmp_path / "best.pt", ["cat"])
 
 
 def test_mean_and_sem_match_numpy() -> None:
     values = torch.tensor([1.0, 2.0, 4.0, 7.0])
-    mean, sem = eq.mean_and_sem(values)
+    mean, sem = mean_and_sem(values)
     assert mean == pytest.approx(3.5)
     assert sem == pytest.approx(np.std([1, 2, 4, 7], ddof=1) / 2.0)
 
 
-# --- the script end to end, on an untrained tiny model ------------------------------------------
+# --- the bench end to end, on an untrained tiny model ---------------------------------------------
 
 
 def _centres_in_box(box: tuple[int, int, int, int], *, grid: int, patch: int) -> torch.Tensor:
@@ -130,7 +125,7 @@ def _centres_in_box(box: tuple[int, int, int, int], *, grid: int, patch: int) ->
     return in_y[:, None] & in_x[None, :]
 
 
-def test_script_writes_every_row_and_the_chance_level(tmp_path: Path) -> None:
+def test_bench_plays_the_pointing_game_on_the_shapes_boxes(tmp_path: Path) -> None:
     classes = ["circle", "square", "triangle"]
     data = make_shapes_dataset(tmp_path / "shapes", num_per_class=4, img_size=32,
                                classes=classes, seed=0, val_fraction=0.5)
@@ -142,24 +137,24 @@ def test_script_writes_every_row_and_the_chance_level(tmp_path: Path) -> None:
                            preprocess={"img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
                                        "crop_pct": 1.0})
     torch.save(ckpt, tmp_path / "tiny.pt")
-    out = tmp_path / "quality.json"
 
-    eq.main(["--checkpoint", str(tmp_path / "tiny.pt"), "--data", str(data), "--limit", "6",
-             "--json", str(out)])
+    result, paths = run_explain_bench(tmp_path / "tiny.pt", data, methods=["attention", "random"],
+                                      images=6, steps=4, sanity=False, output=tmp_path / "out",
+                                      device="cpu")
 
-    result = json.loads(out.read_text())
-    assert result["images"] == 6  # the 2 val images of each of the 3 classes
-    boxes = [box for key, box in load_boxes(data).items() if key.startswith("val/")]
-    chance = np.mean([_centres_in_box(b, grid=4, patch=8).float().mean() for b in boxes])
-    assert result["chance"] == pytest.approx(chance)
-    rows = {row["method"]: row for row in result["rows"]}
-    assert set(rows) == {"rollout", "grad-rollout", "attention", "random",
-                         "rollout, random weights", "grad-rollout, random weights",
-                         "attention, random weights"}
-    for name in ("rollout", "grad-rollout", "attention", "random"):
-        assert 0.0 <= rows[name]["pointing"] <= 1.0
-        assert 0.0 <= rows[name]["deletion"] <= 1.0 and 0.0 <= rows[name]["insertion"] <= 1.0
-    assert result["setup"]["curve_steps"] == 16 and result["machine"]["cpu_count"] >= 1
+    assert result["images"] == 6 and all(p.is_file() for p in paths)  # 2 val images x 3 classes
+    # The reference: each held-out image's own box on the 4x4 grid, the map of its true class.
+    samples = scan_folder(data / "val", classes=classes).samples
+    boxes = load_boxes(data)
+    inside = torch.stack([_centres_in_box(boxes[Path(p).relative_to(data).as_posix()], grid=4,
+                                          patch=8) for p, _ in samples])
+    clf = Classifier.from_checkpoint(tmp_path / "tiny.pt", device="cpu")
+    x = clf.transform([np.asarray(load_image(p)) for p, _ in samples])
+    maps = saliency(clf.model, x, "attention").flatten(1)
+    top = maps == maps.max(dim=1, keepdim=True).values
+    expected = ((top & inside.flatten(1)).sum(1) / top.sum(1)).tolist()
+    assert result["per_image"]["attention"]["asked_object"] == pytest.approx(expected)
+    assert "asked object (%)" in paths[0].read_text()
 
 
 # --- a trained model ------------------------------------------------------------------------------
@@ -236,7 +231,7 @@ def test_rollout_points_inside_the_object(trained: Trained) -> None:
     chance = trained.inside.flatten(1).float().mean().item()
     # Measured: 97.0 % of the 400 held-out images, chance 16.2 %. A map off by one patch scores
     # 54 %, a transposed one 46 %, a mirrored one 38 %. Rollout of a freshly initialised model
-    # points at the bright shape too (99.5 %, benchmarks/explain_quality.py): this checks the
+    # points at the bright shape too (99.5 %, measured 2026-11-21): this checks the
     # map's geometry (grid order, prefix tokens, orientation), not what training taught; the
     # deletion test below does that.
     assert hit_rate >= 0.85

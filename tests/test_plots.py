@@ -142,6 +142,16 @@ def test_image_grid_accepts_array_batch_and_grayscale(tmp_path: Path) -> None:
     _check_png(path, _size((2 * plots.GRID_CELL_SIZE[0], plots.GRID_CELL_SIZE[1])))
 
 
+@pytest.mark.parametrize("name", ["grid.jpg", "GRID.JPEG"])
+def test_figure_written_as_jpeg_by_its_name(tmp_path: Path, name: str) -> None:
+    """A .jpg/.jpeg name gives a JPEG (the README's figures), of the same pixel size as the PNG."""
+    path = plots.plot_image_grid(_images(2), ["a", "b"], tmp_path / name)
+    assert path.name == name and not list(tmp_path.glob("*.tmp*"))
+    with Image.open(path) as image:
+        assert image.format == "JPEG" and image.mode == "RGB"
+        assert image.size == _size((2 * plots.GRID_CELL_SIZE[0], plots.GRID_CELL_SIZE[1]))
+
+
 def test_image_grid_shape_and_mismatch(tmp_path: Path) -> None:
     assert plots._grid_shape(7, None) == (3, 3)
     assert plots._grid_shape(2, 5) == (1, 2)

@@ -44,10 +44,16 @@ def _new_figure(size: tuple[float, float]) -> Figure:
     return figure
 
 
+_JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
 def _save(figure: Figure, path: PathLike) -> Path:
-    """Write `figure` as a PNG to `path` atomically, free it, and return the path."""
+    """Write `figure` to `path` atomically (JPEG at quality 90 when the name ends in .jpg or
+    .jpeg, PNG otherwise), free it, and return the path."""
+    jpeg = Path(path).suffix.lower() in _JPEG_SUFFIXES
+    options = dict(format="jpeg", pil_kwargs={"quality": 90}) if jpeg else dict(format="png")
     try:
-        path = atomic_write(path, lambda f: figure.savefig(f, dpi=DPI, format="png"))
+        path = atomic_write(path, lambda f: figure.savefig(f, dpi=DPI, **options))
     finally:
         figure.clear()
     logger.debug("wrote %s", path)

@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="--html: bits per stored attention weight, 1-8")
     p.add_argument("--batch-size", type=int, default=16, metavar="N",
                    help="images per forward pass")
-    p.add_argument("--grid", metavar="PNG", help="where to write the grid (default DIR/grid.png)")
+    p.add_argument("--grid", metavar="FILE",
+                   help="where to write the grid, .png or .jpg (default DIR/grid.png)")
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
                    help="where to run; auto picks the GPU when there is one")
     add_common_flags(p)

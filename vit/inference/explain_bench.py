@@ -5,7 +5,9 @@
 
 The images: ``DIR/val``, else the run's held-out ``split.json`` files, else ``DIR`` itself; or,
 with an ``objects.json`` in DIR (images holding two objects of different classes, e.g. from
-``vit.data.squares.make_two_squares_set``), its images, each object asked for in turn. The
+``vit.data.squares.make_two_squares_set``), its images, each object asked for in turn. With a
+``boxes.json`` in DIR (one object per image: the synthetic shapes), each held-out image's object
+is asked for by its class: the pointing game. The
 measures: ``vit.explain.bench``.
 """
 
@@ -21,6 +23,7 @@ import torch
 
 from vit.data.folders import resolve_data_dirs, scan_folder
 from vit.data.images import load_image
+from vit.data.synthetic import BOXES_FILE, load_boxes
 from vit.data.transforms import eval_geometry
 from vit.errors import ConfigError, DataError
 from vit.explain.bench import BENCH_METHODS, check_bench_args, explain_bench, mean_and_sem
@@ -29,7 +32,7 @@ from vit.inference.classifier import Classifier
 from vit.io import atomic_write
 
 __all__ = ["OBJECTS_FILE", "run_explain_bench", "held_out_images", "pick_balanced",
-           "read_objects", "patch_mask"]
+           "read_objects", "boxed_objects", "patch_mask"]
 
 
 OBJECTS_FILE = "objects.json"
@@ -116,9 +119,31 @@ def _machine(device: torch.device, command: str | None) -> dict[str, Any]:
 Selection = tuple[list[Path], list[int] | None, list[list[tuple[int, Box]]] | None, str]
 
 
+def boxed_objects(data: Path, samples: Sequence[tuple[Path, int]]
+                  ) -> list[list[tuple[int, Box]]] | None:
+    """With ``data/boxes.json`` (one object per image, as ``make_shapes_dataset`` writes it,
+    keyed by the path relative to ``data``), each image's one object: its class and box; the
+    asked-object score is then the pointing game for the image's class. None without the file."""
+    if not (data / BOXES_FILE).is_file():
+        return None
+    boxes = load_boxes(data)
+    found = []
+    for path, label in samples:
+        try:
+            key = path.resolve().relative_to(data.resolve()).as_posix()
+        except ValueError:
+            raise DataError(f"{path} is not inside {data}, whose {BOXES_FILE} gives the boxes"
+                            ) from None
+        if key not in boxes:
+            raise DataError(f"{data / BOXES_FILE} has no box for {key}; regenerate the data")
+        found.append([(label, tuple(boxes[key]))])
+    return found
+
+
 def _select(clf: Any, checkpoint: Path, data: Path, limit: int, seed: int) -> Selection:
     """(paths, labels or None, objects or None, where from): with ``objects.json``, up to
-    ``limit`` of its images (seeded); else up to ``limit`` held-out images, classes balanced."""
+    ``limit`` of its images (seeded); else up to ``limit`` held-out images, classes balanced,
+    with their boxes when ``boxes.json`` lists them."""
     if (data / OBJECTS_FILE).is_file():
         listed = read_objects(data, clf.classes)
         order = torch.randperm(len(listed), generator=torch.Generator().manual_seed(seed))
@@ -127,8 +152,9 @@ def _select(clf: Any, checkpoint: Path, data: Path, limit: int, seed: int) -> Se
     images, source = held_out_images(data, checkpoint, clf.classes)
     if not images:
         raise DataError(f"no held-out images found in {source}")
-    chosen = pick_balanced([label for _, label in images], limit, seed)
-    return [images[i][0] for i in chosen], [images[i][1] for i in chosen], None, source
+    chosen = [images[i] for i in pick_balanced([label for _, label in images], limit, seed)]
+    return ([p for p, _ in chosen], [label for _, label in chosen], boxed_objects(data, chosen),
+            source)
 
 
 def _write_report(result: Mapping[str, Any], output: Path) -> list[Path]:
