@@ -89,6 +89,10 @@ def test_the_space_app_runs_the_same_app(checkpoint, images, tmp_path):
     requirements = (folder / "requirements.txt").read_text().split()
     assert any(r.startswith("gradio") for r in requirements)
     assert any(r.startswith("torch") for r in requirements)
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(folder / "README.md")  # a Space reads its sdk and app from here
+    assert (card.data.sdk, card.data.app_file) == ("gradio", "app.py")
 
     port = free_port()
     env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),

@@ -28,9 +28,11 @@ def model_card(ckpt: Mapping[str, Any], *, repo_id: str, images: Mapping[str, st
     from huggingface_hub import ModelCard, ModelCardData
 
     name = repo_id.rsplit("/", 1)[-1]
+    # with the demo, the same README.md also tells a Space how to run app.py
+    space = {"sdk": "gradio", "app_file": "app.py"} if demo else {}
     data = ModelCardData(library_name="timm", pipeline_tag="image-classification",
                          tags=list(CARD_TAGS), model_name=name,
-                         eval_results=_eval_results(ckpt) or None)
+                         eval_results=_eval_results(ckpt) or None, **space)
     sections = [_summary(ckpt, name), _classes(ckpt["classes"]), _metrics(ckpt),
                 _usage(repo_id), _figures(images), _demo() if demo else "", _config(ckpt)]
     body = "\n\n".join(s for s in sections if s)
