@@ -94,7 +94,8 @@ def _add_flags(p: argparse.ArgumentParser, d: Config) -> None:
                    help="continue an interrupted run (default: a new run)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--pretrained", metavar="SOURCE",
-                   help="fine-tune from a checkpoint, a timm state_dict file, or timm:NAME "
+                   help="fine-tune from a checkpoint, a timm state_dict file, timm:NAME or "
+                   "hf:USER/NAME (a model on the Hugging Face Hub, e.g. from `vit push`) "
                    "(default: none, train from scratch)")
     p.add_argument("--freeze", metavar="none|backbone|all-but-last-N",
                    help=f"parts of a pretrained model to keep fixed (default: {d.train.freeze})")

@@ -259,6 +259,19 @@ class Classifier:
         return cls(model, classes=ckpt["classes"], preprocess=ckpt["preprocess"],
                    device=device, batch_size=batch_size)
 
+    @classmethod
+    def from_pretrained(
+        cls, source: str | os.PathLike[str], *, device: str | torch.device = "auto",
+        batch_size: int = 64,
+    ) -> Classifier:
+        """A model pushed with ``vit push``: a Hugging Face Hub repository id
+        ``user/name[@revision]`` (downloaded by huggingface_hub into its cache), or the folder
+        ``vit push --to-folder`` wrote."""
+        from vit.models.hub import WEIGHTS_NAME, hub_folder
+
+        return cls.from_checkpoint(hub_folder(source) / WEIGHTS_NAME, device=device,
+                                   batch_size=batch_size)
+
     @property
     def img_size(self) -> int:
         return int(self.preprocess["img_size"])
