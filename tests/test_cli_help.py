@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 HELP_COMMANDS = [[], ["train"], ["evaluate"], ["predict"], ["explain"], ["explain-bench"],
                  ["export"],
-                 ["attention-stats"], ["check"], ["shard"], ["models"]]
+                 ["attention-stats"], ["check"], ["shard"], ["models"], ["push"], ["demo"]]
 
 
 def imported_modules(*argv: str) -> set[str]:

@@ -91,7 +91,8 @@ def test_every_skip_marker_gives_an_accepted_reason():
 def workspace(tmp_path_factory) -> Path:
     """A folder where the README's paths exist: the quickstart's data (full size, for the file
     names the README uses) and a 1-epoch run of a tiny model in runs/quickstart, DIR (a small
-    train/val/test folder), weights.safetensors and RUN (= runs/quickstart)."""
+    train/val/test folder), labels.csv (DIR's images as a label file with a split column),
+    weights.safetensors and RUN (= runs/quickstart)."""
     from test_train import make_folder
 
     from vit.config import config_from_dict
@@ -113,6 +114,9 @@ def workspace(tmp_path_factory) -> Path:
     for split, per_class in (("train", 8), ("val", 3), ("test", 3)):
         make_folder(ws / "DIR" / split, classes=("daisy", "roses", "tulips"),
                     per_class=per_class, size=24)
+    rows = [f"{p.relative_to(ws)},{p.parent.name},{p.parent.parent.name}"
+            for p in sorted((ws / "DIR").glob("*/*/*.png"))]
+    (ws / "labels.csv").write_text("\n".join(["path,label,split", *rows]) + "\n")
     export_checkpoint(ws / "runs" / "quickstart" / "best.pt", ws / "weights.safetensors")
     (ws / "RUN").symlink_to(ws / "runs" / "quickstart")
     (ws / "assets").mkdir()  # where the README draws figures (--grid assets/...)

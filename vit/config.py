@@ -87,6 +87,13 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
+    # early stopping: stop after `patience` epochs without a better `monitor` (null or 0: off);
+    # `monitor` (val_top1 or val_loss) also picks the epoch best.pt holds
+    patience: int | None = None
+    monitor: str = "val_top1"
+    # experiment trackers, any of [tensorboard, wandb, mlflow] (optional extras of the same
+    # names; vit/training/trackers.py says where each writes); none by default
+    report_to: list[str] = field(default_factory=list)
     # global batch per optimizer step = batch_size * accum_steps; None: about 32 steps per epoch
     # (8 to 128); a batch larger than the training images is lowered with a warning
     batch_size: int | None = None
@@ -141,6 +148,7 @@ _CHOICES = {
     "loss.class_weights": ("none", "balanced"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.strategy": ("ddp", "fsdp"),
+    "train.monitor": ("val_top1", "val_loss"),
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune",
                            "max-autotune-no-cudagraphs"),
 }
@@ -224,6 +232,8 @@ def set_value(cfg: Config, dotted_key: str, value: Any) -> None:
             f"unknown config key {dotted_key!r}; valid keys in {section_name}: "
             f"{', '.join(sorted(hints))}"
         )
+    if dotted_key == "train.report_to" and isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]  # report_to=tensorboard
     value = _coerce(dotted_key, value, hints[key])
     choices = _CHOICES.get(dotted_key)
     if choices is not None and value not in choices:

@@ -14,17 +14,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = add_parser(
         sub, "evaluate", help="measure a checkpoint on a labelled image folder",
-        description="Evaluate on DIR/<class>/<image>, or on DIR/test/ (preferred) or DIR/val/. "
-        "Folders are matched to the checkpoint's classes by name. Writes report.json, "
+        description="Evaluate on DIR/<class>/<image>, or on DIR/test/ (preferred) or DIR/val/, "
+        "or on a label file's test (else val, else all) rows. Folders and labels are matched to the checkpoint's classes by name. Writes report.json, "
         "predictions.csv, confusion_matrix.png, reliability.png and mistakes.png.")
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="best.pt from `vit train`, or an exported .safetensors")
-    p.add_argument("--data", required=True, metavar="DIR", help="labelled image folder")
+    p.add_argument("--data", required=True, metavar="DIR|LABELS.csv",
+                   help="labelled image folder, or a label file (CSV with path,label; its test "
+                   "rows, else its val rows, when it has a split column)")
     p.add_argument("--output", metavar="DIR",
                    help="where to write the report (default: CKPT's folder/eval-<DIR name>)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
     p.add_argument("--num-mistakes", type=int, default=16, metavar="N",
                    help="images in mistakes.png (default 16)")
+    p.add_argument("--tta", choices=["flip", "crops"],
+                   help="test-time augmentation: average the probabilities of the image and its "
+                   "mirror (flip, 2x the time) or of 5 crops and their mirrors (crops, 10x) "
+                   "(default: none)")
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
                    help="where to run; auto picks the GPU when there is one")
     add_common_flags(p)
@@ -48,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
                                      batch_size=args.batch_size)
     report = evaluate_folder(clf, args.data, output_dir=output, num_mistakes=args.num_mistakes,
                              show_progress=sys.stderr.isatty() and not args.quiet,
-                             run_dir=Path(args.checkpoint).parent)
+                             run_dir=Path(args.checkpoint).parent, tta=args.tta)
     sys.stdout.write(format_summary(report))
     print(f"report: {output / 'report.json'}")
     return 0

@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "is named after a class, the prediction and its probability; mistakes are red.")
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="best.pt from `vit train`, or an exported .safetensors")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="images, folders or globs")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="images, folders, globs, or a label file (labels.csv: path,label; its "
+                   "labels title the pictures)")
     p.add_argument("--output", metavar="DIR",
                    help="folder for the PNG overlays (default: none; --output or --html needed)")
     p.add_argument("--html", metavar="FILE",
@@ -82,21 +84,21 @@ def _write_page(args: argparse.Namespace, paths: list, show_progress: bool) -> N
 
 
 def run(args: argparse.Namespace) -> int:
-    from vit.data.folders import expand_paths
+    from vit.data.labels import expand_with_labels
     from vit.inference.attention_files import check_html_output
     from vit.inference.overlays import explain_files
 
     _check(args)
     if args.html is not None:
         check_html_output(args.html)  # before any work
-    paths = expand_paths(args.paths)
+    paths, labels = expand_with_labels(args.paths)
     show_progress = sys.stderr.isatty() and not args.quiet
     if args.output is not None:
         results = explain_files(
             checkpoint=args.checkpoint, paths=paths, output=args.output, method=args.method,
             head_fusion=args.head_fusion, discard_ratio=args.discard_ratio, alpha=args.alpha,
             colormap=args.colormap, topk=args.topk, batch_size=args.batch_size,
-            device=args.device, grid=args.grid, show_progress=show_progress)
+            device=args.device, grid=args.grid, show_progress=show_progress, labels=labels)
         for r in results:
             if not r.error:  # unreadable files were already reported as warnings
                 print(f"{r.output}  {', '.join(f'{lab} {p:.1%}' for lab, p in r.predictions)}")

@@ -1,5 +1,5 @@
 """The ``vit`` command: ``vit train|evaluate|predict|explain|explain-bench|export|
-attention-stats|check|shard|models``.
+attention-stats|check|shard|models|push|demo``.
 
 Only this layer prints and exits. A mistake of the user's (a ``VitError``) becomes one line on
 stderr and exit code 2; an unexpected failure one line and exit code 1; ``--debug`` shows the
@@ -22,7 +22,7 @@ from importlib import import_module
 from vit.errors import VitError
 
 COMMANDS = ("train", "evaluate", "predict", "explain", "explain-bench", "export",
-            "attention-stats", "check", "shard", "models")
+            "attention-stats", "check", "shard", "models", "push", "demo")
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -64,7 +64,8 @@ def setup_logging(*, debug: bool = False, quiet: bool = False) -> None:
         level = max(level, logging.WARNING)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S", force=True)
-    for noisy in ("PIL", "matplotlib", "timm", "urllib3", "httpx", "huggingface_hub"):
+    for noisy in ("PIL", "matplotlib", "timm", "urllib3", "httpx", "httpx2", "huggingface_hub",
+                  "gradio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -35,6 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="classes per image (default 5, at most the number of classes)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
     p.add_argument("--format", default="table", choices=FORMATS, help="output format")
+    p.add_argument("--tta", choices=["flip", "crops"],
+                   help="test-time augmentation: average the probabilities of the image and its "
+                   "mirror (flip, 2x the time) or of 5 crops and their mirrors (crops, 10x) "
+                   "(default: none)")
     p.add_argument("--output", metavar="FILE", help="write to this file (default: stdout)")
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
                    help="where to run; auto picks the GPU when there is one")
@@ -121,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     paths = expand_paths(args.paths)  # a mistyped path stops here, before the model loads
     clf = Classifier.from_checkpoint(args.checkpoint, device=args.device,
                                      batch_size=args.batch_size)
-    results = clf.predict_files(paths, topk=args.topk,
+    results = clf.predict_files(paths, topk=args.topk, tta=args.tta,
                                 show_progress=sys.stderr.isatty() and not args.quiet)
     if all(r.error is not None for r in results):
         raise DataError(f"none of the {len(results)} images could be read "

@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub, "train", help="train on an image folder or tar shards (no arguments: the quickstart)",
         description="Train a ViT. Data inputs (--data): an image folder DIR/<class>/<image> "
         "(a stratified --val-fraction is held out); DIR/train/<class>/... plus DIR/val/<class>/"
-        "... (validation as given); or WebDataset tar shards written by `vit shard`, as a "
+        "... (validation as given); a label file LABELS.csv with path,label[,split] columns "
+        "(paths relative to its folder; split: train, val, test); or WebDataset tar shards written by `vit shard`, as a "
         "quoted brace pattern 'OUT/train-{000000..000123}.tar' (validation: the val shards "
         "beside them, or data.val_root=DIR_OR_PATTERN). With no arguments: the quickstart on "
         "a built-in synthetic shapes dataset (configs/quickstart.yaml). Defaults below are "
@@ -53,9 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _add_flags(p: argparse.ArgumentParser, d: Config) -> None:
     """The options of `vit train`; their defaults are those of ``d``."""
-    p.add_argument("--data", metavar="DIR|'SHARDS-{0..N}.tar'",
-                   help="image folder (DIR/<class>/..., or DIR/train + DIR/val) or tar shards "
-                   "(default: none, which runs the quickstart)")
+    p.add_argument("--data", metavar="DIR|LABELS.csv|'SHARDS-{0..N}.tar'",
+                   help="image folder (DIR/<class>/..., or DIR/train + DIR/val), a label file "
+                   "(a CSV with path,label columns, paths relative to its folder; optional "
+                   "split column: train, val, test) or tar shards (default: none, which runs "
+                   "the quickstart)")
     p.add_argument("--config", metavar="YAML",
                    help="a recipe, e.g. configs/flowers_vit_nano_cpu.yaml (default: none)")
     p.add_argument("--model", metavar="NAME",
@@ -91,7 +94,8 @@ def _add_flags(p: argparse.ArgumentParser, d: Config) -> None:
                    help="continue an interrupted run (default: a new run)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--pretrained", metavar="SOURCE",
-                   help="fine-tune from a checkpoint, a timm state_dict file, or timm:NAME "
+                   help="fine-tune from a checkpoint, a timm state_dict file, timm:NAME or "
+                   "hf:USER/NAME (a model on the Hugging Face Hub, e.g. from `vit push`) "
                    "(default: none, train from scratch)")
     p.add_argument("--freeze", metavar="none|backbone|all-but-last-N",
                    help=f"parts of a pretrained model to keep fixed (default: {d.train.freeze})")
@@ -188,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"attention explorer: {page} (open it in a browser: click a patch to see "
                   "where it looks, layer by layer and head by head)", file=sys.stderr)
     best = f"{summary.best_top1:.2f}%" if summary.best_top1 is not None else "n/a"
+    if summary.stopped_early:  # the log says why
+        best += f" (stopped early after epoch {summary.epochs_done} of {cfg.train.epochs})"
     print(f"done: best val top-1 {best}; run folder {summary.run_dir} "
           f"(best.pt, last.pt, metrics.jsonl, curves.png)")
     return 0

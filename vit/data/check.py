@@ -39,7 +39,8 @@ from vit.data.images import (
     decode_reason,
 )
 
-__all__ = ["quick_check", "checked_scan", "full_check", "cache_dir", "cache_file"]
+__all__ = ["quick_check", "quick_check_paths", "checked_scan", "full_check", "cache_dir",
+           "cache_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,18 @@ def _in_processes(fn: Any, paths: list[str], *, workers: int, desc: str,
                 reasons.extend(result)
                 bar.update(len(result))
     return reasons
+
+
+def quick_check_paths(paths: Sequence[str], *, workers: int = 1) -> list[dict[str, str]]:
+    """``quick_check`` of listed files (a label file's; not cached): the unreadable ones as
+    ``{"path", "reason"}``, in the order given, one warning each."""
+    reasons = _in_processes(_quick_chunk, list(paths), workers=workers,
+                            desc="checking image headers")
+    bad = [{"path": p, "reason": r} for p, r in zip(paths, reasons, strict=True)
+           if r is not None]
+    for record in bad:
+        logger.warning("Skipping %s: %s", record["path"], record["reason"])
+    return bad
 
 
 def full_check(paths: Sequence[str], *, workers: int | None = None) -> list[dict[str, str]]:

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from vit.data.images import UnreadableImageError, load_image, to_rgb
 from vit.data.transforms import eval_geometry, normalize_transform
 from vit.errors import CheckpointError, ConfigError, VitError
+from vit.inference.tta import check_tta, tta_views
 from vit.runtime import autocast, inference_precision, resolve_device
 
 __all__ = [
@@ -258,6 +259,19 @@ class Classifier:
         return cls(model, classes=ckpt["classes"], preprocess=ckpt["preprocess"],
                    device=device, batch_size=batch_size)
 
+    @classmethod
+    def from_pretrained(
+        cls, source: str | os.PathLike[str], *, device: str | torch.device = "auto",
+        batch_size: int = 64,
+    ) -> Classifier:
+        """A model pushed with ``vit push``: a Hugging Face Hub repository id
+        ``user/name[@revision]`` (downloaded by huggingface_hub into its cache), or the folder
+        ``vit push --to-folder`` wrote."""
+        from vit.models.hub import WEIGHTS_NAME, hub_folder
+
+        return cls.from_checkpoint(hub_folder(source) / WEIGHTS_NAME, device=device,
+                                   batch_size=batch_size)
+
     @property
     def img_size(self) -> int:
         return int(self.preprocess["img_size"])
@@ -289,31 +303,44 @@ class Classifier:
     # --- predictions --------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Softmax of the model's logits for a transformed batch, as float32 on the CPU."""
-        with autocast(self.device, self.precision):
-            logits = self.model(batch.to(self.device, non_blocking=True))
-        return logits.float().softmax(dim=-1).cpu()
+    def probabilities(self, batch: torch.Tensor, *, tta: str | None = None) -> torch.Tensor:
+        """Softmax of the model's logits for a transformed batch, as float32 on the CPU.
+
+        ``tta`` ("flip" or "crops", ``vit.inference.tta``): the mean of the probabilities of
+        several views of each image."""
+        batch = batch.to(self.device, non_blocking=True)
+        probs = None
+        views = tta_views(batch, tta)
+        for view in views:
+            with autocast(self.device, self.precision):
+                logits = self.model(view)
+            p = logits.float().softmax(dim=-1)
+            probs = p if probs is None else probs + p
+        return (probs / len(views)).cpu()
 
     def predict_proba(
-        self, images: ImageInput | Sequence[ImageInput], *, batch_size: int | None = None
+        self, images: ImageInput | Sequence[ImageInput], *, batch_size: int | None = None,
+        tta: str | None = None,
     ) -> torch.Tensor:
-        """(N, C) class probabilities on the CPU, rows in input order, columns ``classes``."""
-        items = _as_list(images)
-        rows = [self.probabilities(self.transform(chunk))
+        """(N, C) class probabilities on the CPU, rows in input order, columns ``classes``;
+        ``tta="flip"|"crops"`` averages them over augmented views (``probabilities``)."""
+        items, tta = _as_list(images), check_tta(tta)
+        rows = [self.probabilities(self.transform(chunk), tta=tta)
                 for chunk in _chunks(items, self._batch_size(batch_size))]
         return torch.cat(rows) if rows else torch.empty(0, len(self.classes))
 
     def predict(
         self, images: ImageInput | Sequence[ImageInput], topk: int = 5, *,
-        batch_size: int | None = None,
+        batch_size: int | None = None, tta: str | None = None,
     ) -> list[list[tuple[str, float]]]:
         """Per image, the ``topk`` most likely (label, probability), most likely first.
 
         A single image still gives a list with one entry. A file that cannot be decoded raises
-        ``UnreadableImageError``; use ``predict_files`` to skip such files instead.
+        ``UnreadableImageError``; use ``predict_files`` to skip such files instead. ``tta``:
+        test-time augmentation, "flip" (2 views) or "crops" (10), probabilities averaged.
         """
-        return top_labels(self.predict_proba(images, batch_size=batch_size), self.classes, topk)
+        probs = self.predict_proba(images, batch_size=batch_size, tta=tta)
+        return top_labels(probs, self.classes, topk)
 
     def _load_batch(self, paths: Sequence[str]) -> tuple[list[np.ndarray], list[str | None]]:
         arrays, errors = [], []
@@ -328,13 +355,13 @@ class Classifier:
 
     def predict_proba_files(
         self, paths: Sequence[str | os.PathLike[str]], *, batch_size: int | None = None,
-        show_progress: bool = False,
+        show_progress: bool = False, tta: str | None = None,
     ) -> FileProbabilities:
         """Probabilities for image files; unreadable files are skipped with a warning.
 
         A progress bar (stderr) is shown with ``show_progress`` when there is more than one batch.
         """
-        names = [os.fspath(p) for p in paths]
+        names, tta = [os.fspath(p) for p in paths], check_tta(tta)
         chunks = list(_chunks(names, self._batch_size(batch_size)))
         errors: list[str | None] = []
         rows: list[torch.Tensor] = []
@@ -344,19 +371,19 @@ class Classifier:
                 arrays, chunk_errors = self._load_batch(chunk)
                 errors.extend(chunk_errors)
                 if arrays:
-                    rows.append(self.probabilities(self.transform(arrays)))
+                    rows.append(self.probabilities(self.transform(arrays), tta=tta))
                 bar.update(len(chunk))
         probs = torch.cat(rows) if rows else torch.empty(0, len(self.classes))
         return FileProbabilities(paths=names, errors=errors, probs=probs)
 
     def predict_files(
         self, paths: Sequence[str | os.PathLike[str]], topk: int = 5, *,
-        batch_size: int | None = None, show_progress: bool = False,
+        batch_size: int | None = None, show_progress: bool = False, tta: str | None = None,
     ) -> list[FilePrediction]:
         """``predict`` for files, in input order; an unreadable file gets ``error`` set instead."""
         _check_topk(topk)  # before the work, not after it
         scores = self.predict_proba_files(paths, batch_size=batch_size,
-                                          show_progress=show_progress)
+                                          show_progress=show_progress, tta=tta)
         labels = iter(top_labels(scores.probs, self.classes, topk))
         return [
             FilePrediction(path, None, error) if error is not None

@@ -119,6 +119,7 @@ class EvalSet:
     samples: list[tuple[str, int]]
     match: ClassMatch
     num_unknown_images: int
+    skipped: tuple[dict[str, str], ...] = ()  # a label file's rows without a file or a label
 
 
 def scan_eval_folder(eval_dir: str | os.PathLike[str], model_classes: Sequence[str]) -> EvalSet:
@@ -135,6 +136,30 @@ def scan_eval_folder(eval_dir: str | os.PathLike[str], model_classes: Sequence[s
         logger.warning("no folder for the model's classes %s", match.missing)
     return EvalSet(root=Path(eval_dir), samples=samples, match=match,
                    num_unknown_images=num_unknown)
+
+
+def scan_eval_labels(label_file: str | os.PathLike[str], model_classes: Sequence[str]
+                     ) -> EvalSet:
+    """A label file's rows (``vit.data.labels``) to evaluate on: its ``test`` rows, else its
+    ``val`` rows, else every row (no split column); labels matched to the model's classes by
+    name, as class folders are."""
+    from vit.data.labels import read_label_file
+
+    labels = read_label_file(label_file)
+    rows = labels.rows
+    if labels.has_split:
+        rows = labels.of_split("test") or labels.of_split("val")
+        if not rows:
+            raise DataError(f"{labels.path} has no test or val rows to evaluate on (its split "
+                            "column marks every row train)")
+    names = sorted({r.label for r in rows})
+    match = match_classes(names, model_classes)
+    samples = [(r.path, match.targets[r.label]) for r in rows if r.label in match.targets]
+    if match.unknown:
+        logger.warning("the model does not know the labels %s; their %d images are left out",
+                       match.unknown, len(rows) - len(samples))
+    return EvalSet(root=labels.path, samples=samples, match=match,
+                   num_unknown_images=len(rows) - len(samples), skipped=tuple(labels.skipped))
 
 
 # --- metrics ----------------------------------------------------------------------------------
@@ -161,11 +186,12 @@ class Scored:
 
 def score_images(
     clf: Classifier, samples: Sequence[tuple[str, int]], *, batch_size: int | None = None,
-    show_progress: bool = False,
+    show_progress: bool = False, tta: str | None = None,
 ) -> Scored:
-    """Run the classifier over ``samples``; unreadable files are skipped with a warning."""
+    """Run the classifier over ``samples`` (``tta``: test-time augmentation, see
+    ``Classifier.probabilities``); unreadable files are skipped with a warning."""
     scores = clf.predict_proba_files([p for p, _ in samples], batch_size=batch_size,
-                                     show_progress=show_progress)
+                                     show_progress=show_progress, tta=tta)
     keep = scores.readable
     skipped = [{"path": scores.paths[i], "reason": error}
                for i, error in enumerate(scores.errors) if error is not None]
@@ -231,18 +257,26 @@ def evaluate_folder(
     num_mistakes: int = 16,
     show_progress: bool = False,
     run_dir: str | os.PathLike[str] | None = None,
+    tta: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``clf`` on an image folder; write report.json, predictions.csv and the plots
     to ``output_dir`` (when given) and return the report. With ``run_dir`` (the folder
     ``vit train`` wrote the checkpoint to), ``report["seen_by_run"]`` counts the evaluated
-    images that the run trained on or picked its best epoch with."""
-    eval_dir = resolve_eval_dir(data_dir)
-    eval_set = scan_eval_folder(eval_dir, clf.classes)
+    images that the run trained on or picked its best epoch with. ``tta``: test-time
+    augmentation, "flip" or "crops" (``Classifier.probabilities``)."""
+    from vit.data.labels import is_label_file
+
+    if is_label_file(data_dir):
+        eval_dir = Path(data_dir)
+        eval_set = scan_eval_labels(eval_dir, clf.classes)
+    else:
+        eval_dir = resolve_eval_dir(data_dir)
+        eval_set = scan_eval_folder(eval_dir, clf.classes)
     out = make_output_dir(output_dir) if output_dir is not None else None
     split = f" (the {eval_dir.name}/ split of {data_dir})" if eval_dir != Path(data_dir) else ""
     logger.info("evaluating on %s%s: %d images", eval_dir, split, len(eval_set.samples))
     scored = score_images(clf, eval_set.samples, batch_size=batch_size,
-                          show_progress=show_progress)
+                          show_progress=show_progress, tta=tta)
     report = compute_report(scored.probs, scored.targets, clf.classes)
     report.update({
         "data_dir": str(data_dir),
@@ -250,7 +284,8 @@ def evaluate_folder(
         "unknown_classes": eval_set.match.unknown,
         "num_unknown_class_images": eval_set.num_unknown_images,
         "missing_classes": eval_set.match.missing,
-        "skipped": scored.skipped,
+        "skipped": [*eval_set.skipped, *scored.skipped],
+        "tta": tta,
     })
     if run_dir is not None:
         report["seen_by_run"] = seen_by_run(run_dir, [path for path, _ in eval_set.samples])
@@ -269,13 +304,18 @@ def seen_by_run(run_dir: str | os.PathLike[str], paths: Sequence[str]) -> dict[s
     import yaml
 
     from vit.data.folders import resolve_data_dirs
+    from vit.data.labels import is_label_file, read_label_file
 
     run_dir = Path(run_dir)
     counts = {"training": 0, "validation": 0}
     try:
         split = json.loads((run_dir / "split.json").read_text())
         root = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {})["data"]["root"]
-        train_dir = resolve_data_dirs(root)[0].resolve()
+        if is_label_file(root):  # a label file: its rows the split did not hold out or test
+            train_dir, train_files = None, {str(Path(r.path).resolve()) for r in
+                                            read_label_file(root, warn=False).rows if r.split != "test"}
+        else:
+            train_dir, train_files = resolve_data_dirs(root)[0].resolve(), set()
     except (OSError, ValueError, KeyError, TypeError, DataError):
         return counts
     val_files = {str(Path(f).resolve()) for f in split.get("val_files", [])}
@@ -284,7 +324,8 @@ def seen_by_run(run_dir: str | os.PathLike[str], paths: Sequence[str]) -> dict[s
         resolved = Path(path).resolve()
         if str(resolved) in val_files or (val_dir is not None and resolved.is_relative_to(val_dir)):
             counts["validation"] += 1
-        elif resolved.is_relative_to(train_dir):
+        elif str(resolved) in train_files or (train_dir is not None
+                                              and resolved.is_relative_to(train_dir)):
             counts["training"] += 1
     return counts
 
@@ -300,7 +341,8 @@ def _number(value: float | None) -> str:
 def format_summary(report: dict[str, Any]) -> str:
     """A short text table of ``report`` for the terminal."""
     lines = [
-        f"{report['num_images']} images from {report.get('eval_dir', '?')}",
+        f"{report['num_images']} images from {report.get('eval_dir', '?')}"
+        + (f" (test-time augmentation: {report['tta']})" if report.get("tta") else ""),
         f"top-1 {_percent(report['top1'])}   "
         + (f"top-5 {_percent(report['top5'])}   " if report.get("top5") is not None else "")
         + f"loss {_number(report['loss'])}   ECE {_number(report['ece'])}",

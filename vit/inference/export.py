@@ -34,6 +34,7 @@ from vit.io import FORMAT, FORMAT_VERSION, atomic_write, sidecar_path, write_jso
 from vit.models.checkpoint import load_checkpoint, model_from_checkpoint
 
 __all__ = [
+    "safetensors_export",
     "FORMATS",
     "export_safetensors",
     "ONNX_OPSET",
@@ -81,16 +82,13 @@ def _metrics_summary(ckpt: Mapping[str, Any]) -> dict[str, Any]:
             "best_top1": ckpt.get("best_top1"), "metrics": scalars}
 
 
-def export_safetensors(ckpt: Mapping[str, Any], path: str | os.PathLike) -> tuple[Path, Path]:
-    """Write the prediction weights to ``path`` (.safetensors) and the rest to ``path``.json.
+def safetensors_export(ckpt: Mapping[str, Any]) -> tuple[bytes, str]:
+    """The bytes of the prediction weights as .safetensors, and the JSON of their sidecar.
 
-    The sidecar holds format/version, model_config, classes, preprocess, the run config and a
-    metrics summary; the same JSON is kept in the safetensors metadata under ``"vit"``.
-    ``load_checkpoint`` reads the pair back as a checkpoint without resume state.
+    The JSON holds format/version, model_config, classes, preprocess, the run config and a
+    metrics summary; the bytes keep the same JSON in their metadata under ``"vit"``, so the file
+    alone is enough (``vit.io.read_weights``).
     """
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise CheckpointError(f"export path {path} must end in .safetensors")
     info = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -103,7 +101,18 @@ def export_safetensors(ckpt: Mapping[str, Any], path: str | os.PathLike) -> tupl
     }
     text = json.dumps(info, indent=2)
     weights = {k: v.detach().cpu().contiguous() for k, v in ckpt["model"].items()}
-    payload = safetensors.torch.save(weights, metadata={"vit": text})
+    return safetensors.torch.save(weights, metadata={"vit": text}), text
+
+
+def export_safetensors(ckpt: Mapping[str, Any], path: str | os.PathLike) -> tuple[Path, Path]:
+    """Write the prediction weights to ``path`` (.safetensors) and the rest to ``path``.json
+    (``safetensors_export``). ``load_checkpoint`` reads the pair back as a checkpoint without
+    resume state.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"export path {path} must end in .safetensors")
+    payload, text = safetensors_export(ckpt)
     sidecar = sidecar_path(path)
     atomic_write(path, payload)
     atomic_write(sidecar, text + "\n")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,9 +56,11 @@ class ExplainedImage:
         return self.predictions[0][0] != self.true_label
 
 
-def true_label(path: str | Path, classes: Sequence[str]) -> str | None:
-    """The class an image's folder names (``.../<class>/<image>``), when it is a model class."""
-    name = Path(path).parent.name
+def true_label(path: str | Path, classes: Sequence[str],
+               labels: Mapping[str, str] | None = None) -> str | None:
+    """The image's label in ``labels`` (a label file's), else the class its folder names
+    (``.../<class>/<image>``), when it is a model class."""
+    name = (labels or {}).get(str(path)) or Path(path).parent.name
     return name if name in classes else None
 
 
@@ -179,9 +181,11 @@ def explain_files(
     grid: str | Path | None = None,
     show_progress: bool = False,
     colormap: str = DEFAULT_COLORMAP,
+    labels: Mapping[str, str] | None = None,
 ) -> list[ExplainedImage]:
     """Write one side-by-side PNG per readable image and method, and the grid (``grid``,
     default DIR/grid.png); unreadable files are skipped. ``method``: see ``parse_methods``.
+    ``labels``: path -> true label (a label file's); else the folder names it.
 
     Each batch is decoded and cropped once and runs the model's forward pass once (the
     predictions in the titles, and the class every class-specific map explains).
@@ -207,7 +211,7 @@ def explain_files(
                 for m in methods}
         predictions = top_labels(logits.softmax(dim=-1).cpu(), clf.classes, topk)
         for i, (path, image, preds) in enumerate(zip(good, shown, predictions, strict=True)):
-            item = ExplainedImage(path, None, preds, true_label=true_label(path, clf.classes))
+            item = ExplainedImage(path, None, preds, true_label=true_label(path, clf.classes, labels))
             blended = [overlay(image, maps[m][i], alpha=alpha, colormap=colormap)
                        for m in methods]
             row = _draw_item(item, image, blended, methods, out_dir / stems[path],

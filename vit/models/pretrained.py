@@ -1,6 +1,7 @@
 """Fine-tune from pretrained weights: read them from anywhere, adapt them to the model, load.
 
-    read_pretrained(source)             a .pt/.pth/.bin/.safetensors file, or "timm:<name>"
+    read_pretrained(source)             a .pt/.pth/.bin/.safetensors file, "timm:<name>" or
+                                        "hf:<user>/<name>" (a model pushed to the Hub)
       -> PretrainedWeights              state_dict with timm names (+ architecture, classes if ours)
     load_pretrained_into(model, w)      adapt what can be adapted, refuse the rest, log each change
       -> LoadReport                     which parameters were loaded / adapted / left new
@@ -26,6 +27,7 @@ Files are read by ``vit.io.read_weights``, the one reader of weight files, with
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -37,6 +39,7 @@ import torch
 
 from vit.errors import CheckpointError, ConfigError
 from vit.io import read_weights
+from vit.models.hub import CONFIG_NAME, HF_PREFIX, WEIGHTS_NAME, hub_folder
 from vit.models.presets import model_config
 from vit.models.timm_interop import fetch_timm_model
 from vit.models.vision_transformer import VisionTransformer, ViTConfig, config_dict
@@ -92,14 +95,18 @@ def read_pretrained(source: str | Path) -> PretrainedWeights:
     ``timm:<name>`` through timm."""
     if isinstance(source, str) and source.startswith(TIMM_PREFIX):
         return _read_timm(source[len(TIMM_PREFIX):])
+    if isinstance(source, str) and source.startswith(HF_PREFIX):
+        return _read_hub(source)
     path = Path(source)
+    if path.is_dir() and (path / WEIGHTS_NAME).is_file() and (path / CONFIG_NAME).is_file():
+        return _read_hub(str(path))  # a folder of `vit push --to-folder`, or a Hub download
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; pass a weights file inside it (.pt, .pth, "
                               ".bin or .safetensors)")
     if not path.is_file():
         raise CheckpointError(
             f"pretrained weights not found: {path} (pass a .pt, .pth, .bin or .safetensors file, "
-            f"or timm:<model name>)"
+            f"timm:<model name> or hf:<user>/<name>)"
         )
     weights = read_weights(path)
     info = weights.info or {}
@@ -115,6 +122,27 @@ def _read_timm(name: str) -> PretrainedWeights:
     model = fetch_timm_model(name)
     return PretrainedWeights(state_dict=model.state_dict(), model_config=config_dict(model),
                              description=f"timm:{name}")
+
+
+# --- hf:<user>/<name> -------------------------------------------------------------------------
+
+
+def _read_hub(source: str) -> PretrainedWeights:
+    """A model pushed to the Hub (``vit push``, or any timm-format ViT repo): its
+    model.safetensors through hf_hub_download; class names from config.json when the weights
+    file does not carry ours."""
+    folder = hub_folder(source)
+    weights = read_weights(folder / WEIGHTS_NAME)
+    info = weights.info or {}
+    classes = info.get("classes")
+    if classes is None:
+        try:
+            labels = json.loads((folder / CONFIG_NAME).read_text()).get("label_names")
+        except (OSError, ValueError):
+            labels = None
+        classes = [str(c) for c in labels] if isinstance(labels, list) else None
+    return PretrainedWeights(state_dict=weights.state_dict, model_config=info.get("model_config"),
+                             classes=classes, description=source)
 
 
 # ---------------------------------------------------------------------------------------------

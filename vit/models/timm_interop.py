@@ -15,11 +15,20 @@ from torch import nn
 from vit.errors import CheckpointError, first_line
 from vit.models.vision_transformer import VisionTransformer, ViTConfig
 
-__all__ = ["from_timm", "fetch_timm_model"]
+__all__ = ["from_timm", "timm_config", "timm_architecture", "fetch_timm_model",
+           "TIMM_ARCHITECTURES", "ARCHITECTURE_FIELDS"]
 
 logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 3.0
+# timm architectures that a config.json may name: model_args give the rest (timm_architecture)
+TIMM_ARCHITECTURES = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224",
+                      "vit_large_patch16_224")
+# ViTConfig fields that timm's VisionTransformer takes under the same name and that shape the
+# weights or the function (num_classes goes beside them in a config.json)
+ARCHITECTURE_FIELDS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads",
+                       "mlp_ratio", "qkv_bias", "qk_norm", "init_values", "reg_tokens",
+                       "global_pool")
 
 
 def from_timm(timm_model: nn.Module) -> VisionTransformer:
@@ -29,7 +38,14 @@ def from_timm(timm_model: nn.Module) -> VisionTransformer:
     tokens, LayerNorm, GELU, optional registers / LayerScale / qk-norm, 'token' or 'avg' pooling).
     Anything else raises a ``ValueError`` naming what differs.
     """
-    m = timm_model
+    model = VisionTransformer(timm_config(timm_model))
+    state = {k: v for k, v in timm_model.state_dict().items()}
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def _unsupported(m: nn.Module) -> list[str]:
+    """What a timm VisionTransformer has that our model does not."""
     unsupported = []
     if not getattr(m, "has_class_token", True):
         unsupported.append("class_token=False")
@@ -45,9 +61,14 @@ def from_timm(timm_model: nn.Module) -> VisionTransformer:
         unsupported.append("avg pooling without fc_norm")
     if m.global_pool == "token" and not isinstance(m.fc_norm, nn.Identity):
         unsupported.append("fc_norm with token pooling")
+    return unsupported
+
+
+def timm_config(m: nn.Module) -> ViTConfig:
+    """The ``ViTConfig`` of a timm ``VisionTransformer`` (``ValueError`` when ours cannot be it)."""
+    unsupported = _unsupported(m)
     if unsupported:
         raise ValueError(f"cannot convert this timm model: unsupported {', '.join(unsupported)}")
-
     block = m.blocks[0]
     embed_dim = m.embed_dim
     img_size = m.patch_embed.img_size
@@ -55,7 +76,7 @@ def from_timm(timm_model: nn.Module) -> VisionTransformer:
     if img_size[0] != img_size[1] or patch_size[0] != patch_size[1]:
         raise ValueError(f"only square images and patches are supported, got {img_size}, {patch_size}")
     has_ls = not isinstance(block.ls1, nn.Identity)
-    cfg = ViTConfig(
+    return ViTConfig(
         img_size=img_size[0],
         patch_size=patch_size[0],
         in_chans=m.patch_embed.proj.in_channels,
@@ -70,10 +91,34 @@ def from_timm(timm_model: nn.Module) -> VisionTransformer:
         reg_tokens=getattr(m, "num_reg_tokens", 0),
         global_pool=m.global_pool,
     )
-    model = VisionTransformer(cfg)
-    state = {k: v for k, v in m.state_dict().items()}
-    model.load_state_dict(state, strict=True)
-    return model
+
+
+def timm_architecture(config: ViTConfig) -> tuple[str, dict[str, Any]]:
+    """The timm architecture nearest to ``config`` and the ``model_args`` that make it ``config``.
+
+    ``timm.create_model(name, num_classes=config.num_classes, **model_args)`` builds a timm
+    model with our parameter names and shapes. Of ``TIMM_ARCHITECTURES``, the one with the
+    fewest differing arguments wins (the first on a tie); the dropout rates are left out
+    (training only, timm's default is none).
+    """
+    best: tuple[str, dict[str, Any]] | None = None
+    for name in TIMM_ARCHITECTURES:
+        defaults = _timm_default_config(name)
+        args = {f: getattr(config, f) for f in ARCHITECTURE_FIELDS
+                if getattr(config, f) != getattr(defaults, f)}
+        if best is None or len(args) < len(best[1]):
+            best = (name, args)
+    assert best is not None
+    return best
+
+
+def _timm_default_config(name: str) -> ViTConfig:
+    """timm's own configuration of architecture ``name``, read off a model on the meta device."""
+    import timm  # takes seconds to import; only needed here
+    import torch
+
+    with torch.device("meta"):
+        return timm_config(timm.create_model(name, pretrained=False))
 
 
 def fetch_timm_model(name: str) -> VisionTransformer:

@@ -56,7 +56,7 @@ def train_one_epoch(
     clip_grad: float | None = None, ema: nn.Module | None = None, mixup: Callable | None = None,
     epoch: int = 0, num_batches: int | None = None, skip_batches: int = 0,
     should_stop: Callable[[], bool] | None = None, show_progress: bool = True,
-    check_every: int | None = None,
+    check_every: int | None = None, on_step: Callable[[int, dict], None] | None = None,
 ) -> EpochResult:
     """Train for one pass over ``loader``; returns running statistics.
 
@@ -70,6 +70,8 @@ def train_one_epoch(
     on a GPU, so the host never waits for the device in between and kernel launches overlap
     the device's work). A non-finite step raises ``NonFiniteLossError`` naming the first bad
     step, before the epoch ends, so no checkpoint is ever written from its weights.
+    ``on_step(step, {"loss", "lr", "images_per_s"})`` is called after an optimizer step whose
+    loss was read anyway (the trackers' per-step line; no extra wait for the device).
     """
     model.train()
     total = num_batches if num_batches is not None else len(loader)  # type: ignore[arg-type]
@@ -81,6 +83,7 @@ def train_one_epoch(
                        1 if device.type == "cpu" else 50))
     bar = tqdm(total=total, initial=skip_batches, desc=f"epoch {epoch + 1}", leave=False,
                disable=not show_progress, dynamic_ncols=True)
+    pace = _Pace(on_step)
     start, data_wait, interrupted, batch_index = time.perf_counter(), 0.0, False, skip_batches
     optimizer.zero_grad(set_to_none=True)
     fetch_start = time.perf_counter()
@@ -90,6 +93,8 @@ def train_one_epoch(
         bar.update(1)
         if steps.checked:
             bar.set_postfix(loss=f"{steps.health.last_loss():.4f}", lr=f"{steps.lr:.2e}")
+            if stepped:
+                pace.report(steps)
         if stepped and should_stop is not None and should_stop():
             interrupted = batch_index + 1 < total
             break
@@ -101,6 +106,22 @@ def train_one_epoch(
         seconds=time.perf_counter() - start, skipped_steps=steps.skipped,
         batches_done=batch_index + 1 if steps.batches else skip_batches,
         interrupted=interrupted, data_wait_s=data_wait)
+
+
+class _Pace:
+    """Calls ``on_step`` with the loss, learning rate and images/s since its last call."""
+
+    def __init__(self, on_step: Callable[[int, dict], None] | None):
+        self.on_step, self.images, self.time = on_step, 0, time.perf_counter()
+
+    def report(self, steps: _Steps) -> None:
+        if self.on_step is None:
+            return
+        now = time.perf_counter()
+        images_per_s = (steps.images - self.images) / max(now - self.time, 1e-9)
+        self.on_step(steps.step, {"loss": steps.health.last_loss(), "lr": steps.lr,
+                                  "images_per_s": images_per_s})
+        self.images, self.time = steps.images, now
 
 
 def _mark_cudagraph_step() -> None:

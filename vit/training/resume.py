@@ -96,6 +96,7 @@ class ResumeAt:
     batches_done: int  # batches of the next epoch already trained (an interrupted epoch)
     step: int  # optimizer steps so far
     best_top1: float | None
+    early_stop: dict[str, Any] | None = None  # EarlyStopping.state_dict() of the saved run
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,8 @@ class ResumePoint:
         if extra.get("rng"):
             restore_rng_state(extra["rng"])
         return ResumeAt(epoch=state["epoch"], batches_done=int(extra.get("batches_done", 0)),
-                        step=state["step"], best_top1=state.get("best_top1"))
+                        step=state["step"], best_top1=state.get("best_top1"),
+                        early_stop=extra.get("early_stop"))
 
     @property
     def elapsed_s(self) -> float:

@@ -24,6 +24,7 @@ from vit.data.check import checked_scan
 from vit.data.dataset import ImageFolderDataset
 from vit.data.folders import resolve_data_dirs, scan_folder
 from vit.data.images import check_classes_readable
+from vit.data.labels import is_label_file
 from vit.data.shards import is_shard_spec
 from vit.data.splits import build_data_report, class_counts, stratified_split
 from vit.data.transforms import build_transform, resolve_crop_pct
@@ -96,6 +97,8 @@ def prepare_data(cfg: Config) -> RunData:
         raise ConfigError("no data folder given: pass --data DIR (DIR/<class>/<image> or DIR/train/...)")
     if is_shard_spec(d.root):
         return _shard_data(cfg)
+    if is_label_file(d.root):
+        return _checked(_label_file_data(cfg))
     check_images = d.preflight and d.pipeline != "memory"
     train_dir, val_dir = resolve_data_dirs(d.root)
     check = dict(check_images=check_images, workers=d.workers, cache=d.cache)
@@ -118,6 +121,10 @@ def prepare_data(cfg: Config) -> RunData:
                        train_samples=[train.samples[i] for i in train_idx],
                        val_samples=val_samples, split=split, skipped=train.skipped,
                        ignored=train.ignored)
+    return _checked(data)
+
+
+def _checked(data: RunData) -> RunData:
     if not data.train_samples or not data.val_samples:
         raise DataError(
             f"the split left {len(data.train_samples)} training and {len(data.val_samples)} "
@@ -235,6 +242,51 @@ def _inverse_frequency_weights(targets: list[int], num_classes: int) -> list[flo
     """Per-sample weights 1 / count(class): every class is drawn equally often."""
     counts = class_counts(targets, num_classes)
     return [1.0 / counts[t] for t in targets]
+
+
+# --- label files ------------------------------------------------------------------------------
+
+
+def _label_file_data(cfg: Config) -> RunData:
+    """A CSV of path,label[,split] (``vit.data.labels``): rows marked ``val`` validate (the
+    ``test`` rows are left for ``vit evaluate``); without a split column, or with no ``val``
+    row, a stratified ``data.val_fraction`` of the training rows is held out. Missing files,
+    empty labels and files that fail the quick check are skipped and reported."""
+    from vit.data.check import quick_check_paths
+    from vit.data.labels import read_label_file
+
+    d = cfg.data
+    labels = read_label_file(d.root)
+    rows = labels.of_split("train") if labels.has_split else labels.rows
+    val_rows = labels.of_split("val")
+    skipped = list(labels.skipped)
+    if d.preflight and d.pipeline != "memory":
+        skipped += quick_check_paths([r.path for r in rows + val_rows],
+                                     workers=min(max(d.workers, 1), os.cpu_count() or 1))
+    bad = {s["path"] for s in skipped}
+    classes = sorted({r.label for r in rows})
+    index = {name: i for i, name in enumerate(classes)}
+    train = [(r.path, index[r.label]) for r in rows if r.path not in bad]
+    check_classes_readable(labels.path, classes, train, skipped)
+    unknown = sorted({r.label for r in val_rows} - set(classes))
+    if unknown:
+        raise DataError(f"{labels.path}: the val rows have labels {unknown} that no train row "
+                        "has; every class needs training images")
+    split: dict[str, Any] = {"kind": "label_file", "file": str(labels.path)}
+    if val_rows:
+        val = [(r.path, index[r.label]) for r in val_rows if r.path not in bad]
+        split["val_files"] = [p for p, _ in val]
+    else:
+        train_idx, val_idx = stratified_split([t for _, t in train],
+                                              val_fraction=d.val_fraction, seed=cfg.train.seed)
+        train, val = [train[i] for i in train_idx], [train[i] for i in val_idx]
+        split.update(val_fraction=d.val_fraction, seed=cfg.train.seed,
+                     val_files=[p for p, _ in val])
+    logger.info("%s: %d rows for training, %d for validation, %d test rows left out, %d "
+                "skipped", labels.path, len(train), len(val), len(labels.of_split("test")),
+                len(skipped))
+    return RunData(root=labels.path.parent, classes=classes, train_samples=train,
+                   val_samples=val, split=split, skipped=skipped)
 
 
 # --- shards -----------------------------------------------------------------------------------

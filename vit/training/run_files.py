@@ -15,7 +15,8 @@ import torch
 
 from vit.io import append_jsonl, atomic_save, read_jsonl
 
-__all__ = ["default_run_dir", "EpochSaver", "held_out_examples", "write_overlays"]
+__all__ = ["default_run_dir", "EpochSaver", "held_out_examples", "write_overlays",
+           "tracked_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,3 +106,37 @@ def write_overlays(run_dir: Path, paths: list[str], *, device: torch.device) -> 
         logger.warning("could not draw the attention overlays: %s", e)
         return None
     return out
+
+
+TRACKED_OVERLAYS = 4  # overlays sent to the trackers besides the grid
+
+
+def tracked_images(run_dir: Path, val_samples: list[tuple[str, int]], *,
+                   device: torch.device) -> dict[str, Path]:
+    """What the trackers get at the end of a run: curves.png, the confusion matrix of best.pt
+    on the validation images (drawn here into RUN/confusion_matrix.png; not for shards, whose
+    validation images are not listed) and the overlays' grid and first few pictures."""
+    images = {"curves": run_dir / "curves.png"}
+    if val_samples:
+        try:
+            images["confusion_matrix"] = _confusion_matrix(run_dir, val_samples, device=device)
+        except Exception as e:  # a drawing problem must never end a finished run
+            logger.warning("could not draw the confusion matrix: %s", e)
+    overlays = run_dir / "overlays"
+    images["overlays/grid"] = overlays / "grid.png"
+    for path in sorted(overlays.glob("*_rollout.png"))[:TRACKED_OVERLAYS]:
+        images[f"overlays/{path.stem}"] = path
+    return images
+
+
+def _confusion_matrix(run_dir: Path, val_samples: list[tuple[str, int]], *,
+                      device: torch.device) -> Path:
+    from vit.inference.classifier import Classifier
+    from vit.inference.evaluate import compute_report, score_images
+    from vit.plots import plot_confusion_matrix
+
+    clf = Classifier.from_checkpoint(run_dir / "best.pt", device=str(device))
+    scored = score_images(clf, val_samples)
+    report = compute_report(scored.probs, scored.targets, clf.classes)
+    return plot_confusion_matrix(report["confusion_matrix"], clf.classes,
+                                 run_dir / "confusion_matrix.png", normalize=True)

@@ -46,6 +46,7 @@ from vit.training.distributed import (
     broadcast_object,
     init_distributed,
 )
+from vit.training.early_stop import EarlyStopping
 from vit.training.epoch import EpochResult, train_one_epoch, validate
 from vit.training.faults import explain_fault, stop_on_sigterm
 from vit.training.optim import build_optimizer, count_parameters, freeze_parameters, lr_at_step
@@ -63,9 +64,11 @@ from vit.training.run_files import (
     EpochSaver,
     default_run_dir,
     held_out_examples,
+    tracked_images,
     write_overlays,
 )
 from vit.training.run_lock import RunLockedError, acquire_run_lock
+from vit.training.trackers import Trackers, check_trackers, open_trackers
 
 __all__ = ["train", "Trainer", "TrainSummary", "TrainingInterrupted", "ResumePoint",
            "build_model", "build_criterion"]
@@ -85,6 +88,7 @@ class TrainSummary:
     epochs_done: int
     overlays: Path | None = None  # RUN/overlays, when train.explain_samples > 0
     held_out: list[str] = field(default_factory=list)  # the images of the overlays
+    stopped_early: str | None = None  # why train.patience ended the run before train.epochs
 
 
 def train(cfg: Config, *, resume: str | os.PathLike | ResumePoint | None = None,
@@ -132,6 +136,7 @@ class Trainer:
             self.skip_log.unlink(missing_ok=True)
         self.cfg = replace(cfg, train=replace(cfg.train, output=str(self.run_dir)))
         self.metrics: dict[str, Any] = {}  # of the last finished epoch
+        self.trackers = Trackers({})  # train.report_to, opened by write_start (main process)
 
     def run(self) -> TrainSummary:
         """The whole run; a fault of scale (``vit.training.faults``) ends it with one line."""
@@ -147,6 +152,7 @@ class Trainer:
                 raise
             raise fault from e
         finally:
+            self.trackers.close({})  # an interrupted or failed run: close what is open
             if self.lock is not None:
                 self.lock.release()
 
@@ -209,6 +215,8 @@ class Trainer:
         at = self._restore()
         self.start_epoch, self.skip_batches = at.epoch, at.batches_done
         self.step, self.best_top1 = at.step, at.best_top1
+        self.stopper = EarlyStopping(monitor=cfg.train.monitor, patience=cfg.train.patience)
+        self.stopper.load_state_dict(at.early_stop, best_top1=at.best_top1, epoch=at.epoch)
         self.train_model = self._wrap(model)
 
     def _model_and_data(self) -> tuple[VisionTransformer, int, RunData]:
@@ -284,6 +292,7 @@ class Trainer:
         write_json(run_dir / "split.json", data.split)
         logger.info("%d classes, %d training / %d validation images", len(data.classes),
                     data.num_train, data.num_val)
+        self.trackers = open_trackers(cfg.train.report_to, run_dir=run_dir, config=to_dict(cfg))
         arch = f"from {cfg.train.pretrained}" if cfg.train.pretrained else cfg.model.name
         total, trainable = count_parameters(self.model)
         logger.info("model %s (%d blocks, width %d): %.2fM parameters (%.2fM trained), device %s, "
@@ -304,26 +313,32 @@ class Trainer:
         with stop_on_sigint() as stop:
             self.stop = stop
             epoch = self.start_epoch
-            while epoch < self.cfg.train.epochs:  # the time budget may change the count
+            # the time budget may change the count; train.patience may end the run before it
+            while epoch < self.cfg.train.epochs and not self.stopper.should_stop:
                 self._epoch(epoch)
                 epoch += 1
+        self.epochs_done = epoch
+        if self.stopper.should_stop and self.dist.is_main:
+            logger.info("%s; stopped after epoch %d of %d", self.stopper.reason(), epoch,
+                        self.cfg.train.epochs)
 
     def _epoch(self, epoch: int) -> None:
         result = self._train_epoch(epoch)
         val = validate(model=self._eval_model(), loader=self.val_loader, device=self.device,
                        precision=self.precision)
         self.metrics = self._epoch_metrics(epoch, result, val)
-        improved = self.best_top1 is None or val["val_top1"] > self.best_top1
-        if improved:
+        if self.best_top1 is None or val["val_top1"] > self.best_top1:
             self.best_top1 = val["val_top1"]
+        improved = self.stopper.update(epoch=epoch + 1, metrics=self.metrics)  # best.pt's epoch
         self._fit_time_budget(epoch)
         checkpoint = self._checkpoint(epoch + 1, batches_done=0)  # every process: FSDP gathers
         if self.dist.is_main:
             if self._collect_skipped():
                 write_json(self.run_dir / "data_report.json", self.data.report())
-            final = epoch + 1 == self.cfg.train.epochs
+            final = epoch + 1 == self.cfg.train.epochs or self.stopper.should_stop
             self.saver.epoch_done(self.metrics, checkpoint, improved, force=final)
             self._log_epoch(epoch, result)
+            self.trackers.log_epoch(epoch + 1, self.metrics)
         barrier()
 
     def _train_epoch(self, epoch: int) -> EpochResult:
@@ -335,7 +350,8 @@ class Trainer:
             lr_at=self._lr_at, step=self.step, scaler=self.scaler, accum_steps=cfg.accum_steps,
             clip_grad=cfg.clip_grad, ema=self.ema, mixup=self.mixup, epoch=epoch,
             num_batches=self.batches_per_epoch, skip_batches=self.skip_batches,
-            should_stop=self._should_stop, show_progress=self.show_progress)
+            should_stop=self._should_stop, show_progress=self.show_progress,
+            on_step=self.trackers.log_step if self.trackers else None)
         self.step = result.step
         if result.interrupted:
             self._stop_interrupted(epoch, result.batches_done)
@@ -446,7 +462,8 @@ class Trainer:
             metrics=self.metrics, optimizer=self.optimizer, scaler=self.scaler,
             ema_model=ema.module if ema is not None else None,
             train_model=self.model if ema is not None else None,
-            extra={"batches_done": batches_done, "rng": capture_rng_state()},
+            extra={"batches_done": batches_done, "rng": capture_rng_state(),
+                   "early_stop": self.stopper.state_dict()},
             model_state=gathered, optimizer_state=optimizer_state)
 
     # --- the end ------------------------------------------------------------------------------
@@ -459,9 +476,16 @@ class Trainer:
         if self.dist.is_main and self.cfg.train.explain_samples > 0 and self.data.val_samples:
             held_out = held_out_examples(self.data.val_samples, self.cfg.train.explain_samples)
             overlays = write_overlays(self.run_dir, held_out, device=self.device)
+        if self.trackers:  # curves, confusion matrix and overlays, then the final numbers
+            self.trackers.log_images(tracked_images(self.run_dir, self.data.val_samples,
+                                                    device=self.device), step=self.epochs_done)
+            self.trackers.close({"best_val_top1": self.best_top1,
+                                 "epochs_done": self.epochs_done, **self.metrics})
         return TrainSummary(run_dir=self.run_dir, best_top1=self.best_top1,
-                            last_metrics=self.metrics, epochs_done=self.cfg.train.epochs,
-                            overlays=overlays, held_out=held_out)
+                            last_metrics=self.metrics, epochs_done=self.epochs_done,
+                            overlays=overlays, held_out=held_out,
+                            stopped_early=self.stopper.reason() if self.stopper.should_stop
+                            else None)
 
 
 def read_skip_log(path: Path) -> list[dict[str, str]]:
@@ -553,6 +577,7 @@ def _check_train_config(cfg: Config, dist_info: DistInfo) -> None:
         raise ConfigError(f"train.time_budget_min must be positive, got {t.time_budget_min}")
     if t.save_every_s < 0:
         raise ConfigError(f"train.save_every_s must be >= 0, got {t.save_every_s}")
+    check_trackers(t.report_to)  # a missing extra: one line, before any work
 
 
 def _img_size(cfg: Config, pretrained: Any) -> int:
