@@ -185,6 +185,16 @@ def test_bench_rows_sanity_verdicts_and_asked_objects():
         explain_bench(model, x, methods=["lrp"])
 
 
+def test_report_without_the_randomisation_check_has_no_sanity_columns():
+    model, x = trained_like(depth=2), images(2)
+    table = markdown_report(explain_bench(model, x, methods=["rollout", "random"], steps=2,
+                                          sanity=False))
+    header = table.splitlines()[0]
+    assert header.startswith("| method | deletion, tokens") and "ρ" not in header
+    assert "sanity" not in header and "Spearman" not in table
+    assert all(line.count("|") == header.count("|") for line in table.splitlines()[:4])
+
+
 def test_squares_data_and_the_cli_end_to_end(tmp_path, capsys):
     train = make_squares_dataset(tmp_path / "squares", num_per_class=2, val_per_class=2,
                                  colours=["red", "blue", "green"])

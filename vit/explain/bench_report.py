@@ -31,20 +31,24 @@ def _line(cells: Sequence[str]) -> str:
 def markdown_report(result: Mapping[str, Any]) -> str:
     """The main table (faithfulness, sanity, asked object) and the randomisation cascade."""
     rows, half = result["rows"], result["half_stage"]
+    sanity = any("sanity" in r for r in rows)  # not with --no-sanity
     columns = [(k, t, h, 1.0, 3) for k, t, h in COLUMNS]
-    columns.append((f"random_{half}", f"ρ, {half} of {result['depth']} blocks random ↓", False,
-                    1.0, 2))
+    if sanity:
+        columns.append((f"random_{half}", f"ρ, {half} of {result['depth']} blocks random ↓",
+                         False, 1.0, 2))
     if any("asked_object" in r for r in rows):
         columns.append(("asked_object", "asked object (%) ↑", True, 100.0, 1))
     best = {key: _best(rows, key, higher) for key, _, higher, _, _ in columns}
-    lines = [_line(["method", *(title for _, title, _, _, _ in columns), "sanity check"]),
-             _line(["---", *("---:" for _ in columns), "---"])]
+    verdict = ["sanity check"] if sanity else []
+    lines = [_line(["method", *(title for _, title, _, _, _ in columns), *verdict]),
+             _line(["---", *("---:" for _ in columns), *("---" for _ in verdict)])]
     for row in rows:
         name = row["method"] + (" (reference)" if row["method"] in REFERENCES else "")
         cells = [f"**{cell(row, k, s, d)}**" if best[k] == row["method"] else cell(row, k, s, d)
                  for k, _, _, s, d in columns]
-        lines.append(_line([name, *cells, row.get("sanity", "-")]))
-    return "\n".join([*lines, "", _paired_lines(result), "", _cascade_table(result)])
+        lines.append(_line([name, *cells, *([row.get("sanity", "-")] if sanity else [])]))
+    cascade = [_cascade_table(result)] if sanity else []
+    return "\n".join([*lines, "", _paired_lines(result), *([""] + cascade if cascade else [])])
 
 
 def _paired_lines(result: Mapping[str, Any]) -> str:
