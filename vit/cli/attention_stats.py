@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags, add_parser
+    from vit.cli.main import add_common_flags, add_device_flag, add_parser
 
     p = add_parser(
         sub, "attention-stats", help="plot mean attention distance and entropy against depth",
@@ -31,8 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seed for --untrained (default: the run's)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N",
                    help="images per forward pass")
-    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
-                   help="where to run; auto picks the GPU when there is one")
+    add_device_flag(p)
     add_common_flags(p)
     p.set_defaults(func=run)
 

@@ -7,7 +7,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags, add_parser
+    from vit.cli.main import add_common_flags, add_device_flag, add_parser
 
     p = add_parser(
         sub, "demo", help="start a local Gradio app on a model",
@@ -21,8 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (0.0.0.0 lets other machines in)")
     p.add_argument("--topk", type=int, default=5, metavar="K", help="classes shown per image")
-    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
-                   help="where to run; auto picks the GPU when there is one")
+    add_device_flag(p)
     add_common_flags(p)
     p.set_defaults(func=run)
 

@@ -10,7 +10,7 @@ from vit.errors import VitError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags, add_parser
+    from vit.cli.main import add_common_flags, add_device_flag, add_parser
 
     p = add_parser(
         sub, "evaluate", help="measure a checkpoint on a labelled image folder",
@@ -31,8 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="test-time augmentation: average the probabilities of the image and its "
                    "mirror (flip, 2x the time) or of 5 crops and their mirrors (crops, 10x) "
                    "(default: none)")
-    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
-                   help="where to run; auto picks the GPU when there is one")
+    add_device_flag(p)
     add_common_flags(p)
     p.set_defaults(func=run)
 

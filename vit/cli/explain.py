@@ -8,7 +8,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags, add_parser
+    from vit.cli.main import add_common_flags, add_device_flag, add_parser
 
     p = add_parser(sub, "explain", help="draw saliency overlays for images",
                    description="Overlay where the model looks on each image; writes "
@@ -48,8 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="images per forward pass")
     p.add_argument("--grid", metavar="FILE",
                    help="where to write the grid, .png or .jpg (default DIR/grid.png)")
-    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
-                   help="where to run; auto picks the GPU when there is one")
+    add_device_flag(p)
     add_common_flags(p)
     p.set_defaults(func=run)
 

@@ -8,7 +8,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags, add_parser
+    from vit.cli.main import add_common_flags, add_device_flag, add_parser
 
     p = add_parser(
         sub, "explain-bench", help="measure the saliency methods: faithfulness and sanity",
@@ -31,8 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-sanity", action="store_true", help="skip the randomisation check")
     p.add_argument("--seed", type=int, default=0, help="seed of the random baseline and checks")
     p.add_argument("--output", metavar="DIR", help="default: CKPT's folder/explain_bench")
-    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
-                   help="where to run; auto picks the GPU when there is one")
+    add_device_flag(p)
     add_common_flags(p)
     p.set_defaults(func=run)
 

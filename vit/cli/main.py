@@ -53,6 +53,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str, **kwargs) -> argparse
     return sub.add_parser(name, formatter_class=HelpFormatter, **kwargs)
 
 
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    """``--device auto|cpu|cuda|cuda:N`` (default auto) for the commands that run a model."""
+    parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
+                        help="where to run; auto picks the GPU when there is one")
+
+
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors")

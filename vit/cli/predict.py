@@ -20,7 +20,7 @@ CSV_COLUMNS = ("path", "rank", "label", "probability", "error")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags, add_parser
+    from vit.cli.main import add_common_flags, add_device_flag, add_parser
 
     p = add_parser(
         sub, "predict", help="classify images with a checkpoint",
@@ -40,8 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "mirror (flip, 2x the time) or of 5 crops and their mirrors (crops, 10x) "
                    "(default: none)")
     p.add_argument("--output", metavar="FILE", help="write to this file (default: stdout)")
-    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
-                   help="where to run; auto picks the GPU when there is one")
+    add_device_flag(p)
     add_common_flags(p)
     p.set_defaults(func=run)
 
