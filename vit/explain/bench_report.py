@@ -47,8 +47,10 @@ def markdown_report(result: Mapping[str, Any]) -> str:
         cells = [f"**{cell(row, k, s, d)}**" if best[k] == row["method"] else cell(row, k, s, d)
                  for k, _, _, s, d in columns]
         lines.append(_line([name, *cells, *([row.get("sanity", "-")] if sanity else [])]))
-    cascade = [_cascade_table(result)] if sanity else []
-    return "\n".join([*lines, "", _paired_lines(result), *([""] + cascade if cascade else [])])
+    parts = [*lines, "", _paired_lines(result)]
+    if sanity:
+        parts += ["", _cascade_table(result)]
+    return "\n".join(parts)
 
 
 def _paired_lines(result: Mapping[str, Any]) -> str:
