@@ -8,7 +8,13 @@ import logging
 import math
 
 import pytest
-from test_train import assert_same_weights, make_folder, tiny_config, weights
+from test_train import (
+    assert_same_weights,
+    make_folder,
+    tiny_config,
+    train_killed_in_epoch,
+    weights,
+)
 
 import vit.training.trainer as trainer_mod
 from vit.config import load_config
@@ -104,22 +110,9 @@ def test_resume_across_the_stop_keeps_the_patience_count(tmp_path, scripted, mon
     extra = ("train.epochs=8", "train.patience=3")
     straight = train(tiny_config(data, tmp_path / "straight", *extra), show_progress=False)
 
-    class Killed(Exception):
-        pass
-
-    wrapped = trainer_mod.train_one_epoch
-
-    def dies_in_epoch_4(**kwargs):
-        if kwargs["epoch"] == 3:
-            raise Killed
-        return wrapped(**kwargs)
-
-    monkeypatch.setattr(trainer_mod, "train_one_epoch", dies_in_epoch_4)
-    with pytest.raises(Killed):
-        train(tiny_config(data, tmp_path / "resumed", *extra), show_progress=False)
+    train_killed_in_epoch(monkeypatch, tiny_config(data, tmp_path / "resumed", *extra), 4)
     assert load_checkpoint(tmp_path / "resumed" / "last.pt")["extra"]["early_stop"][
         "bad_epochs"] == 1
-    monkeypatch.setattr(trainer_mod, "train_one_epoch", wrapped)
     resumed = train(tiny_config(data, tmp_path / "resumed", *extra),
                     resume=tmp_path / "resumed", show_progress=False)
     assert epochs_in(resumed.run_dir) == [1, 2, 3, 4, 5]

@@ -8,10 +8,15 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
-from test_train import assert_same_weights, make_folder, tiny_config, weights
+from test_train import (
+    assert_same_weights,
+    make_folder,
+    tiny_config,
+    train_killed_in_epoch,
+    weights,
+)
 
 import vit.data.check as check
 from vit.cli.main import main
@@ -146,26 +151,12 @@ def test_a_file_met_broken_by_a_worker_is_reported_and_skipped(tmp_path, monkeyp
 
 def test_resume_skips_a_late_failure_the_same_way(tmp_path, monkeypatch):
     """Bit-identical --resume (one process, folder) with a file that fails only when decoded."""
-    import vit.training.trainer as trainer_mod
-
     data, bad = _folder_with_a_late_failure(tmp_path / "data")
     monkeypatch.setattr(check, "quick_check", lambda p: None)
     straight = train(tiny_config(data, tmp_path / "straight", "train.epochs=3"),
                      show_progress=False)
-    real = trainer_mod.train_one_epoch
-
-    class Killed(Exception):
-        pass
-
-    def dies_in_epoch_3(**kwargs):
-        if kwargs["epoch"] == 2:
-            raise Killed
-        return real(**kwargs)
-
-    monkeypatch.setattr(trainer_mod, "train_one_epoch", dies_in_epoch_3)
-    with pytest.raises(Killed):
-        train(tiny_config(data, tmp_path / "resumed", "train.epochs=3"), show_progress=False)
-    monkeypatch.setattr(trainer_mod, "train_one_epoch", real)
+    train_killed_in_epoch(monkeypatch, tiny_config(data, tmp_path / "resumed", "train.epochs=3"),
+                          3)
     torch.manual_seed(999)
     resumed = train(tiny_config(data, tmp_path / "resumed", "train.epochs=3"),
                     resume=tmp_path / "resumed", show_progress=False)

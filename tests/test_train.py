@@ -59,6 +59,31 @@ def assert_same_weights(a: dict, b: dict, exact: bool = True) -> None:
             torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4, msg=k)
 
 
+class Killed(Exception):
+    """Raised inside a training run to stand for a process killed there."""
+
+
+def train_killed_in_epoch(monkeypatch, config, epoch: int) -> None:
+    """Run ``train(config)`` and "kill" it as epoch ``epoch`` (1-based) starts: the epochs
+    before it finished and were checkpointed, nothing after survives. Afterwards the real
+    ``train_one_epoch`` is back in place, ready for ``--resume``."""
+    import vit.training.trainer as trainer_mod
+
+    real = trainer_mod.train_one_epoch
+
+    def dies(**kwargs):
+        if kwargs["epoch"] == epoch - 1:  # the trainer counts epochs from 0
+            raise Killed
+        return real(**kwargs)
+
+    monkeypatch.setattr(trainer_mod, "train_one_epoch", dies)
+    try:
+        with pytest.raises(Killed):
+            train(config, show_progress=False)
+    finally:
+        monkeypatch.setattr(trainer_mod, "train_one_epoch", real)
+
+
 def test_train_writes_every_file(tmp_path):
     data = make_folder(tmp_path / "data")
     summary = train(tiny_config(data, tmp_path / "run", "train.epochs=3"), show_progress=False)
@@ -149,22 +174,7 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch, pipeline):
     straight = train(tiny_config(data, tmp_path / "straight", *extra), show_progress=False)
 
     # "kill" the second run right after its first epoch's checkpoint: nothing after it survives
-    import vit.training.trainer as trainer_mod
-
-    real = trainer_mod.train_one_epoch
-
-    class Killed(Exception):
-        pass
-
-    def dies_in_epoch_2(**kwargs):
-        if kwargs["epoch"] == 1:
-            raise Killed
-        return real(**kwargs)
-
-    monkeypatch.setattr(trainer_mod, "train_one_epoch", dies_in_epoch_2)
-    with pytest.raises(Killed):
-        train(tiny_config(data, tmp_path / "resumed", *extra), show_progress=False)
-    monkeypatch.setattr(trainer_mod, "train_one_epoch", real)
+    train_killed_in_epoch(monkeypatch, tiny_config(data, tmp_path / "resumed", *extra), 2)
 
     # scramble the global RNGs: resume must restore them, not depend on luck
     torch.manual_seed(999)
