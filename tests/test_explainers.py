@@ -3,7 +3,8 @@
 References: the rollout definition as full N x N products of the model's explicit attention;
 LeGrad's formula as the authors' code computes it, on the explicit attention with the whole
 graph; AttnLRP's rules written out op by op, with the relevance every bias and softmax absorbs
-(conservation), and lxt on a torchvision ViT with the same weights; Grad-CAM by the grad-cam
+(conservation), lxt's CP-LRP on a torchvision ViT and lxt's AttnLRP on Hugging Face's ViT,
+each with the same weights; Grad-CAM by the grad-cam
 package on the same model and by Selvaraju et al.'s formula.
 """
 
@@ -367,6 +368,100 @@ def test_attnlrp_cp_rule_equals_lxt_on_torchvision_vit():
     theirs = (pixels * pixels.grad).sum(1).reshape(2, 4, 8, 4, 8).sum(dim=(2, 4))
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
     assert torch.nn.GELU.forward is not None and "original_forward" not in vars(torch.nn.GELU)
+
+
+def hf_vit_copy(model):
+    """Hugging Face's ViTForImageClassification holding our model's weights (same function),
+    with eager attention: lxt's AttnLRP patches hook into transformers' attention functions."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = model.config
+    hf = ViTForImageClassification(ViTConfig(
+        image_size=cfg.img_size, patch_size=cfg.patch_size, num_channels=3,
+        hidden_size=cfg.embed_dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads,
+        intermediate_size=int(cfg.embed_dim * cfg.mlp_ratio), hidden_act="gelu",
+        layer_norm_eps=1e-6, qkv_bias=True, num_labels=cfg.num_classes,
+        attn_implementation="eager"))
+    ours = model.state_dict()
+    d = cfg.embed_dim
+    state = {"vit.embeddings.cls_token": ours["cls_token"],
+             "vit.embeddings.position_embeddings": ours["pos_embed"],
+             "vit.embeddings.patch_embeddings.projection.weight": ours["patch_embed.proj.weight"],
+             "vit.embeddings.patch_embeddings.projection.bias": ours["patch_embed.proj.bias"],
+             "vit.layernorm.weight": ours["norm.weight"], "vit.layernorm.bias": ours["norm.bias"],
+             "classifier.weight": ours["head.weight"], "classifier.bias": ours["head.bias"]}
+    names = {"layernorm_before": "norm1", "attention.output.dense": "attn.proj",
+             "layernorm_after": "norm2", "intermediate.dense": "mlp.fc1",
+             "output.dense": "mlp.fc2"}
+    for i in range(cfg.depth):
+        theirs, mine = f"vit.encoder.layer.{i}", f"blocks.{i}"
+        for kind in ("weight", "bias"):
+            for their_name, my_name in names.items():
+                state[f"{theirs}.{their_name}.{kind}"] = ours[f"{mine}.{my_name}.{kind}"]
+            qkv = ours[f"{mine}.attn.qkv.{kind}"]  # (3 D, ...): q, k, v stacked
+            for j, part in enumerate(("query", "key", "value")):
+                state[f"{theirs}.attention.attention.{part}.{kind}"] = qkv[j * d:(j + 1) * d]
+    hf.load_state_dict(state, strict=True)
+    return hf.eval()
+
+
+@contextmanager
+def lxt_attnlrp_patches_for_hf_vit():
+    """lxt's AttnLRP (not CP) for transformers' ViT, built from lxt's own patches as its
+    model maps do for BERT and Llama: the uniform rule on the attention's products
+    (``patch_attention``), identity rules on LayerNorm and GELU. Undone afterwards."""
+    from functools import partial
+
+    try:
+        from lxt.efficient import monkey_patch
+        from lxt.efficient.patches import (
+            layer_norm_forward,
+            non_linear_forward,
+            patch_attention,
+            patch_method,
+        )
+        from transformers.activations import GELUActivation
+        from transformers.models.vit import modeling_vit
+    except Exception as e:  # lxt or transformers missing, or not matching
+        pytest.skip(f"lxt is not usable here ({type(e).__name__}: {e}); "
+                    "pip install -e '.[explain]' installs it")
+    classes = [torch.nn.LayerNorm, GELUActivation]
+    saved = {cls: cls.__dict__["forward"] for cls in classes}
+    saved_attention = (modeling_vit.eager_attention_forward, modeling_vit.ALL_ATTENTION_FUNCTIONS)
+    monkey_patch(modeling_vit, {
+        modeling_vit: patch_attention,
+        torch.nn.LayerNorm: partial(patch_method, layer_norm_forward),
+        GELUActivation: partial(patch_method, non_linear_forward, keep_original=True),
+    })
+    try:
+        yield
+    finally:
+        for cls, forward in saved.items():
+            cls.forward = forward
+            if "original_forward" in cls.__dict__:
+                del cls.original_forward
+        modeling_vit.eager_attention_forward, modeling_vit.ALL_ATTENTION_FUNCTIONS = \
+            saved_attention
+
+
+@pytest.mark.slow
+def test_attnlrp_equals_lxt_attnlrp_on_hugging_face_vit():
+    """Our AttnLRP (the paper's rules in the attention, not CP) = lxt's AttnLRP patches on
+    transformers' ViT holding the same weights; lxt has no AttnLRP for torchvision's ViT."""
+    pytest.importorskip("transformers", reason="pip install -e '.[explain]'")
+    model, x = trained_like(depth=2), images(2)
+    target = torch.tensor([2, 1])
+    ours = saliency(model, x, "attnlrp", target=target)  # before lxt patches torch's LayerNorm
+    cp = saliency(model, x, "attnlrp", target=target, rule="cp")
+    hf = hf_vit_copy(model)
+    torch.testing.assert_close(hf(pixel_values=x).logits, model(x), atol=1e-5, rtol=1e-5)
+    with lxt_attnlrp_patches_for_hf_vit():
+        pixels = x.clone().requires_grad_(True)
+        hf(pixel_values=pixels).logits.gather(1, target[:, None]).sum().backward()
+    theirs = (pixels * pixels.grad).sum(1).reshape(2, 4, 8, 4, 8).sum(dim=(2, 4))
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+    assert (cp - theirs).abs().max() > 1e-3  # the attention rule matters: CP-LRP differs
+    assert "original_forward" not in vars(torch.nn.LayerNorm)
 
 
 # --- Grad-CAM: the formula and the grad-cam package ------------------------------------------
