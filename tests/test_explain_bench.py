@@ -215,7 +215,10 @@ def test_squares_data_and_the_cli_end_to_end(tmp_path, capsys):
     result = json.loads((out / "explain_bench.json").read_text())
     assert result["images"] == 3 and [r["method"] for r in result["rows"]] == ["gradcam", "random"]
     assert "asked object" in (out / "explain_bench.md").read_text()
-    assert "| gradcam |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| gradcam |" in printed and f"and {out / 'explain_bench.png'}" in printed
+    with Image.open(out / "explain_bench.png") as figure:  # faithfulness and the cascade
+        assert figure.format == "PNG" and figure.width > 2 * figure.height
     assert main(["explain-bench", "--checkpoint", str(ckpt), "--data", str(train),
                  "--methods", "lrp", "--output", str(out)]) == 2
     assert "unknown methods ['lrp']" in capsys.readouterr().err

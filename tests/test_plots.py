@@ -202,3 +202,29 @@ def test_plots_from_threads(tmp_path: Path) -> None:
             tmp_path / f"grid{index}.png",
             _size((2 * plots.GRID_CELL_SIZE[0], plots.GRID_CELL_SIZE[1])),
         )
+
+
+def _bench_result(sanity: bool) -> dict:
+    rows = []
+    for i, method in enumerate(["rollout", "attnlrp", "random", "occlusion"]):
+        row = {"method": method, "token_deletion": 0.2 + 0.1 * i, "token_deletion_sem": 0.01,
+               "token_insertion": 0.8 - 0.1 * i, "token_insertion_sem": 0.02}
+        if sanity and method != "random":
+            row.update({f"random_{k}": 1.0 - 0.3 * k * i for k in range(5)})
+            row.update({f"random_{k}_sem": 0.05 for k in range(5)})
+            row["sanity"] = "pass" if row["random_2"] < 0.3 else "FAIL"
+        rows.append(row)
+    return {"images": 10, "depth": 4, "half_stage": 2, "rows": rows}
+
+
+@pytest.mark.parametrize("sanity", [True, False], ids=["with cascade", "faithfulness only"])
+def test_explain_bench_figure(tmp_path: Path, sanity: bool) -> None:
+    path = plots.plot_explain_bench(_bench_result(sanity), tmp_path / "bench.png", threshold=0.3,
+                                    references=("random", "occlusion"), title="a run")
+    size = plots.EXPLAIN_BENCH_SIZE if sanity else plots.EXPLAIN_BENCH_ONE_PANEL_SIZE
+    pixels = _check_png(path, _size(size)).astype(int)
+    coloured = pixels.max(axis=-1) - pixels.min(axis=-1) > 80  # the methods' lines and points
+    half = pixels.shape[1] // 2
+    assert coloured[:, :half].sum() > 100  # faithfulness points in the left half
+    if sanity:  # the cascade's lines in the right half
+        assert coloured[:, half:].sum() > 1000

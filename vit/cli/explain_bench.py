@@ -50,5 +50,5 @@ def run(args: argparse.Namespace) -> int:
         command=shlex.join(["vit", "explain-bench", *sys.argv[2:]]),
         show_progress=sys.stderr.isatty() and not args.quiet)
     print(markdown_report(result))
-    print(f"\nwrote {paths[0]} and {paths[1]}")
+    print(f"\nwrote {', '.join(str(p) for p in paths[:-1])} and {paths[-1]}")
     return 0

@@ -1,5 +1,5 @@
 """`vit explain-bench` behind the command: a checkpoint and held-out images of a folder in,
-``explain_bench.md`` and ``.json`` out.
+``explain_bench.md``, ``.json`` and ``.png`` (the figure) out.
 
     result, paths = run_explain_bench("runs/quickstart/best.pt", "data/shapes", images=100)
 
@@ -26,10 +26,18 @@ from vit.data.images import load_image
 from vit.data.synthetic import BOXES_FILE, load_boxes
 from vit.data.transforms import eval_geometry
 from vit.errors import ConfigError, DataError
-from vit.explain.bench import BENCH_METHODS, check_bench_args, explain_bench, mean_and_sem
+from vit.explain.bench import (
+    BENCH_METHODS,
+    REFERENCES,
+    SANITY_THRESHOLD,
+    check_bench_args,
+    explain_bench,
+    mean_and_sem,
+)
 from vit.explain.bench_report import cell, markdown_report
 from vit.inference.classifier import Classifier
 from vit.io import atomic_write
+from vit.plots import plot_explain_bench
 
 __all__ = ["OBJECTS_FILE", "run_explain_bench", "held_out_images", "pick_balanced",
            "read_objects", "boxed_objects", "patch_mask"]
@@ -172,6 +180,10 @@ def _write_report(result: Mapping[str, Any], output: Path) -> list[Path]:
     paths = [output / "explain_bench.md", output / "explain_bench.json"]
     atomic_write(paths[0], text)
     atomic_write(paths[1], json.dumps(result, indent=2) + "\n")
+    title = f"{setup['checkpoint']}: {result['images']} images"
+    paths.append(plot_explain_bench(result, output / "explain_bench.png",
+                                    threshold=SANITY_THRESHOLD, references=REFERENCES,
+                                    title=title))
     return paths
 
 
@@ -182,8 +194,8 @@ def run_explain_bench(
     command: str | None = None, show_progress: bool = False,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Load a checkpoint and held-out images of ``data``, run ``explain_bench`` and write
-    ``explain_bench.md`` and ``.json`` into ``output`` (default: ``explain_bench/`` beside the
-    checkpoint). Returns the result and the two paths."""
+    ``explain_bench.md``, ``.json`` and the figure ``.png`` into ``output`` (default:
+    ``explain_bench/`` beside the checkpoint). Returns the result and the three paths."""
     import time
 
 
