@@ -7,7 +7,8 @@
 #                                        # on the GPU, the quickstart), then the speed levers:
 #                                        # ViT-S/16 compiled default vs CUDA graphs at batch 256
 #                                        # and 512 (MFU against the measured matmul rate), ours
-#                                        # vs timm compiled
+#                                        # vs timm compiled, and (issue 14) what rollout and the
+#                                        # gradient methods cost against a forward pass
 #   bash benchmarks/gpu_suite.sh tta [key=value ...]   # configs/cifar10_gpu_5min.yaml, from a
 #                                        # cold compile cache, accuracy against wall time, with
 #                                        # the loop levers (TTA_LEVERS) unless overridden
@@ -91,6 +92,7 @@ if [ "$device" = cuda ]; then  # the real thing
   eff=(--models vit_small_patch16_224 --batches 256,512 --compile on,reduce-overhead)
   compiled_more=vit_base_patch16_224
   data_speed=(--limit 3000 --workers 0,16 --train-workers 16 --train-batches 20)
+  explain_cost=(--model vit_base_patch16_224 --sizes 224,448,896 --repeats 5 --warmup 1)
 else  # the rehearsal: every step, tiny sizes
   per_class=20; epochs=2; workers=2; batch=16; budget_min=1; quick=(train.epochs=1)
   speed=(--batch 2 --repeats 1 --warmup 1 --iters 1)
@@ -101,6 +103,7 @@ from gpu_check import link_subset; link_subset(Path('$DATA'), Path('$tta_data'),
   eff=(--models vit_tiny_patch4_32 --batches 4 --compile on,reduce-overhead --warmup 1 --iters 1 --repeats 1)
   compiled_more=vit_tiny_patch4_32
   data_speed=(--limit 512 --workers 0 --train-workers 1 --train-batches 3)
+  explain_cost=(--model vit_nano_patch4_32 --sizes 32,64 --repeats 1 --warmup 0)
 fi
 
 case "$part" in
@@ -114,6 +117,9 @@ case "$part" in
     step model_speed_compiled 100 $PY benchmarks/model_speed.py --device "$device" \
       --precision bf16 --compile --models $compiled_more --modes train,infer "${speed[@]}" \
       --json "$OUT/model_speed_bf16_compile.json"
+    # issue 14: rollout and the gradient methods against a forward (+ backward) pass, fp32
+    step rollout_cost 30 $PY benchmarks/rollout_cost.py --device "$device" "${explain_cost[@]}" \
+      --json "$OUT/rollout_cost_gpu.json"
     ;;
   more)
     step model_speed_eager 60 $PY benchmarks/model_speed.py --device "$device" --precision bf16 \

@@ -2,6 +2,7 @@
 
     python benchmarks/rollout_cost.py --model vit_base_patch16_224 --sizes 224,448,896 --batch 1 \
         --repeats 3 --json benchmarks/results/rollout_cost_cpu.json
+    python benchmarks/rollout_cost.py --device cuda --repeats 10    # on a GPU, fp32
 
 For each input size (ViT-B/16: 197, 785 and 3,137 tokens at 224, 448 and 896 px; the position
 embedding is resampled), on one random batch:
@@ -21,7 +22,9 @@ Peak memory: bytes in use by malloc (glibc ``mallinfo2``: ``uordblks`` in the he
 allocated before, so this is the memory the call itself needs ("extra"); "total" adds the bytes
 the weights and the input ("weights + extra"), what one call needs in all. Peaks inside one op
 (a kernel's scratch) are not seen; with --threads 1 every allocation is in the main arena that
-mallinfo2 reports.
+mallinfo2 reports. On CUDA: ``torch.cuda.max_memory_allocated`` during the call minus what was
+allocated before it (the caching allocator's own accounting, kernels' workspaces included), and
+times taken with CUDA events after a synchronisation.
 
 The goal (issue 14): rollout within 1.5x of a forward pass in peak memory and in time at every
 size; the gradient methods' figures are stated against forward+backward and forward.
@@ -100,8 +103,16 @@ class PeakMemory(TorchDispatchMode):
         return out
 
 
-def peak_memory(fn: Callable[[], object]) -> int:
-    """Bytes the call needed at its peak beyond what was in use before it."""
+def peak_memory(fn: Callable[[], object], device: torch.device | None = None) -> int:
+    """Bytes the call needed at its peak beyond what was in use before it (on the CPU unless
+    ``device`` is a CUDA device)."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - start
     if MALLOC_IN_USE is None:
         raise RuntimeError("peak memory needs glibc's mallinfo2 (Linux, glibc >= 2.33)")
     with PeakMemory() as mode:
@@ -113,7 +124,8 @@ def peak_memory(fn: Callable[[], object]) -> int:
 
 
 def measurements(model: torch.nn.Module, x: torch.Tensor, explicit: bool,
-                 methods: tuple[str, ...] = EXPLAINERS) -> dict[str, Callable[[], object]]:
+                 methods: tuple[str, ...] = EXPLAINERS, chunk_size: int | None = None
+                 ) -> dict[str, Callable[[], object]]:
     def forward() -> None:
         with torch.no_grad():
             model(x)
@@ -132,20 +144,24 @@ def measurements(model: torch.nn.Module, x: torch.Tensor, explicit: bool,
     if explicit:
         fns["explicit forward"] = forward_explicit
     for method in methods:
-        fns[method] = lambda method=method: saliency(model, x, method)
+        options = {"chunk_size": chunk_size} if method == "rollout" and chunk_size else {}
+        fns[method] = lambda method=method, options=options: saliency(model, x, method, **options)
     return fns
 
 
 def measure_size(model: torch.nn.Module, size: int, *, batch: int, repeats: int, warmup: int,
-                 explicit_max_tokens: int, seed: int, methods: tuple[str, ...] = EXPLAINERS
-                 ) -> list[dict[str, Any]]:
-    """One row per measurement at ``size`` px: times, peak memory and ratios to the reference."""
+                 explicit_max_tokens: int, seed: int, methods: tuple[str, ...] = EXPLAINERS,
+                 chunk_size: int | None = None) -> list[dict[str, Any]]:
+    """One row per measurement at ``size`` px: times, peak memory and ratios to the reference.
+    The model's device is where everything runs."""
+    device = next(model.parameters()).device
     torch.manual_seed(seed)
-    x = torch.randn(batch, 3, size, size)
+    x = torch.randn(batch, 3, size, size).to(device)
     tokens = model.num_prefix_tokens + (size // model.patch_embed.patch_size[0]) ** 2
-    fns = measurements(model, x, explicit=tokens <= explicit_max_tokens, methods=methods)
-    memory = {name: peak_memory(fn) for name, fn in fns.items()}  # also a warm-up of each
-    times = time_alternating(fns, device=torch.device("cpu"), warmup=warmup, repeats=repeats)
+    fns = measurements(model, x, explicit=tokens <= explicit_max_tokens, methods=methods,
+                       chunk_size=chunk_size)
+    memory = {name: peak_memory(fn, device) for name, fn in fns.items()}  # also a warm-up
+    times = time_alternating(fns, device=device, warmup=warmup, repeats=repeats)
     resident = sum(p.numel() * p.element_size() for p in model.parameters()) \
         + x.numel() * x.element_size()  # weights and input
     rows = []
@@ -187,26 +203,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=",".join(EXPLAINERS),
                         help=f"comma-separated, from {', '.join(EXPLAINERS)} (default: all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="rollout's query rows per chunk (default: the method's own)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if not methods or any(m not in EXPLAINERS for m in methods):
         parser.error(f"--methods must name some of {', '.join(EXPLAINERS)}; got {args.methods!r}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU visible to torch")
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     torch.manual_seed(args.seed)
     model = create_model(args.model).eval()
     torch.nn.init.normal_(model.head.weight, std=0.02)  # a zero head would give zero gradients
-    info = machine_info(torch.device("cpu"), command_line(__file__, sys.argv[1:] if argv is None
-                                                          else argv))
+    model.to(device)
+    info = machine_info(device, command_line(__file__, sys.argv[1:] if argv is None else argv))
     print(format_header(info))
+    memory = "CUDA allocator, peak during the call" if device.type == "cuda" else \
+        "malloc in use (mallinfo2), peak after every op"
     print(f"model {args.model}, batch {args.batch}, median of {args.repeats} after "
-          f"{args.warmup} warm-up; memory: malloc in use (mallinfo2), peak after every op\n")
+          f"{args.warmup} warm-up; memory: {memory}\n")
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         rows += measure_size(model, size, batch=args.batch, repeats=args.repeats,
                              warmup=args.warmup, explicit_max_tokens=args.explicit_max_tokens,
-                             seed=args.seed, methods=methods)
+                             seed=args.seed, methods=methods, chunk_size=args.chunk_size)
         print(format_table([r for r in rows if r["size"] == size], COLUMNS), "\n", flush=True)
     if args.json is not None:
         write_json(args.json, {"machine": info, "model": args.model, "batch": args.batch,

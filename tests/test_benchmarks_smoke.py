@@ -268,7 +268,8 @@ def test_peak_memory_sees_a_temporary_and_not_what_existed_before() -> None:
 def test_rollout_cost_main_smallest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "cost.json"
     rollout_cost.main(["--model", "vit_nano_patch4_32", "--sizes", "32,64", "--repeats", "1",
-                       "--warmup", "0", "--explicit-max-tokens", "100", "--json", str(out)])
+                       "--warmup", "0", "--explicit-max-tokens", "100", "--chunk-size", "16",
+                       "--json", str(out)])
     rows = json.loads(out.read_text())["rows"]
     names = {(r["size"], r["measurement"]) for r in rows}
     assert (32, "explicit forward") in names and (64, "explicit forward") not in names  # 257 tokens

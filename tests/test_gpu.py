@@ -104,3 +104,23 @@ def test_explanations_on_the_gpu_match_the_cpu(method, precision):
     assert on_gpu.device.type == "cuda" and on_gpu.shape == on_cpu.shape == (6, 8, 8)
     assert torch.isfinite(on_gpu).all() and on_cpu.std() > 0
     assert on_gpu.dtype == torch.float32 and relative_error(on_gpu, on_cpu) < 1e-3
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_rollout_cost_measures_on_the_gpu(tmp_path, monkeypatch):
+    """benchmarks/rollout_cost.py --device cuda: every method timed and its CUDA memory read."""
+    import json
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    from benchmarks import rollout_cost
+
+    out = tmp_path / "cost.json"
+    rollout_cost.main(["--device", "cuda", "--model", "vit_nano_patch4_32", "--sizes", "32,64",
+                       "--repeats", "2", "--warmup", "1", "--chunk-size", "16",
+                       "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["measurement"] for r in rows} >= {"forward", "forward+backward",
+                                                *rollout_cost.EXPLAINERS}
+    assert all(r["extra_mib"] > 0 and r["median_s"] > 0 for r in rows)
