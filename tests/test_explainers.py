@@ -331,21 +331,21 @@ def torchvision_copy(model):
     return tv.eval()
 
 
+def skip_without_lxt(e: Exception):
+    pytest.skip(f"lxt is not usable here ({type(e).__name__}: {e}); "
+                "pip install -e '.[explain]' installs it")
+
+
 @contextmanager
-def lxt_patches_for_torchvision():
-    """lxt's AttnLRP patches for torchvision's ViT, undone afterwards: lxt patches the classes
-    nn.LayerNorm, nn.GELU and nn.MultiheadAttention for the whole process, our model included,
-    so nothing of ours may run inside."""
-    try:
-        from lxt.efficient import monkey_patch
-        from lxt.efficient.models.vit_torch import cp_LRP
-        from torchvision.models import vision_transformer
-    except Exception as e:  # lxt missing, or broken by its transformers version
-        pytest.skip(f"lxt is not usable here ({type(e).__name__}: {e}); "
-                    "pip install -e '.[explain]' installs it")
-    classes = [torch.nn.LayerNorm, torch.nn.GELU, torch.nn.MultiheadAttention]
+def patched_by_lxt(target, patch_map, classes, module_attributes=()):
+    """lxt's ``monkey_patch(target, patch_map)``, undone afterwards: lxt patches whole classes
+    (and attributes of ``target``) for the process, our model included, so nothing of ours may
+    run inside."""
+    from lxt.efficient import monkey_patch
+
     saved = {cls: cls.__dict__["forward"] for cls in classes}
-    monkey_patch(vision_transformer, cp_LRP)
+    saved_attributes = {name: getattr(target, name) for name in module_attributes}
+    monkey_patch(target, patch_map)
     try:
         yield
     finally:
@@ -353,6 +353,19 @@ def lxt_patches_for_torchvision():
             cls.forward = forward
             if "original_forward" in cls.__dict__:
                 del cls.original_forward
+        for name, value in saved_attributes.items():
+            setattr(target, name, value)
+
+
+def lxt_patches_for_torchvision():
+    """lxt's CP-LRP patches for torchvision's ViT (nn.LayerNorm, nn.GELU, nn.MultiheadAttention)."""
+    try:
+        from lxt.efficient.models.vit_torch import cp_LRP
+        from torchvision.models import vision_transformer
+    except Exception as e:  # lxt missing, or broken by its transformers version
+        skip_without_lxt(e)
+    return patched_by_lxt(vision_transformer, cp_LRP,
+                          [torch.nn.LayerNorm, torch.nn.GELU, torch.nn.MultiheadAttention])
 
 
 @pytest.mark.slow
@@ -405,15 +418,13 @@ def hf_vit_copy(model):
     return hf.eval()
 
 
-@contextmanager
 def lxt_attnlrp_patches_for_hf_vit():
     """lxt's AttnLRP (not CP) for transformers' ViT, built from lxt's own patches as its
     model maps do for BERT and Llama: the uniform rule on the attention's products
-    (``patch_attention``), identity rules on LayerNorm and GELU. Undone afterwards."""
+    (``patch_attention``), identity rules on LayerNorm and GELU."""
     from functools import partial
 
     try:
-        from lxt.efficient import monkey_patch
         from lxt.efficient.patches import (
             layer_norm_forward,
             non_linear_forward,
@@ -423,25 +434,12 @@ def lxt_attnlrp_patches_for_hf_vit():
         from transformers.activations import GELUActivation
         from transformers.models.vit import modeling_vit
     except Exception as e:  # lxt or transformers missing, or not matching
-        pytest.skip(f"lxt is not usable here ({type(e).__name__}: {e}); "
-                    "pip install -e '.[explain]' installs it")
-    classes = [torch.nn.LayerNorm, GELUActivation]
-    saved = {cls: cls.__dict__["forward"] for cls in classes}
-    saved_attention = (modeling_vit.eager_attention_forward, modeling_vit.ALL_ATTENTION_FUNCTIONS)
-    monkey_patch(modeling_vit, {
-        modeling_vit: patch_attention,
-        torch.nn.LayerNorm: partial(patch_method, layer_norm_forward),
-        GELUActivation: partial(patch_method, non_linear_forward, keep_original=True),
-    })
-    try:
-        yield
-    finally:
-        for cls, forward in saved.items():
-            cls.forward = forward
-            if "original_forward" in cls.__dict__:
-                del cls.original_forward
-        modeling_vit.eager_attention_forward, modeling_vit.ALL_ATTENTION_FUNCTIONS = \
-            saved_attention
+        skip_without_lxt(e)
+    rules = {modeling_vit: patch_attention,
+             torch.nn.LayerNorm: partial(patch_method, layer_norm_forward),
+             GELUActivation: partial(patch_method, non_linear_forward, keep_original=True)}
+    return patched_by_lxt(modeling_vit, rules, [torch.nn.LayerNorm, GELUActivation],
+                          ("eager_attention_forward", "ALL_ATTENTION_FUNCTIONS"))
 
 
 @pytest.mark.slow
