@@ -62,7 +62,7 @@ def test_every_option_has_a_description_and_its_default(command):
 
 def test_help_shows_a_default_that_argparse_knows():
     text = subparsers()["explain"].format_help()
-    assert "(default: rollout)" in text and "(default: 0.5)" in text
+    assert "(default: attnlrp, the most faithful" in text and "(default: 0.5)" in text
 
 
 @pytest.mark.parametrize("script,command", [("train.py", "train"), ("evaluate.py", "evaluate")])
@@ -97,3 +97,12 @@ def test_vit_models_lists_every_preset_with_its_cost(capsys):
     real = sum(p.numel() for p in create_model("vit_quick_patch8_48", num_classes=10).parameters())
     assert f"{real / 1e6:.2f}M" in rows["vit_quick_patch8_48"]
     assert "48 px" in rows["vit_quick_patch8_48"]
+
+
+def test_vit_explain_defaults_to_the_library_default_method():
+    """cli/explain.py repeats vit.explain.DEFAULT_METHOD (AttnLRP) so that its parser needs no
+    torch."""
+    from vit.cli import explain as cli_explain
+    from vit.explain import DEFAULT_METHOD
+
+    assert cli_explain.DEFAULT_METHOD == DEFAULT_METHOD == "attnlrp"

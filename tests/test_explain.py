@@ -384,6 +384,20 @@ def test_overlay_shape_alpha_and_colours():
     assert np.abs(half.astype(float) - expected).max() <= 1
 
 
+def test_overlay_of_a_signed_map_shows_the_evidence_for_the_class():
+    """AttnLRP's maps are signed: zero and negative relevance both get the colour map's bottom,
+    the largest positive its top (min-max would paint zero in the middle of the scale)."""
+    image = np.zeros((16, 16, 3), dtype=np.uint8)
+    saliency = torch.tensor([[-3.0, 0.0], [0.0, 1.0]])
+    colours = overlay(image, saliency, alpha=1.0)
+    assert np.array_equal(colours[0, 0], jet(0.0))  # the most negative cell
+    assert np.array_equal(colours[0, 15], jet(0.0)) and np.array_equal(colours[15, 0], jet(0.0))
+    assert np.array_equal(colours[15, 15], jet(1.0))
+    # a map without negative cells keeps min-max: its smallest value is the bottom
+    shifted = overlay(image, saliency + 3.0, alpha=1.0)
+    assert np.array_equal(shifted[0, 0], jet(0.0)) and not np.array_equal(shifted[0, 15], jet(0.0))
+
+
 def test_overlay_constant_saliency_and_pil_input():
     image = Image.new("RGB", (40, 24), (10, 200, 30))
     out = overlay(image, np.full((3, 5), 0.37), alpha=1.0)

@@ -26,8 +26,8 @@ def test_same_named_files_in_different_folders_get_separate_overlays(tmp_path, c
     out = tmp_path / "out"
     assert main(["explain", "--checkpoint", str(ckpt), *paths, "--output", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["a_1_rollout.png", "b_1_rollout.png", "grid.png",
-                     "only_a_rollout.png", "only_b_rollout.png"]
+    assert names == ["a_1_attnlrp.png", "b_1_attnlrp.png", "grid.png",
+                     "only_a_attnlrp.png", "only_b_attnlrp.png"]
     assert len(capsys.readouterr().out.splitlines()) == 4
     assert Path(out / "grid.png").stat().st_size > 0
 

@@ -211,8 +211,8 @@ def test_explain_draws_the_good_files_and_warns_once_per_bad_one(hostile, capsys
     code, out, err = run_cli(capsys, "explain", "--checkpoint", hostile.run / "best.pt",
                              *hostile_files(hostile), "--output", tmp_path, "--device", "cpu")
     assert code == 0, err
-    drawn = sorted(p.name for p in tmp_path.glob("*_rollout.png"))
-    assert drawn == sorted(f"{Path(name).stem}_rollout.png" for name in READABLE)
+    drawn = sorted(p.name for p in tmp_path.glob("*_attnlrp.png"))
+    assert drawn == sorted(f"{Path(name).stem}_attnlrp.png" for name in READABLE)
     assert (tmp_path / "grid.png").is_file()
     assert len(out.splitlines()) == len(READABLE)  # one line per drawn overlay
     assert_one_warning_per_bad_file(hostile, err)

@@ -134,5 +134,5 @@ def test_explain_titles_use_the_label_file(tmp_path, labelled):
                     ["imgs/img_b01.png,blue", "imgs/img_g01.png,green", "imgs/gone.png,red"])
     assert main(["explain", "--checkpoint", str(summary.run_dir / "best.pt"), str(few),
                  "--output", str(tmp_path / "explain2"), "--device", "cpu"]) == 0
-    assert sorted(p.name for p in (tmp_path / "explain2").glob("*_rollout.png")) == [
-        "img_b01_rollout.png", "img_g01_rollout.png"]
+    assert sorted(p.name for p in (tmp_path / "explain2").glob("*_attnlrp.png")) == [
+        "img_b01_attnlrp.png", "img_g01_attnlrp.png"]

@@ -50,7 +50,7 @@ def test_quickstart_ends_with_overlays_and_the_explorer_page(tmp_path, monkeypat
     err = capsys.readouterr().err
     page = Path("runs/q/explorer.html")
     assert f"attention explorer: {page} (open it in a browser" in err
-    assert "attention overlays: runs/q/overlays" in err
+    assert "saliency overlays (attnlrp): runs/q/overlays" in err
     data = re.search(r'id="vit-data">(.*?)</script>', page.read_text(), re.S).group(1)
     names = [Path(r["name"]) for r in json.loads(data)["images"]]
     assert len(names) == 3 and all(p.parent.parent == Path("data/shapes/val") for p in names)

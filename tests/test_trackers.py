@@ -65,7 +65,7 @@ def test_tensorboard_event_files_hold_steps_epochs_config_and_images(tracked):
         got = [(e.step, e.value) for e in events.Scalars(f"epoch/{key}")]
         assert got == [(m["epoch"], pytest.approx(m[key], rel=1e-6)) for m in tracked["metrics"]]
     assert IMAGES <= set(tags["images"])
-    assert any(t.startswith("overlays/") and t.endswith("_rollout") for t in tags["images"])
+    assert any(t.startswith("overlays/") and t.endswith("_attnlrp") for t in tags["images"])
     config = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "train.lr: 0.003" in config and "model.depth: 2" in config
 

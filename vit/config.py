@@ -129,7 +129,7 @@ class TrainConfig:
     # Write last.pt, best.pt and curves.png at most every this many seconds (0: every epoch).
     # The final epoch and an interruption always write; metrics.jsonl gets every epoch.
     save_every_s: float = 0.0
-    explain_samples: int = 8  # attention overlays written at the end (0: none)
+    explain_samples: int = 8  # saliency overlays (AttnLRP) written at the end (0: none)
 
 
 @dataclass

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+DEFAULT_METHOD = "attnlrp"  # vit.explain.DEFAULT_METHOD, repeated so that the parser needs no torch
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from vit.cli.main import add_common_flags, add_device_flag, add_parser
@@ -26,9 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="folder for the PNG overlays (default: none; --output or --html needed)")
     p.add_argument("--html", metavar="FILE",
                    help="write the attention explorer page here (default: none)")
-    p.add_argument("--method", default="rollout", metavar="NAME",
+    p.add_argument("--method", default=DEFAULT_METHOD, metavar="NAME",
                    help="rollout, grad-rollout, attention, legrad, attnlrp or gradcam; a "
-                   "comma-separated list of them; or all (default: rollout)")
+                   "comma-separated list of them; or all (default: %(default)s, the most "
+                   "faithful by `vit explain-bench`)")
     p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"],
                    help="how rollout combines the heads of a layer")
     p.add_argument("--discard-ratio", type=float, default=0.0, metavar="F",

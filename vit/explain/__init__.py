@@ -48,6 +48,7 @@ from vit.explain.rollout import (
 )
 from vit.explain.saliency import (
     CLASS_SPECIFIC,
+    DEFAULT_METHOD,
     METHODS,
     attention_rollout,
     explain,
@@ -61,6 +62,7 @@ from vit.explain.token_drop import token_drop_auc, token_drop_curves
 __all__ = [
     "METHODS",
     "CLASS_SPECIFIC",
+    "DEFAULT_METHOD",
     "HEAD_FUSIONS",
     "LEGRAD_POOLS",
     "LRP_RULES",

@@ -29,9 +29,13 @@ def _as_rgb_array(image: np.ndarray | Image.Image) -> np.ndarray:
 
 
 def _normalised_upsample(saliency: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear upsampling to ``size``, then min-max to [0, 1]; a constant map gives zeros."""
+    """Bilinear upsampling to ``size``, then to [0, 1]: min-max, or for a signed map (AttnLRP:
+    negative relevance speaks against the class) its positive part over its maximum, so that 0
+    and the evidence against both sit at the colour map's bottom. A constant map gives zeros."""
     up = F.interpolate(saliency[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
     lo, hi = float(up.min()), float(up.max())
+    if lo < 0.0 < hi and float(saliency.min()) < 0.0:  # signed in the map, not by interpolation
+        return (up.clamp(min=0.0) / hi).double().numpy()
     span = hi - lo
     # Interpolating a constant map can leave float rounding noise; don't stretch it to [0, 1].
     if span <= 1e-6 * max(abs(lo), abs(hi)):

@@ -18,13 +18,12 @@ import numpy as np
 
 from vit.errors import VitError
 from vit.explain.overlay import overlay
-from vit.explain.saliency import METHODS, saliency
+from vit.explain.saliency import DEFAULT_METHOD, METHODS, saliency
 from vit.inference.classifier import Classifier, top_labels
 
 __all__ = ["DEMO_INSTALL", "DEFAULT_METHOD", "import_gradio", "explain_image", "build_demo"]
 
 DEMO_INSTALL = "pip install 'vit[demo]'"
-DEFAULT_METHOD = "attnlrp"  # the best of the methods at the asked-object test (README)
 
 
 def import_gradio() -> Any:

@@ -13,7 +13,7 @@ The folder holds
                        ``pretrained_cfg`` with the preprocessing, so that
                        ``timm.create_model("hf_hub:user/name", pretrained=True)`` loads it
     README.md          the model card (``vit.inference.model_card``)
-    images/            the run's curves and attention overlays, shown by the card
+    images/            the run's curves and saliency overlays, shown by the card
     app.py, requirements.txt, vit/   with ``demo=True``: the Gradio demo as a Space
 """
 
@@ -48,8 +48,8 @@ logger = logging.getLogger(__name__)
 # Figures of a run folder that the card shows: run path -> (path in the repo, caption)
 RUN_IMAGES = {
     "curves.png": ("images/curves.png", "Training curves"),
-    "overlays/grid.png": ("images/overlays.png", "Where it looks (attention rollout, held-out "
-                                                 "images)"),
+    "overlays/grid.png": ("images/overlays.png", "What the prediction rests on (AttnLRP, "
+                                                 "held-out images)"),
 }
 
 

@@ -1,7 +1,7 @@
 """The model card (``README.md``) of a model pushed to the Hub, through ``huggingface_hub``'s
 ``ModelCard`` and ``ModelCardData``: metadata the Hub reads (library timm, task, tags, the
 validation accuracy as an eval result) above a page with the classes, the metrics, how to load
-the model, the training config, the curves and the attention overlays.
+the model, the training config, the curves and the saliency overlays.
 """
 
 from __future__ import annotations

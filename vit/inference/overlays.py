@@ -27,7 +27,7 @@ from vit.data.images import UnreadableImageError, load_image
 from vit.data.transforms import eval_geometry
 from vit.errors import VitError
 from vit.explain.overlay import DEFAULT_COLORMAP, overlay
-from vit.explain.saliency import METHODS, saliency
+from vit.explain.saliency import DEFAULT_METHOD, METHODS, saliency
 from vit.inference.classifier import Classifier, top_labels
 from vit.io import make_output_dir
 from vit.plots import plot_image_grid, plot_side_by_side
@@ -171,7 +171,7 @@ def explain_files(
     checkpoint: str | Path,
     paths: Sequence[str | Path],
     output: str | Path,
-    method: str = "rollout",
+    method: str = DEFAULT_METHOD,
     head_fusion: str = "mean",
     discard_ratio: float = 0.0,
     alpha: float = 0.5,

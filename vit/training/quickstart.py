@@ -2,7 +2,7 @@
 
 It writes a synthetic shapes image folder (no download), trains a small ViT on it (on the GPU in
 bf16 when there is one, else on the CPU in a few minutes), and, like every run, draws
-attention-rollout overlays of held-out images (``train.explain_samples``); its last step writes
+saliency overlays (AttnLRP) of held-out images (``train.explain_samples``); its last step writes
 the attention explorer page of the same images (RUN/explorer.html). ``configs/quickstart.yaml``
 holds the same settings (a test keeps the two equal).
 """

@@ -1,6 +1,6 @@
 """What a run writes as it goes, besides config.yaml and the data files: metrics.jsonl,
 last.pt, best.pt and curves.png after every epoch (or at most every ``train.save_every_s``
-seconds), and the attention overlays of held-out images at the end."""
+seconds), and the saliency overlays of held-out images at the end."""
 
 from __future__ import annotations
 
@@ -93,17 +93,18 @@ def held_out_examples(samples: list[tuple[str, int]], num_images: int) -> list[s
 
 
 def write_overlays(run_dir: Path, paths: list[str], *, device: torch.device) -> Path | None:
-    """Attention-rollout overlays of held-out images (``held_out_examples``) by best.pt, into
-    RUN/overlays (the last step of a run: ``train.explain_samples``); None when they could not
-    be drawn."""
+    """Saliency overlays (``DEFAULT_METHOD``, AttnLRP) of held-out images
+    (``held_out_examples``) by best.pt, into RUN/overlays (the last step of a run:
+    ``train.explain_samples``); None when they could not be drawn."""
+    from vit.explain.saliency import DEFAULT_METHOD
     from vit.inference.overlays import explain_files
 
     out = run_dir / "overlays"
     try:
-        explain_files(checkpoint=run_dir / "best.pt", output=out, method="rollout",
+        explain_files(checkpoint=run_dir / "best.pt", output=out, method=DEFAULT_METHOD,
                       paths=paths, device=str(device))
     except Exception as e:  # a drawing problem must never end a finished run
-        logger.warning("could not draw the attention overlays: %s", e)
+        logger.warning("could not draw the saliency overlays: %s", e)
         return None
     return out
 
@@ -124,7 +125,8 @@ def tracked_images(run_dir: Path, val_samples: list[tuple[str, int]], *,
             logger.warning("could not draw the confusion matrix: %s", e)
     overlays = run_dir / "overlays"
     images["overlays/grid"] = overlays / "grid.png"
-    for path in sorted(overlays.glob("*_rollout.png"))[:TRACKED_OVERLAYS]:
+    pictures = sorted(p for p in overlays.glob("*.png") if p.name != "grid.png")
+    for path in pictures[:TRACKED_OVERLAYS]:
         images[f"overlays/{path.stem}"] = path
     return images
 

@@ -5,7 +5,7 @@
     summary = train(load_config("configs/quickstart.yaml", ["data.root=data/shapes"]))
 
 Files written to the run folder (rank 0 only): config.yaml, data_report.json, split.json,
-metrics.jsonl, curves.png, last.pt, best.pt, and at the end overlays/ (attention rollout of
+metrics.jsonl, curves.png, last.pt, best.pt, and at the end overlays/ (AttnLRP maps of
 ``train.explain_samples`` held-out images; 0: none).
 """
 
