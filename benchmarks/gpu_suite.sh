@@ -94,7 +94,7 @@ if [ "$device" = cuda ]; then  # the real thing
   data_speed=(--limit 3000 --workers 0,16 --train-workers 16 --train-batches 20)
   explain_cost=(--model vit_base_patch16_224 --sizes 224,448,896 --repeats 5 --warmup 1)
 else  # the rehearsal: every step, tiny sizes
-  per_class=20; epochs=2; workers=2; batch=16; budget_min=1; quick=(train.epochs=1)
+  per_class=50; epochs=3; workers=2; batch=16; budget_min=1; quick=(train.epochs=1)
   speed=(--batch 2 --repeats 1 --warmup 1 --iters 1)
   models_eager=vit_tiny_patch4_32; compiled=vit_tiny_patch4_32
   tta_data=/tmp/gpu_suite_rehearsal_data  # 40 images per class: an epoch in seconds
