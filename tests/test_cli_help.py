@@ -99,6 +99,18 @@ def test_vit_models_lists_every_preset_with_its_cost(capsys):
     assert "48 px" in rows["vit_quick_patch8_48"]
 
 
+def test_tta_choices_equal_the_library_modes():
+    """cli/main.py repeats vit.inference.tta.TTA_MODES so that predict's and evaluate's parsers
+    need no torch."""
+    from vit.cli.main import TTA_MODES as CLI_TTA_MODES
+    from vit.inference.tta import TTA_MODES
+
+    assert CLI_TTA_MODES == TTA_MODES
+    for command in ("predict", "evaluate"):
+        tta = next(a for a in subparsers()[command]._actions if a.dest == "tta")
+        assert tuple(tta.choices) == TTA_MODES and tta.default is None
+
+
 def test_vit_explain_defaults_to_the_library_default_method():
     """cli/explain.py repeats vit.explain.DEFAULT_METHOD (AttnLRP) so that its parser needs no
     torch."""

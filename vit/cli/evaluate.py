@@ -10,7 +10,7 @@ from vit.errors import VitError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags, add_device_flag, add_parser
+    from vit.cli.main import add_common_flags, add_device_flag, add_parser, add_tta_flag
 
     p = add_parser(
         sub, "evaluate", help="measure a checkpoint on a labelled image folder",
@@ -27,10 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
     p.add_argument("--num-mistakes", type=int, default=16, metavar="N",
                    help="images in mistakes.png (default 16)")
-    p.add_argument("--tta", choices=["flip", "crops"],
-                   help="test-time augmentation: average the probabilities of the image and its "
-                   "mirror (flip, 2x the time) or of 5 crops and their mirrors (crops, 10x) "
-                   "(default: none)")
+    add_tta_flag(p)
     add_device_flag(p)
     add_common_flags(p)
     p.set_defaults(func=run)

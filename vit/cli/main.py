@@ -59,6 +59,17 @@ def add_device_flag(parser: argparse.ArgumentParser) -> None:
                         help="where to run; auto picks the GPU when there is one")
 
 
+TTA_MODES = ("flip", "crops")  # vit.inference.tta.TTA_MODES, repeated so the parser needs no torch
+
+
+def add_tta_flag(parser: argparse.ArgumentParser) -> None:
+    """``--tta flip|crops`` (default none) for the commands that classify images."""
+    parser.add_argument("--tta", choices=TTA_MODES,
+                        help="test-time augmentation: average the probabilities of the image and "
+                        "its mirror (flip, 2x the time) or of 5 crops and their mirrors (crops, "
+                        "10x) (default: none)")
+
+
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors")

@@ -20,7 +20,7 @@ CSV_COLUMNS = ("path", "rank", "label", "probability", "error")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags, add_device_flag, add_parser
+    from vit.cli.main import add_common_flags, add_device_flag, add_parser, add_tta_flag
 
     p = add_parser(
         sub, "predict", help="classify images with a checkpoint",
@@ -35,10 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="classes per image (default 5, at most the number of classes)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
     p.add_argument("--format", default="table", choices=FORMATS, help="output format")
-    p.add_argument("--tta", choices=["flip", "crops"],
-                   help="test-time augmentation: average the probabilities of the image and its "
-                   "mirror (flip, 2x the time) or of 5 crops and their mirrors (crops, 10x) "
-                   "(default: none)")
+    add_tta_flag(p)
     p.add_argument("--output", metavar="FILE", help="write to this file (default: stdout)")
     add_device_flag(p)
     add_common_flags(p)
