@@ -41,7 +41,7 @@ __all__ = ["BACKENDS", "Trackers", "check_trackers", "open_trackers", "flatten"]
 
 logger = logging.getLogger(__name__)
 
-# report_to name -> (the module it needs, the extra that installs it)
+# report_to name -> the module it needs (the extra that installs it has the same name)
 BACKENDS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
