@@ -4,6 +4,8 @@ asked-object score, the two-squares data and `vit explain-bench` end to end on a
 from __future__ import annotations
 
 import json
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -19,7 +21,8 @@ from vit.errors import VitError
 from vit.explain.bench import SANITY_THRESHOLD, asked_object_hits, explain_bench
 from vit.explain.bench_report import markdown_report
 from vit.explain.occlusion import occlusion
-from vit.explain.sanity import randomised_cascade, spearman
+from vit.explain.recommend import method_file
+from vit.explain.sanity import randomised_cascade, spearman, spread
 from vit.explain.token_drop import token_drop_auc, token_drop_curve, token_drop_curves
 from vit.inference.explain_bench import patch_mask
 
@@ -156,7 +159,7 @@ def test_bench_rows_sanity_verdicts_and_asked_objects():
     inside[0, 0] = True
     objects = [[(0, inside), (1, ~inside)]] * 4
     result = explain_bench(model, x, methods=["rollout", "legrad", "random", "occlusion"],
-                           steps=4, batch_size=3, objects=objects)
+                           steps=4, batch_size=3, objects=objects, pixels=True)
     rows = {r["method"]: r for r in result["rows"]}
     assert result["images"] == 4 and result["half_stage"] == 1 and list(rows) == [
         "rollout", "legrad", "random", "occlusion"]
@@ -214,7 +217,13 @@ def test_squares_data_and_the_cli_end_to_end(tmp_path, capsys):
                  "gradcam,random", "--steps", "4", "--output", str(out)]) == 0
     result = json.loads((out / "explain_bench.json").read_text())
     assert result["images"] == 3 and [r["method"] for r in result["rows"]] == ["gradcam", "random"]
-    assert "asked object" in (out / "explain_bench.md").read_text()
+    report = (out / "explain_bench.md").read_text()
+    assert "asked object" in report
+    # the report and the JSON end with the recommendation; two methods are too few to record one
+    assert list(result)[-1] == "recommendation" and report.rstrip().splitlines()[-1].startswith(
+        "Rule: ")
+    assert "Not recorded: only a run of every saliency method" in report
+    assert not method_file(ckpt).exists()
     printed = capsys.readouterr().out
     assert "| gradcam |" in printed and f"and {out / 'explain_bench.png'}" in printed
     with Image.open(out / "explain_bench.png") as figure:  # faithfulness and the cascade
@@ -222,3 +231,88 @@ def test_squares_data_and_the_cli_end_to_end(tmp_path, capsys):
     assert main(["explain-bench", "--checkpoint", str(ckpt), "--data", str(train),
                  "--methods", "lrp", "--output", str(out)]) == 2
     assert "unknown methods ['lrp']" in capsys.readouterr().err
+
+
+# --- the batched bench: methods share token passes, the check runs on a spread sub-set -----------
+
+
+def test_token_measures_of_several_methods_at_once_equal_one_method_at_a_time(monkeypatch):
+    import vit.explain.bench as bench
+
+    model, x = trained_like(reg_tokens=1), images(3)
+    classes = torch.tensor([0, 2, 1])
+    g = torch.Generator().manual_seed(2)
+    maps = {m: torch.rand(3, 4, 4, generator=g) for m in ("a", "b", "c")}
+    expected = {}
+    for m, saliency in maps.items():  # the reference: one call of token_drop_curves per method
+        curves = token_drop_curves(model, x, {"d": (saliency, False), "i": (saliency, True),
+                                              "l": (-saliency, False)}, classes, steps=4)
+        auc = {k: torch.trapezoid(c, f, dim=1) for k, (c, f) in curves.items()}
+        expected[m] = {"token_deletion": auc["d"], "token_insertion": auc["i"],
+                       "token_gap": auc["l"] - auc["d"]}
+    bar = bench.progress_bar(6, enabled=False)
+    for per_pass in (9, 6, 3):  # all three methods in one pass, two then one, one at a time
+        monkeypatch.setattr(bench, "TOKEN_BATCH", per_pass)
+        found = bench._token_measures(model, x, maps, classes, 4, bar)
+        for m in maps:
+            for key, value in expected[m].items():
+                torch.testing.assert_close(found[m][key], value)
+
+
+def test_the_randomisation_check_runs_on_spread_images_at_the_chosen_stages():
+    model, x = trained_like(depth=4), images(5)
+    summary = explain_bench(model, x, methods=["gradcam", "random"], steps=2, sanity_images=2)
+    assert summary["stages"] == [0, 2, 4] and summary["sanity_images"] == [0, 4]
+    row = next(r for r in summary["rows"] if r["method"] == "gradcam")
+    assert "random_1" not in row and len(summary["per_image"]["gradcam"]["random_2"]) == 2
+    full = explain_bench(model, x, methods=["gradcam", "random"], steps=2, sanity_images=2,
+                         full_cascade=True)
+    assert full["stages"] == [0, 1, 2, 3, 4]
+    for stage in (0, 2, 4):  # the same numbers, whether or not the stages between are measured
+        assert full["per_image"]["gradcam"][f"random_{stage}"] == pytest.approx(
+            summary["per_image"]["gradcam"][f"random_{stage}"])
+    # the reference: the two images' maps by the trained and the randomised model, by hand
+    from vit.explain.saliency import saliency
+
+    chosen = x[[0, 4]]
+    with torch.no_grad():
+        classes = model(chosen).argmax(dim=1)
+    trained = saliency(model, chosen, "gradcam", target=classes)
+    for stage, randomised in randomised_cascade(model, seed=0):
+        if stage == 2:
+            rho = spearman(trained, saliency(randomised, chosen, "gradcam", target=classes))
+            assert summary["per_image"]["gradcam"]["random_2"] == pytest.approx(rho.tolist())
+    assert spread(10, 4) == [0, 3, 6, 9] and spread(3, 8) == [0, 1, 2] and spread(5, 1) == [0]
+
+
+def test_progress_on_a_log_file_is_whole_lines_with_the_time_left(monkeypatch):
+    import io
+
+    import vit.explain.bench as bench
+
+    log = io.StringIO()  # not a terminal
+    monkeypatch.setattr(sys, "stderr", log)
+    monkeypatch.setattr(bench, "LOG_EVERY_S", 0.0)
+    model, x = trained_like(depth=2), images(4)
+    bench.explain_bench(model, x, methods=["attention", "random"], steps=2, batch_size=2,
+                        sanity_images=1, show_progress=True)
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and len(lines) >= 3
+    assert all(line.startswith("explain-bench:") for line in lines)
+    # per batch: 2 maps + 2 token passes; the batch with the checked image: 3 stages x 1 method
+    assert re.search(r" 11/11 \[\d\d:\d\d<00:00", lines[-1])
+    assert re.search(r" \d+/11 \[\d\d:\d\d<\d\d:\d\d", lines[1])  # the time left, early on
+
+
+def test_the_command_line_defaults_are_the_library_defaults():
+    import inspect
+
+    import vit.cli.explain_bench as cli
+    from vit.explain import bench
+    from vit.inference.explain_bench import DEFAULT_IMAGES, run_explain_bench
+
+    assert (cli.DEFAULT_IMAGES, cli.DEFAULT_STEPS, cli.DEFAULT_BATCH_SIZE,
+            cli.DEFAULT_SANITY_IMAGES) == (DEFAULT_IMAGES, bench.DEFAULT_STEPS,
+                                           bench.DEFAULT_BATCH_SIZE, bench.DEFAULT_SANITY_IMAGES)
+    defaults = {k: p.default for k, p in inspect.signature(run_explain_bench).parameters.items()}
+    assert defaults["images"] == DEFAULT_IMAGES and defaults["steps"] == bench.DEFAULT_STEPS

@@ -421,7 +421,7 @@ def _cascade_panel(axes: Axes, result: Mapping[str, Any], colours: Mapping[str, 
                    threshold: float) -> None:
     """Spearman rho with the trained map as the head, then one more block, is re-initialised."""
     depth, half = int(result["depth"]), int(result["half_stage"])
-    stages = np.arange(depth + 1)
+    stages = np.asarray(result.get("stages") or range(depth + 1))  # the stages measured
     lowest = -0.3
     for row in result["rows"]:
         if "random_0" not in row:
@@ -438,7 +438,7 @@ def _cascade_panel(axes: Axes, result: Mapping[str, Any], colours: Mapping[str, 
     axes.axvline(half, color="grey", linestyle=":", linewidth=1)
     axes.text(half, threshold, f" pass below {threshold:g} at {half} of {depth} blocks",
               fontsize=8, color="0.35", va="bottom")
-    axes.set_xticks(stages, ["head"] + [f"+{k}" for k in stages[1:]])
+    axes.set_xticks(stages, [f"+{k}" if k else "head" for k in stages])
     axes.set_ylim(max(lowest, -1.05), 1.05)
     axes.set_title("Randomisation check (Adebayo et al. 2018)", fontsize=10)
     axes.set_xlabel("re-initialised: the head, then blocks from the top")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["spearman", "randomised_cascade", "half_stage"]
+__all__ = ["spearman", "randomised_cascade", "half_stage", "cascade_stages", "spread"]
 
 
 def _average_ranks(values: torch.Tensor) -> torch.Tensor:
@@ -67,3 +67,17 @@ def half_stage(depth: int) -> int:
     """The stage at which half the blocks (rounded up) are random."""
     return (depth + 1) // 2
 
+
+
+def cascade_stages(depth: int, full: bool) -> list[int]:
+    """The stages at which maps are compared: every one with ``full``, else the head alone,
+    half the blocks (the verdict) and every block."""
+    return list(range(depth + 1)) if full else sorted({0, half_stage(depth), depth})
+
+
+def spread(total: int, count: int) -> list[int]:
+    """``count`` indices of ``range(total)`` spread evenly over it (all of them when ``count``
+    is larger): a sub-set that keeps a class-sorted list's classes."""
+    if count >= total:
+        return list(range(total))
+    return sorted({round(i * (total - 1) / max(count - 1, 1)) for i in range(count)})

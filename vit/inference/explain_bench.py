@@ -1,20 +1,22 @@
 """`vit explain-bench` behind the command: a checkpoint and held-out images of a folder in,
 ``explain_bench.md``, ``.json`` and ``.png`` (the figure) out.
 
-    result, paths = run_explain_bench("runs/quickstart/best.pt", "data/shapes", images=100)
+    result, paths = run_explain_bench("runs/quickstart/best.pt", "data/shapes")
+    result, paths = run_explain_bench(ckpt, data, images=100, steps=16, full_cascade=True)
 
 The images: ``DIR/val``, else the run's held-out ``split.json`` files, else ``DIR`` itself; or,
 with an ``objects.json`` in DIR (images holding two objects of different classes, e.g. from
 ``vit.data.squares.make_two_squares_set``), its images, each object asked for in turn. With a
 ``boxes.json`` in DIR (one object per image: the synthetic shapes), each held-out image's object
-is asked for by its class: the pointing game. The
-measures: ``vit.explain.bench``.
+is asked for by its class: the pointing game. The measures: ``vit.explain.bench``. The method
+the report recommends is written beside the checkpoint (``explain_method.json``), where
+``vit explain``, the end-of-run overlays, the explorer page and ``vit demo`` find it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,9 @@ from vit.data.transforms import eval_geometry
 from vit.errors import ConfigError, DataError
 from vit.explain.bench import (
     BENCH_METHODS,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_SANITY_IMAGES,
+    DEFAULT_STEPS,
     REFERENCES,
     SANITY_THRESHOLD,
     check_bench_args,
@@ -35,15 +40,19 @@ from vit.explain.bench import (
     mean_and_sem,
 )
 from vit.explain.bench_report import cell, markdown_report
+from vit.explain.recommend import method_file, recorded_method
+from vit.explain.saliency import METHODS
 from vit.inference.classifier import Classifier
 from vit.io import atomic_write
 from vit.plots import plot_explain_bench
 
-__all__ = ["OBJECTS_FILE", "run_explain_bench", "held_out_images", "pick_balanced",
+__all__ = ["OBJECTS_FILE", "DEFAULT_IMAGES", "run_explain_bench", "held_out_images", "pick_balanced",
            "read_objects", "boxed_objects", "patch_mask"]
 
 
 OBJECTS_FILE = "objects.json"
+
+DEFAULT_IMAGES = 32  # held-out images measured by default (see run_explain_bench)
 
 
 Box = tuple[int, int, int, int]  # pixel box [x0, y0, x1, y1) in the file's own coordinates
@@ -165,8 +174,31 @@ def _select(clf: Any, checkpoint: Path, data: Path, limit: int, seed: int) -> Se
             source)
 
 
-def _write_report(result: Mapping[str, Any], output: Path) -> list[Path]:
+def _record(checkpoint: Path, result: dict[str, Any], report: Path) -> None:
+    """Write the recommendation beside the checkpoint (``vit.explain.recommend.recorded_method``)
+    when the run can support one: every saliency method measured, with the randomisation
+    check. Notes in the recommendation where it went, or why not."""
+    found = result["recommendation"]
+    missing = [m for m in METHODS if m not in result["setup"]["methods"]]
+    if missing or not result["stages"]:
+        found["recorded"] = None
+        found["not_recorded"] = ("only a run of every saliency method with the randomisation "
+                                 "check records a recommendation; this one left out "
+                                 + (", ".join(missing) if missing else "the check"))
+        return
+    recorded_method(checkpoint, {
+        "method": found["method"], "tied_with": found["tied_with"],
+        "trades_off_with": found["trades_off_with"],
+        "checkpoint": checkpoint.name, "images": result["images"],
+        "date": result["machine"]["date"], "report": str(report), "rule": found["rule"]})
+    found["recorded"] = str(method_file(checkpoint))
+
+
+def _write_report(result: dict[str, Any], checkpoint: Path, output: Path) -> list[Path]:
     setup, machine = result["setup"], result["machine"]
+    paths = [output / "explain_bench.md", output / "explain_bench.json"]
+    _record(checkpoint, result, paths[0])
+    result["recommendation"] = result.pop("recommendation")  # the JSON ends with it too
     accuracy = f", accuracy {cell(result, 'accuracy', 100.0, 1)}%" if "accuracy" in result else ""
     text = "\n".join([
         f"# explain-bench: `{setup['checkpoint']}`", "",
@@ -177,9 +209,8 @@ def _write_report(result: Mapping[str, Any], output: Path) -> list[Path]:
         f"{machine['device']}, {machine['date']}, {setup['seconds']:.0f} s.",
         f"Command: `{machine['command']}`" if machine.get("command") else "", "",
         markdown_report(result), ""])
-    paths = [output / "explain_bench.md", output / "explain_bench.json"]
     atomic_write(paths[0], text)
-    atomic_write(paths[1], json.dumps(result, indent=2) + "\n")
+    atomic_write(paths[1], json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     title = f"{setup['checkpoint']}: {result['images']} images"
     paths.append(plot_explain_bench(result, output / "explain_bench.png",
                                     threshold=SANITY_THRESHOLD, references=REFERENCES,
@@ -187,34 +218,44 @@ def _write_report(result: Mapping[str, Any], output: Path) -> list[Path]:
     return paths
 
 
+def _objects(clf: Any, arrays: Sequence[np.ndarray], boxes: Any) -> Any:
+    """Each image's objects as (class, patch mask) on the grid the model sees."""
+    if boxes is None:
+        return None
+    return [[(c, patch_mask(box, a.shape[:2], img_size=clf.img_size,
+                            crop_pct=clf.preprocess["crop_pct"],
+                            patch_size=clf.model.patch_embed.patch_size[0])) for c, box in found]
+            for a, found in zip(arrays, boxes, strict=True)]
+
+
 def run_explain_bench(
     checkpoint: str | Path, data: str | Path, *, methods: Sequence[str] = BENCH_METHODS,
-    images: int = 200, steps: int = 32, seed: int = 0, batch_size: int = 25,
-    sanity: bool = True, output: str | Path | None = None, device: str = "auto",
-    command: str | None = None, show_progress: bool = False,
+    images: int = DEFAULT_IMAGES, steps: int = DEFAULT_STEPS, seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE, sanity: bool = True,
+    sanity_images: int = DEFAULT_SANITY_IMAGES, full_cascade: bool = False, pixels: bool = False,
+    output: str | Path | None = None, device: str = "auto", command: str | None = None,
+    show_progress: bool = False,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Load a checkpoint and held-out images of ``data``, run ``explain_bench`` and write
     ``explain_bench.md``, ``.json`` and the figure ``.png`` into ``output`` (default:
-    ``explain_bench/`` beside the checkpoint). Returns the result and the three paths."""
+    ``explain_bench/`` beside the checkpoint), and the recommended method beside the checkpoint
+    (``vit.explain.recommend``). Returns the result and the three paths. The defaults end within
+    about 3 minutes on 2 CPU cores for a 12-block, width-192 model at 32 px
+    (benchmarks/RESULTS.md, "explain-bench: time")."""
     import time
 
-
     checkpoint, data = Path(checkpoint), Path(data).expanduser()
-    check_bench_args(methods, steps, batch_size)
+    check_bench_args(methods, steps, batch_size, sanity_images)
     if images < 1:
         raise ConfigError(f"images must be >= 1; got {images}")
     clf = Classifier.from_checkpoint(checkpoint, device=device)
     paths, labels, boxes, source = _select(clf, checkpoint, data, images, seed)
     arrays = [np.asarray(load_image(p)) for p in paths]
     x = clf.transform(arrays).to(clf.device)
-    objects = None if boxes is None else [
-        [(c, patch_mask(box, a.shape[:2], img_size=clf.img_size,
-                        crop_pct=clf.preprocess["crop_pct"],
-                        patch_size=clf.model.patch_embed.patch_size[0])) for c, box in found]
-        for a, found in zip(arrays, boxes, strict=True)]
     start = time.perf_counter()
     result = explain_bench(clf.model, x, methods=methods, steps=steps, seed=seed,
-                           batch_size=batch_size, sanity=sanity, objects=objects,
+                           batch_size=batch_size, sanity=sanity, sanity_images=sanity_images,
+                           full_cascade=full_cascade, pixels=pixels, objects=_objects(clf, arrays, boxes),
                            show_progress=show_progress)
     if labels is not None:
         with torch.no_grad():
@@ -225,5 +266,4 @@ def run_explain_bench(
                        "seconds": time.perf_counter() - start}
     result["machine"] = _machine(clf.device, command)
     out = Path(output) if output is not None else checkpoint.parent / "explain_bench"
-    return result, _write_report(result, out)
-
+    return result, _write_report(result, checkpoint, out)
