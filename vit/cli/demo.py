@@ -21,6 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (0.0.0.0 lets other machines in)")
     p.add_argument("--topk", type=int, default=5, metavar="K", help="classes shown per image")
+    p.add_argument("--method", metavar="NAME",
+                   help="the saliency method selected when the page opens (default: the one "
+                   "`vit explain-bench` recommended for this model, recorded beside it; "
+                   "without one, attnlrp)")
     add_device_flag(p)
     add_common_flags(p)
     p.set_defaults(func=run)
@@ -31,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vit.errors import ConfigError
+    from vit.explain.recommend import choose_method
+    from vit.explain.saliency import METHODS
     from vit.inference.classifier import Classifier
     from vit.inference.demo import build_demo, import_gradio
 
@@ -38,12 +44,17 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
     if args.topk < 1:
         raise ConfigError(f"--topk must be at least 1, got {args.topk}")
+    if args.method is not None and args.method not in METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {args.method!r}")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from the CLI
     import_gradio()  # the missing extra is named before the model is loaded
     path = Path(args.model)
     clf = (Classifier.from_checkpoint(path, device=args.device) if path.is_file()
            else Classifier.from_pretrained(args.model, device=args.device))
+    method, why = choose_method(args.model, args.method)
+    if why:
+        print(why)
     print(f"vit demo: {clf}; open http://{args.host}:{args.port} (Ctrl-C stops it)")
-    build_demo(clf, topk=args.topk).launch(server_name=args.host, server_port=args.port,
-                                           quiet=True)
+    build_demo(clf, topk=args.topk, method=method).launch(
+        server_name=args.host, server_port=args.port, quiet=True)
     return 0

@@ -28,10 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="folder for the PNG overlays (default: none; --output or --html needed)")
     p.add_argument("--html", metavar="FILE",
                    help="write the attention explorer page here (default: none)")
-    p.add_argument("--method", default=DEFAULT_METHOD, metavar="NAME",
+    p.add_argument("--method", metavar="NAME",
                    help="rollout, grad-rollout, attention, legrad, attnlrp or gradcam; a "
-                   "comma-separated list of them; or all (default: %(default)s, the most "
-                   "faithful by `vit explain-bench`)")
+                   "comma-separated list of them; or all (default: the method `vit "
+                   "explain-bench` recommended for this model, recorded beside CKPT; without "
+                   f"one, {DEFAULT_METHOD})")
     p.add_argument("--head-fusion", default="mean", choices=["mean", "max", "min"],
                    help="how rollout combines the heads of a layer")
     p.add_argument("--discard-ratio", type=float, default=0.0, metavar="F",
@@ -70,13 +71,14 @@ def _check(args: argparse.Namespace) -> None:
         raise VitError(f"--attention-bits must be in [1, 8], got {args.attention_bits}")
 
 
-def _write_page(args: argparse.Namespace, paths: list, show_progress: bool) -> None:
+def _write_page(args: argparse.Namespace, paths: list, method: str, show_progress: bool) -> None:
     from vit.explain.explorer import PageOptions
     from vit.inference.attention_files import write_explorer_page
 
     options = PageOptions(topk=args.topk, head_fusion=args.head_fusion,
                           discard_ratio=args.discard_ratio, auc_steps=args.auc_steps,
-                          attention_bits=args.attention_bits)
+                          attention_bits=args.attention_bits,
+                          method=None if "," in method or method == "all" else method)
     result = write_explorer_page(checkpoint=args.checkpoint, paths=paths, output=args.html,
                                  options=options, batch_size=args.batch_size, device=args.device,
                                  show_progress=show_progress)
@@ -87,6 +89,7 @@ def _write_page(args: argparse.Namespace, paths: list, show_progress: bool) -> N
 
 def run(args: argparse.Namespace) -> int:
     from vit.data.labels import expand_with_labels
+    from vit.explain.recommend import choose_method
     from vit.inference.attention_files import check_html_output
     from vit.inference.overlays import explain_files
 
@@ -95,9 +98,12 @@ def run(args: argparse.Namespace) -> int:
         check_html_output(args.html)  # before any work
     paths, labels = expand_with_labels(args.paths)
     show_progress = sys.stderr.isatty() and not args.quiet
+    method, why = choose_method(args.checkpoint, args.method)
+    if why and not args.quiet:
+        print(why, file=sys.stderr)
     if args.output is not None:
         results = explain_files(
-            checkpoint=args.checkpoint, paths=paths, output=args.output, method=args.method,
+            checkpoint=args.checkpoint, paths=paths, output=args.output, method=method,
             head_fusion=args.head_fusion, discard_ratio=args.discard_ratio, alpha=args.alpha,
             colormap=args.colormap, topk=args.topk, batch_size=args.batch_size,
             device=args.device, grid=args.grid, show_progress=show_progress, labels=labels)
@@ -105,5 +111,5 @@ def run(args: argparse.Namespace) -> int:
             if not r.error:  # unreadable files were already reported as warnings
                 print(f"{r.output}  {', '.join(f'{lab} {p:.1%}' for lab, p in r.predictions)}")
     if args.html is not None:
-        _write_page(args, paths, show_progress)
+        _write_page(args, paths, method, show_progress)
     return 0

@@ -182,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports for everyone
         return 0
     if summary.overlays is not None:
-        print(f"saliency overlays (attnlrp): {summary.overlays}", file=sys.stderr)
+        print(f"saliency overlays ({summary.overlays_method}): {summary.overlays}",
+              file=sys.stderr)
     if quick and summary.held_out:
         from vit.training.quickstart import write_quickstart_explorer
 

@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_ATTENTION_BITS = 6
 ROLLOUT_BITS = 8
 DEFAULT_AUC_STEPS = 32
+THIS_MODEL = "— the method for this model"  # marks PageOptions.method on the page
 # What the page calls the methods of vit.explain.saliency (a method without a label shows its key)
 METHOD_LABELS = {
     "rollout": "attention rollout from [CLS] (Abnar & Zuidema 2020)",
@@ -77,11 +78,14 @@ def query_rollout(
     return result
 
 
-def page_methods() -> tuple[tuple[str, str], ...]:
-    """(key, label) of every method of ``vit.explain.saliency``, in its order."""
+def page_methods(first: str | None = None) -> tuple[tuple[str, str], ...]:
+    """(key, label) of every method of ``vit.explain.saliency``, in its order; ``first`` (the
+    method to use for this model) leads, marked so."""
     from vit.explain.saliency import METHODS
 
-    return tuple((method, METHOD_LABELS.get(method, method)) for method in METHODS)
+    order = sorted(METHODS, key=lambda m: m != first)  # stable: the rest keep their order
+    return tuple((m, METHOD_LABELS.get(m, m) + (f" {THIS_MODEL}" if m == first else ""))
+                 for m in order)
 
 
 def saliency_maps(model: nn.Module, x: torch.Tensor, target: torch.Tensor, *, head_fusion: str,
@@ -186,10 +190,14 @@ class PageOptions:
     discard_ratio: float = 0.0
     auc_steps: int = DEFAULT_AUC_STEPS
     attention_bits: int = DEFAULT_ATTENTION_BITS
+    method: str | None = None  # shown first and marked (vit explain: the run's chosen method)
 
     def check(self) -> None:
         from vit.explain.rollout import HEAD_FUSIONS
+        from vit.explain.saliency import METHODS
 
+        if self.method is not None and self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.topk < 1:
             raise ConfigError(f"topk must be at least 1, got {self.topk}")
         if self.head_fusion not in HEAD_FUSIONS:
@@ -221,7 +229,8 @@ def batch_records(classifier: Any, images: Sequence[Any], names: Sequence[str],
 def page_from_records(classifier: Any, records: Sequence[dict[str, Any]], options: PageOptions,
                        title: str) -> str:
     info = _model_info(classifier.model, classifier.img_size)
-    return explorer_html(records, model_info=info, title=title, methods=page_methods(),
+    return explorer_html(records, model_info=info, title=title,
+                         methods=page_methods(options.method),
                          settings=options.settings(info["grid"][0] * info["grid"][1]))
 
 

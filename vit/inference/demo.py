@@ -46,8 +46,13 @@ def explain_image(classifier: Classifier, image: Any, *, method: str = DEFAULT_M
     return top, overlay(views[0], maps[0].detach().float().cpu())
 
 
-def build_demo(classifier: Classifier, *, topk: int = 5, title: str | None = None) -> Any:
-    """The Gradio app (a ``gradio.Interface``) on ``classifier``; call ``.launch()`` on it."""
+def build_demo(classifier: Classifier, *, topk: int = 5, title: str | None = None,
+               method: str = DEFAULT_METHOD) -> Any:
+    """The Gradio app (a ``gradio.Interface``) on ``classifier``; call ``.launch()`` on it.
+    ``method``: the saliency method selected when the page opens (`vit demo`: the one
+    explain-bench recommended for the model, ``vit.explain.recommend.choose_method``)."""
+    if method not in METHODS:
+        raise VitError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     gr = import_gradio()
 
     def predict(image: np.ndarray | None, method: str) -> tuple[dict[str, float], np.ndarray]:
@@ -61,7 +66,7 @@ def build_demo(classifier: Classifier, *, topk: int = 5, title: str | None = Non
     return gr.Interface(
         fn=predict,
         inputs=[gr.Image(type="numpy", image_mode="RGB", label="image"),
-                gr.Dropdown(list(METHODS), value=DEFAULT_METHOD, label="saliency method")],
+                gr.Dropdown(list(METHODS), value=method, label="saliency method")],
         outputs=[gr.Label(num_top_classes=topk, label="top classes"),
                  gr.Image(type="numpy", label="where the model looks (predicted class)")],
         title=title or "Vision Transformer: what it sees and where it looks",

@@ -48,10 +48,13 @@ def write_quickstart_explorer(run_dir: Path, paths: list[str], *, device: str = 
     """The attention explorer page of the run's held-out images (``TrainSummary.held_out``, those
     of its overlays) by best.pt: RUN_DIR/explorer.html; None, with a warning, when it could not
     be written (a finished run never fails for it)."""
+    from vit.explain.explorer import PageOptions
+    from vit.explain.recommend import choose_method
     from vit.inference.attention_files import write_explorer_page
 
     try:
-        return write_explorer_page(checkpoint=run_dir / "best.pt", paths=paths,
+        options = PageOptions(method=choose_method(run_dir / "best.pt")[0])  # the overlays' too
+        return write_explorer_page(checkpoint=run_dir / "best.pt", paths=paths, options=options,
                                    output=run_dir / "explorer.html", device=device).path
     except Exception as e:  # a drawing problem must never end a finished run
         logger.warning("could not write the attention explorer page: %s", e)

@@ -92,21 +92,26 @@ def held_out_examples(samples: list[tuple[str, int]], num_images: int) -> list[s
     return [path for row in rounds for path in row if path is not None][:num_images]
 
 
-def write_overlays(run_dir: Path, paths: list[str], *, device: torch.device) -> Path | None:
-    """Saliency overlays (``DEFAULT_METHOD``, AttnLRP) of held-out images
-    (``held_out_examples``) by best.pt, into RUN/overlays (the last step of a run:
-    ``train.explain_samples``); None when they could not be drawn."""
-    from vit.explain.saliency import DEFAULT_METHOD
+def write_overlays(run_dir: Path, paths: list[str], *, device: torch.device
+                   ) -> tuple[Path, str] | None:
+    """Saliency overlays of held-out images (``held_out_examples``) by best.pt, into
+    RUN/overlays (the last step of a run: ``train.explain_samples``), by the method
+    ``vit.explain.recommend.choose_method`` picks (explain-bench's recommendation recorded in
+    RUN, else the default; one log line says which): (the folder, the method); None when they
+    could not be drawn."""
+    from vit.explain.recommend import choose_method
     from vit.inference.overlays import explain_files
 
     out = run_dir / "overlays"
     try:
-        explain_files(checkpoint=run_dir / "best.pt", output=out, method=DEFAULT_METHOD,
+        method, why = choose_method(run_dir / "best.pt")
+        logger.info("overlays: %s", why)
+        explain_files(checkpoint=run_dir / "best.pt", output=out, method=method,
                       paths=paths, device=str(device))
     except Exception as e:  # a drawing problem must never end a finished run
         logger.warning("could not draw the saliency overlays: %s", e)
         return None
-    return out
+    return out, method
 
 
 TRACKED_OVERLAYS = 4  # overlays sent to the trackers besides the grid

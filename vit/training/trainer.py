@@ -87,6 +87,7 @@ class TrainSummary:
     last_metrics: dict[str, Any]
     epochs_done: int
     overlays: Path | None = None  # RUN/overlays, when train.explain_samples > 0
+    overlays_method: str | None = None  # the saliency method of the overlays
     held_out: list[str] = field(default_factory=list)  # the images of the overlays
     stopped_early: str | None = None  # why train.patience ended the run before train.epochs
 
@@ -472,10 +473,10 @@ class Trainer:
         if self.dist.is_main and self.data.skipped:
             logger.warning("%d unreadable files skipped; they are listed with the reason in %s",
                            len(self.data.skipped), self.run_dir / "data_report.json")
-        overlays, held_out = None, []
+        drawn, held_out = None, []
         if self.dist.is_main and self.cfg.train.explain_samples > 0 and self.data.val_samples:
             held_out = held_out_examples(self.data.val_samples, self.cfg.train.explain_samples)
-            overlays = write_overlays(self.run_dir, held_out, device=self.device)
+            drawn = write_overlays(self.run_dir, held_out, device=self.device)
         if self.trackers:  # curves, confusion matrix and overlays, then the final numbers
             self.trackers.log_images(tracked_images(self.run_dir, self.data.val_samples,
                                                     device=self.device), step=self.epochs_done)
@@ -483,7 +484,8 @@ class Trainer:
                                  "epochs_done": self.epochs_done, **self.metrics})
         return TrainSummary(run_dir=self.run_dir, best_top1=self.best_top1,
                             last_metrics=self.metrics, epochs_done=self.epochs_done,
-                            overlays=overlays, held_out=held_out,
+                            overlays=drawn[0] if drawn else None,
+                            overlays_method=drawn[1] if drawn else None, held_out=held_out,
                             stopped_early=self.stopper.reason() if self.stopper.should_stop
                             else None)
 
