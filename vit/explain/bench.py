@@ -261,7 +261,7 @@ class _Lines:
         self.stream = stream
 
     def write(self, text: str) -> None:
-        text = text.replace("\r", "").strip()
+        text = text.strip()  # tqdm writes "\r" + the line; a line ends with "\n" here
         if text:
             self.stream.write(text + "\n")
 
