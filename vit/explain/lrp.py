@@ -3,23 +3,20 @@ by the attention-aware rules in gradient x input form (as the ``lxt`` library do
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-from vit.explain.inputs import (
-    check_autograd,
-    check_choice,
-    check_images,
-    eval_mode,
-    input_grid,
-    model_device,
-)
-from vit.explain.recompute import backward_by_block, forward_keeping_inputs, target_gradient
+from vit.errors import ConfigError
+from vit.explain.adapters import adapter_for
+from vit.explain.attention_calls import AttentionCall, intercept
+from vit.explain.inputs import check_autograd, check_choice, check_images, model_device
+from vit.explain.recompute import backward_by_block, target_gradient
 
 __all__ = ["LRP_RULES", "attnlrp"]
 
@@ -32,51 +29,102 @@ def _scale_grad(t: torch.Tensor, factor: float) -> torch.Tensor:
     return t.detach() + factor * (t - t.detach())
 
 
-def _attnlrp_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v with AttnLRP's rules in gradient x input form: the uniform
-    rule halves the relevance at each of the two matrix products (q and k: 1/4, v: 1/2); the
-    softmax keeps its own gradient, which is the paper's Proposition 3.1 rule."""
-    return F.scaled_dot_product_attention(_scale_grad(q, 0.25), _scale_grad(k, 0.25),
-                                          _scale_grad(v, 0.5))
+def _attnlrp_attend(call: AttentionCall) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v with AttnLRP's rules in gradient x input form: the
+    uniform rule halves the relevance at each product of two input-dependent factors (q k^T,
+    then A v: q and k 1/4, v 1/2 in self-attention), the softmax keeps its own gradient (the
+    paper's Proposition 3.1 rule). A factor that does not depend on the input (an attention
+    pool's learned query) is a weight: the other factor keeps the whole relevance."""
+    q, k, v = call.q, call.k, call.v
+    qk = 0.5 if q.requires_grad and k.requires_grad else 1.0
+    av = 0.5 if (q.requires_grad or k.requires_grad) and v.requires_grad else 1.0
+    return call.attend(_scale_grad(q, qk * av), _scale_grad(k, qk * av), _scale_grad(v, av))
 
 
-def _cp_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _cp_attend(call: AttentionCall) -> torch.Tensor:
     """CP-LRP (Ali et al. 2022): the attention weights are held fixed, relevance flows via v."""
-    return F.scaled_dot_product_attention(q.detach(), k.detach(), v)
+    return call.attend(call.q.detach(), call.k.detach(), call.v)
 
 
-def _layer_norm_identity(module: nn.LayerNorm, args: tuple, _output: torch.Tensor) -> torch.Tensor:
+def _layer_norm_rule(module: nn.LayerNorm, args: tuple, output: torch.Tensor) -> torch.Tensor:
     """LayerNorm with the standard deviation held fixed (identity rule on the division)."""
     x = args[0]
-    centred = x - x.mean(dim=-1, keepdim=True)
-    std = (centred.pow(2).mean(dim=-1, keepdim=True) + module.eps).sqrt()
+    dims = tuple(range(-len(module.normalized_shape), 0))
+    centred = x - x.mean(dim=dims, keepdim=True)
+    std = (centred.pow(2).mean(dim=dims, keepdim=True) + module.eps).sqrt()
     y = centred / std.detach()
     if module.weight is not None:
         y = y * module.weight
-    return y + module.bias if module.bias is not None else y
+    y = y + module.bias if module.bias is not None else y
+    return output.detach() + (y - y.detach())  # the model's value, the rule's gradient
 
 
-def _elementwise_identity(_module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-    """Identity rule: the output's value, with gradient ``f(x) / x`` so relevance passes through."""
+def _elementwise_rule(_module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    """The output's value with gradient ``f(x) / x``: the identity rule of an activation (GELU,
+    SiLU, QuickGELU: relevance passes unchanged) and, for a norm that only rescales (RMSNorm),
+    its scale held fixed."""
     x = args[0]
     ratio = torch.where(x == 0, torch.full_like(x, 0.5), output / x).detach()  # gelu(x)/x -> 1/2
     return output.detach() + (x - x.detach()) * ratio
 
 
+def _rule_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(LayerNorms over the last dims, modules with an elementwise rule): torch's, and timm's
+    once timm is imported (its activations and RMS norms are modules of its own)."""
+    centring: tuple[type, ...] = (nn.LayerNorm,)
+    elementwise: list[type] = [nn.GELU, nn.SiLU, nn.ReLU, nn.Mish, nn.Hardswish]
+    if hasattr(nn, "RMSNorm"):
+        elementwise.append(nn.RMSNorm)
+    if "timm" in sys.modules:
+        from timm.layers import activations, norm
+
+        elementwise += [activations.GELU, activations.GELUTanh, activations.QuickGELU,
+                        activations.Swish, activations.Mish, activations.HardSwish,
+                        norm.RmsNorm, norm.RmsNormFp32, norm.SimpleNorm, norm.SimpleNormFp32]
+    return centring, tuple(elementwise)
+
+
+def _channel_first(module: nn.Module) -> bool:
+    name = type(module).__name__  # timm's LayerNorm2d, RmsNorm2d, ...
+    return "Norm" in name and name.endswith(("2d", "2dFp32"))
+
+
 @contextmanager
 def _lrp_rules(model: nn.Module) -> Iterator[None]:
-    """AttnLRP's rules for LayerNorm and GELU on this model, for the duration of the block."""
+    """AttnLRP's rules for the norms and activations of this model, for the block's duration;
+    products of two input-dependent tensors (SwiGLU, gates) by ``_ProductRule``."""
+    centring, elementwise = _rule_classes()
     handles = []
     for module in model.modules():
-        if isinstance(module, nn.LayerNorm):
-            handles.append(module.register_forward_hook(_layer_norm_identity))
-        elif isinstance(module, nn.GELU):
-            handles.append(module.register_forward_hook(_elementwise_identity))
+        if _channel_first(module):
+            raise ConfigError(f"AttnLRP has no rule for the channel-first "
+                              f"{type(module).__name__} of this model")
+        if isinstance(module, centring):
+            handles.append(module.register_forward_hook(_layer_norm_rule))
+        elif isinstance(module, elementwise):
+            handles.append(module.register_forward_hook(_elementwise_rule))
     try:
-        yield
+        with _ProductRule():
+            yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+_PRODUCTS = {torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__}
+
+
+class _ProductRule(TorchFunctionMode):
+    """AttnLRP's uniform rule on an elementwise product of two input-dependent tensors (the
+    gate of SwiGLU, a gated attention): each factor gets half the relevance. Parameters are
+    frozen during an explanation, so "requires grad" means "depends on the input"."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        if func in _PRODUCTS and len(args) == 2 and not kwargs and all(
+                isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            return _scale_grad(args[0], 0.5) * _scale_grad(args[1], 0.5)
+        return func(*args, **(kwargs or {}))
 
 
 def attnlrp(
@@ -99,18 +147,19 @@ def attnlrp(
     check_images(images)
     check_autograd("attnlrp")
     check_choice("rule", rule, LRP_RULES)
+    adapter = adapter_for(model)
     x = images.detach().to(model_device(model, images.device))
-    gh, gw = input_grid(model, x)
-    with eval_mode(model):
+    gh, gw = adapter.grid(x)
+    with adapter.session():
         with torch.no_grad():
-            inputs, output = forward_keeping_inputs(model, model.embed(x))
+            trace = adapter.trace(x)
         with torch.enable_grad(), _lrp_rules(model):
-            grad, _ = target_gradient(model, output, target)
             attend = _attnlrp_attend if rule == "attnlrp" else _cp_attend
-            grad = backward_by_block(model, inputs, grad, attend=attend)
+            with intercept(attend):  # an attention-pool head has the attention's rules too
+                grad, _ = target_gradient(adapter, trace.output, target)
+            grad = backward_by_block(adapter, trace, grad, attend=attend)
             pixels = x.clone().requires_grad_(True)
-            (grad_pixels,) = torch.autograd.grad(model.embed(pixels), pixels, grad)
+            (grad_pixels,) = torch.autograd.grad(adapter.embed(pixels)[0], pixels, grad)
         relevance = (x * grad_pixels).sum(dim=1)  # (B, H, W)
         b, h, w = relevance.shape
         return relevance.reshape(b, gh, h // gh, gw, w // gw).sum(dim=(2, 4))  # per patch
-
