@@ -248,14 +248,16 @@ class EvaAdapter(Adapter):
     family = "Eva"
 
     def keep_kwargs(self, kwargs: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+        """The rotary embedding of the kept patches, gathered as timm's own patch dropout
+        does (``apply_keep_indices_nlc``): (P, dim) -> (B, 1, K, dim) shared by the heads;
+        a block's own (heads, P, dim) of mixed RoPE -> (B, heads, K, dim)."""
+        from timm.layers import apply_keep_indices_nlc
+
         rope = kwargs.get("rope")
         if rope is None:
             return kwargs
-        if rope.ndim == 2:  # (P, dim), shared by the heads -> (B, 1, K, dim)
-            return {**kwargs, "rope": rope[keep][:, None]}
-        if rope.ndim == 3:  # (heads, P, dim), per head (mixed RoPE) -> (B, heads, K, dim)
-            return {**kwargs, "rope": rope[:, keep].transpose(0, 1)}
-        raise ConfigError(f"cannot drop tokens with a rotary embedding of shape {tuple(rope.shape)}")
+        kept = apply_keep_indices_nlc(keep, rope, keep)
+        return {**kwargs, "rope": kept.unsqueeze(1) if rope.ndim == 2 else kept}
 
 
 def _patch_size(model: nn.Module) -> tuple[int, int]:

@@ -81,9 +81,10 @@ def legrad(
         total = x.new_zeros(trace.output.shape[:2])  # (B, N)
         for layer in range(start_layer, adapter.depth):
             seen: dict[str, Any] = {}
-            with torch.enable_grad(), intercept(record(seen)):
+            with torch.enable_grad():
                 tokens = trace.inputs[layer - start_layer].detach().requires_grad_(True)
-                out = adapter.run_block(layer, tokens, trace.kwargs[layer])
+                with intercept(record(seen)):  # the block's attention, not an attention pool's
+                    out = adapter.run_block(layer, tokens, trace.kwargs[layer])
                 score = _layer_score(adapter, out, classes, pool)
                 (d_out,) = torch.autograd.grad(score, seen["out"])
             with torch.no_grad():
