@@ -50,6 +50,7 @@ from vit.explain.inputs import eval_mode
 __all__ = ["Adapter", "Trace", "adapter_for", "FAMILIES", "supported_families"]
 
 POOLS = ("token", "distilled", "avg", "max", "avgmax", "map")
+MLP_CHUNK = 256  # tokens per MLP call in the passes without a graph (``_mlp_in_chunks``)
 
 
 @dataclass
@@ -136,7 +137,8 @@ class Adapter:
         handles = [b.register_forward_pre_hook(before(i), with_kwargs=True)
                    for i, b in enumerate(self.blocks[:last + 1])]
         handles.append(self.blocks[last].register_forward_hook(after))
-        self._run_features(images, handles)
+        with _mlp_in_chunks(self.blocks, MLP_CHUNK, enabled=not torch.is_grad_enabled()):
+            self._run_features(images, handles)
         return trace
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -240,6 +242,42 @@ class Adapter:
                     m.fused_attn = flag
                 for p, flag in frozen:
                     p.requires_grad_(flag)
+
+
+@contextmanager
+def _mlp_in_chunks(blocks: list[nn.Module], size: int, *, enabled: bool) -> Iterator[None]:
+    """Each block's ``mlp`` run on ``size`` tokens at a time, for the duration of the block.
+
+    An MLP acts on each token alone, so the result is the same, while its (B, tokens, 4D)
+    hidden layer, the peak of a forward pass, shrinks to ``size`` tokens: the kept block inputs
+    of rollout then fit in the memory of one plain forward pass. Only without a graph (a
+    backward pass would need every chunk's activations anyway). The module's own ``forward``
+    is set on the instance and removed afterwards; nothing of its class is touched."""
+    chunked = []
+    for block in blocks if enabled else []:
+        mlp = getattr(block, "mlp", None)
+        if isinstance(mlp, nn.Module) and "forward" not in mlp.__dict__:
+            mlp.forward = _chunked(mlp.forward, size)
+            chunked.append(mlp)
+    try:
+        yield
+    finally:
+        for mlp in chunked:
+            del mlp.forward
+
+
+def _chunked(forward: Any, size: int) -> Any:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3 or x.shape[1] <= size:
+            return forward(x)
+        first = forward(x[:, :size])
+        out = first.new_empty(*x.shape[:2], first.shape[-1])  # (B, N, D_out)
+        out[:, :size] = first
+        for start in range(size, x.shape[1], size):
+            out[:, start:start + size] = forward(x[:, start:start + size])
+        return out
+
+    return run
 
 
 class EvaAdapter(Adapter):
