@@ -389,3 +389,22 @@ def test_a_whole_sequence_bias_keeps_the_rows_and_columns_of_the_kept_tokens():
     call = restricted(kept)(AttentionCall(q, q, q, bias, 1.0))
     for b in range(2):
         torch.testing.assert_close(call.bias[b], bias[0][:, kept[b]][:, :, kept[b]])
+
+
+@pytest.mark.parametrize("case, top", [
+    ("deit-distilled", {"head", "head_dist", "norm"}),
+    ("siglip-map", {"head", "norm", "attn_pool"}),
+    ("eva02-rope-swiglu", {"head", "fc_norm"}),
+])
+def test_the_randomisation_cascade_starts_with_every_part_of_the_head(case, top):
+    from vit.explain.sanity import randomised_cascade
+
+    model = tiny(case)
+    original = model.state_dict()
+    stages = []
+    for stage, randomised in randomised_cascade(model, seed=0):
+        state = randomised.state_dict()
+        stages.append({".".join(k.split(".")[:2]) if k.startswith("blocks") else k.split(".")[0]
+                       for k in state if not torch.equal(state[k], original[k])})
+    assert stages[0] == top
+    assert stages[1] - stages[0] == {"blocks.1"} and stages[2] - stages[1] == {"blocks.0"}

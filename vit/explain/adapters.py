@@ -177,6 +177,11 @@ class Adapter:
         del keep
         return kwargs
 
+    def head_modules(self) -> list[nn.Module]:
+        """What turns the last block's tokens into logits: final norms, pools, heads."""
+        names = ("head", "norm", "fc_norm", "attn_pool", "head_dist")
+        return [m for m in (getattr(self.model, n, None) for n in names) if isinstance(m, nn.Module)]
+
     def gradcam_layer(self, index: int) -> nn.Module:
         norm1 = getattr(self.blocks[index], "norm1", None)
         if norm1 is None:
