@@ -34,7 +34,12 @@ if not __package__:  # run as `python benchmarks/timm_registry.py`: make `benchm
 from benchmarks.common import command_line, format_header, machine_info, write_json
 
 FAMILY_PATTERNS = ("vit_*", "deit*", "eva*", "beit*", "flexivit*", "naflexvit*", "samvit*")
-WIDTHS = ({"embed_dim": 64, "num_heads": 4}, {"embed_dim": 64, "num_heads": 2}, {})
+# (arguments, patches per side): width 64 where the architecture takes it; grouped-query models
+# (Sapiens2) need their key/value heads for 2 blocks; a convolutional stem (MobileCLIP) a larger
+# image
+ATTEMPTS = tuple((width, side) for side in (4, 8) for width in (
+    {"embed_dim": 64, "num_heads": 4}, {"embed_dim": 64, "num_heads": 4, "num_kv_heads": 2},
+    {"embed_dim": 64, "num_heads": 2}, {}))
 
 
 def registry(patterns: tuple[str, ...] = FAMILY_PATTERNS) -> list[str]:
@@ -52,19 +57,22 @@ def _patch(model: torch.nn.Module) -> tuple[int, int]:
         return (16, 16)
 
 
-def build_small(name: str, seed: int = 0) -> torch.nn.Module:
-    """``name`` with 2 blocks, width 64 where it can be, on images of 4 x 4 patches."""
+def build_small(name: str, seed: int = 0) -> tuple[torch.nn.Module, int]:
+    """``name`` with 2 blocks, width 64 where it can be, on images of 4 x 4 patches (8 x 8
+    where its stem needs more); the model and its patches per side."""
     import timm
 
     with torch.device("meta"):
         probe = timm.create_model(name, pretrained=False)
     ph, pw = _patch(probe)
     error: Exception | None = None
-    for width in WIDTHS:
+    for width, side in ATTEMPTS:
         try:
             torch.manual_seed(seed)
             model = timm.create_model(name, pretrained=False, depth=2, num_classes=3,
-                                      img_size=(4 * ph, 4 * pw), **width).eval()
+                                      img_size=(side * ph, side * pw), **width).eval()
+            with torch.no_grad():
+                model(torch.zeros(1, 3, side * ph, side * pw))
             break
         except Exception as err:  # timm raises many types for a bad combination
             error = err
@@ -74,16 +82,17 @@ def build_small(name: str, seed: int = 0) -> torch.nn.Module:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=generator) * 0.1)
-    return model
+    return model, side
 
 
-def explain_all(model: torch.nn.Module) -> dict[str, Any]:
-    """Every method on two images: {"status": explained | refused | failed, ...}."""
+def explain_all(model: torch.nn.Module, side: int = 4) -> dict[str, Any]:
+    """Every method on two images of ``side`` x ``side`` patches: {"status": explained |
+    refused | failed, ...}."""
     from vit.errors import ConfigError
     from vit.explain import METHODS, saliency
 
     ph, pw = _patch(model)
-    x = torch.randn(2, 3, 4 * ph, 4 * pw, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 3, side * ph, side * pw, generator=torch.Generator().manual_seed(1))
     for method in METHODS:
         try:
             out = saliency(model, x, method)
@@ -92,7 +101,7 @@ def explain_all(model: torch.nn.Module) -> dict[str, Any]:
         except Exception as err:  # recorded as a failure to fix
             return {"status": "failed", "method": method,
                     "why": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
-        if out.shape != (2, 4, 4) or not torch.isfinite(out).all():
+        if out.shape != (2, side, side) or not torch.isfinite(out).all():
             return {"status": "failed", "method": method,
                     "why": f"map of shape {tuple(out.shape)}, finite: "
                            f"{bool(torch.isfinite(out).all())}"}
@@ -104,11 +113,11 @@ def walk(names: list[str], show_progress: bool = True) -> list[dict[str, Any]]:
     for name in tqdm(names, desc="timm registry", unit="arch", disable=not show_progress):
         start = time.perf_counter()
         try:
-            model = build_small(name)
+            model, side = build_small(name)
         except Exception as err:
             rows.append({"name": name, "status": "not built", "why": str(err).splitlines()[0]})
             continue
-        row = {"name": name, "class": type(model).__name__, **explain_all(model)}
+        row = {"name": name, "class": type(model).__name__, **explain_all(model, side)}
         row["seconds"] = round(time.perf_counter() - start, 2)
         rows.append(row)
     return rows

@@ -402,9 +402,27 @@ def test_the_randomisation_cascade_starts_with_every_part_of_the_head(case, top)
     model = tiny(case)
     original = model.state_dict()
     stages = []
-    for stage, randomised in randomised_cascade(model, seed=0):
+    for _stage, randomised in randomised_cascade(model, seed=0):
         state = randomised.state_dict()
         stages.append({".".join(k.split(".")[:2]) if k.startswith("blocks") else k.split(".")[0]
                        for k in state if not torch.equal(state[k], original[k])})
     assert stages[0] == top
     assert stages[1] - stages[0] == {"blocks.1"} and stages[2] - stages[1] == {"blocks.0"}
+
+
+def test_a_hybrid_with_a_resnet_stem_conserves_the_logit_through_its_group_norms():
+    """timm's ViT on a ResNetV2 stem (GroupNorm, ReLU, max pooling): a patch token is 32 px."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_r_s16_p8_224", pretrained=False, depth=2, img_size=128,
+                              embed_dim=32, num_heads=2, num_classes=3).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.2)
+    model, x = bias_free(model), images(2, 128, 128)
+    logits = model(x)
+    target = logits.argmax(dim=-1)
+    relevance = saliency(model, x, "attnlrp", target=target, rule="cp")
+    assert relevance.shape == (2, *GRID)
+    torch.testing.assert_close(relevance.sum(dim=(1, 2)), logits.gather(1, target[:, None])[:, 0],
+                               atol=1e-4, rtol=1e-4)

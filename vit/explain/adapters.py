@@ -183,11 +183,14 @@ class Adapter:
         return [m for m in (getattr(self.model, n, None) for n in names) if isinstance(m, nn.Module)]
 
     def gradcam_layer(self, index: int) -> nn.Module:
-        norm1 = getattr(self.blocks[index], "norm1", None)
-        if norm1 is None:
+        """The block's normalised input: ``norm1``, or ``in_norm`` of a parallel block (timm's
+        ParallelScalingBlock, whose attention and MLP read the same normalised tokens)."""
+        block = self.blocks[index]
+        layer = getattr(block, "norm1", None) or getattr(block, "in_norm", None)
+        if not isinstance(layer, nn.Module):
             raise ConfigError(f"Grad-CAM weighs a block's normalised input (norm1), which this "
-                              f"{type(self.blocks[index]).__name__} does not have")
-        return norm1
+                              f"{type(block).__name__} does not have")
+        return layer
 
     # --- the pooled feature -------------------------------------------------------------
 
@@ -303,12 +306,19 @@ class EvaAdapter(Adapter):
         return {**kwargs, "rope": kept.unsqueeze(1) if rope.ndim == 2 else kept}
 
 
+def _pair(size: Any) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 def _patch_size(model: nn.Module) -> tuple[int, int]:
+    """Pixels per patch token; for a hybrid (a CNN stem, timm's HybridEmbed) the stem's
+    stride times the patch size on its feature map."""
     embed = getattr(model, "patch_embed", None) or getattr(model, "embeds", None)
     size = getattr(embed, "patch_size", None)
     if size is None:
         raise ConfigError(f"{type(model).__name__} has no patch embedding with a patch_size")
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    ratio = _pair(getattr(embed, "feature_ratio", None) or 1)
+    return _pair(size)[0] * ratio[0], _pair(size)[1] * ratio[1]
 
 
 def _fixed_size(model: nn.Module) -> tuple[int, int] | None:

@@ -9,10 +9,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from vit.errors import ConfigError
 from vit.explain.adapters import adapter_for
 from vit.explain.attention_calls import AttentionCall, intercept
 from vit.explain.inputs import check_autograd, check_choice, check_images, model_device
@@ -46,17 +46,32 @@ def _cp_attend(call: AttentionCall) -> torch.Tensor:
     return call.attend(call.q.detach(), call.k.detach(), call.v)
 
 
-def _layer_norm_rule(module: nn.LayerNorm, args: tuple, output: torch.Tensor) -> torch.Tensor:
-    """LayerNorm with the standard deviation held fixed (identity rule on the division)."""
-    x = args[0]
-    dims = tuple(range(-len(module.normalized_shape), 0))
+def _layer_norm_rule(x: torch.Tensor, normalized_shape: Any, weight: torch.Tensor | None = None,
+                     bias: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """``F.layer_norm`` with the standard deviation held fixed (identity rule on the
+    division): the model's value, the rule's gradient. Any module calling it (nn.LayerNorm,
+    timm's LayerNorm2d, q/k norms) gets the rule."""
+    dims = tuple(range(-len(tuple(normalized_shape)), 0))
     centred = x - x.mean(dim=dims, keepdim=True)
-    std = (centred.pow(2).mean(dim=dims, keepdim=True) + module.eps).sqrt()
-    y = centred / std.detach()
-    if module.weight is not None:
-        y = y * module.weight
-    y = y + module.bias if module.bias is not None else y
-    return output.detach() + (y - y.detach())  # the model's value, the rule's gradient
+    y = centred / (centred.pow(2).mean(dim=dims, keepdim=True) + eps).sqrt().detach()
+    y = y if weight is None else y * weight
+    y = y if bias is None else y + bias
+    value = _LAYER_NORM(x, normalized_shape, weight, bias, eps)
+    return value.detach() + (y - y.detach())
+
+
+def _group_norm_rule(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
+                     bias: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """``F.group_norm`` (a hybrid's convolutional stem) with its standard deviations fixed."""
+    groups = x.reshape(x.shape[0], num_groups, -1)
+    centred = groups - groups.mean(dim=-1, keepdim=True)
+    y = (centred / (centred.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt().detach()).reshape(
+        x.shape)
+    channel = (1, -1) + (1,) * (x.ndim - 2)
+    y = y if weight is None else y * weight.reshape(channel)
+    y = y if bias is None else y + bias.reshape(channel)
+    value = _GROUP_NORM(x, num_groups, weight, bias, eps)
+    return value.detach() + (y - y.detach())
 
 
 def _elementwise_rule(_module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -68,10 +83,10 @@ def _elementwise_rule(_module: nn.Module, args: tuple, output: torch.Tensor) -> 
     return output.detach() + (x - x.detach()) * ratio
 
 
-def _rule_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
-    """(LayerNorms over the last dims, modules with an elementwise rule): torch's, and timm's
-    once timm is imported (its activations and RMS norms are modules of its own)."""
-    centring: tuple[type, ...] = (nn.LayerNorm,)
+def _elementwise_classes() -> tuple[type, ...]:
+    """Modules with the elementwise rule: activations and the norms that only rescale, torch's
+    and timm's once timm is imported (its activations and RMS norms are modules of its own,
+    some composed of products that the rule then stands in for)."""
     elementwise: list[type] = [nn.GELU, nn.SiLU, nn.ReLU, nn.Mish, nn.Hardswish]
     if hasattr(nn, "RMSNorm"):
         elementwise.append(nn.RMSNorm)
@@ -80,31 +95,22 @@ def _rule_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
 
         elementwise += [activations.GELU, activations.GELUTanh, activations.QuickGELU,
                         activations.Swish, activations.Mish, activations.HardSwish,
-                        norm.RmsNorm, norm.RmsNormFp32, norm.SimpleNorm, norm.SimpleNormFp32]
-    return centring, tuple(elementwise)
-
-
-def _channel_first(module: nn.Module) -> bool:
-    name = type(module).__name__  # timm's LayerNorm2d, RmsNorm2d, ...
-    return "Norm" in name and name.endswith(("2d", "2dFp32"))
+                        norm.RmsNorm, norm.RmsNormFp32, norm.RmsNorm2d, norm.RmsNorm2dFp32,
+                        norm.SimpleNorm, norm.SimpleNormFp32, norm.SimpleNorm2d,
+                        norm.SimpleNorm2dFp32]
+    return tuple(elementwise)
 
 
 @contextmanager
 def _lrp_rules(model: nn.Module) -> Iterator[None]:
-    """AttnLRP's rules for the norms and activations of this model, for the block's duration;
-    products of two input-dependent tensors (SwiGLU, gates) by ``_ProductRule``."""
-    centring, elementwise = _rule_classes()
-    handles = []
-    for module in model.modules():
-        if _channel_first(module):
-            raise ConfigError(f"AttnLRP has no rule for the channel-first "
-                              f"{type(module).__name__} of this model")
-        if isinstance(module, centring):
-            handles.append(module.register_forward_hook(_layer_norm_rule))
-        elif isinstance(module, elementwise):
-            handles.append(module.register_forward_hook(_elementwise_rule))
+    """AttnLRP's rules for this model, for the block's duration: the elementwise rule on its
+    activations and rescaling norms (module hooks), and by ``_OpRules`` the LayerNorm and
+    GroupNorm rules and the uniform rule on products of two input-dependent tensors."""
+    elementwise = _elementwise_classes()
+    handles = [module.register_forward_hook(_elementwise_rule) for module in model.modules()
+               if isinstance(module, elementwise)]
     try:
-        with _ProductRule():
+        with _OpRules():
             yield
     finally:
         for handle in handles:
@@ -112,19 +118,26 @@ def _lrp_rules(model: nn.Module) -> Iterator[None]:
 
 
 _PRODUCTS = {torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__}
+_LAYER_NORM, _GROUP_NORM = F.layer_norm, F.group_norm  # as imported
+_NORM_RULES = {_LAYER_NORM: _layer_norm_rule, _GROUP_NORM: _group_norm_rule}
 
 
-class _ProductRule(TorchFunctionMode):
-    """AttnLRP's uniform rule on an elementwise product of two input-dependent tensors (the
-    gate of SwiGLU, a gated attention): each factor gets half the relevance. Parameters are
-    frozen during an explanation, so "requires grad" means "depends on the input"."""
+class _OpRules(TorchFunctionMode):
+    """AttnLRP's rules where they are ops: LayerNorm and GroupNorm with their standard
+    deviations fixed, whichever module calls them; the uniform rule on an elementwise product
+    of two input-dependent tensors (the gate of SwiGLU, a gated attention), each factor half
+    the relevance. Parameters are frozen during an explanation, so "requires grad" means
+    "depends on the input". BatchNorm in eval mode is affine: it keeps its gradient."""
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (),
                            kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _NORM_RULES:
+            return _NORM_RULES[func](*args, **kwargs)
         if func in _PRODUCTS and len(args) == 2 and not kwargs and all(
                 isinstance(a, torch.Tensor) and a.requires_grad for a in args):
             return _scale_grad(args[0], 0.5) * _scale_grad(args[1], 0.5)
-        return func(*args, **(kwargs or {}))
+        return func(*args, **kwargs)
 
 
 def attnlrp(
