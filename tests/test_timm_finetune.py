@@ -329,3 +329,31 @@ def test_a_checkpoint_without_a_known_model_is_refused():
     with pytest.raises(VitError, match="model_config is invalid"):
         model_from_checkpoint({"model_config": {"timm_name": "nope", "timm_args": {}},
                                "model": {}})
+
+
+def test_timm_weights_by_name_come_from_the_hub_cache(tmp_path, monkeypatch):
+    """``--pretrained timm:NAME`` online is timm's download; with the file in the Hugging Face
+    cache (what a download leaves) and the Hub off, it is read from there."""
+    import huggingface_hub
+    from safetensors.torch import save_file
+
+    from vit.training.model_build import build_model, read_run_pretrained
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    name = "eva02_tiny_patch14_224.mim_in22k"
+    torch.manual_seed(5)
+    reference = {k: v.contiguous() for k, v in timm.create_model(name).state_dict().items()}
+    snapshot = tmp_path / "hub" / f"models--timm--{name}" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+    save_file(reference, snapshot / "model.safetensors")
+
+    cfg = load_config(None, [f"model.name=timm:{name}", f"train.pretrained=timm:{name}",
+                             "model.img_size=56"])
+    model = build_model(cfg, classes=["a", "b"], pretrained=read_run_pretrained(cfg))
+    assert describe_model(model).img_size == 56 and model.head.out_features == 2
+    for key, tensor in model.state_dict().items():
+        if key.startswith("blocks."):
+            assert torch.equal(tensor, reference[key]), key
