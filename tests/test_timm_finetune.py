@@ -357,3 +357,11 @@ def test_timm_weights_by_name_come_from_the_hub_cache(tmp_path, monkeypatch):
     for key, tensor in model.state_dict().items():
         if key.startswith("blocks."):
             assert torch.equal(tensor, reference[key]), key
+
+
+def test_timm_weights_of_another_family_for_the_package_vit_say_how_to_fine_tune_them():
+    from vit.models.pretrained import read_pretrained
+
+    with pytest.raises(CheckpointError, match="--model timm:eva02_tiny_patch14_224.mim_in22k "
+                                              "--pretrained timm:eva02"):
+        read_pretrained("timm:eva02_tiny_patch14_224.mim_in22k")

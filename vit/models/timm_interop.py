@@ -171,6 +171,7 @@ def _timm_pretrained_cfg(name: str, modules: tuple[str, ...]) -> Any:
         except RuntimeError:  # an unknown tag
             pretrained_cfg = None
     if pretrained_cfg is None or not (pretrained_cfg.hf_hub_id or pretrained_cfg.url):
+        _refuse_other_family(name, modules)
         what = ("VisionTransformer" if modules == ("vision_transformer",)
                 else f"ViT-family ({', '.join(modules)})")
         examples = ", ".join(timm.list_pretrained("vit_small_patch16_224*")[:2])
@@ -179,6 +180,21 @@ def _timm_pretrained_cfg(name: str, modules: tuple[str, ...]) -> Any:
             f"timm.list_pretrained('vit_*'), e.g. {examples}"
         )
     return pretrained_cfg
+
+
+def _refuse_other_family(name: str, modules: tuple[str, ...]) -> None:
+    """A timm ViT family the package's ViT cannot hold: say how to fine-tune it as timm's."""
+    import timm
+
+    from vit.models.timm_models import FAMILY_MODULES
+
+    arch = timm.models.get_arch_name(name)
+    for module in set(FAMILY_MODULES) - set(modules):
+        if arch in timm.list_models(module=module):
+            raise CheckpointError(
+                f"timm:{name} is one of timm's {module} models, which the package's ViT cannot "
+                f"hold; fine-tune it as timm's own model with --model timm:{name} --pretrained "
+                f"timm:{name} (docs/timm.md)")
 
 
 def _cached_hub_file(pretrained_cfg: Any) -> Path | None:

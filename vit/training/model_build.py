@@ -143,7 +143,7 @@ def fit_timm_normalisation(cfg: Config, pretrained: Any) -> tuple[Config, list[t
     ``data.mean`` / ``data.std`` were set."""
     defaults = DataConfig()
     if (pretrained is None or not is_timm_name(cfg.model.name)
-            or is_timm_spec(pretrained.model_config)
+            or pretrained.model_config is not None  # ours: its own preprocessing came along
             or (cfg.data.mean, cfg.data.std) != (defaults.mean, defaults.std)):
         return cfg, []
     mean, std = timm_mean_std(cfg.model.name)
