@@ -426,3 +426,12 @@ def test_a_hybrid_with_a_resnet_stem_conserves_the_logit_through_its_group_norms
     assert relevance.shape == (2, *GRID)
     torch.testing.assert_close(relevance.sum(dim=(1, 2)), logits.gather(1, target[:, None])[:, 0],
                                atol=1e-4, rtol=1e-4)
+
+
+def test_a_model_without_a_head_has_class_free_maps_and_one_line_for_the_rest():
+    model, x = tiny("eva02-rope-swiglu", num_classes=0), images()
+    assert saliency(model, x, "rollout").shape == (2, *GRID)
+    assert saliency(model, x, "attention").shape == (2, *GRID)
+    for method in ("grad-rollout", "legrad", "attnlrp", "gradcam"):
+        with pytest.raises(ConfigError, match=f"{method} explains a class logit.*num_classes=0"):
+            saliency(model, x, method)

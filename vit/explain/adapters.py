@@ -86,9 +86,17 @@ class Adapter:
         self.pool = _pool_kind(model)
         self.num_classes = int(getattr(model, "num_classes", 0))
         self.num_heads = int(getattr(getattr(self.blocks[0], "attn", None), "num_heads", 0))
-        if self.depth < 1 or self.num_classes < 1:
-            raise ConfigError(f"{type(model).__name__} needs blocks and a classifier head to be "
-                              "explained (num_classes > 0)")
+        if self.depth < 1:
+            raise ConfigError(f"this {type(model).__name__} has no transformer blocks")
+
+    def require_head(self, method: str) -> None:
+        """The class-specific methods explain a logit: a model without a head (timm's
+        ``num_classes=0``, a feature extractor) has none."""
+        if self.num_classes < 1:
+            raise ConfigError(f"{method} explains a class logit, and this "
+                              f"{type(self.model).__name__} has no classifier head "
+                              "(num_classes=0); rollout and attention need none, or create "
+                              "it with num_classes=N")
 
     # --- shapes -------------------------------------------------------------------------
 

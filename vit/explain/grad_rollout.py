@@ -46,6 +46,7 @@ def grad_rollout(
     check_images(images)
     check_autograd("grad-rollout")
     adapter = adapter_for(model)
+    adapter.require_head("grad-rollout")
     x = images.detach().to(model_device(model, images.device))
     grid = adapter.grid(x)
     with adapter.session():

@@ -29,6 +29,7 @@ def gradcam(
     check_images(images)
     check_autograd("gradcam")
     adapter = adapter_for(model)
+    adapter.require_head("gradcam")
     check_layer_index("layer", layer, adapter.depth, allow_negative=True)
     layer = layer % adapter.depth
     x = images.detach().to(model_device(model, images.device))

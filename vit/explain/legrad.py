@@ -70,6 +70,7 @@ def legrad(
     check_images(images)
     check_autograd("legrad")
     adapter = adapter_for(model)
+    adapter.require_head("legrad")
     check_layer_index("start_layer", start_layer, adapter.depth, allow_negative=False)
     check_choice("pool", pool, LEGRAD_POOLS)
     x = images.detach().to(model_device(model, images.device))

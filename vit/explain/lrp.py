@@ -161,6 +161,7 @@ def attnlrp(
     check_autograd("attnlrp")
     check_choice("rule", rule, LRP_RULES)
     adapter = adapter_for(model)
+    adapter.require_head("attnlrp")
     x = images.detach().to(model_device(model, images.device))
     gh, gw = adapter.grid(x)
     with adapter.session():
