@@ -37,8 +37,9 @@ from vit.models.checkpoint import make_checkpoint
 from vit.models.presets import create_model
 from vit.models.vision_transformer import VisionTransformer, ViTConfig
 from vit.runtime import make_grad_scaler, resolve_device, resolve_precision
+from vit.text import plural
 from vit.training.budget import fit_epochs_to_budget, recent_pace
-from vit.training.defaults import fit_to_data, fit_workers
+from vit.training.defaults import fit_to_data, fit_workers, merge_notes
 from vit.training.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -253,7 +254,7 @@ class Trainer:
         """Keep the defaults chosen for this run (``vit/training/defaults.py``) and why, for
         ``write_start`` to log once the run is set up (a mistake found on the way stays the
         only line)."""
-        self.choices = [*getattr(self, "choices", []), *notes]
+        self.choices = merge_notes(getattr(self, "choices", []), notes)
         return cfg
 
     def _restore(self) -> ResumeAt:
@@ -290,8 +291,9 @@ class Trainer:
         self._collect_skipped()  # a resumed run: what its workers met before
         write_json(run_dir / "data_report.json", data.report())
         write_json(run_dir / "split.json", data.split)
-        logger.info("%d classes, %d training / %d validation images", len(data.classes),
-                    data.num_train, data.num_val)
+        logger.info("%s; %s, %s", plural(len(data.classes), "class"),
+                    plural(data.num_train, "training image"),
+                    plural(data.num_val, "validation image"))
         self.trackers = open_trackers(cfg.train.report_to, run_dir=run_dir, config=to_dict(cfg))
         arch = f"from {cfg.train.pretrained}" if cfg.train.pretrained else cfg.model.name
         total, trainable = count_parameters(self.model)
