@@ -423,8 +423,8 @@ class Trainer:
         self.schedule["warmup_steps"] = min(self.warmup_steps, self.schedule["total_steps"])
         if self.dist.is_main:
             atomic_write(self.run_dir / "config.yaml", to_yaml(self.cfg))
-            logger.info("time budget %.1f min: %d epochs fit (the schedule ends there)",
-                        budget, epochs)
+            logger.info("time budget %.1f min: %s fit (the schedule ends there)", budget,
+                        plural(epochs, "epoch"))
 
     def _log_epoch(self, epoch: int, result: EpochResult) -> None:
         m = self.metrics
