@@ -118,3 +118,13 @@ def test_vit_explain_defaults_to_the_library_default_method():
     from vit.explain import DEFAULT_METHOD
 
     assert cli_explain.DEFAULT_METHOD == DEFAULT_METHOD == "attnlrp"
+
+
+def test_plain_vit_lists_the_commands():
+    """Issue 25: plain `vit` said "error: the following arguments are required: COMMAND"."""
+    proc = subprocess.run([sys.executable, "-m", "vit"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "" and proc.stdout.startswith("usage: vit")
+    for command in ("train", "predict", "explain", "explain-bench", "models"):
+        assert f"\n    {command} " in proc.stdout, command
