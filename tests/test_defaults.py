@@ -115,6 +115,8 @@ def test_a_run_records_and_logs_its_choices(tmp_path, caplog):
         "processes start each epoch"]
     assert "3 classes; 9 training images, 3 validation images" in caplog.messages
     assert "x 1 epoch = 9 images" in caplog.text and "1 epochs" not in caplog.text
+    # the backbone, as `vit models` counts it, and the head apart: (32 + 1) x 3 classes
+    assert "M parameters + a head of 99 for 3 classes" in caplog.text
 
 
 @pytest.mark.parametrize("num_train,line", [

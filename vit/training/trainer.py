@@ -34,7 +34,7 @@ from vit.data.transforms import resolve_crop_pct
 from vit.errors import ConfigError, OutputError, VitError
 from vit.io import atomic_save, atomic_write, make_output_dir, remove_stale_temp_files, write_json
 from vit.models.checkpoint import make_checkpoint
-from vit.models.presets import create_model
+from vit.models.presets import create_model, head_parameters
 from vit.models.vision_transformer import VisionTransformer, ViTConfig
 from vit.runtime import make_grad_scaler, resolve_device, resolve_precision
 from vit.text import plural
@@ -297,10 +297,12 @@ class Trainer:
         self.trackers = open_trackers(cfg.train.report_to, run_dir=run_dir, config=to_dict(cfg))
         arch = f"from {cfg.train.pretrained}" if cfg.train.pretrained else cfg.model.name
         total, trainable = count_parameters(self.model)
-        logger.info("model %s (%d blocks, width %d): %.2fM parameters (%.2fM trained), device %s, "
-                    "precision %s, global batch %d", arch, self.model.config.depth,
-                    self.model.config.embed_dim, total / 1e6, trainable / 1e6, self.device,
-                    self.precision, cfg.train.batch_size * cfg.train.accum_steps)
+        head = head_parameters(self.model)  # counted apart, as `vit models` leaves it out
+        logger.info("model %s (%d blocks, width %d): %.2fM parameters + a head of %s for %s "
+                    "(%.2fM trained), device %s, precision %s, global batch %d", arch,
+                    self.model.config.depth, self.model.config.embed_dim, (total - head) / 1e6,
+                    f"{head:,}", plural(len(data.classes), "class"), trainable / 1e6,
+                    self.device, self.precision, cfg.train.batch_size * cfg.train.accum_steps)
         if self.dist.enabled:
             logger.info("%d processes, strategy %s: at most %d parameter elements (%.2fM) held "
                         "by one process", self.dist.world_size, cfg.train.strategy,
