@@ -16,10 +16,7 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -49,7 +46,7 @@ from vit.training.distributed import (
 )
 from vit.training.early_stop import EarlyStopping
 from vit.training.epoch import EpochResult, train_one_epoch, validate
-from vit.training.faults import explain_fault, stop_on_sigterm
+from vit.training.faults import StopRequest, explain_fault, stop_on_signals
 from vit.training.optim import build_optimizer, count_parameters, freeze_parameters, lr_at_step
 from vit.training.parallel import (
     check_strategy,
@@ -78,7 +75,11 @@ logger = logging.getLogger(__name__)
 
 
 class TrainingInterrupted(VitError):
-    """Ctrl-C: a resumable last.pt was written; the message says how to resume."""
+    """Ctrl-C or SIGTERM: a resumable last.pt was written; the message says how to resume."""
+
+    def __init__(self, message: str, signal_name: str = "SIGINT"):
+        super().__init__(message)
+        self.signal_name = signal_name
 
 
 @dataclass
@@ -141,14 +142,17 @@ class Trainer:
 
     def run(self) -> TrainSummary:
         """The whole run; a fault of scale (``vit.training.faults``) ends it with one line."""
+        self.stop_request = StopRequest()
         try:
-            with stop_on_sigterm(self.run_dir):
+            with stop_on_signals(self.run_dir, graceful_sigterm=not self.dist.enabled) as stop:
+                self.stop_request = stop
                 self.build()
                 self.write_start()
                 self.run_epochs()
                 return self.finish()
         except (RuntimeError, OutputError) as e:
-            fault = explain_fault(e, run_dir=self.run_dir, rank=self.dist.rank)
+            fault = explain_fault(e, run_dir=self.run_dir, rank=self.dist.rank,
+                                  stopped_by=self.stop_request.signal_name)
             if fault is None:
                 raise
             raise fault from e
@@ -314,13 +318,15 @@ class Trainer:
         self.saver = EpochSaver(self.run_dir, every_s=self.cfg.train.save_every_s)
         self.max_epochs, self.epoch_ends = self.cfg.train.epochs, []
         self.elapsed_before = self.resume.elapsed_s if self.resume is not None else 0.0
-        with stop_on_sigint() as stop:
-            self.stop = stop
+        self.stop_request.graceful = True  # a stop signal now waits for the end of the step
+        try:
             epoch = self.start_epoch
             # the time budget may change the count; train.patience may end the run before it
             while epoch < self.cfg.train.epochs and not self.stopper.should_stop:
                 self._epoch(epoch)
                 epoch += 1
+        finally:
+            self.stop_request.graceful = False
         self.epochs_done = epoch
         if self.stopper.should_stop and self.dist.is_main:
             logger.info("%s; stopped after epoch %d of %d", self.stopper.reason(), epoch,
@@ -378,16 +384,20 @@ class Trainer:
         return bool(new)
 
     def _stop_interrupted(self, epoch: int, batches_done: int) -> None:
-        """Ctrl-C: a resumable last.pt (and the best weights waiting in memory), then stop."""
+        """Ctrl-C or SIGTERM: a resumable last.pt (and the best weights waiting in memory), then
+        stop."""
         last = self.run_dir / "last.pt"
         checkpoint = self._checkpoint(epoch, batches_done=batches_done)
         if self.dist.is_main:
             self.saver.flush_best()
             atomic_save(checkpoint, last)
         barrier()
+        name = self.stop_request.signal_name or "SIGINT"
+        how = "interrupted by SIGINT (Ctrl-C)" if name == "SIGINT" else f"stopped by {name}"
         raise TrainingInterrupted(
-            f"interrupted in epoch {epoch + 1} after {batches_done} of {self.batches_per_epoch} "
-            f"batches; resumable checkpoint {last}; continue with: --resume {self.run_dir}")
+            f"{how} in epoch {epoch + 1} after {batches_done} of {self.batches_per_epoch} "
+            f"batches; resumable checkpoint {last}; continue with: --resume {self.run_dir}",
+            signal_name=name)
 
     def _epoch_metrics(self, epoch: int, result: EpochResult, val: dict[str, float]
                        ) -> dict[str, Any]:
@@ -442,7 +452,7 @@ class Trainer:
 
     def _should_stop(self) -> bool:
         """Ctrl-C in any process stops all of them after the same step."""
-        flag = float(self.stop.is_set())
+        flag = float(self.stop_request.event.is_set())
         if not self.dist.enabled:
             return bool(flag)
         return all_reduce_sum([flag], self.device)[0] > 0
@@ -605,28 +615,3 @@ def _make_ema(model: nn.Module, cfg: Config) -> nn.Module:
     from timm.utils import ModelEmaV3
 
     return ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True)
-
-
-# --- Ctrl-C -----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def stop_on_sigint() -> Iterator[threading.Event]:
-    """First Ctrl-C asks the loop to stop after the current step; a second one aborts at once."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def handler(signum, frame):  # noqa: ARG001
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        logger.warning("interrupt: finishing this step and saving a resumable checkpoint "
-                       "(press Ctrl-C again to abort without saving)")
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous)
