@@ -85,6 +85,39 @@ def _write_page(args: argparse.Namespace, paths: list, show_progress: bool) -> N
           f"{result.size_bytes / 1e6:.1f} MB); open it in a browser")
 
 
+def _describe(item) -> str:
+    """``true ants | predicted bees 71%, ants 20%  WRONG  (on the object 34%)``."""
+    predicted = ", ".join(f"{label} {p:.1%}" for label, p in item.predictions)
+    text = f"predicted {predicted}"
+    if item.true_label is not None:
+        text = f"true {item.true_label} | {text}" + ("  WRONG" if item.wrong else "")
+    if item.on_object is not None:
+        text += f"  (on the object {item.on_object:.0%})"
+    return text
+
+
+def _print_summary(results, method: str) -> None:
+    """One line per image (mistakes first), then what was wrong, the pages and the index."""
+    from vit.inference.overlay_pages import mistakes_first
+
+    drawn = [r for r in results if not r.error]  # unreadable files were already warned about
+    for i in mistakes_first([r.wrong for r in drawn]):
+        print(f"{drawn[i].output}  {_describe(drawn[i])}")
+    known = [r for r in drawn if r.wrong is not None]
+    tally = (f"{sum(r.wrong for r in known)} of {len(known)} predictions wrong (listed first)"
+             if known else "true labels unknown (no class folders or label file)")
+    pages = results.pages
+    where = pages[0].path if len(pages) == 1 else (
+        f"{len(pages)} grid pages {pages[0].path.name} ... {pages[-1].path.name}")
+    print(f"{len(drawn)} images explained ({method}): {tally}; {where}; index {results.index}")
+    shares = sorted(r.on_object for r in drawn if r.on_object is not None)
+    if shares:
+        background = sum(1 for v in shares if v < 0.5)
+        print(f"relevance on the object (boxes.json): median {shares[len(shares) // 2]:.0%}; "
+              f"{background} of {len(shares)} maps put most of it on the background")
+    print(f"colours: {results.key[3]}")
+
+
 def run(args: argparse.Namespace) -> int:
     from vit.data.labels import expand_with_labels
     from vit.inference.attention_files import check_html_output
@@ -101,9 +134,7 @@ def run(args: argparse.Namespace) -> int:
             head_fusion=args.head_fusion, discard_ratio=args.discard_ratio, alpha=args.alpha,
             colormap=args.colormap, topk=args.topk, batch_size=args.batch_size,
             device=args.device, grid=args.grid, show_progress=show_progress, labels=labels)
-        for r in results:
-            if not r.error:  # unreadable files were already reported as warnings
-                print(f"{r.output}  {', '.join(f'{lab} {p:.1%}' for lab, p in r.predictions)}")
+        _print_summary(results, args.method)
     if args.html is not None:
         _write_page(args, paths, show_progress)
     return 0
