@@ -53,7 +53,7 @@ def test_a_folder_is_paged_mistakes_first_with_an_index_and_a_summary(shapes, tm
     summary = lines[len(images)]
     assert f"{len(images)} images explained (attnlrp): {sum(verdicts)} of {len(images)} " \
            "predictions wrong" in summary and "index.html" in summary
-    assert lines[len(images) + 1].startswith("relevance on the object (boxes.json): median")
+    assert lines[len(images) + 1].startswith("relevance on the object (boxes.json; attnlrp): ")
     index = (out / "index.html").read_text()
     assert all(f'href="{p.name}"' in index for p in page_files)
     assert index.count("<tr class=") == len(images)

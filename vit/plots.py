@@ -41,7 +41,7 @@ PathLike = str | os.PathLike[str]
 # What the colours of a heat map mean: (matplotlib colour map, low end, high end, caption),
 # drawn as a colour bar under the overlays (vit.inference.overlays.colour_key).
 ColourKey = tuple[str, str, str, str]
-KEY_HEIGHT = 0.75  # inches a grid gains for its colour bar
+KEY_HEIGHT = 0.9  # inches a grid gains for its colour bar
 
 
 def _new_figure(size: tuple[float, float]) -> Figure:

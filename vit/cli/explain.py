@@ -14,11 +14,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = add_parser(sub, "explain", help="draw saliency overlays for images",
                    description="Overlay where the model looks on each image; writes "
-                   "DIR/<stem>_<method>.png per image and method (the image beside its overlay) "
-                   "and DIR/grid.png (with several methods: one image per row, one method per "
-                   "column) (--output), and/or one self-contained HTML page to explore every "
-                   "layer and head (--html). Titles give the true label when the image's folder "
-                   "is named after a class, the prediction and its probability; mistakes are red.")
+                   "DIR/<stem>_<method>.png per image and method (the image beside its overlay, "
+                   "with a colour bar), grid pages of at most 18 images and 5 MB, mistakes first "
+                   "(DIR/grid.png, or grid_001.png, ...; with several methods one image per row, "
+                   "one method per column) and DIR/index.html linking them (--output), and/or one "
+                   "self-contained HTML page to explore every layer and head (--html). Titles "
+                   "give the true label when the image's folder is named after a class, the "
+                   "prediction and its probability; mistakes are red. With a boxes.json (the "
+                   "synthetic shapes), the share of each map on the object.")
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="best.pt from `vit train`, or an exported .safetensors")
     p.add_argument("paths", nargs="+", metavar="PATH",
@@ -50,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16, metavar="N",
                    help="images per forward pass")
     p.add_argument("--grid", metavar="FILE",
-                   help="where to write the grid, .png or .jpg (default DIR/grid.png)")
+                   help="where to write the grid, .png or .jpg; several pages get _001, _002, "
+                   "... (default DIR/grid.png)")
     add_device_flag(p)
     add_common_flags(p)
     p.set_defaults(func=run)
@@ -99,12 +103,14 @@ def _describe(item) -> str:
 def _print_summary(results, method: str) -> None:
     """One line per image (mistakes first), then what was wrong, the pages and the index."""
     from vit.inference.overlay_pages import mistakes_first
+    from vit.inference.overlays import parse_methods, share_method
 
     drawn = [r for r in results if not r.error]  # unreadable files were already warned about
     for i in mistakes_first([r.wrong for r in drawn]):
         print(f"{drawn[i].output}  {_describe(drawn[i])}")
     known = [r for r in drawn if r.wrong is not None]
-    tally = (f"{sum(r.wrong for r in known)} of {len(known)} predictions wrong (listed first)"
+    wrong = sum(r.wrong for r in known)
+    tally = (f"{wrong} of {len(known)} predictions wrong" + (" (listed first)" if wrong else "")
              if known else "true labels unknown (no class folders or label file)")
     pages = results.pages
     where = pages[0].path if len(pages) == 1 else (
@@ -113,8 +119,9 @@ def _print_summary(results, method: str) -> None:
     shares = sorted(r.on_object for r in drawn if r.on_object is not None)
     if shares:
         background = sum(1 for v in shares if v < 0.5)
-        print(f"relevance on the object (boxes.json): median {shares[len(shares) // 2]:.0%}; "
-              f"{background} of {len(shares)} maps put most of it on the background")
+        print(f"relevance on the object (boxes.json; {share_method(parse_methods(method))}): "
+              f"median {shares[len(shares) // 2]:.0%}; {background} of {len(shares)} maps put "
+              "most of it on the background")
     print(f"colours: {results.key[3]}")
 
 

@@ -62,7 +62,7 @@ class ExplainedImage:
     predictions: list[tuple[str, float]]
     error: str | None = None
     true_label: str | None = None
-    on_object: float | None = None  # share of the (first) map's relevance on the object's box
+    on_object: float | None = None  # share of relevance on the object's box (share_method)
 
     @property
     def wrong(self) -> bool | None:
@@ -112,10 +112,11 @@ def _method_options(method: str, head_fusion: str, discard_ratio: float) -> dict
 def tile_title(item: ExplainedImage, *, topk: int | None = None) -> str:
     """``true circle | predicted square 59%  WRONG`` (top-k predictions with ``topk``)."""
     predicted = _title(item.predictions[:topk] if topk else item.predictions[:1])
-    if item.true_label is None:
+    if item.true_label is None:  # (no class folder, so no boxes.json of ours either)
         return f"{item.path.stem}: predicted {predicted}"
     verdict = "  WRONG" if item.wrong else ""
-    return f"true {item.true_label} | predicted {predicted}{verdict}"
+    on_object = "" if item.on_object is None else f" | {item.on_object:.0%} on the object"
+    return f"true {item.true_label} | predicted {predicted}{verdict}{on_object}"
 
 
 def _colour(item: ExplainedImage) -> str:
@@ -183,8 +184,9 @@ def _write_grids(tiles: TileStore, items: list[ExplainedImage], methods: list[st
                  base: Path, key: ColourKey) -> list[Page]:
     """The grid pages, mistakes first; each heading counts the mistakes of the whole set."""
     known = [item for item in items if item.wrong is not None]
-    tally = (f"; {sum(i.wrong for i in known)} of {len(known)} predictions wrong (red), shown "
-             "first" if known else "")
+    wrong = sum(i.wrong for i in known)
+    tally = (f"; {wrong} of {len(known)} predictions wrong (red)" + (", shown first" if wrong
+                                                                     else "") if known else "")
     per_page = ROWS_PER_PAGE if len(methods) > 1 else IMAGES_PER_PAGE
     return write_pages(
         tiles, mistakes_first([item.wrong for item in items]), base=base, per_page=per_page,
@@ -236,6 +238,12 @@ def object_share(saliency_map: torch.Tensor, box: Box, image_hw: tuple[int, int]
     mask = patch_mask(box, image_hw, img_size=img_size, crop_pct=crop_pct,
                       patch_size=img_size // saliency_map.shape[-1])
     return float(positive[mask[:positive.shape[0], :positive.shape[1]]].sum()) / total
+
+
+def share_method(methods: Sequence[str]) -> str:
+    """The method whose map the share on the object is measured on: the default (AttnLRP, the
+    most faithful) when drawn, else the first."""
+    return DEFAULT_METHOD if DEFAULT_METHOD in methods else methods[0]
 
 
 def zero_head_warning(model: torch.nn.Module, methods: Sequence[str]) -> str | None:
@@ -304,7 +312,7 @@ def _explain_batch(d: _Drawing, batch: Sequence[str | Path]) -> list[ExplainedIm
                               true_label=true_label(path, d.clf.classes, d.labels))
         if path in d.boxes:
             item.on_object = object_share(
-                maps[d.methods[0]][i], d.boxes[path], _image_hw(path),
+                maps[share_method(d.methods)][i], d.boxes[path], _image_hw(path),
                 img_size=d.clf.img_size, crop_pct=d.clf.preprocess["crop_pct"])
         blended = [overlay(image, maps[m][i], alpha=d.alpha, colormap=d.key[0])
                    for m in d.methods]
