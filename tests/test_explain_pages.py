@@ -134,3 +134,18 @@ def test_a_zero_head_is_named_as_the_reason_for_zero_maps(tmp_path, caplog):
         overlays.explain_files(checkpoint=ckpt, paths=[image], output=tmp_path / "o",
                                device="cpu")
     assert "classification head is all zeros" in caplog.text and "attnlrp" in caplog.text
+
+
+def test_the_explorer_page_names_a_zero_head_too(tmp_path, caplog):
+    from vit.explain.explorer import PageOptions
+    from vit.inference.attention_files import write_explorer_page
+
+    model = tiny_model()
+    torch.nn.init.zeros_(model.head.weight)
+    ckpt = save_checkpoint(tmp_path / "zero.pt", model, ["x", "y", "z"])
+    image = tmp_path / "a.png"
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(image)
+    with caplog.at_level(logging.WARNING):
+        write_explorer_page(checkpoint=ckpt, paths=[image], output=tmp_path / "page.html",
+                            options=PageOptions(auc_steps=0), device="cpu")
+    assert "classification head is all zeros" in caplog.text
