@@ -41,4 +41,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"PARAMS: {head}. GFLOPS: one forward pass of one image at IMG (2 per multiply-add); "
           "training costs about 3x. Another size: --img-size N (the position embedding is "
           "resampled).")
+    print("Also: --model timm:NAME trains timm's own ViT-family model of that name (DINOv2, "
+          "EVA-02, DeiT, SigLIP, BEiT, ...; docs/timm.md).")
     return 0

@@ -112,8 +112,8 @@ def _classifier(checkpoint: str | os.PathLike[str], *, untrained: bool, seed: in
     ``vit train`` makes them (``seed`` defaults to the run's ``train.seed``).
     """
     from vit.inference.classifier import Classifier
+    from vit.models.architecture import model_from_spec
     from vit.models.checkpoint import load_checkpoint, model_from_checkpoint
-    from vit.models.vision_transformer import VisionTransformer
 
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     model = model_from_checkpoint(ckpt)
@@ -122,7 +122,7 @@ def _classifier(checkpoint: str | os.PathLike[str], *, untrained: bool, seed: in
         if seed is None:
             seed = int((ckpt.get("config") or {}).get("train", {}).get("seed", 0))
         torch.manual_seed(seed)
-        model = VisionTransformer(model.config).eval()
+        model = model_from_spec(ckpt["model_config"]).eval()
         weights = f"untrained (fresh initialisation, seed {seed})"
     clf = Classifier(model, classes=ckpt["classes"], preprocess=ckpt["preprocess"],
                      device=device, batch_size=batch_size)

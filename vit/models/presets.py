@@ -86,9 +86,10 @@ def count_flops_per_image(cfg: ViTConfig, train: bool = False) -> float:
 
 
 def head_parameters(model: nn.Module) -> int:
-    """Parameter elements of the classification head (``model.head``; 0 without one)."""
-    head = getattr(model, "head", None)
-    return sum(p.numel() for p in head.parameters()) if isinstance(head, nn.Module) else 0
+    """Parameter elements of the classification head: ``model.head`` (and a distilled timm
+    model's ``head_dist``); 0 without one."""
+    heads = [getattr(model, name, None) for name in ("head", "head_dist")]
+    return sum(p.numel() for h in heads if isinstance(h, nn.Module) for p in h.parameters())
 
 
 def count_parameters(cfg: ViTConfig) -> int:

@@ -30,9 +30,10 @@ from vit.data.splits import balanced_class_weights
 from vit.data.transforms import resolve_crop_pct
 from vit.errors import ConfigError, OutputError, VitError
 from vit.io import atomic_save, atomic_write, make_output_dir, remove_stale_temp_files, write_json
+from vit.models.architecture import describe_model, describe_spec, model_from_spec
 from vit.models.checkpoint import make_checkpoint
-from vit.models.presets import create_model, head_parameters
-from vit.models.vision_transformer import VisionTransformer, ViTConfig
+from vit.models.presets import head_parameters
+from vit.models.timm_models import DISTILLED_HEADS
 from vit.runtime import make_grad_scaler, resolve_device, resolve_precision
 from vit.text import plural
 from vit.training.budget import fit_epochs_to_budget, recent_pace
@@ -47,6 +48,12 @@ from vit.training.distributed import (
 from vit.training.early_stop import EarlyStopping
 from vit.training.epoch import EpochResult, train_one_epoch, validate
 from vit.training.faults import StopRequest, explain_fault, stop_on_signals
+from vit.training.model_build import (
+    build_model,
+    fit_timm_normalisation,
+    read_run_pretrained,
+    run_img_size,
+)
 from vit.training.optim import build_optimizer, count_parameters, freeze_parameters, lr_at_step
 from vit.training.parallel import (
     check_strategy,
@@ -224,19 +231,17 @@ class Trainer:
         self.stopper.load_state_dict(at.early_stop, best_top1=at.best_top1, epoch=at.epoch)
         self.train_model = self._wrap(model)
 
-    def _model_and_data(self) -> tuple[VisionTransformer, int, RunData]:
-        """The model (the resumed run's architecture, pretrained weights, or a preset), its
-        image size, and the data."""
+    def _model_and_data(self) -> tuple[nn.Module, int, RunData]:
+        """The model (the resumed run's architecture, pretrained weights, a preset or a timm
+        model), its image size, and the data."""
         cfg, pretrained = self.cfg, None
         if self.resume is not None:  # the architecture the run was saved with
-            arch = ViTConfig.from_dict(self.resume.state["model_config"])
-            img_size = arch.img_size
+            spec = self.resume.state["model_config"]
+            img_size = describe_spec(spec).img_size
         else:
-            if cfg.train.pretrained:
-                from vit.models.pretrained import read_pretrained
-
-                pretrained = read_pretrained(cfg.train.pretrained)
-            img_size = _img_size(cfg, pretrained)
+            pretrained = read_run_pretrained(cfg)
+            img_size = run_img_size(cfg, pretrained)
+            cfg = self.cfg = self._log_choices(*fit_timm_normalisation(cfg, pretrained))
         data = prepare_data(cfg)
         cfg = self.cfg = self._log_choices(*fit_to_data(
             cfg, num_train=data.num_train, img_size=img_size,
@@ -245,7 +250,7 @@ class Trainer:
             if self.resume.state["classes"] != data.classes:
                 raise VitError(f"the data's classes {data.classes} differ from the resumed "
                                f"run's {self.resume.state['classes']}")
-            model = VisionTransformer(arch)
+            model = model_from_spec(spec)
         else:
             model = build_model(cfg, classes=data.classes, pretrained=pretrained)
         if cfg.train.freeze != "none":
@@ -299,14 +304,19 @@ class Trainer:
                     plural(data.num_train, "training image"),
                     plural(data.num_val, "validation image"))
         self.trackers = open_trackers(cfg.train.report_to, run_dir=run_dir, config=to_dict(cfg))
-        arch = f"from {cfg.train.pretrained}" if cfg.train.pretrained else cfg.model.name
+        info = describe_model(self.model)
+        arch = cfg.model.name if info.name == "vit" else f"{info.name} ({info.family})"
+        if cfg.train.pretrained:
+            arch = f"{'' if info.name == 'vit' else arch + ' '}from {cfg.train.pretrained}"
         total, trainable = count_parameters(self.model)
         head = head_parameters(self.model)  # counted apart, as `vit models` leaves it out
-        logger.info("model %s (%d blocks, width %d): %.2fM parameters + a head of %s for %s "
-                    "(%.2fM trained), device %s, precision %s, global batch %d", arch,
-                    self.model.config.depth, self.model.config.embed_dim, (total - head) / 1e6,
-                    f"{head:,}", plural(len(data.classes), "class"), trainable / 1e6,
-                    self.device, self.precision, cfg.train.batch_size * cfg.train.accum_steps)
+        logger.info("model %s (%d blocks, width %d, %d px): %.2fM parameters + a head of %s for "
+                    "%s (%.2fM trained), device %s, precision %s, global batch %d", arch,
+                    info.depth, info.embed_dim, info.img_size, (total - head) / 1e6, f"{head:,}",
+                    plural(len(data.classes), "class"), trainable / 1e6, self.device,
+                    self.precision, cfg.train.batch_size * cfg.train.accum_steps)
+        if info.family == "VisionTransformerDistilled":
+            logger.info("%s", DISTILLED_HEADS)
         if self.dist.enabled:
             logger.info("%d processes, strategy %s: at most %d parameter elements (%.2fM) held "
                         "by one process", self.dist.world_size, cfg.train.strategy,
@@ -517,32 +527,6 @@ def read_skip_log(path: Path) -> list[dict[str, str]]:
 # --- model, loss ------------------------------------------------------------------------------
 
 
-def build_model(cfg: Config, *, classes: list[str], pretrained: Any = None) -> VisionTransformer:
-    """The preset named in the config, or pretrained weights adapted to these classes.
-
-    With pretrained weights the architecture comes from the file (ours records it; for a raw
-    timm state_dict it is read off the tensor shapes); only the head and, when
-    ``model.img_size`` differs, the position embedding adapt.
-    """
-    m = cfg.model
-    regularisation = dict(drop_rate=m.drop_rate, drop_path_rate=m.drop_path_rate)
-    if pretrained is not None:
-        from vit.models.pretrained import build_finetune_model
-
-        model, _ = build_finetune_model(pretrained, num_classes=len(classes), classes=classes,
-                                        img_size=m.img_size, overrides=regularisation)
-        return model
-    overrides = {k: v for k, v in dict(
-        img_size=m.img_size, patch_size=m.patch_size, global_pool=m.global_pool,
-        reg_tokens=m.reg_tokens, qk_norm=m.qk_norm, init_values=m.init_values,
-        embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
-    ).items() if v is not None}
-    try:
-        return create_model(m.name, num_classes=len(classes), **overrides, **regularisation)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-
-
 def build_criterion(cfg: Config, *, num_classes: int, train_targets: list[int],
                     device: torch.device) -> tuple[nn.Module, Any]:
     """Cross-entropy (label smoothing, optional class weights) or soft-target CE under mixup."""
@@ -564,8 +548,8 @@ def build_criterion(cfg: Config, *, num_classes: int, train_targets: list[int],
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=loss.label_smoothing), None
 
 
-def _preprocess(cfg: Config, model: VisionTransformer) -> dict[str, Any]:
-    img_size = model.config.img_size
+def _preprocess(cfg: Config, model: nn.Module) -> dict[str, Any]:
+    img_size = describe_model(model).img_size
     crop_pct = resolve_crop_pct(img_size, cfg.data.crop_pct)
     return {"img_size": img_size, "mean": list(cfg.data.mean), "std": list(cfg.data.std),
             "crop_pct": crop_pct}
@@ -592,23 +576,6 @@ def _check_train_config(cfg: Config, dist_info: DistInfo) -> None:
     if t.save_every_s < 0:
         raise ConfigError(f"train.save_every_s must be >= 0, got {t.save_every_s}")
     check_trackers(t.report_to)  # a missing extra: one line, before any work
-
-
-def _img_size(cfg: Config, pretrained: Any) -> int:
-    """The training resolution: model.img_size, else the pretrained file's, else the preset's."""
-    if cfg.model.img_size is not None:
-        return cfg.model.img_size
-    if pretrained is not None:
-        from vit.models.pretrained import infer_config
-
-        arch = pretrained.model_config or infer_config(pretrained.state_dict)
-        return int(arch["img_size"])
-    from vit.models.presets import model_config
-
-    try:
-        return model_config(cfg.model.name).img_size
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
 
 
 def _make_ema(model: nn.Module, cfg: Config) -> nn.Module:
