@@ -62,8 +62,9 @@ def _add_flags(p: argparse.ArgumentParser, d: Config) -> None:
     p.add_argument("--config", metavar="YAML",
                    help="a recipe, e.g. configs/flowers_vit_nano_cpu.yaml (default: none)")
     p.add_argument("--model", metavar="NAME",
-                   help=f"model preset, see `vit models` (default: {d.model.name}; with "
-                   "--pretrained the architecture comes from the weights)")
+                   help=f"model preset, see `vit models`, or timm:NAME for a timm ViT-family "
+                   f"model (docs/timm.md) (default: {d.model.name}; with --pretrained the "
+                   "architecture comes from the weights, except for timm:NAME)")
     p.add_argument("--img-size", type=int, metavar="N",
                    help="training resolution in pixels (default: the model's, or the "
                    "pretrained weights')")
@@ -115,10 +116,11 @@ def check_args(args: argparse.Namespace) -> None:
                               f"--data {text}?")
     pretrained = args.pretrained or next(
         (t.split("=", 1)[1] for t in args.overrides if t.startswith("train.pretrained=")), None)
-    if args.model is not None and pretrained:
+    if args.model is not None and pretrained and not args.model.startswith("timm:"):
         raise ConfigError(f"--model {args.model} and --pretrained {pretrained} both choose the "
                           "architecture; with --pretrained it comes from the weights, so drop "
-                          "--model (or drop --pretrained to train that model from scratch)")
+                          "--model (or drop --pretrained to train that model from scratch; "
+                          "a timm model takes both: --model timm:NAME --pretrained FILE)")
 
 
 def is_quickstart(args: argparse.Namespace) -> bool:
@@ -177,8 +179,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = train(cfg, resume=resume, show_progress=show_progress)
     except TrainingInterrupted as e:
+        import signal
+
         print(str(e), file=sys.stderr)
-        return 130
+        return 128 + signal.Signals[e.signal_name].value  # 130 for Ctrl-C, 143 for SIGTERM
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports for everyone
         return 0
     if summary.overlays is not None:

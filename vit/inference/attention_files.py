@@ -71,7 +71,9 @@ def write_explorer_page(
     device: str = "auto", show_progress: bool = False,
 ) -> ExplorerResult:
     """Write the explorer page of image files; unreadable files are skipped with a warning."""
+    from vit.explain.saliency import METHODS
     from vit.inference.classifier import Classifier
+    from vit.inference.overlays import zero_head_warning
 
     out = check_html_output(output)
     options = options or PageOptions()
@@ -79,6 +81,9 @@ def write_explorer_page(
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     clf = Classifier.from_checkpoint(checkpoint, device=device)
+    warning = zero_head_warning(clf.model, METHODS)  # the page shows every method's map
+    if warning:
+        logger.warning("%s", warning)
     records: list[dict[str, Any]] = []
     batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
     for batch in tqdm(batches, desc="explorer page", unit="batch",
@@ -107,8 +112,8 @@ def _classifier(checkpoint: str | os.PathLike[str], *, untrained: bool, seed: in
     ``vit train`` makes them (``seed`` defaults to the run's ``train.seed``).
     """
     from vit.inference.classifier import Classifier
+    from vit.models.architecture import model_from_spec
     from vit.models.checkpoint import load_checkpoint, model_from_checkpoint
-    from vit.models.vision_transformer import VisionTransformer
 
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     model = model_from_checkpoint(ckpt)
@@ -117,7 +122,7 @@ def _classifier(checkpoint: str | os.PathLike[str], *, untrained: bool, seed: in
         if seed is None:
             seed = int((ckpt.get("config") or {}).get("train", {}).get("seed", 0))
         torch.manual_seed(seed)
-        model = VisionTransformer(model.config).eval()
+        model = model_from_spec(ckpt["model_config"]).eval()
         weights = f"untrained (fresh initialisation, seed {seed})"
     clf = Classifier(model, classes=ckpt["classes"], preprocess=ckpt["preprocess"],
                      device=device, batch_size=batch_size)

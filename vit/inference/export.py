@@ -9,8 +9,10 @@
 ``onnx``: the model as an ONNX graph (opset >= 17), input ``images`` (N, 3, S, S) float32,
 normalised as the sidecar's ``preprocess`` says, output ``logits`` (N, C); the batch axis is
 dynamic, the image size is fixed at the trained size. It is written with PyTorch's TorchScript
-exporter (``dynamo=False``), because the newer exporter needs the ``onnxscript`` package. When
-onnxruntime is installed the file is run once and compared with PyTorch before it is kept.
+exporter (``dynamo=False``), because the newer exporter needs the ``onnxscript`` package; a timm
+model is built the way timm builds models for export (its ``exportable`` layer config: attention
+without the fused kernel, which the exporter cannot trace for EVA-02 and the other RoPE ViTs).
+When onnxruntime is installed the file is run once and compared with PyTorch before it is kept.
 """
 
 from __future__ import annotations
@@ -205,7 +207,7 @@ def export_onnx(
     if opset < ONNX_OPSET:
         raise ConfigError(f"--opset must be at least {ONNX_OPSET}, got {opset}")
     path = Path(path)
-    model = model_from_checkpoint(ckpt).float().eval()
+    model = model_from_checkpoint(ckpt, exportable=True).float().eval()
     img_size = int(ckpt["preprocess"]["img_size"])
     example = torch.zeros(2, 3, img_size, img_size)
     onnx_model = _onnx_bytes(model, example, opset)

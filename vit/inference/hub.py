@@ -66,32 +66,56 @@ def resolve_run(run: str | os.PathLike[str]) -> tuple[Path, Path]:
     raise CheckpointError(f"{path} does not exist; pass a run folder (runs/NAME) or a checkpoint")
 
 
+def _timm_architecture(spec: Mapping[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(architecture, model_args, timm's pretrained_cfg entries) for a checkpoint's model: the
+    timm model it is, or the timm ViT nearest to the package's ViT."""
+    import torch
+
+    from vit.models.architecture import is_timm_spec, model_from_spec
+
+    if not is_timm_spec(spec):
+        architecture, model_args = timm_architecture(ViTConfig.from_dict(dict(spec)))
+        return architecture, model_args, {"first_conv": "patch_embed.proj", "classifier": "head"}
+    import timm
+
+    with torch.device("meta"):
+        model = model_from_spec(spec)
+    # training-only rates stay out: whoever loads the model chooses their own
+    model_args = {k: v for k, v in spec["timm_args"].items()
+                  if k != "num_classes" and not (k.startswith("drop") or k.endswith("drop_rate"))}
+    return timm.models.get_arch_name(spec["timm_name"]), model_args, {
+        "first_conv": model.pretrained_cfg["first_conv"],
+        "classifier": model.pretrained_cfg["classifier"]}
+
+
 def timm_hub_config(ckpt: Mapping[str, Any]) -> dict[str, Any]:
-    """timm's ``config.json`` for a checkpoint of ours (the layout of timm's save_for_hf)."""
-    config = ViTConfig.from_dict(dict(ckpt["model_config"]))
-    architecture, model_args = timm_architecture(config)
+    """timm's ``config.json`` for a checkpoint (the layout of timm's save_for_hf)."""
+    from vit.models.architecture import describe_spec
+
+    spec = ckpt["model_config"]
+    architecture, model_args, layers = _timm_architecture(spec)
+    info = describe_spec(spec)
     pre = ckpt["preprocess"]
     size = int(pre["img_size"])
     return {
         "architecture": architecture,
-        "num_classes": config.num_classes,
-        "num_features": config.embed_dim,
-        "global_pool": config.global_pool,
+        "num_classes": info.num_classes,
+        "num_features": info.embed_dim,
+        "global_pool": info.global_pool,
         "label_names": [str(c) for c in ckpt["classes"]],
         "model_args": model_args,
         "pretrained_cfg": {
             "custom_load": False,
-            "input_size": [config.in_chans, size, size],
+            "input_size": [info.in_chans, size, size],
             "fixed_input_size": True,
             "interpolation": "bilinear",  # albumentations' default, what vit.data.transforms uses
             "crop_pct": resolve_crop_pct(size, pre["crop_pct"]),
             "crop_mode": "center",
             "mean": [float(v) for v in pre["mean"]],
             "std": [float(v) for v in pre["std"]],
-            "num_classes": config.num_classes,
+            "num_classes": info.num_classes,
             "pool_size": None,
-            "first_conv": "patch_embed.proj",
-            "classifier": "head",
+            **layers,
         },
     }
 

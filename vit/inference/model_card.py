@@ -58,12 +58,15 @@ def _eval_results(ckpt: Mapping[str, Any]) -> list[Any]:
 
 
 def _summary(ckpt: Mapping[str, Any], name: str) -> str:
-    m = ckpt["model_config"]
+    from vit.models.architecture import describe_spec
+
+    m = describe_spec(ckpt["model_config"])
     params = sum(t.numel() for t in ckpt["model"].values())
-    return (f"# {name}\n\nA Vision Transformer trained with `vit` to tell "
+    kind = "" if m.name == "vit" else f" (timm's `{m.name.removeprefix('timm:')}`, {m.family})"
+    return (f"# {name}\n\nA Vision Transformer{kind} trained with `vit` to tell "
             f"{len(ckpt['classes'])} classes apart: {params / 1e6:.2f}M parameters, "
-            f"{m['img_size']} px images cut into {m['patch_size']} px patches, {m['depth']} "
-            f"blocks of width {m['embed_dim']} with {m['num_heads']} heads. Its weights load in "
+            f"{m.img_size} px images cut into {m.patch_size} px patches, {m.depth} "
+            f"blocks of width {m.embed_dim} with {m.num_heads} heads. Its weights load in "
             "timm as they are (`model.safetensors`, `config.json`).")
 
 

@@ -5,7 +5,8 @@ reads it and no file can run code while loading::
 
     {"format": "vit-checkpoint", "format_version": 1, "vit_version": "0.1.0",
      "model": state_dict,            # the weights to predict with (the EMA weights when EMA is on)
-     "model_config": {...},          # dataclasses.asdict(ViTConfig)
+     "model_config": {...},          # vit.models.architecture.model_spec: asdict(ViTConfig), or
+                                     # {"timm_name": ..., "timm_args": {...}} for a timm model
      "classes": ["cat", "dog"],
      "preprocess": {"img_size": 224, "mean": [...], "std": [...], "crop_pct": 0.875},
      "config": {...},                # the resolved run Config (vit.config.to_dict)
@@ -34,9 +35,9 @@ import torch
 from torch import nn
 
 from vit import __version__
-from vit.errors import CheckpointError
+from vit.errors import CheckpointError, first_line
 from vit.io import FORMAT, FORMAT_VERSION, read_weights, sidecar_path
-from vit.models.vision_transformer import VisionTransformer, ViTConfig, config_dict
+from vit.models.architecture import model_from_spec, model_spec
 from vit.runtime import unwrap_model
 
 __all__ = [
@@ -111,14 +112,12 @@ def make_checkpoint(
     Tensors are not copied: save the dict right away, before the next optimizer step.
     """
     plain_model = unwrap_model(model)
-    if not isinstance(plain_model, VisionTransformer):
-        raise TypeError(f"expected a vit VisionTransformer, got {type(plain_model).__name__}")
     ckpt: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "vit_version": __version__,
         "model": dict(model_state) if model_state is not None else _model_state(plain_model),
-        "model_config": config_dict(plain_model),
+        "model_config": model_spec(plain_model),
         "classes": [str(c) for c in classes],
         "preprocess": _check_preprocess(preprocess),
         "config": _plain(config),
@@ -196,13 +195,14 @@ def _shape_mismatches(
     return problems
 
 
-def model_from_checkpoint(ckpt: Mapping[str, Any]) -> VisionTransformer:
-    """Rebuild the model from ``model_config``, load the weights (strict), eval mode."""
+def model_from_checkpoint(ckpt: Mapping[str, Any], *, exportable: bool = False) -> nn.Module:
+    """Rebuild the model from ``model_config`` (the package's ViT or a timm model), load the
+    weights (strict), eval mode. ``exportable``: built for ONNX export
+    (``vit.models.architecture.model_from_spec``)."""
     try:
-        config = ViTConfig.from_dict(dict(ckpt["model_config"]))
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"the checkpoint's model_config is invalid: {e}") from e
-    model = VisionTransformer(config)
+        model = model_from_spec(ckpt["model_config"], exportable=exportable)
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"the checkpoint's model_config is invalid: {first_line(e)}") from e
     weights = ckpt["model"]
     problems = _shape_mismatches(model.state_dict(), weights)
     if problems:

@@ -41,7 +41,8 @@ from vit.errors import CheckpointError, ConfigError
 from vit.io import read_weights
 from vit.models.hub import CONFIG_NAME, HF_PREFIX, WEIGHTS_NAME, hub_folder
 from vit.models.presets import model_config
-from vit.models.timm_interop import fetch_timm_model
+from vit.models.timm_interop import fetch_timm_model, fetch_timm_state_dict
+from vit.models.timm_models import FAMILY_MODULES, TIMM_PREFIX, is_timm_spec
 from vit.models.vision_transformer import VisionTransformer, ViTConfig, config_dict
 
 __all__ = [
@@ -55,7 +56,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TIMM_PREFIX = "timm:"
 # num_heads of timm's ViTs by width (head_dim 64 up to 1024, 16 heads above).
 TIMM_NUM_HEADS = {192: 3, 256: 4, 320: 5, 384: 6, 512: 8, 640: 10, 768: 12, 1024: 16, 1152: 16,
                   1280: 16}
@@ -90,10 +90,14 @@ class LoadReport:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_pretrained(source: str | Path) -> PretrainedWeights:
+def read_pretrained(source: str | Path, *, convert: bool = True) -> PretrainedWeights:
     """Read weights from a file of ours or timm's (``vit.io.read_weights``), or fetch
-    ``timm:<name>`` through timm."""
+    ``timm:<name>`` through timm: converted into the package's ViT (``convert``, plain ViTs
+    only), or as timm's own state_dict of any ViT family (for a timm model,
+    ``vit.models.timm_models``)."""
     if isinstance(source, str) and source.startswith(TIMM_PREFIX):
+        if not convert:
+            return _read_timm_state_dict(source[len(TIMM_PREFIX):])
         return _read_timm(source[len(TIMM_PREFIX):])
     if isinstance(source, str) and source.startswith(HF_PREFIX):
         return _read_hub(source)
@@ -122,6 +126,12 @@ def _read_timm(name: str) -> PretrainedWeights:
     model = fetch_timm_model(name)
     return PretrainedWeights(state_dict=model.state_dict(), model_config=config_dict(model),
                              description=f"timm:{name}")
+
+
+def _read_timm_state_dict(name: str) -> PretrainedWeights:
+    """timm's pretrained weights for ``name`` as timm's state_dict (any ViT family)."""
+    state = fetch_timm_state_dict(name, modules=FAMILY_MODULES)
+    return PretrainedWeights(state_dict=state, description=f"timm:{name}")
 
 
 # --- hf:<user>/<name> -------------------------------------------------------------------------
@@ -384,6 +394,11 @@ def _architecture(
     weights: PretrainedWeights, *, model_name: str | None, overrides: dict[str, Any],
     log: logging.Logger,
 ) -> dict[str, Any]:
+    if is_timm_spec(weights.model_config):
+        raise ConfigError(f"{weights.description} holds a timm model "
+                          f"(timm:{weights.model_config['timm_name']}), not the package's ViT; "
+                          "fine-tune it with vit train --pretrained FILE, which builds timm's "
+                          "model (vit.training.model_build)")
     if weights.model_config is not None:
         if model_name is not None:
             log.info("using the architecture stored in %s; model name %s not used",

@@ -16,6 +16,7 @@ from vit.errors import CheckpointError, first_line
 from vit.models.vision_transformer import VisionTransformer, ViTConfig
 
 __all__ = ["from_timm", "timm_config", "timm_architecture", "fetch_timm_model",
+           "fetch_timm_state_dict",
            "TIMM_ARCHITECTURES", "ARCHITECTURE_FIELDS"]
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,9 @@ def from_timm(timm_model: nn.Module) -> VisionTransformer:
 
     Supports the standard layout (class token, learned position embedding that covers the prefix
     tokens, LayerNorm, GELU, optional registers / LayerScale / qk-norm, 'token' or 'avg' pooling).
-    Anything else raises a ``ValueError`` naming what differs.
+    Anything else raises a ``ValueError`` naming what differs. No conversion is needed to
+    explain or fine-tune a timm model: ``vit.explain`` and ``--model timm:NAME`` take every
+    timm ViT family as it is.
     """
     model = VisionTransformer(timm_config(timm_model))
     state = {k: v for k, v in timm_model.state_dict().items()}
@@ -46,7 +49,14 @@ def from_timm(timm_model: nn.Module) -> VisionTransformer:
 
 def _unsupported(m: nn.Module) -> list[str]:
     """What a timm VisionTransformer has that our model does not."""
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    if not isinstance(m, TimmViT):
+        return [f"the class {type(m).__name__} (only timm's plain VisionTransformer converts; "
+                "vit.explain and --model timm:NAME take every ViT family as it is)"]
     unsupported = []
+    if getattr(m, "dist_token", None) is not None:
+        unsupported.append("a distillation token (distilled DeiT)")
     if not getattr(m, "has_class_token", True):
         unsupported.append("class_token=False")
     if getattr(m, "no_embed_class", False):
@@ -124,9 +134,26 @@ def _timm_default_config(name: str) -> ViTConfig:
 def fetch_timm_model(name: str) -> VisionTransformer:
     """timm's pretrained model ``name`` as ours (from the local Hugging Face cache when it is
     there); one ``CheckpointError`` line when it cannot be had, saying how to get the file."""
+    timm_model = _pretrained_timm_model(name, modules=("vision_transformer",))
+    try:
+        model = from_timm(timm_model)
+    except ValueError as err:
+        raise CheckpointError(f"timm:{name}: {err}; fine-tune it as timm's own model with "
+                              f"--model timm:{name} --pretrained timm:{name}") from err
+    return model
+
+
+def fetch_timm_state_dict(name: str, *, modules: tuple[str, ...]) -> dict[str, Any]:
+    """timm's pretrained weights ``name`` as timm's state_dict, for a model registered in one of
+    timm's ``modules`` (cache, download and the one-line failure as ``fetch_timm_model``)."""
+    return _pretrained_timm_model(name, modules=modules).state_dict()
+
+
+def _pretrained_timm_model(name: str, *, modules: tuple[str, ...]) -> nn.Module:
+    """timm's model ``name`` with its pretrained weights, from the cache or downloaded."""
     import timm  # takes seconds to import; only needed here
 
-    pretrained_cfg = _timm_pretrained_cfg(name)
+    pretrained_cfg = _timm_pretrained_cfg(name, modules)
     cached = _cached_hub_file(pretrained_cfg)
     if cached is not None:
         logger.info("timm:%s: using the cached file %s", name, cached)
@@ -136,33 +163,47 @@ def fetch_timm_model(name: str) -> VisionTransformer:
         _require_reachable(name, pretrained_cfg)
         create = dict(pretrained=True)
     try:
-        timm_model = timm.create_model(name, **create)
+        return timm.create_model(name, **create)
     except Exception as err:  # network and hub errors come in many types
         raise CheckpointError(_offline_advice(name, pretrained_cfg, reason=first_line(err))) from err
-    try:
-        model = from_timm(timm_model)
-    except ValueError as err:
-        raise CheckpointError(f"timm:{name}: {err}") from err
-    return model
 
 
-def _timm_pretrained_cfg(name: str) -> Any:
+def _timm_pretrained_cfg(name: str, modules: tuple[str, ...]) -> Any:
     """timm's record of where the weights of ``name`` live; CheckpointError if it has none."""
     import timm
 
     pretrained_cfg = None
-    if timm.models.get_arch_name(name) in timm.list_models(module="vision_transformer"):
+    registered = {n for module in modules for n in timm.list_models(module=module)}
+    if timm.models.get_arch_name(name) in registered:
         try:
             pretrained_cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=False)
         except RuntimeError:  # an unknown tag
             pretrained_cfg = None
     if pretrained_cfg is None or not (pretrained_cfg.hf_hub_id or pretrained_cfg.url):
+        _refuse_other_family(name, modules)
+        what = ("VisionTransformer" if modules == ("vision_transformer",)
+                else f"ViT-family ({', '.join(modules)})")
         examples = ", ".join(timm.list_pretrained("vit_small_patch16_224*")[:2])
         raise CheckpointError(
-            f"timm has no pretrained VisionTransformer weights named {name!r}; pick one from "
+            f"timm has no pretrained {what} weights named {name!r}; pick one from "
             f"timm.list_pretrained('vit_*'), e.g. {examples}"
         )
     return pretrained_cfg
+
+
+def _refuse_other_family(name: str, modules: tuple[str, ...]) -> None:
+    """A timm ViT family the package's ViT cannot hold: say how to fine-tune it as timm's."""
+    import timm
+
+    from vit.models.timm_models import FAMILY_MODULES
+
+    arch = timm.models.get_arch_name(name)
+    for module in set(FAMILY_MODULES) - set(modules):
+        if arch in timm.list_models(module=module):
+            raise CheckpointError(
+                f"timm:{name} is one of timm's {module} models, which the package's ViT cannot "
+                f"hold; fine-tune it as timm's own model with --model timm:{name} --pretrained "
+                f"timm:{name} (docs/timm.md)")
 
 
 def _cached_hub_file(pretrained_cfg: Any) -> Path | None:

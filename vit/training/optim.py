@@ -145,34 +145,57 @@ def build_optimizer(
 # --- freezing ---------------------------------------------------------------------------------
 
 
-def _trainable_prefixes(spec: str, depth: int) -> tuple[str, ...] | None:
-    """Name prefixes that stay trainable under ``spec``; None means everything."""
+def _classifier_names(model: nn.Module) -> set[str]:
+    """The parameters of the classifier: timm's ``get_classifier()`` (both heads of a distilled
+    DeiT), else ``model.head``."""
+    heads = model.get_classifier() if hasattr(model, "get_classifier") else model.head
+    modules = heads if isinstance(heads, tuple | list) else (heads,)
+    ids = {id(p) for module in modules for p in module.parameters()}
+    return {name for name, p in model.named_parameters() if id(p) in ids}
+
+
+def _last_layers(model: nn.Module, n: int) -> set[str]:
+    """The parameters of the last ``n`` blocks and of everything timm's group matcher puts after
+    them (the final norm, pooling, head), by ``model.group_matcher()``'s layers."""
+    from timm.models import group_parameters  # slow import
+
+    layer_of = group_parameters(model, model.group_matcher(), reverse=True)  # name -> layer
+    depth = len(model.blocks)
+    first_block = f"blocks.{depth - n}."
+    first = min(layer for name, layer in layer_of.items() if name.startswith(first_block))
+    return {name for name, layer in layer_of.items() if layer >= first}
+
+
+def _trainable(model: nn.Module, spec: str) -> set[str] | None:
+    """Names of the parameters that stay trainable under ``spec``; None means all."""
     if spec == "none":
         return None
     if spec == "backbone":
-        return ("head.",)  # a linear probe: only the classifier learns
+        return _classifier_names(model)  # a linear probe: only the classifier learns
+    depth = len(model.blocks)
     match = _FREEZE_LAST_N.match(spec)
     n = int(match.group(1)) if match else -1
     if not 1 <= n <= depth:
         raise ConfigError(
             f"--freeze must be 'none', 'backbone' or 'all-but-last-N' with N from 1 to the "
             f"model depth {depth}, got {spec!r}")
-    blocks = tuple(f"blocks.{i}." for i in range(depth - n, depth))
-    return (*blocks, "norm.", "fc_norm.", "head.")
+    return _last_layers(model, n)
 
 
 def freeze_parameters(model: nn.Module, spec: str) -> list[str]:
     """Apply ``--freeze`` and return the names of the parameters left trainable.
 
-    ``none``: train everything. ``backbone``: a linear probe, only ``head`` trains (the final
-    norm stays frozen, so features are exactly the pretrained ones). ``all-but-last-N``: the last
-    N blocks, the final norm (``norm`` / ``fc_norm``) and the head train.
+    ``none``: train everything. ``backbone``: a linear probe, only the classifier trains
+    (``get_classifier()``: ``head``, and ``head_dist`` of a distilled DeiT; the final norm and an
+    attention-pool stay frozen, so features are exactly the pretrained ones).
+    ``all-but-last-N``: the last N blocks and what timm's ``group_matcher`` layers put after
+    them (the final norm, ``fc_norm``, an attention pool, the head) train.
     """
     model = unwrap_model(model)
-    prefixes = _trainable_prefixes(spec, depth=len(model.blocks))
+    keep = _trainable(model, spec)
     trainable = []
     for name, param in model.named_parameters():
-        param.requires_grad_(prefixes is None or name.startswith(prefixes))
+        param.requires_grad_(keep is None or name in keep)
         if param.requires_grad:
             trainable.append(name)
     return trainable

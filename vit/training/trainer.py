@@ -16,10 +16,7 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,12 +30,14 @@ from vit.data.splits import balanced_class_weights
 from vit.data.transforms import resolve_crop_pct
 from vit.errors import ConfigError, OutputError, VitError
 from vit.io import atomic_save, atomic_write, make_output_dir, remove_stale_temp_files, write_json
+from vit.models.architecture import describe_model, describe_spec, model_from_spec
 from vit.models.checkpoint import make_checkpoint
-from vit.models.presets import create_model
-from vit.models.vision_transformer import VisionTransformer, ViTConfig
+from vit.models.presets import head_parameters
+from vit.models.timm_models import DISTILLED_HEADS
 from vit.runtime import make_grad_scaler, resolve_device, resolve_precision
+from vit.text import plural
 from vit.training.budget import fit_epochs_to_budget, recent_pace
-from vit.training.defaults import fit_to_data, fit_workers
+from vit.training.defaults import fit_to_data, fit_workers, merge_notes
 from vit.training.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -48,7 +47,13 @@ from vit.training.distributed import (
 )
 from vit.training.early_stop import EarlyStopping
 from vit.training.epoch import EpochResult, train_one_epoch, validate
-from vit.training.faults import explain_fault, stop_on_sigterm
+from vit.training.faults import StopRequest, explain_fault, stop_on_signals
+from vit.training.model_build import (
+    build_model,
+    fit_timm_normalisation,
+    read_run_pretrained,
+    run_img_size,
+)
 from vit.training.optim import build_optimizer, count_parameters, freeze_parameters, lr_at_step
 from vit.training.parallel import (
     check_strategy,
@@ -77,7 +82,11 @@ logger = logging.getLogger(__name__)
 
 
 class TrainingInterrupted(VitError):
-    """Ctrl-C: a resumable last.pt was written; the message says how to resume."""
+    """Ctrl-C or SIGTERM: a resumable last.pt was written; the message says how to resume."""
+
+    def __init__(self, message: str, signal_name: str = "SIGINT"):
+        super().__init__(message)
+        self.signal_name = signal_name
 
 
 @dataclass
@@ -141,14 +150,17 @@ class Trainer:
 
     def run(self) -> TrainSummary:
         """The whole run; a fault of scale (``vit.training.faults``) ends it with one line."""
+        self.stop_request = StopRequest()
         try:
-            with stop_on_sigterm(self.run_dir):
+            with stop_on_signals(self.run_dir, graceful_sigterm=not self.dist.enabled) as stop:
+                self.stop_request = stop
                 self.build()
                 self.write_start()
                 self.run_epochs()
                 return self.finish()
         except (RuntimeError, OutputError) as e:
-            fault = explain_fault(e, run_dir=self.run_dir, rank=self.dist.rank)
+            fault = explain_fault(e, run_dir=self.run_dir, rank=self.dist.rank,
+                                  stopped_by=self.stop_request.signal_name)
             if fault is None:
                 raise
             raise fault from e
@@ -220,19 +232,17 @@ class Trainer:
         self.stopper.load_state_dict(at.early_stop, best_top1=at.best_top1, epoch=at.epoch)
         self.train_model = self._wrap(model)
 
-    def _model_and_data(self) -> tuple[VisionTransformer, int, RunData]:
-        """The model (the resumed run's architecture, pretrained weights, or a preset), its
-        image size, and the data."""
+    def _model_and_data(self) -> tuple[nn.Module, int, RunData]:
+        """The model (the resumed run's architecture, pretrained weights, a preset or a timm
+        model), its image size, and the data."""
         cfg, pretrained = self.cfg, None
         if self.resume is not None:  # the architecture the run was saved with
-            arch = ViTConfig.from_dict(self.resume.state["model_config"])
-            img_size = arch.img_size
+            spec = self.resume.state["model_config"]
+            img_size = describe_spec(spec).img_size
         else:
-            if cfg.train.pretrained:
-                from vit.models.pretrained import read_pretrained
-
-                pretrained = read_pretrained(cfg.train.pretrained)
-            img_size = _img_size(cfg, pretrained)
+            pretrained = read_run_pretrained(cfg)
+            img_size = run_img_size(cfg, pretrained)
+            cfg = self.cfg = self._log_choices(*fit_timm_normalisation(cfg, pretrained))
         data = prepare_data(cfg)
         cfg = self.cfg = self._log_choices(*fit_to_data(
             cfg, num_train=data.num_train, img_size=img_size,
@@ -241,7 +251,7 @@ class Trainer:
             if self.resume.state["classes"] != data.classes:
                 raise VitError(f"the data's classes {data.classes} differ from the resumed "
                                f"run's {self.resume.state['classes']}")
-            model = VisionTransformer(arch)
+            model = model_from_spec(spec)
         else:
             model = build_model(cfg, classes=data.classes, pretrained=pretrained)
         if cfg.train.freeze != "none":
@@ -254,7 +264,7 @@ class Trainer:
         """Keep the defaults chosen for this run (``vit/training/defaults.py``) and why, for
         ``write_start`` to log once the run is set up (a mistake found on the way stays the
         only line)."""
-        self.choices = [*getattr(self, "choices", []), *notes]
+        self.choices = merge_notes(getattr(self, "choices", []), notes)
         return cfg
 
     def _restore(self) -> ResumeAt:
@@ -291,15 +301,23 @@ class Trainer:
         self._collect_skipped()  # a resumed run: what its workers met before
         write_json(run_dir / "data_report.json", data.report())
         write_json(run_dir / "split.json", data.split)
-        logger.info("%d classes, %d training / %d validation images", len(data.classes),
-                    data.num_train, data.num_val)
+        logger.info("%s; %s, %s", plural(len(data.classes), "class"),
+                    plural(data.num_train, "training image"),
+                    plural(data.num_val, "validation image"))
         self.trackers = open_trackers(cfg.train.report_to, run_dir=run_dir, config=to_dict(cfg))
-        arch = f"from {cfg.train.pretrained}" if cfg.train.pretrained else cfg.model.name
+        info = describe_model(self.model)
+        arch = cfg.model.name if info.name == "vit" else f"{info.name} ({info.family})"
+        if cfg.train.pretrained:
+            arch = f"{'' if info.name == 'vit' else arch + ' '}from {cfg.train.pretrained}"
         total, trainable = count_parameters(self.model)
-        logger.info("model %s (%d blocks, width %d): %.2fM parameters (%.2fM trained), device %s, "
-                    "precision %s, global batch %d", arch, self.model.config.depth,
-                    self.model.config.embed_dim, total / 1e6, trainable / 1e6, self.device,
+        head = head_parameters(self.model)  # counted apart, as `vit models` leaves it out
+        logger.info("model %s (%d blocks, width %d, %d px): %.2fM parameters + a head of %s for "
+                    "%s (%.2fM trained), device %s, precision %s, global batch %d", arch,
+                    info.depth, info.embed_dim, info.img_size, (total - head) / 1e6, f"{head:,}",
+                    plural(len(data.classes), "class"), trainable / 1e6, self.device,
                     self.precision, cfg.train.batch_size * cfg.train.accum_steps)
+        if info.family == "VisionTransformerDistilled":
+            logger.info("%s", DISTILLED_HEADS)
         if self.dist.enabled:
             logger.info("%d processes, strategy %s: at most %d parameter elements (%.2fM) held "
                         "by one process", self.dist.world_size, cfg.train.strategy,
@@ -311,13 +329,15 @@ class Trainer:
         self.saver = EpochSaver(self.run_dir, every_s=self.cfg.train.save_every_s)
         self.max_epochs, self.epoch_ends = self.cfg.train.epochs, []
         self.elapsed_before = self.resume.elapsed_s if self.resume is not None else 0.0
-        with stop_on_sigint() as stop:
-            self.stop = stop
+        self.stop_request.graceful = True  # a stop signal now waits for the end of the step
+        try:
             epoch = self.start_epoch
             # the time budget may change the count; train.patience may end the run before it
             while epoch < self.cfg.train.epochs and not self.stopper.should_stop:
                 self._epoch(epoch)
                 epoch += 1
+        finally:
+            self.stop_request.graceful = False
         self.epochs_done = epoch
         if self.stopper.should_stop and self.dist.is_main:
             logger.info("%s; stopped after epoch %d of %d", self.stopper.reason(), epoch,
@@ -375,16 +395,20 @@ class Trainer:
         return bool(new)
 
     def _stop_interrupted(self, epoch: int, batches_done: int) -> None:
-        """Ctrl-C: a resumable last.pt (and the best weights waiting in memory), then stop."""
+        """Ctrl-C or SIGTERM: a resumable last.pt (and the best weights waiting in memory), then
+        stop."""
         last = self.run_dir / "last.pt"
         checkpoint = self._checkpoint(epoch, batches_done=batches_done)
         if self.dist.is_main:
             self.saver.flush_best()
             atomic_save(checkpoint, last)
         barrier()
+        name = self.stop_request.signal_name or "SIGINT"
+        how = "interrupted by SIGINT (Ctrl-C)" if name == "SIGINT" else f"stopped by {name}"
         raise TrainingInterrupted(
-            f"interrupted in epoch {epoch + 1} after {batches_done} of {self.batches_per_epoch} "
-            f"batches; resumable checkpoint {last}; continue with: --resume {self.run_dir}")
+            f"{how} in epoch {epoch + 1} after {batches_done} of {self.batches_per_epoch} "
+            f"batches; resumable checkpoint {last}; continue with: --resume {self.run_dir}",
+            signal_name=name)
 
     def _epoch_metrics(self, epoch: int, result: EpochResult, val: dict[str, float]
                        ) -> dict[str, Any]:
@@ -422,8 +446,8 @@ class Trainer:
         self.schedule["warmup_steps"] = min(self.warmup_steps, self.schedule["total_steps"])
         if self.dist.is_main:
             atomic_write(self.run_dir / "config.yaml", to_yaml(self.cfg))
-            logger.info("time budget %.1f min: %d epochs fit (the schedule ends there)",
-                        budget, epochs)
+            logger.info("time budget %.1f min: %s fit (the schedule ends there)", budget,
+                        plural(epochs, "epoch"))
 
     def _log_epoch(self, epoch: int, result: EpochResult) -> None:
         m = self.metrics
@@ -439,7 +463,7 @@ class Trainer:
 
     def _should_stop(self) -> bool:
         """Ctrl-C in any process stops all of them after the same step."""
-        flag = float(self.stop.is_set())
+        flag = float(self.stop_request.event.is_set())
         if not self.dist.enabled:
             return bool(flag)
         return all_reduce_sum([flag], self.device)[0] > 0
@@ -505,32 +529,6 @@ def read_skip_log(path: Path) -> list[dict[str, str]]:
 # --- model, loss ------------------------------------------------------------------------------
 
 
-def build_model(cfg: Config, *, classes: list[str], pretrained: Any = None) -> VisionTransformer:
-    """The preset named in the config, or pretrained weights adapted to these classes.
-
-    With pretrained weights the architecture comes from the file (ours records it; for a raw
-    timm state_dict it is read off the tensor shapes); only the head and, when
-    ``model.img_size`` differs, the position embedding adapt.
-    """
-    m = cfg.model
-    regularisation = dict(drop_rate=m.drop_rate, drop_path_rate=m.drop_path_rate)
-    if pretrained is not None:
-        from vit.models.pretrained import build_finetune_model
-
-        model, _ = build_finetune_model(pretrained, num_classes=len(classes), classes=classes,
-                                        img_size=m.img_size, overrides=regularisation)
-        return model
-    overrides = {k: v for k, v in dict(
-        img_size=m.img_size, patch_size=m.patch_size, global_pool=m.global_pool,
-        reg_tokens=m.reg_tokens, qk_norm=m.qk_norm, init_values=m.init_values,
-        embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
-    ).items() if v is not None}
-    try:
-        return create_model(m.name, num_classes=len(classes), **overrides, **regularisation)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-
-
 def build_criterion(cfg: Config, *, num_classes: int, train_targets: list[int],
                     device: torch.device) -> tuple[nn.Module, Any]:
     """Cross-entropy (label smoothing, optional class weights) or soft-target CE under mixup."""
@@ -552,8 +550,8 @@ def build_criterion(cfg: Config, *, num_classes: int, train_targets: list[int],
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=loss.label_smoothing), None
 
 
-def _preprocess(cfg: Config, model: VisionTransformer) -> dict[str, Any]:
-    img_size = model.config.img_size
+def _preprocess(cfg: Config, model: nn.Module) -> dict[str, Any]:
+    img_size = describe_model(model).img_size
     crop_pct = resolve_crop_pct(img_size, cfg.data.crop_pct)
     return {"img_size": img_size, "mean": list(cfg.data.mean), "std": list(cfg.data.std),
             "crop_pct": crop_pct}
@@ -582,49 +580,7 @@ def _check_train_config(cfg: Config, dist_info: DistInfo) -> None:
     check_trackers(t.report_to)  # a missing extra: one line, before any work
 
 
-def _img_size(cfg: Config, pretrained: Any) -> int:
-    """The training resolution: model.img_size, else the pretrained file's, else the preset's."""
-    if cfg.model.img_size is not None:
-        return cfg.model.img_size
-    if pretrained is not None:
-        from vit.models.pretrained import infer_config
-
-        arch = pretrained.model_config or infer_config(pretrained.state_dict)
-        return int(arch["img_size"])
-    from vit.models.presets import model_config
-
-    try:
-        return model_config(cfg.model.name).img_size
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-
-
 def _make_ema(model: nn.Module, cfg: Config) -> nn.Module:
     from timm.utils import ModelEmaV3
 
     return ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True)
-
-
-# --- Ctrl-C -----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def stop_on_sigint() -> Iterator[threading.Event]:
-    """First Ctrl-C asks the loop to stop after the current step; a second one aborts at once."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def handler(signum, frame):  # noqa: ARG001
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        logger.warning("interrupt: finishing this step and saving a resumable checkpoint "
-                       "(press Ctrl-C again to abort without saving)")
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous)
