@@ -53,7 +53,7 @@ def test_the_best_mean_rank_among_the_methods_that_pass_and_its_leads_in_standar
         "d": measures([0.5, 0.5, 0.6, 0.6], [0.1, 0.2, 0.1, 0.2], [0.0, 0.1, 0.0, 0.1]),
         "random": measures([0.0] * 4, [1.0] * 4, [1.0] * 4),  # a reference never wins
     }, sanity={"a": 0.9, "b": 0.1, "c": -0.2, "d": 0.0})
-    found = recommend(result, REFERENCES)
+    found = recommend(result, REFERENCES, 0.3)
     assert found["method"] == "b" and found["rule"] == RULE
     assert found["ranks"]["b"] == {"token_deletion": 1, "token_insertion": 2, "token_gap": 1,
                                    "mean": pytest.approx(4 / 3)}
@@ -74,6 +74,14 @@ def test_the_best_mean_rank_among_the_methods_that_pass_and_its_leads_in_standar
     assert "**b** for this model" in text and "trades off with c; clearly ahead of d" in text
     assert "| c | 2 | 1 | 2 | 1.67 | +∞ / -7.0 / +∞: trade-off |" in text
     assert text.endswith(f"Rule: {RULE}")
+    # a pass within 2 standard errors of the threshold is called narrow
+    assert not found["narrow_pass"] and "narrowly" not in text
+    row = next(r for r in result["rows"] if r["method"] == "b")
+    row["random_1"], row["random_1_sem"] = 0.25, 0.03
+    narrow = recommend(result, REFERENCES, 0.3)
+    assert narrow["method"] == "b" and narrow["narrow_pass"]
+    assert "passes narrowly: ρ 0.25 ± 0.03 at half the blocks" in "\n".join(
+        recommendation_lines(narrow))
 
 
 def test_leads_under_two_standard_errors_are_a_tie_and_equal_means_share_a_rank():
@@ -82,22 +90,22 @@ def test_leads_under_two_standard_errors_are_a_tie_and_equal_means_share_a_rank(
                              "c": measures(c_deletion, [0.5002] * 4, [0.3] * 4)},
                             sanity={"b": 0.0, "c": 0.0})
 
-    found = recommend(result([0.1, 0.5, 0.1, 0.7]), REFERENCES)  # 0.05 worse, but noisy
+    found = recommend(result([0.1, 0.5, 0.1, 0.7]), REFERENCES, 0.3)  # 0.05 worse, but noisy
     assert found["method"] == "b"
     assert found["ranks"]["b"]["token_insertion"] == found["ranks"]["c"]["token_insertion"] == 1.5
     mean, sem = found["leads"]["c"]["token_deletion"]
     assert mean == pytest.approx(0.05) and mean / sem == pytest.approx(1.22, abs=0.01)
     assert found["tied_with"] == ["c"] and found["verdicts"] == {"c": "tie"}
-    clear = recommend(result([0.11, 0.5, 0.2, 0.6]), REFERENCES)  # about as much, steadily
+    clear = recommend(result([0.11, 0.5, 0.2, 0.6]), REFERENCES, 0.3)  # about as much, steadily
     assert clear["method"] == "b" and clear["verdicts"] == {"c": "ahead"}
     assert clear["leads"]["c"]["token_deletion"][0] / clear["leads"]["c"]["token_deletion"][1] > 2
 
 
 def test_no_recommendation_when_nothing_passes_or_the_check_did_not_run():
     per_image = {"b": measures([0.1, 0.2], [0.5, 0.6], [0.3, 0.4])}
-    failing = recommend(bench_result(per_image, sanity={"b": 0.5}), REFERENCES)
+    failing = recommend(bench_result(per_image, sanity={"b": 0.5}), REFERENCES, 0.3)
     assert failing["method"] is None and failing["tied_with"] == []
-    unchecked = recommend(bench_result(per_image, sanity={}), REFERENCES)
+    unchecked = recommend(bench_result(per_image, sanity={}), REFERENCES, 0.3)
     assert unchecked["method"] is None
     assert unchecked["excluded"] == {"b": "randomisation check not run"}
     assert "**None**" in "\n".join(recommendation_lines(unchecked))

@@ -358,7 +358,7 @@ def _summary(values: Mapping[str, Mapping[str, torch.Tensor]], *, images: int, d
               "per_image": {m: {k: v.tolist() for k, v in measures.items()}
                             for m, measures in values.items()}}
     _add_verdicts(result)
-    result["recommendation"] = recommend(result, REFERENCES)
+    result["recommendation"] = recommend(result, REFERENCES, SANITY_THRESHOLD)
     return result
 
 

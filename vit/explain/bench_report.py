@@ -100,30 +100,44 @@ def _how_sure(found: Mapping[str, Any]) -> str:
     return "; ".join(parts) if parts else "no other method passes"
 
 
+def _headline(found: Mapping[str, Any]) -> str:
+    """The recommended method, its mean rank, how sure, and a narrow randomisation pass."""
+    best = found["method"]
+    text = (f"**{best}** for this model: the best mean rank ({found['ranks'][best]['mean']:.2f}) "
+            f"of the {len(found['ranks'])} methods that pass the randomisation check; "
+            f"{_how_sure(found)} (by {TIE_SE:g} standard errors, below).")
+    if found.get("narrow_pass"):
+        rho, sem, threshold = found["sanity"]
+        text += (f" Its randomisation check passes narrowly: ρ {rho:.2f} ± {sem:.2f} at half the "
+                 f"blocks, within {TIE_SE:g} standard errors of {threshold:g}; more "
+                 "--sanity-images would settle it.")
+    return text
+
+
+def _rank_table(found: Mapping[str, Any]) -> list[str]:
+    best = found["method"]
+    lines = [_line(["method", *(f"rank, {t}" for _, t, _ in RULE_COLUMNS), "mean rank",
+                    f"lead of {best} in standard errors ("
+                    + " / ".join(t.split(",")[0] for _, t, _ in RULE_COLUMNS) + ")"]),
+             _line(["---", *("---:" for _ in range(len(RULE_COLUMNS) + 1)), "---"])]
+    for method, ranks in found["ranks"].items():
+        lead = "-" if method == best else (f"{_leads_in_se(found['leads'][method])}: "
+                                           f"{found['verdicts'][method]}")
+        lines.append(_line([method, *(f"{ranks[k]:g}" for k, _, _ in RULE_COLUMNS),
+                            f"{ranks['mean']:.2f}", lead]))
+    return lines
+
+
 def recommendation_lines(found: Mapping[str, Any]) -> list[str]:
     """The recommendation: the method, how sure (leads in standard errors, ties), the ranks
-    behind it, the methods left out and the rule itself."""
-    best = found["method"]
+    behind it, the methods left out, where it was recorded and the rule itself."""
     lines = ["## Recommendation", ""]
-    if best is None:
+    if found["method"] is None:
         lines += ["**None**: no saliency method passes the randomisation check on this model "
                   "(or the check was not run), and the rule below needs it. The package's "
                   "default is used; trust no map of this model without looking at why.", ""]
     else:
-        mean_rank = found["ranks"][best]["mean"]
-        lines += [f"**{best}** for this model: the best mean rank ({mean_rank:.2f}) of the "
-                  f"{len(found['ranks'])} methods that pass the randomisation check; "
-                  f"{_how_sure(found)} (by {TIE_SE:g} standard errors, below).", "",
-                  _line(["method", *(f"rank, {t}" for _, t, _ in RULE_COLUMNS), "mean rank",
-                         f"lead of {best} in standard errors ("
-                         + " / ".join(t.split(",")[0] for _, t, _ in RULE_COLUMNS) + ")"]),
-                  _line(["---", *("---:" for _ in range(len(RULE_COLUMNS) + 1)), "---"])]
-        for method, ranks in found["ranks"].items():
-            lead = "-" if method == best else (f"{_leads_in_se(found['leads'][method])}: "
-                                               f"{found['verdicts'][method]}")
-            lines.append(_line([method, *(f"{ranks[k]:g}" for k, _, _ in RULE_COLUMNS),
-                                f"{ranks['mean']:.2f}", lead]))
-        lines.append("")
+        lines += [_headline(found), "", *_rank_table(found), ""]
     if found["excluded"]:
         lines += ["Not considered: " + "; ".join(f"{m} ({why})"
                                                  for m, why in found["excluded"].items()) + ".",
