@@ -74,7 +74,6 @@ def half_stage(depth: int) -> int:
     return (depth + 1) // 2
 
 
-
 def cascade_stages(depth: int, full: bool) -> list[int]:
     """The stages at which maps are compared: every one with ``full``, else the head alone,
     half the blocks (the verdict) and every block."""
