@@ -435,3 +435,9 @@ def test_a_model_without_a_head_has_class_free_maps_and_one_line_for_the_rest():
     for method in ("grad-rollout", "legrad", "attnlrp", "gradcam"):
         with pytest.raises(ConfigError, match=f"{method} explains a class logit.*num_classes=0"):
             saliency(model, x, method)
+
+
+def test_a_compiled_model_is_explained_as_the_model_it_wraps():
+    model, x = tiny("vit"), images()
+    compiled = torch.compile(model)  # not run: only its wrapper is asked for
+    assert adapter_for(compiled).model is model
