@@ -385,6 +385,7 @@ def adapter_for(model: nn.Module) -> Adapter:
     one ``ConfigError`` line naming the supported families for anything else."""
     if isinstance(model, Adapter):
         return model
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: what it wraps
     for cls in type(model).__mro__:
         adapter = _families().get(cls)
         if adapter is not None:
