@@ -1,7 +1,7 @@
 """Which saliency method to believe for one model: the rule that picks it from explain-bench's
 measures, and the small file beside the checkpoint that records it.
 
-    recommendation = recommend(result, references)   # result: vit.explain.explain_bench's
+    recommendation = recommend(result, references, 0.3)   # result: explain_bench's
     recorded_method("runs/x/best.pt", record)        # writes runs/x/explain_method.json
     method, why = choose_method("runs/x/best.pt")    # what explain, overlays, explorer, demo use
 
@@ -102,12 +102,14 @@ def _candidates(result: Mapping[str, Any], references: Sequence[str]) -> tuple[l
     return passing, excluded
 
 
-def recommend(result: Mapping[str, Any], references: Sequence[str]) -> dict[str, Any]:
+def recommend(result: Mapping[str, Any], references: Sequence[str], threshold: float
+              ) -> dict[str, Any]:
     """The method ``RULE`` picks from an explain-bench result (its ``rows`` with sanity verdicts
-    and its ``per_image`` values), with the ranks, the leads and the verdicts behind it:
-    ``{"method", "rule", "ranks", "leads", "verdicts", "tied_with", "trades_off_with",
-    "excluded"}``. ``method`` is None when no method passes the randomisation check (or it was
-    not run)."""
+    at ``threshold`` and its ``per_image`` values), with the ranks, the leads and the verdicts
+    behind it: ``{"method", "rule", "ranks", "leads", "verdicts", "tied_with",
+    "trades_off_with", "excluded", "sanity": [its ρ, sem, threshold], "narrow_pass"}``
+    (``narrow_pass``: its ρ is within ``TIE_SE`` standard errors of the threshold). ``method``
+    is None when no method passes the randomisation check (or it was not run)."""
     passing, excluded = _candidates(result, references)
     out: dict[str, Any] = {"method": None, "rule": RULE, "ranks": {}, "leads": {},
                            "verdicts": {}, "tied_with": [], "trades_off_with": [],
@@ -133,6 +135,10 @@ def recommend(result: Mapping[str, Any], references: Sequence[str]) -> dict[str,
             out["verdicts"][other] = verdict(leads)
     out["tied_with"] = [m for m, v in out["verdicts"].items() if v == "tie"]
     out["trades_off_with"] = [m for m, v in out["verdicts"].items() if v == "trade-off"]
+    key = f"random_{result['half_stage']}"
+    rho, sem = rows[best][key], rows[best].get(f"{key}_sem", 0.0)
+    out["narrow_pass"] = rho + TIE_SE * sem >= threshold  # its verdict could flip
+    out["sanity"] = [rho, sem, threshold]
     return out
 
 
