@@ -99,6 +99,25 @@ def test_vit_models_lists_every_preset_with_its_cost(capsys):
     assert "48 px" in rows["vit_quick_patch8_48"]
 
 
+def test_vit_models_counts_what_the_training_log_counts(capsys):
+    """Issue 25: `vit models` counted a 1000-class head (0.42M), the run's log 0.32M for the
+    same preset. Both count the backbone now; the log states the head apart."""
+    import torch
+
+    from vit.cli import main
+    from vit.models.presets import create_model, head_parameters, list_models
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "PARAMS: without the classification head" in out
+    rows = {line.split()[0]: line.split()[4] for line in out.splitlines() if line.startswith("vit_")}
+    for name in list_models():
+        with torch.device("meta"):  # no memory, no time: ViT-L has 304M parameters
+            model = create_model(name, num_classes=5)  # what a run on 5 classes builds
+        backbone = sum(p.numel() for p in model.parameters()) - head_parameters(model)
+        assert rows[name] == f"{backbone / 1e6:.2f}M", name
+
+
 def test_tta_choices_equal_the_library_modes():
     """cli/main.py repeats vit.inference.tta.TTA_MODES so that predict's and evaluate's parsers
     need no torch."""
@@ -118,3 +137,13 @@ def test_vit_explain_defaults_to_the_library_default_method():
     from vit.explain import DEFAULT_METHOD
 
     assert cli_explain.DEFAULT_METHOD == DEFAULT_METHOD == "attnlrp"
+
+
+def test_plain_vit_lists_the_commands():
+    """Issue 25: plain `vit` said "error: the following arguments are required: COMMAND"."""
+    proc = subprocess.run([sys.executable, "-m", "vit"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "" and proc.stdout.startswith("usage: vit")
+    for command in ("train", "predict", "explain", "explain-bench", "models"):
+        assert f"\n    {command} " in proc.stdout, command

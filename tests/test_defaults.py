@@ -11,12 +11,14 @@ import yaml
 from test_train import make_folder, tiny_config
 
 from vit.config import load_config
+from vit.text import plural
 from vit.training.defaults import (
     RECIPES,
     auto_batch_size,
     auto_workers,
     fit_to_data,
     fit_workers,
+    merge_notes,
     pick_recipe,
 )
 from vit.training.trainer import train
@@ -107,3 +109,40 @@ def test_a_run_records_and_logs_its_choices(tmp_path, caplog):
     assert saved["data"]["workers"] == 0 and saved["data"]["randaug_n"] == 0  # 9 images
     assert "--batch-size 64 is larger than the 9 training images; using 9" in caplog.text
     assert "recipe 'light'" in caplog.text
+    # issue 25: each decision once (fit_workers chose 1 or more, then 9 images dropped them)
+    assert [m for m in caplog.messages if m.startswith("data.workers=")] == [
+        "data.workers=0: 9 training images decode in the training process faster than loader "
+        "processes start each epoch"]
+    assert "3 classes; 9 training images, 3 validation images" in caplog.messages
+    assert "x 1 epoch = 9 images" in caplog.text and "1 epochs" not in caplog.text
+    # the backbone, as `vit models` counts it, and the head apart: (32 + 1) x 3 classes
+    assert "M parameters + a head of 99 for 3 classes" in caplog.text
+
+
+@pytest.mark.parametrize("num_train,line", [
+    (18, "train.batch_size=8: 2 steps per epoch over 18 training images"),
+    (8, "train.batch_size=8: 1 step per epoch over 8 training images"),
+    (2000, "train.batch_size=32: 62 steps per epoch over 2,000 training images"),
+    (50_000, "train.batch_size=128: 390 steps per epoch over 50,000 training images")])
+def test_the_batch_line_counts_the_steps_the_run_takes(num_train, line):
+    """Issue 25: "about 32 steps per epoch over 18 training images" was 2 steps, not 32."""
+    _, notes = fit_to_data(load_config(None), num_train=num_train, img_size=32)
+    batch_lines = [text for _, text in notes if text.startswith("train.batch_size=")]
+    assert len(batch_lines) == 1 and batch_lines[0].startswith(line + " ("), batch_lines
+
+
+def test_a_later_decision_on_a_key_replaces_the_earlier_line():
+    earlier = [(logging.INFO, "data.workers=1: one CPU core for the training loop")]
+    later = [(logging.INFO, "data.workers=0: 9 training images ..."),
+             (logging.INFO, "train.batch_size=8: 1 step per epoch")]
+    assert merge_notes(earlier, later) == later
+    other = [(logging.WARNING, "--batch-size 64 is larger than the 9 training images")]
+    assert merge_notes(earlier, other) == earlier + other
+
+
+@pytest.mark.parametrize("count,noun,words", [
+    (1, "class", "1 class"), (2, "class", "2 classes"), (0, "epoch", "0 epochs"),
+    (1, "epoch", "1 epoch"), (1600, "training image", "1,600 training images"),
+    (1, "step", "1 step")])
+def test_counts_read_as_english(count, noun, words):
+    assert plural(count, noun) == words

@@ -26,9 +26,11 @@ def test_same_named_files_in_different_folders_get_separate_overlays(tmp_path, c
     out = tmp_path / "out"
     assert main(["explain", "--checkpoint", str(ckpt), *paths, "--output", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["a_1_attnlrp.png", "b_1_attnlrp.png", "grid.png",
+    assert names == ["a_1_attnlrp.png", "b_1_attnlrp.png", "grid.png", "index.html",
                      "only_a_attnlrp.png", "only_b_attnlrp.png"]
-    assert len(capsys.readouterr().out.splitlines()) == 4
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(Path(line.split()[0]).name for line in lines[:4]) == [
+        "a_1_attnlrp.png", "b_1_attnlrp.png", "only_a_attnlrp.png", "only_b_attnlrp.png"]
     assert Path(out / "grid.png").stat().st_size > 0
 
 
@@ -48,7 +50,8 @@ def test_several_methods_give_one_row_per_image_and_one_column_per_method(tmp_pa
     assert main(["explain", "--checkpoint", str(ckpt), *paths, "--output", str(tmp_path / "o"),
                  "--method", "rollout,legrad,gradcam", "--grid", str(grid)]) == 0
     names = sorted(p.name for p in (tmp_path / "o").iterdir())
-    assert names == sorted(f"{s}_{m}.png" for s in "pq" for m in ("rollout", "legrad", "gradcam"))
+    assert names == sorted(["index.html", *(f"{s}_{m}.png" for s in "pq"
+                                            for m in ("rollout", "legrad", "gradcam"))])
     width, height = Image.open(grid).size  # 2 rows x (input + 3 methods) cells
     assert width == round(4 * GRID_CELL_SIZE[0] * 120) and height > 2 * GRID_CELL_SIZE[1] * 120
     assert parse_methods("all") == list(METHODS)

@@ -218,3 +218,72 @@ def test_one_torchrun_rank_dies(tmp_path):
     assert f"--resume {run}" in lines[0], lines
     load_checkpoint(run / "last.pt")
     assert_resumes(run, 3)
+
+
+# --- a stop signal to the run's process group (issue 25) ------------------------------------
+
+
+@pytest.mark.slow
+@needs_proc
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_sent_to_the_process_group_is_named_not_blamed_on_memory(tmp_path, sig):
+    """A scheduler's time limit or a closed terminal signals every process of the group, the
+    loader workers too: the run said "a data loader worker was killed ... out of memory"."""
+    data = make_folder(tmp_path / "data", per_class=24)
+    run = tmp_path / "run"
+    args = _cli_args(data, run, 20)
+    args[args.index("--workers") + 1] = "1"
+    proc = _run_cli(args, start_new_session=True)  # its own process group, as under a scheduler
+    _wait_for(run / "last.pt", proc)
+    deadline = time.time() + 60
+    while not [c for c in children(proc.pid) if cmdline(c) == cmdline(proc.pid)]:
+        assert time.time() < deadline and proc.poll() is None, "no loader worker appeared"
+        time.sleep(0.02)
+    os.killpg(proc.pid, sig)
+    code = proc.wait(timeout=120)
+    err = proc.communicate()[1]
+    last = [line for line in err.splitlines() if line.strip()][-1]
+    print(last)
+    assert code in (2, 128 + sig), err[-3000:]  # a fault line, or the graceful stop's
+    assert "Traceback" not in err and "memory" not in err, err[-3000:]
+    assert sig.name in last and f"--resume {run}" in last, last
+    load_checkpoint(run / "last.pt")
+
+
+def test_a_worker_that_ends_after_a_stop_signal_is_the_stop():
+    from vit.training.faults import RunStopped, explain_fault
+
+    run = Path("RUN")
+    exited = RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
+    line = str(explain_fault(exited, run_dir=run, rank=0, stopped_by="SIGTERM"))
+    assert line.startswith("stopped by SIGTERM") and "memory" not in line
+    killed = RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")
+    assert "run out of memory" in str(explain_fault(killed, run_dir=run, rank=0))  # the OOM killer
+    assert "run out of memory" in str(explain_fault(exited, run_dir=run, rank=0))
+    crashed = RuntimeError("DataLoader worker (pid 4242) is killed by signal: Segmentation fault.")
+    assert "memory" not in str(explain_fault(crashed, run_dir=run, rank=0))
+    stop = RunStopped("stopped by SIGTERM; ...")
+    try:  # the handler's error, wrapped by the DataLoader that was waiting
+        try:
+            raise stop
+        except RunStopped as e:
+            raise RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly") from e
+    except RuntimeError as wrapped:
+        assert explain_fault(wrapped, run_dir=run, rank=0) is stop
+
+
+def test_a_stop_signal_in_the_epochs_waits_for_the_step_elsewhere_stops_at_once():
+    from vit.training.faults import RunStopped, StopRequest
+
+    request = StopRequest(graceful=True)
+    request.handle(signal.SIGTERM, Path("RUN"))  # in the epochs: finish the step, then save
+    assert request.event.is_set() and request.signal_name == "SIGTERM"
+    with pytest.raises(RunStopped, match="stopped by SIGTERM"):  # again: at once
+        request.handle(signal.SIGTERM, Path("RUN"))
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with pytest.raises(RunStopped, match="stopped by SIGTERM"):  # set-up, overlays: at once
+        StopRequest().handle(signal.SIGTERM, Path("RUN"))
+    with pytest.raises(RunStopped):  # torchrun: a peer may be gone, do not wait for a step
+        StopRequest(graceful=True, graceful_sigterm=False).handle(signal.SIGTERM, Path("RUN"))
+    with pytest.raises(KeyboardInterrupt):
+        StopRequest().handle(signal.SIGINT, Path("RUN"))

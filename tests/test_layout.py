@@ -11,7 +11,7 @@ VIT = Path(__file__).resolve().parent.parent / "vit"
 # The layers, lowest first. A module may import its own package (a folder or a top-level
 # module) and anything in a lower layer; packages that share a layer know nothing of each other.
 LAYERS = {
-    "errors": 0,
+    "errors": 0, "text": 0,
     "config": 1, "runtime": 1, "io": 1,
     "plots": 2,
     "models": 3, "data": 3,

@@ -1,8 +1,9 @@
-"""The README, walked as a new user would: every fenced shell command and Python block runs, in
-order, in a fresh folder that holds what the README assumes (the quickstart's data and run,
-made small here; `DIR`, a small image folder of your own; `weights.safetensors`).
+"""The README and the pages under docs/, walked as a new user would: every fenced shell command
+and Python block runs, in order (the README first, then the pages by name), in a fresh folder
+that holds what the README assumes (the quickstart's data and run, made small here; `DIR`, a
+small image folder of your own; `weights.safetensors`).
 
-A block the test cannot run is marked in the README, on the line just before it, with
+A block the test cannot run is marked in its page, on the line just before it, with
 ``<!-- readme-test: skip (REASON) -->``, where REASON names a GPU, the network or a run longer
 than a minute; any other block that fails fails this test. Shell blocks run as bash scripts;
 plain blocks run only their ``$ ``-prompted commands (the rest is printed output).
@@ -21,6 +22,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+# The README first: the pages may use what its commands made (runs/photos, ...).
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+README_MAX_LINES = 300  # a newcomer's first screenful of attention (issue 25); the rest is in docs/
+LINK = re.compile(r"\]\((?P<target>[^)\s]+)\)")
 MARKER = re.compile(r"<!-- readme-test: skip \((?P<why>[^)]+)\) -->\s*$")
 FENCE = re.compile(r"^```(?P<lang>\w*)\s*$")
 SKIP_REASONS = ("gpu", "network", "longer than a minute")
@@ -35,6 +40,7 @@ class Block:
     lang: str  # "bash", "python", "" (plain)
     body: str
     skip: str | None  # the marker's reason
+    page: str = "README.md"  # relative to the repository root
 
     @property
     def commands(self) -> str | None:
@@ -52,7 +58,7 @@ class Block:
         return "\n".join(lines) or None
 
 
-def readme_blocks(text: str) -> list[Block]:
+def readme_blocks(text: str, page: str = "README.md") -> list[Block]:
     blocks, lines, i = [], text.splitlines(), 0
     while i < len(lines):
         match = FENCE.match(lines[i])
@@ -62,13 +68,18 @@ def readme_blocks(text: str) -> list[Block]:
         end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
         marker = MARKER.search(lines[i - 1]) if i > 0 else None
         blocks.append(Block(i + 1, match["lang"], "\n".join(lines[i + 1:end]) + "\n",
-                            marker["why"] if marker else None))
+                            marker["why"] if marker else None, page))
         i = end + 1
     return blocks
 
 
+def page_blocks() -> list[Block]:
+    return [block for path in PAGES
+            for block in readme_blocks(path.read_text(), str(path.relative_to(ROOT)))]
+
+
 def runnable() -> list[Block]:
-    return [b for b in readme_blocks(README.read_text()) if b.commands]
+    return [b for b in page_blocks() if b.commands]
 
 
 def test_the_readme_parser_finds_blocks_and_markers():
@@ -81,10 +92,29 @@ def test_the_readme_parser_finds_blocks_and_markers():
 
 
 def test_every_skip_marker_gives_an_accepted_reason():
-    for block in readme_blocks(README.read_text()):
+    for block in page_blocks():
         if block.skip is not None:
             assert any(r in block.skip for r in SKIP_REASONS), \
-                f"README line {block.line}: skip reason {block.skip!r} is none of {SKIP_REASONS}"
+                f"{block.page} line {block.line}: skip reason {block.skip!r} is none of " \
+                f"{SKIP_REASONS}"
+
+
+def test_the_readme_fits_a_screenful_and_links_the_docs():
+    """Issue 25: the README is at most ~300 lines; the rest lives in docs/ and is linked."""
+    lines = README.read_text().splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines"
+    for page in ("training", "explanations", "scaling", "sharing", "troubleshooting"):
+        assert f"(docs/{page}.md" in README.read_text(), f"the README does not link docs/{page}.md"
+
+
+def test_every_relative_link_names_a_file_that_exists():
+    for path in PAGES:
+        for match in LINK.finditer(path.read_text()):
+            target = match["target"].split("#")[0]
+            if not target or "://" in target or target.startswith("mailto:"):
+                continue
+            assert (path.parent / target).exists(), \
+                f"{path.relative_to(ROOT)} links {match['target']}, which does not exist"
 
 
 @pytest.fixture(scope="module")
@@ -130,15 +160,15 @@ def _environment() -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("block", runnable(), ids=lambda b: f"line{b.line}")
+@pytest.mark.parametrize("block", runnable(), ids=lambda b: f"{b.page}:line{b.line}")
 def test_readme_block_runs(block, workspace):
     if block.skip is not None:
-        pytest.skip(f"README line {block.line}: {block.skip}")
+        pytest.skip(f"{block.page} line {block.line}: {block.skip}")
     if block.lang == "python":
         argv = [sys.executable, "-c", block.commands]
     else:
         argv = ["bash", "-euo", "pipefail", "-c", block.commands]
     proc = subprocess.run(argv, cwd=workspace, env=_environment(), capture_output=True,
                           text=True, timeout=TIMEOUT_S)
-    assert proc.returncode == 0, (f"README line {block.line} failed ({proc.returncode}):\n"
+    assert proc.returncode == 0, (f"{block.page} line {block.line} failed ({proc.returncode}):\n"
                                   f"{block.commands}\n--- stderr ---\n{proc.stderr[-3000:]}")

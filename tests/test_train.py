@@ -123,7 +123,7 @@ def test_every_run_ends_with_overlays_of_held_out_images(tmp_path, pipeline):
     expected = [by_class["blue"][0], by_class["green"][0], by_class["red"][0], by_class["blue"][1]]
     stems = [p.stem for p in expected]  # two held-out files of one name get their folder's too
     names = [f"{p.parent.name}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in expected]
-    assert drawn == sorted(["grid.png", *(f"{name}_attnlrp.png" for name in names)])
+    assert drawn == sorted(["grid.png", "index.html", *(f"{name}_attnlrp.png" for name in names)])
 
 
 def test_resume_reads_last_pt_once(tmp_path, monkeypatch):

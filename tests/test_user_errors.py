@@ -79,6 +79,7 @@ def places(tmp_path_factory) -> dict[str, Path]:
     """What users point commands at: good and broken folders, files, a checkpoint."""
     root = tmp_path_factory.mktemp("mistakes")
     data = make_folder(root / "data", per_class=4)
+    one_class = make_folder(root / "one_class", classes=("ants",), per_class=6)
     broken = make_folder(root / "broken", classes=("red", "green"), per_class=4)
     (broken / "broken_class").mkdir()
     for i in range(2):  # image names, text inside: nothing in this class can be decoded
@@ -88,7 +89,7 @@ def places(tmp_path_factory) -> dict[str, Path]:
     (root / "a_file").write_text("a file, where a folder is expected")
     (root / "notes.pt").write_text("my notes, not a checkpoint\n")
     ckpt = save_checkpoint(root / "best.pt", tiny_model(), ["blue", "green", "red"])
-    return {"data": data, "broken": broken, "empty": root / "empty",
+    return {"data": data, "broken": broken, "one_class": one_class, "empty": root / "empty",
             "missing": root / "no_such_folder", "folder": root / "run_folder",
             "file": root / "a_file", "text": root / "notes.pt", "ckpt": ckpt,
             "image": data / "red" / "000.png"}
@@ -115,6 +116,9 @@ MISTAKES = {
     "train: empty data folder": Mistake(train("{empty}"), ("{empty}", "no class sub-folders")),
     "train: class folder without readable images": Mistake(
         train("{broken}"), ("broken_class", "readable"), tolerate=SKIP_WARNING),
+    # issue 25: one class trained 30 epochs to "best val top-1 100.00%", exit 0
+    "train: a single class": Mistake(
+        train("{one_class}"), ("{one_class}", "only one class, 'ants'", "at least two")),
     "train: unknown model": Mistake(train("{data}", "--model", "vit_hugee"), ("'vit_hugee'",)),
     "train: unknown config key": Mistake(
         train("{data}", overrides=("train.epochz=3",)), ("'train.epochz'",)),
@@ -238,3 +242,16 @@ def test_no_traceback_reaches_the_terminal(places, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == ""
     assert_says(error_line(proc.stderr), ("'train.epochz'",))
+
+
+def test_a_class_without_training_images_stops_the_run():
+    """Issue 25: a class left with no training image (all held out or unreadable) is named
+    before any work; so is a data set of one class, from any source (shards too)."""
+    from vit.training.run_data import check_classes
+
+    check_classes(["ants", "bees"], [3, 1], source="DIR")
+    check_classes(["ants", "bees"], None, source="shards/train-*.tar")  # counts unknown
+    with pytest.raises(DataError, match=r"no training image left for 1 class of DIR: \['bees'\]"):
+        check_classes(["ants", "bees"], [3, 0], source="DIR")
+    with pytest.raises(DataError, match="only one class, 'ants'"):
+        check_classes(["ants"], None, source="shards/train-*.tar")

@@ -38,6 +38,10 @@ MAX_LABELLED_CLASSES = 60
 _TITLE_WIDTH = 30
 
 PathLike = str | os.PathLike[str]
+# What the colours of a heat map mean: (matplotlib colour map, low end, high end, caption),
+# drawn as a colour bar under the overlays (vit.inference.overlays.colour_key).
+ColourKey = tuple[str, str, str, str]
+KEY_HEIGHT = 0.9  # inches a grid gains for its colour bar
 
 
 def _new_figure(size: tuple[float, float]) -> Figure:
@@ -281,11 +285,13 @@ def plot_image_grid(
     title: str | None = None,
     title_colors: Sequence[str | None] | None = None,
     cell_size: tuple[float, float] = GRID_CELL_SIZE,
+    colour_key: ColourKey | None = None,
 ) -> Path:
     """A grid of HxWx3 uint8 images, each with its (wrapped) title.
 
     `title_colors` optionally colours each title (e.g. "red" for a wrong prediction);
-    `cell_size` is (width, height) in inches per image.
+    `cell_size` is (width, height) in inches per image; `colour_key` adds a colour bar that
+    says what a heat map's colours mean (the figure is KEY_HEIGHT taller).
     An empty list gives a small figure saying there is nothing to show.
     """
     if len(titles) != len(images):
@@ -301,7 +307,7 @@ def plot_image_grid(
 
     rows, cols = _grid_shape(len(images), ncols)
     cell_w, cell_h = cell_size
-    extra = 0.5 if title else 0.0
+    extra = (0.5 if title else 0.0) + (KEY_HEIGHT if colour_key else 0.0)
     figure = _new_figure((cell_w * cols, cell_h * rows + extra))
     axes_grid = figure.subplots(rows, cols, squeeze=False).ravel()
     colors = title_colors or [None] * len(images)
@@ -312,7 +318,22 @@ def plot_image_grid(
         axes.axis("off")
     if title:
         figure.suptitle(title, fontsize=13)
+    if colour_key:
+        _add_colour_key(figure, list(axes_grid), colour_key, shrink=min(0.9, 2.4 / cols))
     return _save(figure, path)
+
+
+def _add_colour_key(figure: Figure, axes: list[Axes], key: ColourKey, *, shrink: float) -> None:
+    """A horizontal colour bar under ``axes``: the colour map from its low to its high end,
+    named at both ends, with the caption under it."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    colormap, low, high, caption = key
+    bar = figure.colorbar(ScalarMappable(Normalize(0.0, 1.0), colormap), ax=axes,
+                          location="bottom", shrink=shrink, aspect=30, ticks=[0.0, 1.0])
+    bar.ax.set_xticklabels([low, high], fontsize=8)
+    bar.set_label(_wrap(caption, width=80, max_lines=3), fontsize=8)
 
 
 def plot_side_by_side(
@@ -322,14 +343,19 @@ def plot_side_by_side(
     path: PathLike,
     labels: tuple[str, str] = ("input", "attention rollout"),
     title_color: str | None = None,
+    colour_key: ColourKey | None = None,
 ) -> Path:
     """The input image beside its overlay (e.g. attention rollout), under one title (in
-    ``title_color``, e.g. red for a wrong prediction)."""
+    ``title_color``, e.g. red for a wrong prediction); ``colour_key``: a colour bar under the
+    overlay that says what its colours mean."""
     figure = _new_figure(SIDE_BY_SIDE_SIZE)
-    for axes, picture, label in zip(figure.subplots(1, 2), (image, overlay), labels, strict=True):
+    panels = figure.subplots(1, 2)
+    for axes, picture, label in zip(panels, (image, overlay), labels, strict=True):
         axes.imshow(np.asarray(picture), cmap="gray" if np.ndim(picture) == 2 else None)
         axes.set_title(label, fontsize=10)
         axes.axis("off")
+    if colour_key:
+        _add_colour_key(figure, [panels[1]], colour_key, shrink=0.95)
     figure.suptitle(_wrap(title, width=70, max_lines=2), fontsize=12,
                     color=title_color or "black")
     return _save(figure, path)

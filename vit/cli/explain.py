@@ -14,11 +14,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = add_parser(sub, "explain", help="draw saliency overlays for images",
                    description="Overlay where the model looks on each image; writes "
-                   "DIR/<stem>_<method>.png per image and method (the image beside its overlay) "
-                   "and DIR/grid.png (with several methods: one image per row, one method per "
-                   "column) (--output), and/or one self-contained HTML page to explore every "
-                   "layer and head (--html). Titles give the true label when the image's folder "
-                   "is named after a class, the prediction and its probability; mistakes are red.")
+                   "DIR/<stem>_<method>.png per image and method (the image beside its overlay, "
+                   "with a colour bar), grid pages of at most 18 images and 5 MB, mistakes first "
+                   "(DIR/grid.png, or grid_001.png, ...; with several methods one image per row, "
+                   "one method per column) and DIR/index.html linking them (--output), and/or one "
+                   "self-contained HTML page to explore every layer and head (--html). Titles "
+                   "give the true label when the image's folder is named after a class, the "
+                   "prediction and its probability; mistakes are red. With a boxes.json (the "
+                   "synthetic shapes), the share of each map on the object.")
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="best.pt from `vit train`, or an exported .safetensors")
     p.add_argument("paths", nargs="+", metavar="PATH",
@@ -50,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16, metavar="N",
                    help="images per forward pass")
     p.add_argument("--grid", metavar="FILE",
-                   help="where to write the grid, .png or .jpg (default DIR/grid.png)")
+                   help="where to write the grid, .png or .jpg; several pages get _001, _002, "
+                   "... (default DIR/grid.png)")
     add_device_flag(p)
     add_common_flags(p)
     p.set_defaults(func=run)
@@ -85,6 +89,42 @@ def _write_page(args: argparse.Namespace, paths: list, show_progress: bool) -> N
           f"{result.size_bytes / 1e6:.1f} MB); open it in a browser")
 
 
+def _describe(item) -> str:
+    """``true ants | predicted bees 71%, ants 20%  WRONG  (on the object 34%)``."""
+    predicted = ", ".join(f"{label} {p:.1%}" for label, p in item.predictions)
+    text = f"predicted {predicted}"
+    if item.true_label is not None:
+        text = f"true {item.true_label} | {text}" + ("  WRONG" if item.wrong else "")
+    if item.on_object is not None:
+        text += f"  (on the object {item.on_object:.0%})"
+    return text
+
+
+def _print_summary(results, method: str) -> None:
+    """One line per image (mistakes first), then what was wrong, the pages and the index."""
+    from vit.inference.overlay_pages import mistakes_first
+    from vit.inference.overlays import parse_methods, share_method
+
+    drawn = [r for r in results if not r.error]  # unreadable files were already warned about
+    for i in mistakes_first([r.wrong for r in drawn]):
+        print(f"{drawn[i].output}  {_describe(drawn[i])}")
+    known = [r for r in drawn if r.wrong is not None]
+    wrong = sum(r.wrong for r in known)
+    tally = (f"{wrong} of {len(known)} predictions wrong" + (" (listed first)" if wrong else "")
+             if known else "true labels unknown (no class folders or label file)")
+    pages = results.pages
+    where = pages[0].path if len(pages) == 1 else (
+        f"{len(pages)} grid pages {pages[0].path.name} ... {pages[-1].path.name}")
+    print(f"{len(drawn)} images explained ({method}): {tally}; {where}; index {results.index}")
+    shares = sorted(r.on_object for r in drawn if r.on_object is not None)
+    if shares:
+        background = sum(1 for v in shares if v < 0.5)
+        print(f"relevance on the object (boxes.json; {share_method(parse_methods(method))}): "
+              f"median {shares[len(shares) // 2]:.0%}; {background} of {len(shares)} maps put "
+              "most of it on the background")
+    print(f"colours: {results.key[3]}")
+
+
 def run(args: argparse.Namespace) -> int:
     from vit.data.labels import expand_with_labels
     from vit.inference.attention_files import check_html_output
@@ -101,9 +141,7 @@ def run(args: argparse.Namespace) -> int:
             head_fusion=args.head_fusion, discard_ratio=args.discard_ratio, alpha=args.alpha,
             colormap=args.colormap, topk=args.topk, batch_size=args.batch_size,
             device=args.device, grid=args.grid, show_progress=show_progress, labels=labels)
-        for r in results:
-            if not r.error:  # unreadable files were already reported as warnings
-                print(f"{r.output}  {', '.join(f'{lab} {p:.1%}' for lab, p in r.predictions)}")
+        _print_summary(results, args.method)
     if args.html is not None:
         _write_page(args, paths, show_progress)
     return 0

@@ -111,6 +111,9 @@ def parse_args(argv: Sequence[str], prog: str = "vit") -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None, prog: str = "vit") -> int:
     argv = overrides_last(sys.argv[1:] if argv is None else argv)
+    if not argv and prog == "vit":  # plain `vit`: the commands, not "COMMAND is required"
+        build_parser().print_help()
+        return 0
     args = parse_args(argv, prog)
     debug = getattr(args, "debug", False)
     setup_logging(debug=debug, quiet=getattr(args, "quiet", False))

@@ -179,8 +179,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = train(cfg, resume=resume, show_progress=show_progress)
     except TrainingInterrupted as e:
+        import signal
+
         print(str(e), file=sys.stderr)
-        return 130
+        return 128 + signal.Signals[e.signal_name].value  # 130 for Ctrl-C, 143 for SIGTERM
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports for everyone
         return 0
     if summary.overlays is not None:

@@ -20,7 +20,15 @@
     explorer        the attention explorer page (explorer_html: its encoding and HTML)
 
     from vit.explain import saliency, attention_maps, overlay, deletion_auc
+
+``vit.explain`` is this package. Code written when ``vit.explain`` was a function may still call
+it, ``vit.explain(model, images, ...)``: that works and warns (DeprecationWarning); the
+function is ``vit.explain.explain``.
 """
+
+import sys
+import types
+import warnings
 
 from vit.explain.attention_maps import attention_maps
 from vit.explain.attention_stats import attention_entropy, mean_attention_distance
@@ -98,3 +106,16 @@ __all__ = [
     "explorer_page",
     "PageOptions",
 ]
+
+
+class _CallablePackage(types.ModuleType):
+    """``vit.explain(...)``, the function this name once was: ``explain``, with a warning."""
+
+    def __call__(self, *args, **kwargs):
+        warnings.warn("calling vit.explain(...) is deprecated: vit.explain is the subpackage; "
+                      "call vit.explain.explain(...) or vit.saliency(...)", DeprecationWarning,
+                      stacklevel=2)
+        return explain(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

@@ -71,7 +71,9 @@ def write_explorer_page(
     device: str = "auto", show_progress: bool = False,
 ) -> ExplorerResult:
     """Write the explorer page of image files; unreadable files are skipped with a warning."""
+    from vit.explain.saliency import METHODS
     from vit.inference.classifier import Classifier
+    from vit.inference.overlays import zero_head_warning
 
     out = check_html_output(output)
     options = options or PageOptions()
@@ -79,6 +81,9 @@ def write_explorer_page(
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     clf = Classifier.from_checkpoint(checkpoint, device=device)
+    warning = zero_head_warning(clf.model, METHODS)  # the page shows every method's map
+    if warning:
+        logger.warning("%s", warning)
     records: list[dict[str, Any]] = []
     batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
     for batch in tqdm(batches, desc="explorer page", unit="batch",

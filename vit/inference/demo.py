@@ -12,6 +12,7 @@ it ``build_demo`` raises one line that says so. The same app runs as a Hugging F
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,8 @@ from vit.inference.classifier import Classifier, top_labels
 __all__ = ["DEMO_INSTALL", "DEFAULT_METHOD", "import_gradio", "explain_image", "build_demo"]
 
 DEMO_INSTALL = "pip install 'vit[demo]'"
+
+logger = logging.getLogger(__name__)
 
 
 def import_gradio() -> Any:
@@ -48,7 +51,12 @@ def explain_image(classifier: Classifier, image: Any, *, method: str = DEFAULT_M
 
 def build_demo(classifier: Classifier, *, topk: int = 5, title: str | None = None) -> Any:
     """The Gradio app (a ``gradio.Interface``) on ``classifier``; call ``.launch()`` on it."""
+    from vit.inference.overlays import zero_head_warning
+
     gr = import_gradio()
+    warning = zero_head_warning(classifier.model, METHODS)
+    if warning:
+        logger.warning("%s", warning)
 
     def predict(image: np.ndarray | None, method: str) -> tuple[dict[str, float], np.ndarray]:
         if image is None:

@@ -4,10 +4,14 @@
 For each image and each chosen method (one, a comma-separated list, or "all"): the saliency
 map, drawn over the image at a size where a photo stays recognisable (at least ``DISPLAY_PX``,
 the same crop the model saw), in a perceptually uniform colour map at moderate opacity, beside
-the plain image in ``DIR/<stem>_<method>.png``; ``DIR/grid.png`` shows the whole set (with
-several methods, one image per row and one method per column). Each title says the true label
-when the folder names it (``.../<class>/<image>``), the prediction and its probability; a wrong
-prediction is written in red with a red frame, and the grid's heading counts the mistakes.
+the plain image in ``DIR/<stem>_<method>.png``, with a colour bar that says what the colours
+mean (``colour_key``). Grid pages show the whole set, mistakes first (with several methods,
+one image per row and one method per column; ``vit.inference.overlay_pages``), and
+``DIR/index.html`` links the pages and lists every image. Each title says the true label when
+the folder names it (``.../<class>/<image>``), the prediction and its probability; a wrong
+prediction is written in red with a red frame, and each page's heading counts the mistakes.
+Where a ``boxes.json`` gives each image's object (the synthetic shapes), each image also gets
+the share of its map's relevance that lies on the object.
 """
 
 from __future__ import annotations
@@ -24,13 +28,24 @@ import torch
 from tqdm.auto import tqdm
 
 from vit.data.images import UnreadableImageError, load_image
+from vit.data.synthetic import BOXES_FILE, Box, load_boxes
 from vit.data.transforms import eval_geometry
 from vit.errors import VitError
 from vit.explain.overlay import DEFAULT_COLORMAP, overlay
-from vit.explain.saliency import DEFAULT_METHOD, METHODS, saliency
+from vit.explain.saliency import CLASS_SPECIFIC, DEFAULT_METHOD, METHODS, saliency
 from vit.inference.classifier import Classifier, top_labels
+from vit.inference.explain_bench import patch_mask
+from vit.inference.overlay_pages import (
+    IMAGES_PER_PAGE,
+    ROWS_PER_PAGE,
+    Page,
+    TileStore,
+    mistakes_first,
+    write_index,
+    write_pages,
+)
 from vit.io import make_output_dir
-from vit.plots import plot_image_grid, plot_side_by_side
+from vit.plots import ColourKey, plot_image_grid, plot_side_by_side
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +62,7 @@ class ExplainedImage:
     predictions: list[tuple[str, float]]
     error: str | None = None
     true_label: str | None = None
+    on_object: float | None = None  # share of relevance on the object's box (share_method)
 
     @property
     def wrong(self) -> bool | None:
@@ -96,10 +112,11 @@ def _method_options(method: str, head_fusion: str, discard_ratio: float) -> dict
 def tile_title(item: ExplainedImage, *, topk: int | None = None) -> str:
     """``true circle | predicted square 59%  WRONG`` (top-k predictions with ``topk``)."""
     predicted = _title(item.predictions[:topk] if topk else item.predictions[:1])
-    if item.true_label is None:
+    if item.true_label is None:  # (no class folder, so no boxes.json of ours either)
         return f"{item.path.stem}: predicted {predicted}"
     verdict = "  WRONG" if item.wrong else ""
-    return f"true {item.true_label} | predicted {predicted}{verdict}"
+    on_object = "" if item.on_object is None else f" | {item.on_object:.0%} on the object"
+    return f"true {item.true_label} | predicted {predicted}{verdict}{on_object}"
 
 
 def _colour(item: ExplainedImage) -> str:
@@ -138,32 +155,178 @@ def _read_views(clf: Classifier, paths: Sequence[str | Path]
     return good, views, shown, skipped
 
 
-def _draw_grid(cells: list[np.ndarray], titles: list[str], colours: list[str],
-               methods: list[str], items: list[ExplainedImage], path: Path) -> None:
+def colour_key(methods: Sequence[str], colormap: str) -> ColourKey:
+    """What the overlay colours mean, for the colour bar under every overlay and page. Each map
+    is scaled to its own range; a signed map (AttnLRP) shows only its positive part."""
+    signed = "attnlrp" in methods
+    low = "low (AttnLRP: zero or against)" if signed else "low"
+    caption = (f"{colormap}: bright = the image's strongest relevance for the predicted class; "
+               "dark = the weakest" + (", and for AttnLRP also zero and negative relevance "
+                                       "(evidence against the class)" if signed else "")
+               + ". Each map is scaled to its own maximum.")
+    return colormap, low, "high: for the class", caption
+
+
+def _draw_page(tiles: list, path: Path, *, methods: list[str], key: ColourKey,
+               page_of: str) -> None:
+    """One grid page of ``tiles`` (each image's cells, titles and colours)."""
+    cells = [c for cell_list, _, _ in tiles for c in cell_list]
+    titles = [t for _, title_list, _ in tiles for t in title_list]
+    colours = [c for _, _, colour_list in tiles for c in colour_list]
     several = len(methods) > 1
     heading = ("image | " + ", ".join(methods)) if several else f"{methods[0]}: image | overlay"
-    known = [item for item in items if item.wrong is not None]
-    if known:
-        heading += f"; {sum(i.wrong for i in known)} of {len(known)} predictions wrong (red)"
     plot_image_grid(cells, titles, path, ncols=1 + len(methods) if several else min(3, len(cells)),
-                    title=heading, title_colors=colours,
-                    cell_size=(3.0, 3.3) if several else (4.6, 2.7))
+                    title=heading + page_of, title_colors=colours,
+                    cell_size=(3.0, 3.3) if several else (4.6, 2.7), colour_key=key)
+
+
+def _write_grids(tiles: TileStore, items: list[ExplainedImage], methods: list[str],
+                 base: Path, key: ColourKey) -> list[Page]:
+    """The grid pages, mistakes first; each heading counts the mistakes of the whole set."""
+    known = [item for item in items if item.wrong is not None]
+    wrong = sum(i.wrong for i in known)
+    tally = (f"; {wrong} of {len(known)} predictions wrong (red)" + (", shown first" if wrong
+                                                                     else "") if known else "")
+    per_page = ROWS_PER_PAGE if len(methods) > 1 else IMAGES_PER_PAGE
+    return write_pages(
+        tiles, mistakes_first([item.wrong for item in items]), base=base, per_page=per_page,
+        draw=lambda group, path: _draw_page(group, path, methods=methods, key=key,
+                                            page_of=tally))
 
 
 def _draw_item(item: ExplainedImage, image: np.ndarray, blended: list[np.ndarray],
-               methods: list[str], stem: Path, *, topk: int, colormap: str
+               methods: list[str], stem: Path, *, topk: int, key: ColourKey
                ) -> tuple[list[np.ndarray], list[str], list[str | None]]:
     """One image's ``<stem>_<method>.png`` files (sets ``item.output``) and its grid cells,
     titles and title colours."""
     colour = _colour(item)
     outputs = [plot_side_by_side(image, picture, tile_title(item, topk=topk),
                                  Path(f"{stem}_{m}.png"), title_color=colour,
-                                 labels=("image", f"{m} ({colormap})"))
+                                 labels=("image", f"{m} ({key[0]})"), colour_key=key)
                for m, picture in zip(methods, blended, strict=True)]
     item.output = outputs[0]
     if len(methods) > 1:
         return [image, *blended], [tile_title(item), *methods], [colour, *[None] * len(methods)]
     return [_framed_pair(image, blended[0], colour)], [tile_title(item)], [colour]
+
+
+def object_boxes(paths: Sequence[str | Path]) -> dict[Path, Box]:
+    """The object box of each image that a ``boxes.json`` in one of its folders' parents
+    lists (the synthetic shapes: ``root/boxes.json``, keyed by the path below ``root``)."""
+    found: dict[Path, Box] = {}
+    roots: dict[Path, dict[str, Box] | None] = {}
+    for path in map(Path, paths):
+        for root in list(path.resolve().parents)[:4]:
+            if root not in roots:
+                roots[root] = load_boxes(root) if (root / BOXES_FILE).is_file() else None
+            boxes = roots[root]
+            key = path.resolve().relative_to(root).as_posix()
+            if boxes is not None and key in boxes:
+                found[Path(path)] = boxes[key]
+                break
+    return found
+
+
+def object_share(saliency_map: torch.Tensor, box: Box, image_hw: tuple[int, int], *,
+                 img_size: int, crop_pct: float | None) -> float | None:
+    """The share of the map's positive relevance on the patches whose centre lies on the box,
+    after the eval crop the model saw; None for a map with no positive relevance."""
+    positive = saliency_map.float().clamp(min=0.0)
+    total = float(positive.sum())
+    if total <= 0.0:
+        return None
+    mask = patch_mask(box, image_hw, img_size=img_size, crop_pct=crop_pct,
+                      patch_size=img_size // saliency_map.shape[-1])
+    return float(positive[mask[:positive.shape[0], :positive.shape[1]]].sum()) / total
+
+
+def share_method(methods: Sequence[str]) -> str:
+    """The method whose map the share on the object is measured on: the default (AttnLRP, the
+    most faithful) when drawn, else the first."""
+    return DEFAULT_METHOD if DEFAULT_METHOD in methods else methods[0]
+
+
+def zero_head_warning(model: torch.nn.Module, methods: Sequence[str]) -> str | None:
+    """Why the gradient methods' maps of a model with an all-zero classification head (a freshly
+    created one) are zero; None when the head is trained or no such method is asked for."""
+    weight = getattr(getattr(model, "head", None), "weight", None)
+    gradient = [m for m in methods if m in CLASS_SPECIFIC]
+    if weight is None or not gradient or bool(weight.detach().abs().sum() > 0):
+        return None
+    return (f"the model's classification head is all zeros (a freshly created, untrained "
+            f"head): every class scores the same, and {', '.join(gradient)} follow the class "
+            "score's gradient, which is zero, so their maps are zero (drawn dark); train the "
+            "model, or load trained weights, first")
+
+
+@dataclass
+class Explained:
+    """What ``explain_files`` wrote: one ``ExplainedImage`` per input (iterate over it), the
+    grid pages, and the index."""
+
+    items: list[ExplainedImage]
+    pages: list[Page]
+    index: Path | None
+    key: ColourKey
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> ExplainedImage:
+        return self.items[index]
+
+@dataclass
+class _Drawing:
+    """What every batch of ``explain_files`` draws with."""
+
+    clf: Classifier
+    methods: list[str]
+    options: dict[str, dict[str, Any]]
+    out_dir: Path
+    stems: dict[Path, str]
+    boxes: dict[Path, Box]
+    labels: Mapping[str, str] | None
+    key: ColourKey
+    alpha: float
+    topk: int
+    tiles: TileStore
+
+
+def _explain_batch(d: _Drawing, batch: Sequence[str | Path]) -> list[ExplainedImage]:
+    """Decode, predict and explain one batch; write its per-image files and keep its tiles."""
+    good, views, shown, skipped = _read_views(d.clf, batch)
+    if not views:
+        return skipped
+    x = d.clf.normalise(views).to(d.clf.device)
+    with torch.no_grad():
+        logits = d.clf.model(x).float()
+    maps = {m: saliency(d.clf.model, x, m, target=logits.argmax(dim=1), **d.options[m]).cpu()
+            for m in d.methods}
+    predictions = top_labels(logits.softmax(dim=-1).cpu(), d.clf.classes, d.topk)
+    items = []
+    for i, (path, image, preds) in enumerate(zip(good, shown, predictions, strict=True)):
+        item = ExplainedImage(path, None, preds,
+                              true_label=true_label(path, d.clf.classes, d.labels))
+        if path in d.boxes:
+            item.on_object = object_share(
+                maps[share_method(d.methods)][i], d.boxes[path], _image_hw(path),
+                img_size=d.clf.img_size, crop_pct=d.clf.preprocess["crop_pct"])
+        blended = [overlay(image, maps[m][i], alpha=d.alpha, colormap=d.key[0])
+                   for m in d.methods]
+        d.tiles.add(*_draw_item(item, image, blended, d.methods, d.out_dir / d.stems[path],
+                                topk=d.topk, key=d.key))
+        items.append(item)
+    return skipped + items
+
+
+def _image_hw(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.height, image.width
 
 
 def explain_files(
@@ -182,46 +345,39 @@ def explain_files(
     show_progress: bool = False,
     colormap: str = DEFAULT_COLORMAP,
     labels: Mapping[str, str] | None = None,
-) -> list[ExplainedImage]:
-    """Write one side-by-side PNG per readable image and method, and the grid (``grid``,
-    default DIR/grid.png); unreadable files are skipped. ``method``: see ``parse_methods``.
-    ``labels``: path -> true label (a label file's); else the folder names it.
+) -> Explained:
+    """Write one side-by-side PNG per readable image and method, the grid pages (``grid``,
+    default DIR/grid.png; several pages: grid_001.png, ...) and DIR/index.html; unreadable
+    files are skipped. ``method``: see ``parse_methods``. ``labels``: path -> true label (a
+    label file's); else the folder names it.
 
     Each batch is decoded and cropped once and runs the model's forward pass once (the
     predictions in the titles, and the class every class-specific map explains).
     """
     methods = parse_methods(method)
-    options = {m: _method_options(m, head_fusion, discard_ratio) for m in methods}
     out_dir = make_output_dir(output)
     clf = Classifier.from_checkpoint(checkpoint, device=device)
-    stems = _output_stems(paths)
+    warning = zero_head_warning(clf.model, methods)
+    if warning:
+        logger.warning("%s", warning)
+    d = _Drawing(clf=clf, methods=methods, out_dir=out_dir, stems=_output_stems(paths),
+                 options={m: _method_options(m, head_fusion, discard_ratio) for m in methods},
+                 boxes=object_boxes(paths), labels=labels, key=colour_key(methods, colormap),
+                 alpha=alpha, topk=topk, tiles=TileStore())
     results: list[ExplainedImage] = []
-    cells, titles, colours = [], [], []
     batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
-    for batch in tqdm(batches, desc=f"explain ({method})",
-                      disable=not show_progress or len(batches) < 2):
-        good, views, shown, skipped = _read_views(clf, batch)
-        results += skipped
-        if not views:
-            continue
-        x = clf.normalise(views).to(clf.device)
-        with torch.no_grad():
-            logits = clf.model(x).float()
-        maps = {m: saliency(clf.model, x, m, target=logits.argmax(dim=1), **options[m]).cpu()
-                for m in methods}
-        predictions = top_labels(logits.softmax(dim=-1).cpu(), clf.classes, topk)
-        for i, (path, image, preds) in enumerate(zip(good, shown, predictions, strict=True)):
-            item = ExplainedImage(path, None, preds, true_label=true_label(path, clf.classes, labels))
-            blended = [overlay(image, maps[m][i], alpha=alpha, colormap=colormap)
-                       for m in methods]
-            row = _draw_item(item, image, blended, methods, out_dir / stems[path],
-                             topk=topk, colormap=colormap)
-            results.append(item)
-            for grid_list, values in zip((cells, titles, colours), row, strict=True):
-                grid_list += values
-    if cells:
-        _draw_grid(cells, titles, colours, methods, [r for r in results if not r.error],
-                   Path(grid) if grid else out_dir / "grid.png")
-    elif paths:
-        raise VitError("none of the images could be read; nothing to explain")
-    return results
+    try:
+        for batch in tqdm(batches, desc=f"explain ({method})",
+                          disable=not show_progress or len(batches) < 2):
+            results += _explain_batch(d, batch)
+        drawn = [r for r in results if not r.error]
+        if not drawn:
+            if paths:
+                raise VitError("none of the images could be read; nothing to explain")
+            return Explained(results, [], None, d.key)
+        pages = _write_grids(d.tiles, drawn, methods, Path(grid) if grid else out_dir / "grid.png",
+                             d.key)
+    finally:
+        d.tiles.close()
+    index = write_index(out_dir / "index.html", drawn, pages, methods=methods, key=d.key[3])
+    return Explained(results, pages, index, d.key)

@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
+from torch import nn
+
 from vit.models.vision_transformer import VisionTransformer, ViTConfig
 
 __all__ = ["list_models", "model_config", "create_model", "count_flops_per_image",
-           "count_parameters", "describe_models", "PURPOSES"]
+           "head_parameters", "count_parameters", "describe_models", "PURPOSES"]
 
 _PRESETS: dict[str, dict[str, Any]] = {
     # Same shapes as timm's models of these names (ImageNet, 224 px).
@@ -83,6 +85,13 @@ def count_flops_per_image(cfg: ViTConfig, train: bool = False) -> float:
     return float(fwd * (3 if train else 1))
 
 
+def head_parameters(model: nn.Module) -> int:
+    """Parameter elements of the classification head: ``model.head`` (and a distilled timm
+    model's ``head_dist``); 0 without one."""
+    heads = [getattr(model, name, None) for name in ("head", "head_dist")]
+    return sum(p.numel() for h in heads if isinstance(h, nn.Module) for p in h.parameters())
+
+
 def count_parameters(cfg: ViTConfig) -> int:
     """Parameters of the model ``cfg`` describes, counted on the meta device (no memory used)."""
     import torch
@@ -92,9 +101,10 @@ def count_parameters(cfg: ViTConfig) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def describe_models(num_classes: int = 1000) -> list[dict[str, Any]]:
+def describe_models(num_classes: int = 0) -> list[dict[str, Any]]:
     """Each preset: name, default image size, patch, parameters and forward GFLOPs per image
-    (with a ``num_classes`` head), and what it is for."""
+    (with a ``num_classes`` head; 0: the backbone alone, as ``vit train`` counts them before
+    the head it adds), and what it is for."""
     rows = []
     for name in list_models():
         cfg = model_config(name, num_classes=num_classes)

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, replace
 
 from vit.config import Config
 from vit.errors import ConfigError
+from vit.text import plural
 
 __all__ = ["RECIPES", "Recipe", "auto_workers", "auto_batch_size", "pick_recipe", "fit_to_data",
-           "fit_workers"]
+           "fit_workers", "merge_notes"]
 
 SMALL_IMAGE_PX = 64  # at or below: a crop must keep most of the image to keep the object
 # Below this many training images, loader processes cost more than they save: each epoch starts
@@ -77,6 +79,18 @@ def pick_recipe(images_seen: float) -> str:
 
 
 Notes = list[tuple[int, str]]  # (logging level, "key=value: why")
+_NOTE_KEY = re.compile(r"^(?P<key>[a-z_]+\.[a-z_]+)=")
+
+
+def merge_notes(earlier: Notes, later: Notes) -> Notes:
+    """The notes of both steps, each decision once: a later note on a key (``data.workers=0``
+    after ``fit_workers``'s ``data.workers=1``) replaces the earlier one."""
+    def key(line: str) -> str | None:
+        match = _NOTE_KEY.match(line)
+        return match["key"] if match else None
+
+    decided = {key(line) for _, line in later} - {None}
+    return [n for n in earlier if key(n[1]) not in decided] + list(later)
 
 
 def fit_workers(cfg: Config, cores: int | None = None) -> tuple[Config, Notes]:
@@ -102,8 +116,10 @@ def fit_to_data(cfg: Config, *, num_train: int, img_size: int, world_size: int =
     batch = train.batch_size
     if batch is None:
         batch = auto_batch_size(num_train, world_size)
-        notes.append((logging.INFO, f"train.batch_size={batch}: about 32 steps per epoch over "
-                                    f"{num_train} training images (8 to 128)"))
+        steps = plural(num_train // batch, "step")  # the training loader drops a partial batch
+        notes.append((logging.INFO, f"train.batch_size={batch}: {steps} per epoch over "
+                      f"{plural(num_train, 'training image')} (the default aims at about 32 "
+                      "steps, with a batch of 8 to 128)"))
     elif batch > num_train:
         clamped = max(world_size, num_train - num_train % world_size)
         notes.append((logging.WARNING, f"--batch-size {batch} is larger than the {num_train} "
@@ -115,8 +131,8 @@ def fit_to_data(cfg: Config, *, num_train: int, img_size: int, world_size: int =
         raise ConfigError(f"data.recipe must be one of {', '.join(RECIPES)}, got {name!r}")
     recipe = RECIPES[name]
     why = (f"recipe {name!r} (data.recipe)" if data.recipe else
-           f"recipe {name!r}: the run sees {num_train} images x {train.epochs} epochs = "
-           f"{seen:,} images")
+           f"recipe {name!r}: the run sees {plural(num_train, 'image')} x "
+           f"{plural(train.epochs, 'epoch')} = {plural(seen, 'image')}")
     small = img_size <= SMALL_IMAGE_PX
     chosen = {
         "data.randaug_n": (data.randaug_n, recipe.randaug_n),

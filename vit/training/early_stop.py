@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 from vit.errors import ConfigError
+from vit.text import plural
 
 __all__ = ["EarlyStopping", "MONITORS"]
 
@@ -55,7 +56,8 @@ class EarlyStopping:
         return self.patience > 0 and self.bad_epochs >= self.patience
 
     def reason(self) -> str:
-        return (f"early stopping: {self.monitor} has not improved for {self.bad_epochs} epochs "
+        return (f"early stopping: {self.monitor} has not improved for "
+                f"{plural(self.bad_epochs, 'epoch')} "
                 f"(train.patience={self.patience}); best {self.monitor} {self.best:.4g} at epoch "
                 f"{self.best_epoch}, which best.pt holds")
 

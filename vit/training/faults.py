@@ -4,6 +4,11 @@ last.pt is kept, and the command that continues from it.
     a loader worker killed by the OS    RuntimeError "DataLoader worker (pid N) is killed ..."
     another torchrun process died       a gloo/NCCL error here, or torchrun's SIGTERM
     the disk filled up                  OutputError from the atomic writer (errno ENOSPC)
+    SIGTERM or SIGINT                   a scheduler's time limit, a closed terminal, Ctrl-C
+
+A stop signal is named as the cause of whatever it brings down: sent to the run's process group
+(a scheduler, a terminal), it also ends the loader workers, and their end is not a fault of its
+own (``stop_on_signals``).
 
 (A second run on a live run's folder is refused before it starts: ``vit.training.run_lock``.)
 """
@@ -12,15 +17,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import re
 import signal
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vit.errors import OutputError, VitError, first_line
 
-__all__ = ["RunStopped", "explain_fault", "stop_on_sigterm"]
+__all__ = ["RunStopped", "StopRequest", "explain_fault", "stop_on_signals"]
+
+logger = logging.getLogger(__name__)
 
 # What gloo and NCCL say when a peer process is gone (besides torch's DistError types).
 _PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "NCCL", "gloo",
@@ -56,12 +65,17 @@ def _short(error: BaseException) -> str:
     return text.split(". ")[0][:200]
 
 
-def explain_fault(error: BaseException, *, run_dir: Path, rank: int) -> RunStopped | None:
-    """The one-line ``RunStopped`` for a fault of scale; None for any other error."""
+def explain_fault(error: BaseException, *, run_dir: Path, rank: int,
+                  stopped_by: str | None = None) -> RunStopped | None:
+    """The one-line ``RunStopped`` for a fault of scale; None for any other error.
+    ``stopped_by``: the stop signal the run received, which then is the cause."""
+    raised_by_stop = _stop_in_chain(error)
+    if raised_by_stop is not None:  # the handler's own error, wrapped by the code it stopped
+        return raised_by_stop
+    if stopped_by is not None:
+        return RunStopped(f"stopped by {_describe(stopped_by)}; {_continue(run_dir)}")
     if isinstance(error, RuntimeError) and "DataLoader worker" in str(error):
-        return RunStopped(
-            f"a data loader worker was killed ({first_line(error).strip()}); the system may "
-            f"have run out of memory: lower --workers or --batch-size; {_continue(run_dir)}")
+        return _worker_fault(error, run_dir)
     if _is_peer_gone(error):
         return RunStopped(
             f"process {rank} lost the other processes of this run ({_short(error)}); "
@@ -73,21 +87,78 @@ def explain_fault(error: BaseException, *, run_dir: Path, rank: int) -> RunStopp
     return None
 
 
+def _worker_fault(error: BaseException, run_dir: Path) -> RunStopped:
+    """A loader worker ended with no stop signal here: out of memory, unless torch saw another
+    signal end it (a crash: "killed by signal: Segmentation fault"). The OOM killer's SIGKILL
+    reads "killed by signal: Killed", or "exited unexpectedly" when found by polling."""
+    text = first_line(error).strip()
+    if "by signal:" not in text or "signal: Killed" in text:
+        return RunStopped(
+            f"a data loader worker was killed ({text}); the system may have run out of memory: "
+            f"lower --workers or --batch-size; {_continue(run_dir)}")
+    return RunStopped(f"a data loader worker stopped ({text}); {_continue(run_dir)}")
+
+
+def _stop_in_chain(error: BaseException) -> RunStopped | None:
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, RunStopped):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+_WHY = {"SIGTERM": "SIGTERM (a scheduler's time limit, a closed terminal, or torchrun stopping "
+                   "every process when one of them fails)",
+        "SIGINT": "SIGINT (Ctrl-C)"}
+
+
+def _describe(signal_name: str) -> str:
+    return _WHY.get(signal_name, signal_name)
+
+
+@dataclass
+class StopRequest:
+    """What the stop signals asked. In the epochs (``graceful``) the first SIGINT, and in a
+    single process the first SIGTERM, set ``event``: the loop finishes its step and writes a
+    resumable last.pt. Elsewhere SIGTERM raises ``RunStopped`` at once, SIGINT
+    KeyboardInterrupt; so does a second signal."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+    signal_name: str | None = None  # the first stop signal received
+    graceful: bool = False
+    graceful_sigterm: bool = True  # False with torchrun: a peer may be gone, stop at once
+
+    def handle(self, signum: int, run_dir: Path) -> None:
+        name = signal.Signals(signum).name
+        self.signal_name = self.signal_name or name
+        wait = self.graceful and (signum == signal.SIGINT or self.graceful_sigterm)
+        if not wait or self.event.is_set():
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a third one ends the process
+            raise RunStopped(f"stopped by {_describe(name)}; {_continue(run_dir)}")
+        self.event.set()
+        logger.warning("%s: finishing this step and saving a resumable checkpoint (send it again "
+                       "to stop at once, without saving)", name)
+
+
 @contextlib.contextmanager
-def stop_on_sigterm(run_dir: Path) -> Iterator[None]:
-    """SIGTERM (torchrun stopping the survivors of a failed process, a scheduler ending a job)
-    raises ``RunStopped`` naming the checkpoint to resume from, instead of dying silently."""
+def stop_on_signals(run_dir: Path, *, graceful_sigterm: bool = True) -> Iterator[StopRequest]:
+    """SIGTERM and SIGINT for the duration of a run (``StopRequest``), named in the line that
+    ends it instead of a misleading fault; the previous handlers come back after."""
+    request = StopRequest(graceful_sigterm=graceful_sigterm)
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield request
         return
 
     def handler(signum, frame):  # noqa: ARG001
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process
-        raise RunStopped(f"stopped by SIGTERM (torchrun stops every process when one of them "
-                         f"fails; a scheduler ends a job so); {_continue(run_dir)}")
+        request.handle(signum, run_dir)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
+        yield request
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)

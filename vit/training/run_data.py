@@ -29,8 +29,9 @@ from vit.data.shards import is_shard_spec
 from vit.data.splits import build_data_report, class_counts, stratified_split
 from vit.data.transforms import build_transform, resolve_crop_pct
 from vit.errors import ConfigError, DataError, VitError
+from vit.text import plural
 
-__all__ = ["RunData", "prepare_data", "build_loaders"]
+__all__ = ["RunData", "prepare_data", "build_loaders", "check_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def prepare_data(cfg: Config) -> RunData:
     if is_shard_spec(d.root):
         return _shard_data(cfg)
     if is_label_file(d.root):
-        return _checked(_label_file_data(cfg))
+        return _checked(_label_file_data(cfg), source=d.root)
     check_images = d.preflight and d.pipeline != "memory"
     train_dir, val_dir = resolve_data_dirs(d.root)
     check = dict(check_images=check_images, workers=d.workers, cache=d.cache)
@@ -121,15 +122,36 @@ def prepare_data(cfg: Config) -> RunData:
                        train_samples=[train.samples[i] for i in train_idx],
                        val_samples=val_samples, split=split, skipped=train.skipped,
                        ignored=train.ignored)
-    return _checked(data)
+    return _checked(data, source=str(train_dir))
 
 
-def _checked(data: RunData) -> RunData:
+def _checked(data: RunData, *, source: str) -> RunData:
+    """A run that could only report nonsense stops here, before any work: fewer than two
+    classes (every prediction is right), a class without a training image, an empty split."""
+    check_classes(data.classes, class_counts([t for _, t in data.train_samples],
+                                             len(data.classes)), source=source)
     if not data.train_samples or not data.val_samples:
         raise DataError(
             f"the split left {len(data.train_samples)} training and {len(data.val_samples)} "
             "validation images; add images or change --val-fraction")
     return data
+
+
+def check_classes(classes: list[str], train_counts: list[int] | None, *, source: str) -> None:
+    """At least two classes, each with a training image (``train_counts``, per class, when
+    known); else one line that says what to do."""
+    if len(classes) < 2:
+        found = f"only one class, {classes[0]!r}" if classes else "no class"
+        raise DataError(
+            f"{source} has {found}: a classifier needs at least two (with one, every prediction "
+            "is right and the accuracy means nothing); add a folder of images for each other "
+            "class, DIR/<class>/<image>")
+    empty = [name for name, n in zip(classes, train_counts or [], strict=False) if n == 0]
+    if empty:
+        raise DataError(
+            f"no training image left for {plural(len(empty), 'class')} of {source}: {empty} "
+            "(all of their images are held out for validation or unreadable); add images to "
+            "them or remove them")
 
 
 @dataclass
@@ -328,6 +350,7 @@ def _shard_data(cfg: Config) -> RunData:
         raise ConfigError("data.sampler=weighted needs an image folder; with shards use "
                           "loss.class_weights=balanced")
     train = open_shards(d.root)
+    check_classes(train.classes, train.per_class, source=d.root)
     if cfg.loss.class_weights == "balanced" and train.per_class is None:
         raise ConfigError(f"loss.class_weights=balanced needs the class counts of {d.root}, "
                           "which its _info.json lacks; write the shards with `vit shard`")

@@ -124,8 +124,10 @@ def tracked_images(run_dir: Path, val_samples: list[tuple[str, int]], *,
         except Exception as e:  # a drawing problem must never end a finished run
             logger.warning("could not draw the confusion matrix: %s", e)
     overlays = run_dir / "overlays"
-    images["overlays/grid"] = overlays / "grid.png"
-    pictures = sorted(p for p in overlays.glob("*.png") if p.name != "grid.png")
+    pages = sorted(overlays.glob("grid_[0-9][0-9][0-9].png"))  # over 18 images: several pages
+    images["overlays/grid"] = pages[0] if pages else overlays / "grid.png"
+    pictures = sorted(p for p in overlays.glob("*.png")
+                      if p.name != "grid.png" and p not in pages)
     for path in pictures[:TRACKED_OVERLAYS]:
         images[f"overlays/{path.stem}"] = path
     return images

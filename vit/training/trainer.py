@@ -16,10 +16,7 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,10 +32,12 @@ from vit.errors import ConfigError, OutputError, VitError
 from vit.io import atomic_save, atomic_write, make_output_dir, remove_stale_temp_files, write_json
 from vit.models.architecture import describe_model, describe_spec, model_from_spec
 from vit.models.checkpoint import make_checkpoint
+from vit.models.presets import head_parameters
 from vit.models.timm_models import DISTILLED_HEADS
 from vit.runtime import make_grad_scaler, resolve_device, resolve_precision
+from vit.text import plural
 from vit.training.budget import fit_epochs_to_budget, recent_pace
-from vit.training.defaults import fit_to_data, fit_workers
+from vit.training.defaults import fit_to_data, fit_workers, merge_notes
 from vit.training.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -48,7 +47,7 @@ from vit.training.distributed import (
 )
 from vit.training.early_stop import EarlyStopping
 from vit.training.epoch import EpochResult, train_one_epoch, validate
-from vit.training.faults import explain_fault, stop_on_sigterm
+from vit.training.faults import StopRequest, explain_fault, stop_on_signals
 from vit.training.model_build import (
     build_model,
     fit_timm_normalisation,
@@ -83,7 +82,11 @@ logger = logging.getLogger(__name__)
 
 
 class TrainingInterrupted(VitError):
-    """Ctrl-C: a resumable last.pt was written; the message says how to resume."""
+    """Ctrl-C or SIGTERM: a resumable last.pt was written; the message says how to resume."""
+
+    def __init__(self, message: str, signal_name: str = "SIGINT"):
+        super().__init__(message)
+        self.signal_name = signal_name
 
 
 @dataclass
@@ -146,14 +149,17 @@ class Trainer:
 
     def run(self) -> TrainSummary:
         """The whole run; a fault of scale (``vit.training.faults``) ends it with one line."""
+        self.stop_request = StopRequest()
         try:
-            with stop_on_sigterm(self.run_dir):
+            with stop_on_signals(self.run_dir, graceful_sigterm=not self.dist.enabled) as stop:
+                self.stop_request = stop
                 self.build()
                 self.write_start()
                 self.run_epochs()
                 return self.finish()
         except (RuntimeError, OutputError) as e:
-            fault = explain_fault(e, run_dir=self.run_dir, rank=self.dist.rank)
+            fault = explain_fault(e, run_dir=self.run_dir, rank=self.dist.rank,
+                                  stopped_by=self.stop_request.signal_name)
             if fault is None:
                 raise
             raise fault from e
@@ -257,7 +263,7 @@ class Trainer:
         """Keep the defaults chosen for this run (``vit/training/defaults.py``) and why, for
         ``write_start`` to log once the run is set up (a mistake found on the way stays the
         only line)."""
-        self.choices = [*getattr(self, "choices", []), *notes]
+        self.choices = merge_notes(getattr(self, "choices", []), notes)
         return cfg
 
     def _restore(self) -> ResumeAt:
@@ -294,17 +300,20 @@ class Trainer:
         self._collect_skipped()  # a resumed run: what its workers met before
         write_json(run_dir / "data_report.json", data.report())
         write_json(run_dir / "split.json", data.split)
-        logger.info("%d classes, %d training / %d validation images", len(data.classes),
-                    data.num_train, data.num_val)
+        logger.info("%s; %s, %s", plural(len(data.classes), "class"),
+                    plural(data.num_train, "training image"),
+                    plural(data.num_val, "validation image"))
         self.trackers = open_trackers(cfg.train.report_to, run_dir=run_dir, config=to_dict(cfg))
         info = describe_model(self.model)
         arch = cfg.model.name if info.name == "vit" else f"{info.name} ({info.family})"
         if cfg.train.pretrained:
             arch = f"{'' if info.name == 'vit' else arch + ' '}from {cfg.train.pretrained}"
         total, trainable = count_parameters(self.model)
-        logger.info("model %s (%d blocks, width %d, %d px): %.2fM parameters (%.2fM trained), "
-                    "device %s, precision %s, global batch %d", arch, info.depth,
-                    info.embed_dim, info.img_size, total / 1e6, trainable / 1e6, self.device,
+        head = head_parameters(self.model)  # counted apart, as `vit models` leaves it out
+        logger.info("model %s (%d blocks, width %d, %d px): %.2fM parameters + a head of %s for "
+                    "%s (%.2fM trained), device %s, precision %s, global batch %d", arch,
+                    info.depth, info.embed_dim, info.img_size, (total - head) / 1e6, f"{head:,}",
+                    plural(len(data.classes), "class"), trainable / 1e6, self.device,
                     self.precision, cfg.train.batch_size * cfg.train.accum_steps)
         if info.family == "VisionTransformerDistilled":
             logger.info("%s", DISTILLED_HEADS)
@@ -319,13 +328,15 @@ class Trainer:
         self.saver = EpochSaver(self.run_dir, every_s=self.cfg.train.save_every_s)
         self.max_epochs, self.epoch_ends = self.cfg.train.epochs, []
         self.elapsed_before = self.resume.elapsed_s if self.resume is not None else 0.0
-        with stop_on_sigint() as stop:
-            self.stop = stop
+        self.stop_request.graceful = True  # a stop signal now waits for the end of the step
+        try:
             epoch = self.start_epoch
             # the time budget may change the count; train.patience may end the run before it
             while epoch < self.cfg.train.epochs and not self.stopper.should_stop:
                 self._epoch(epoch)
                 epoch += 1
+        finally:
+            self.stop_request.graceful = False
         self.epochs_done = epoch
         if self.stopper.should_stop and self.dist.is_main:
             logger.info("%s; stopped after epoch %d of %d", self.stopper.reason(), epoch,
@@ -383,16 +394,20 @@ class Trainer:
         return bool(new)
 
     def _stop_interrupted(self, epoch: int, batches_done: int) -> None:
-        """Ctrl-C: a resumable last.pt (and the best weights waiting in memory), then stop."""
+        """Ctrl-C or SIGTERM: a resumable last.pt (and the best weights waiting in memory), then
+        stop."""
         last = self.run_dir / "last.pt"
         checkpoint = self._checkpoint(epoch, batches_done=batches_done)
         if self.dist.is_main:
             self.saver.flush_best()
             atomic_save(checkpoint, last)
         barrier()
+        name = self.stop_request.signal_name or "SIGINT"
+        how = "interrupted by SIGINT (Ctrl-C)" if name == "SIGINT" else f"stopped by {name}"
         raise TrainingInterrupted(
-            f"interrupted in epoch {epoch + 1} after {batches_done} of {self.batches_per_epoch} "
-            f"batches; resumable checkpoint {last}; continue with: --resume {self.run_dir}")
+            f"{how} in epoch {epoch + 1} after {batches_done} of {self.batches_per_epoch} "
+            f"batches; resumable checkpoint {last}; continue with: --resume {self.run_dir}",
+            signal_name=name)
 
     def _epoch_metrics(self, epoch: int, result: EpochResult, val: dict[str, float]
                        ) -> dict[str, Any]:
@@ -430,8 +445,8 @@ class Trainer:
         self.schedule["warmup_steps"] = min(self.warmup_steps, self.schedule["total_steps"])
         if self.dist.is_main:
             atomic_write(self.run_dir / "config.yaml", to_yaml(self.cfg))
-            logger.info("time budget %.1f min: %d epochs fit (the schedule ends there)",
-                        budget, epochs)
+            logger.info("time budget %.1f min: %s fit (the schedule ends there)", budget,
+                        plural(epochs, "epoch"))
 
     def _log_epoch(self, epoch: int, result: EpochResult) -> None:
         m = self.metrics
@@ -447,7 +462,7 @@ class Trainer:
 
     def _should_stop(self) -> bool:
         """Ctrl-C in any process stops all of them after the same step."""
-        flag = float(self.stop.is_set())
+        flag = float(self.stop_request.event.is_set())
         if not self.dist.enabled:
             return bool(flag)
         return all_reduce_sum([flag], self.device)[0] > 0
@@ -567,28 +582,3 @@ def _make_ema(model: nn.Module, cfg: Config) -> nn.Module:
     from timm.utils import ModelEmaV3
 
     return ModelEmaV3(model, decay=cfg.train.ema_decay, use_warmup=True)
-
-
-# --- Ctrl-C -----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def stop_on_sigint() -> Iterator[threading.Event]:
-    """First Ctrl-C asks the loop to stop after the current step; a second one aborts at once."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def handler(signum, frame):  # noqa: ARG001
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        logger.warning("interrupt: finishing this step and saving a resumable checkpoint "
-                       "(press Ctrl-C again to abort without saving)")
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous)
