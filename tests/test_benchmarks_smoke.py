@@ -269,9 +269,14 @@ def test_rollout_cost_main_smallest(tmp_path: Path, capsys: pytest.CaptureFixtur
     out = tmp_path / "cost.json"
     rollout_cost.main(["--model", "vit_nano_patch4_32", "--sizes", "32,64", "--repeats", "1",
                        "--warmup", "0", "--explicit-max-tokens", "100", "--chunk-size", "16",
-                       "--json", str(out)])
-    rows = json.loads(out.read_text())["rows"]
+                       "--timm", "--json", str(out)])
+    result = json.loads(out.read_text())
+    rows = [r for r in result["rows"] if r["model"] == "ours"]
     names = {(r["size"], r["measurement"]) for r in rows}
+    timm_rows = {(r["size"], r["measurement"]) for r in result["rows"] if r["model"] == "timm"}
+    assert timm_rows == names - {(32, "explicit forward")}  # timm's model: every method too
+    assert {(r["size"], r["measurement"]) for r in result["timm_over_ours"]} == timm_rows
+    assert all(r["ratio"] > 0 for r in result["timm_over_ours"])
     assert (32, "explicit forward") in names and (64, "explicit forward") not in names  # 257 tokens
     assert {m for s, m in names if s == 64} == {"forward", "forward+backward",
                                                *rollout_cost.EXPLAINERS}
