@@ -28,6 +28,11 @@ times taken with CUDA events after a synchronisation.
 
 The goal (issue 14): rollout within 1.5x of a forward pass in peak memory and in time at every
 size; the gradient methods' figures are stated against forward+backward and forward.
+
+``--timm``: timm's own model of the same name (``dynamic_img_size=True``) holding the same
+weights is measured too, in the same alternating rounds, with its own forward as reference;
+a last table gives each method's time on timm's model over its time on ours (the goal of issue
+24: at most 1.2x), and its rollout's memory against timm's forward.
 """
 
 from __future__ import annotations
@@ -149,39 +154,75 @@ def measurements(model: torch.nn.Module, x: torch.Tensor, explicit: bool,
     return fns
 
 
-def measure_size(model: torch.nn.Module, size: int, *, batch: int, repeats: int, warmup: int,
-                 explicit_max_tokens: int, seed: int, methods: tuple[str, ...] = EXPLAINERS,
-                 chunk_size: int | None = None) -> list[dict[str, Any]]:
-    """One row per measurement at ``size`` px: times, peak memory and ratios to the reference.
-    The model's device is where everything runs."""
+def measure_size(models: dict[str, torch.nn.Module], size: int, *, batch: int, repeats: int,
+                 warmup: int, explicit_max_tokens: int, seed: int,
+                 methods: tuple[str, ...] = EXPLAINERS, chunk_size: int | None = None
+                 ) -> list[dict[str, Any]]:
+    """One row per model and measurement at ``size`` px: times, peak memory and ratios to the
+    reference of the same model. ``models``: {label: model}, timed in the same alternating
+    rounds; the explicit forward only for ours ("ours"). The models' device runs everything."""
+    model = next(iter(models.values()))
     device = next(model.parameters()).device
     torch.manual_seed(seed)
     x = torch.randn(batch, 3, size, size).to(device)
     tokens = model.num_prefix_tokens + (size // model.patch_embed.patch_size[0]) ** 2
-    fns = measurements(model, x, explicit=tokens <= explicit_max_tokens, methods=methods,
-                       chunk_size=chunk_size)
-    memory = {name: peak_memory(fn, device) for name, fn in fns.items()}  # also a warm-up
+    fns = {(label, name): fn for label, m in models.items() for name, fn in measurements(
+        m, x, explicit=label == "ours" and tokens <= explicit_max_tokens, methods=methods,
+        chunk_size=chunk_size).items()}
+    memory = {key: peak_memory(fn, device) for key, fn in fns.items()}  # also a warm-up
     times = time_alternating(fns, device=device, warmup=warmup, repeats=repeats)
     resident = sum(p.numel() * p.element_size() for p in model.parameters()) \
         + x.numel() * x.element_size()  # weights and input
     rows = []
-    for name in fns:
-        ref = REFERENCE.get(name)
-        row = {"size": size, "tokens": tokens, "measurement": name,
-               "median_s": statistics.median(times[name]), "min_s": min(times[name]),
-               "extra_mib": memory[name] / 2**20, "total_mib": (resident + memory[name]) / 2**20}
+    for label, name in fns:
+        ref = (label, REFERENCE[name]) if name in REFERENCE else None
+        key = (label, name)
+        row = {"size": size, "tokens": tokens, "model": label, "measurement": name,
+               "median_s": statistics.median(times[key]), "min_s": min(times[key]),
+               "extra_mib": memory[key] / 2**20, "total_mib": (resident + memory[key]) / 2**20}
         if ref is not None:
-            row["reference"] = ref
+            row["reference"] = ref[1]
             row["time_ratio"] = row["median_s"] / statistics.median(times[ref])
             row["time_ratio_min"] = row["min_s"] / min(times[ref])
-            row["extra_ratio"] = memory[name] / max(memory[ref], 1)
-            row["total_ratio"] = (resident + memory[name]) / (resident + memory[ref])
+            row["extra_ratio"] = memory[key] / max(memory[ref], 1)
+            row["total_ratio"] = (resident + memory[key]) / (resident + memory[ref])
         rows.append(row)
     return rows
 
 
+def timm_over_ours(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per size and measurement: timm's model's time over ours (median and minimum)."""
+    ours = {(r["size"], r["measurement"]): r for r in rows if r["model"] == "ours"}
+    return [{"size": r["size"], "measurement": r["measurement"],
+             "ours_s": ours[(r["size"], r["measurement"])]["median_s"], "timm_s": r["median_s"],
+             "ratio": r["median_s"] / ours[(r["size"], r["measurement"])]["median_s"],
+             "ratio_min": r["min_s"] / ours[(r["size"], r["measurement"])]["min_s"]}
+            for r in rows if r["model"] == "timm" and (r["size"], r["measurement"]) in ours]
+
+
+def timm_twin(model: torch.nn.Module) -> torch.nn.Module:
+    """timm's own VisionTransformer of ``model``'s configuration (``timm_architecture``), any
+    input size, holding ``model``'s weights."""
+    import timm
+
+    from vit.models.timm_interop import timm_architecture
+
+    name, args = timm_architecture(model.config)
+    twin = timm.create_model(name, pretrained=False, dynamic_img_size=True,
+                             num_classes=model.num_classes, **args)
+    twin.load_state_dict(model.state_dict(), strict=True)
+    return twin.eval().to(next(model.parameters()).device)
+
+
+RATIO_COLUMNS = [
+    Column("size", "px"), Column("measurement", "measurement"), Column("ours_s", "ours s", ".3f"),
+    Column("timm_s", "timm s", ".3f"), Column("ratio", "timm / ours (median)", ".2f"),
+    Column("ratio_min", "timm / ours (min)", ".2f"),
+]
+
 COLUMNS = [
-    Column("size", "px"), Column("tokens", "tokens"), Column("measurement", "measurement"),
+    Column("size", "px"), Column("tokens", "tokens"), Column("model", "model"),
+    Column("measurement", "measurement"),
     Column("median_s", "median s", ".3f"), Column("min_s", "min s", ".3f"),
     Column("extra_mib", "peak extra MiB", ".1f"), Column("total_mib", "weights+extra MiB", ".1f"),
     Column("reference", "vs"), Column("time_ratio", "time x (median)", ".2f"),
@@ -206,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="rollout's query rows per chunk (default: the method's own)")
+    parser.add_argument("--timm", action="store_true",
+                        help="also measure timm's own model of that name with the same weights")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
@@ -220,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     model = create_model(args.model).eval()
     torch.nn.init.normal_(model.head.weight, std=0.02)  # a zero head would give zero gradients
     model.to(device)
+    models = {"ours": model, **({"timm": timm_twin(model)} if args.timm else {})}
     info = machine_info(device, command_line(__file__, sys.argv[1:] if argv is None else argv))
     print(format_header(info))
     memory = "CUDA allocator, peak during the call" if device.type == "cuda" else \
@@ -228,13 +272,16 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.warmup} warm-up; memory: {memory}\n")
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
-        rows += measure_size(model, size, batch=args.batch, repeats=args.repeats,
+        rows += measure_size(models, size, batch=args.batch, repeats=args.repeats,
                              warmup=args.warmup, explicit_max_tokens=args.explicit_max_tokens,
                              seed=args.seed, methods=methods, chunk_size=args.chunk_size)
         print(format_table([r for r in rows if r["size"] == size], COLUMNS), "\n", flush=True)
+    ratios = timm_over_ours(rows)
+    if ratios:
+        print(format_table(ratios, RATIO_COLUMNS), "\n", flush=True)
     if args.json is not None:
         write_json(args.json, {"machine": info, "model": args.model, "batch": args.batch,
-                               "rows": rows})
+                               "rows": rows, "timm_over_ours": ratios})
         print(f"wrote {args.json}")
 
 

@@ -184,7 +184,8 @@ def test_page_is_self_contained_and_its_policy_admits_only_its_own_script_and_st
     assert [r["name"] for r in data["images"]] == ["image 1", "image 2", "image 3"]
     uniform = pytest.approx(patch_distances((6, 6), 8).mean().item(), abs=1e-4)
     assert data["model"] == {"depth": 3, "heads": 3, "grid": [6, 6], "patch": 8, "img_size": 48,
-                             "prefix": 3, "registers": 2, "tokens": 39, "uniform_distance": uniform}
+                             "prefix": 3, "registers": 2, "tokens": 39, "uniform_distance": uniform,
+                             "prefix_names": ["[CLS]", "register 1", "register 2"]}
     assert data["settings"]["attention_bits"] == 6
     blob_ids = re.findall(r'<script type="application/octet-stream" id="blob-(\d+)">', html)
     assert len(blob_ids) == 3 * 2 * 3  # images x (attention, rollout) x (codes, peak, prefix)

@@ -184,8 +184,15 @@ def test_timm_state_dict_loads_strict_and_matches(extra):
 
 
 def test_from_timm_refuses_what_it_cannot_represent():
+    import timm
+
     with pytest.raises(ValueError, match="no_embed_class"):
         from_timm(TimmViT(**TINY, no_embed_class=True))
+    tiny = dict(depth=1, img_size=32, patch_size=8, embed_dim=32, num_heads=2, num_classes=3)
+    with pytest.raises(ValueError, match="distillation token"):
+        from_timm(timm.create_model("deit_tiny_distilled_patch16_224", **tiny))
+    with pytest.raises(ValueError, match="class Eva .*as it is"):
+        from_timm(timm.create_model("eva02_tiny_patch14_224", **tiny))
 
 
 def test_reset_classifier_and_no_weight_decay():

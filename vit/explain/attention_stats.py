@@ -121,13 +121,14 @@ def attention_stats(
 def model_attention_stats(model: torch.nn.Module, images: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """A normalised (B, C, H, W) batch -> (distance, entropy), each (B, layers, heads), on CPU."""
-    from vit.explain.inputs import eval_mode
+    from vit.explain.adapters import adapter_for
+    from vit.explain.attention_maps import attention_maps
 
-    patch = model.patch_embed.patch_size[0]
-    grid = (images.shape[-2] // patch, images.shape[-1] // patch)
-    with eval_mode(model), torch.no_grad():
-        _, attentions = model(images, return_attention=True)
-        distance, entropy = attention_stats(attentions, model.num_prefix_tokens, grid, patch)
+    adapter = adapter_for(model)
+    attentions = list(attention_maps(model, images).unbind(dim=1))  # (B, heads, N, N) each
+    with torch.no_grad():
+        distance, entropy = attention_stats(attentions, adapter.num_prefix_tokens,
+                                            adapter.grid(images), adapter.patch_size[0])
     return distance.cpu(), entropy.cpu()
 
 
@@ -216,14 +217,17 @@ def folder_attention_stats(
         raise DataError(f"none of the {len(paths)} images could be read")
     distance_mean, distance_std = _moments(sums[0], sums[1], count)
     entropy_mean, entropy_std = _moments(sums[2], sums[3], count)
-    tokens = model.num_prefix_tokens + model.patch_embed.num_patches
-    patch = model.patch_embed.patch_size[0]
+    from vit.explain.adapters import adapter_for
+
+    adapter = adapter_for(model)
+    patch = adapter.patch_size[0]
+    grid = (classifier.img_size // patch, classifier.img_size // adapter.patch_size[1])
+    tokens = adapter.num_prefix_tokens + grid[0] * grid[1]
     return AttentionStats(
         distance_px=distance_mean, entropy_nats=entropy_mean, distance_px_std=distance_std,
         entropy_nats_std=entropy_std, num_images=count, img_size=classifier.img_size,
-        patch_size=patch, tokens=tokens, num_prefix_tokens=model.num_prefix_tokens,
-        max_entropy_nats=math.log(tokens),
-        uniform_distance_px=uniform_distance(model.patch_embed.grid_size, patch))
+        patch_size=patch, tokens=tokens, num_prefix_tokens=adapter.num_prefix_tokens,
+        max_entropy_nats=math.log(tokens), uniform_distance_px=uniform_distance(grid, patch))
 
 
 # ---------------------------------------------------------------------------------------------

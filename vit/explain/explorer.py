@@ -115,14 +115,17 @@ def _faithfulness(model: nn.Module, x: torch.Tensor, maps: dict[str, torch.Tenso
 
 
 def _model_info(model: nn.Module, img_size: int) -> dict[str, Any]:
+    from vit.explain.adapters import adapter_for
     from vit.explain.attention_stats import uniform_distance
 
-    patch = model.patch_embed.patch_size[0]
+    adapter = adapter_for(model)
+    patch = adapter.patch_size[0]
     grid = [img_size // patch, img_size // patch]
-    return {"depth": len(model.blocks), "heads": model.blocks[0].attn.num_heads, "grid": grid,
-            "patch": patch, "img_size": img_size, "prefix": model.num_prefix_tokens,
-            "registers": model.num_prefix_tokens - 1,
-            "tokens": model.num_prefix_tokens + grid[0] * grid[1],
+    names = adapter.prefix_names()
+    return {"depth": adapter.depth, "heads": adapter.num_heads, "grid": grid,
+            "patch": patch, "img_size": img_size, "prefix": adapter.num_prefix_tokens,
+            "prefix_names": names, "registers": sum(n.startswith("register") for n in names),
+            "tokens": adapter.num_prefix_tokens + grid[0] * grid[1],
             "uniform_distance": round(uniform_distance((grid[0], grid[1]), patch), 4)}
 
 
@@ -146,15 +149,19 @@ def image_records(
     what the page calls them. Predictions, attention and maps come from the model in eval mode
     and full precision.
     """
+    from vit.explain.adapters import adapter_for
+    from vit.explain.attention_maps import attention_maps
     from vit.explain.attention_stats import attention_stats
     from vit.explain.inputs import eval_mode
 
     if not len(views) == len(names) == x.shape[0]:
         raise ConfigError(f"got {x.shape[0]} images, {len(views)} views and {len(names)} names")
-    prefix, patch = model.num_prefix_tokens, model.patch_embed.patch_size[0]
-    grid = (x.shape[-2] // patch, x.shape[-1] // patch)
+    adapter = adapter_for(model)
+    prefix, patch, grid = adapter.num_prefix_tokens, adapter.patch_size[0], adapter.grid(x)
+    stacked = attention_maps(model, x)  # (B, layers, heads, N, N), each family's own attention
+    attentions = list(stacked.unbind(dim=1))
     with eval_mode(model), torch.no_grad():
-        logits, attentions = model(x, return_attention=True)
+        logits = model(x)
         rollout = query_rollout(attentions, head_fusion=head_fusion, discard_ratio=discard_ratio)
         distance, entropy = attention_stats(attentions, prefix, grid, patch)
         top = _top_labels(logits, classes, topk)

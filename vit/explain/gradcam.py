@@ -7,15 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from vit.explain.inputs import (
-    check_autograd,
-    check_images,
-    check_layer_index,
-    eval_mode,
-    input_grid,
-    model_device,
-)
-from vit.explain.recompute import layer_inputs, target_gradient_from
+from vit.explain.adapters import adapter_for
+from vit.explain.inputs import check_autograd, check_images, check_layer_index, model_device
+from vit.explain.recompute import target_gradient
 
 __all__ = ["gradcam"]
 
@@ -34,28 +28,28 @@ def gradcam(
     """
     check_images(images)
     check_autograd("gradcam")
-    depth = len(model.blocks)
-    check_layer_index("layer", layer, depth, allow_negative=True)
-    layer = layer % depth
+    adapter = adapter_for(model)
+    adapter.require_head("gradcam")
+    check_layer_index("layer", layer, adapter.depth, allow_negative=True)
+    layer = layer % adapter.depth
     x = images.detach().to(model_device(model, images.device))
-    grid = input_grid(model, x)
-    prefix = model.num_prefix_tokens
+    grid = adapter.grid(x)
+    prefix = adapter.num_prefix_tokens
     seen: list[torch.Tensor] = []
-    with eval_mode(model):
+    with adapter.session():
         with torch.no_grad():
-            (tokens,) = layer_inputs(model, model.embed(x), layer, layer)
-        handle = model.blocks[layer].norm1.register_forward_hook(
+            trace = adapter.trace(x, first=layer, output=False)
+        handle = adapter.gradcam_layer(layer).register_forward_hook(
             lambda _module, _args, out: seen.append(out))
         try:
             with torch.enable_grad():
-                tokens = tokens.requires_grad_(True)
-                for block in model.blocks[layer:]:
-                    tokens, _ = block(tokens)
-                grad, _ = target_gradient_from(model, tokens, target, seen[0])
+                tokens = trace.inputs[0].detach().requires_grad_(True)
+                for index in range(layer, adapter.depth):
+                    tokens = adapter.run_block(index, tokens, trace.kwargs[index])
+                grad, _ = target_gradient(adapter, tokens, target, wrt=seen[0])
         finally:
             handle.remove()
         activations = seen[0].detach()[:, prefix:]  # (B, P, D)
         weights = grad[:, prefix:].mean(dim=1)  # (B, D): gradient averaged over the patches
         cam = (activations * weights[:, None, :]).sum(dim=-1).clamp(min=0)  # (B, P)
         return cam.reshape(-1, *grid)
-

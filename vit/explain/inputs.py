@@ -73,8 +73,10 @@ def model_device(model: nn.Module, default: torch.device) -> torch.device:
 
 
 def input_grid(model: nn.Module, images: torch.Tensor) -> tuple[int, int]:
-    ph, pw = model.patch_embed.patch_size
-    return images.shape[-2] // ph, images.shape[-1] // pw
+    """The (grid_h, grid_w) patch grid of ``images`` for ``model`` (its family's adapter)."""
+    from vit.explain.adapters import adapter_for  # adapters use this module's eval_mode
+
+    return adapter_for(model).grid(images)
 
 
 def resolve_target(target: int | torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:

@@ -7,17 +7,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from vit.explain.adapters import Adapter, adapter_for
+from vit.explain.attention_calls import AttentionCall, intercept, record
 from vit.explain.inputs import (
     check_autograd,
     check_choice,
     check_images,
     check_layer_index,
-    eval_mode,
-    input_grid,
     model_device,
     resolve_target,
 )
-from vit.explain.recompute import chunk_rows, chunks, fused_attend, recording
+from vit.explain.recompute import chunk_rows, chunks
 from vit.explain.rollout import patch_map
 
 __all__ = ["LEGRAD_POOLS", "legrad"]
@@ -26,22 +26,23 @@ __all__ = ["LEGRAD_POOLS", "legrad"]
 LEGRAD_POOLS = ("mean", "model")
 
 
-def _layer_score(model: nn.Module, tokens: torch.Tensor, classes: torch.Tensor, pool: str
+def _layer_score(adapter: Adapter, tokens: torch.Tensor, classes: torch.Tensor, pool: str
                  ) -> torch.Tensor:
-    """The target logit read from one layer's output tokens (B, N, D), summed over images."""
-    if pool == "mean":  # mean of all tokens, then the final norm and the head
-        logits = model.head(model.fc_norm(model.norm(tokens.mean(dim=1))))
-    else:  # the model's own pooling ([CLS] or the patch mean)
-        logits = model.forward_head(model.norm(tokens))
-    return logits.gather(1, classes[:, None]).sum()
+    """The target logit read from one layer's output tokens (B, N, D), summed over images.
+    ``mean``: every token replaced by the mean of all tokens, so whatever the model pools
+    ([CLS], the patch mean, an attention pool) it reads that mean through its final norm and
+    head; ``model``: the model's own pooling."""
+    if pool == "mean":
+        tokens = tokens.mean(dim=1, keepdim=True).expand_as(tokens)
+    return adapter.logits(tokens).gather(1, classes[:, None]).sum()
 
 
-def _positive_gradient_columns(seen: dict[str, torch.Tensor], d_out: torch.Tensor, chunk: int
-                               ) -> torch.Tensor:
-    """``sum over heads and rows of relu(dA)``, dA = dO V^T, ``chunk`` rows at a time: (B, N)."""
-    v = seen["v"]
+def _positive_gradient_columns(call: AttentionCall, d_out: torch.Tensor,
+                               chunk_size: int | None) -> torch.Tensor:
+    """``sum over heads and rows of relu(dA)``, dA = dO V^T, a chunk of rows at a time: (B, N)."""
+    v = call.v
     total = v.new_zeros(v.shape[0], v.shape[2])
-    for start, stop in chunks(v.shape[2], chunk):
+    for start, stop in chunks(v.shape[2], chunk_rows(call, chunk_size)):
         grad_a = d_out[:, :, start:stop] @ v.transpose(-2, -1)  # (B, heads, C, N)
         total += grad_a.clamp(min=0).sum(dim=(1, 2))
     return total
@@ -62,38 +63,32 @@ def legrad(
     ``compute_legrad_clip``); ``"model"`` uses the model's own pooling. The authors' wrapper
     starts at the second-to-last layer by default; the paper aggregates all layers (our default).
 
-    ``s_l`` depends on layer l's attention only through block l, so each block runs once, fused,
-    with its input detached, and one backward pass per block through that block and the head.
+    ``s_l`` depends on layer l's attention only through block l, so each block runs once more
+    from its input kept by one fused forward pass, with one backward pass per block through
+    that block and the head.
     """
     check_images(images)
     check_autograd("legrad")
-    depth = len(model.blocks)
-    check_layer_index("start_layer", start_layer, depth, allow_negative=False)
+    adapter = adapter_for(model)
+    adapter.require_head("legrad")
+    check_layer_index("start_layer", start_layer, adapter.depth, allow_negative=False)
     check_choice("pool", pool, LEGRAD_POOLS)
-    chunk = chunk_rows(model, chunk_size)
     x = images.detach().to(model_device(model, images.device))
-    grid = input_grid(model, x)
-    with eval_mode(model):
+    grid = adapter.grid(x)
+    with adapter.session():
         with torch.no_grad():
-            tokens = model.embed(x)
-            logits = model(x) if target is None else x.new_zeros(x.shape[0], model.num_classes)
-            classes = resolve_target(target, logits)
-        total = tokens.new_zeros(tokens.shape[:2])  # (B, N)
-        for layer in range(depth):
-            block = model.blocks[layer]
-            if layer < start_layer:
-                with torch.no_grad():
-                    tokens, _ = block(tokens)
-                continue
-            seen: dict[str, torch.Tensor] = {}
+            trace = adapter.trace(x, first=start_layer)
+            classes = resolve_target(target, adapter.logits(trace.output))
+        total = x.new_zeros(trace.output.shape[:2])  # (B, N)
+        for layer in range(start_layer, adapter.depth):
+            seen: dict[str, Any] = {}
             with torch.enable_grad():
-                out, _ = block(tokens.detach().requires_grad_(True),
-                               attend=recording(fused_attend, seen))
-                score = _layer_score(model, out, classes, pool)
+                tokens = trace.inputs[layer - start_layer].detach().requires_grad_(True)
+                with intercept(record(seen)):  # the block's attention, not an attention pool's
+                    out = adapter.run_block(layer, tokens, trace.kwargs[layer])
+                score = _layer_score(adapter, out, classes, pool)
                 (d_out,) = torch.autograd.grad(score, seen["out"])
             with torch.no_grad():
                 heads, n = d_out.shape[1], d_out.shape[2]
-                total += _positive_gradient_columns(seen, d_out, chunk) / (heads * n)
-            tokens = out.detach()
-        return patch_map(total / (depth - start_layer), model.num_prefix_tokens, grid)
-
+                total += _positive_gradient_columns(seen["call"], d_out, chunk_size) / (heads * n)
+        return patch_map(total / (adapter.depth - start_layer), adapter.num_prefix_tokens, grid)

@@ -3,6 +3,7 @@ by the attention-aware rules in gradient x input form (as the ``lxt`` library do
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -10,16 +11,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-from vit.explain.inputs import (
-    check_autograd,
-    check_choice,
-    check_images,
-    eval_mode,
-    input_grid,
-    model_device,
-)
-from vit.explain.recompute import backward_by_block, forward_keeping_inputs, target_gradient
+from vit.explain.adapters import adapter_for
+from vit.explain.attention_calls import AttentionCall, intercept
+from vit.explain.inputs import check_autograd, check_choice, check_images, model_device
+from vit.explain.recompute import backward_by_block, target_gradient
 
 __all__ = ["LRP_RULES", "attnlrp"]
 
@@ -32,51 +29,115 @@ def _scale_grad(t: torch.Tensor, factor: float) -> torch.Tensor:
     return t.detach() + factor * (t - t.detach())
 
 
-def _attnlrp_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v with AttnLRP's rules in gradient x input form: the uniform
-    rule halves the relevance at each of the two matrix products (q and k: 1/4, v: 1/2); the
-    softmax keeps its own gradient, which is the paper's Proposition 3.1 rule."""
-    return F.scaled_dot_product_attention(_scale_grad(q, 0.25), _scale_grad(k, 0.25),
-                                          _scale_grad(v, 0.5))
+def _attnlrp_attend(call: AttentionCall) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v with AttnLRP's rules in gradient x input form: the
+    uniform rule halves the relevance at each product of two input-dependent factors (q k^T,
+    then A v: q and k 1/4, v 1/2 in self-attention), the softmax keeps its own gradient (the
+    paper's Proposition 3.1 rule). A factor that does not depend on the input (an attention
+    pool's learned query) is a weight: the other factor keeps the whole relevance."""
+    q, k, v = call.q, call.k, call.v
+    qk = 0.5 if q.requires_grad and k.requires_grad else 1.0
+    av = 0.5 if (q.requires_grad or k.requires_grad) and v.requires_grad else 1.0
+    return call.attend(_scale_grad(q, qk * av), _scale_grad(k, qk * av), _scale_grad(v, av))
 
 
-def _cp_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _cp_attend(call: AttentionCall) -> torch.Tensor:
     """CP-LRP (Ali et al. 2022): the attention weights are held fixed, relevance flows via v."""
-    return F.scaled_dot_product_attention(q.detach(), k.detach(), v)
+    return call.attend(call.q.detach(), call.k.detach(), call.v)
 
 
-def _layer_norm_identity(module: nn.LayerNorm, args: tuple, _output: torch.Tensor) -> torch.Tensor:
-    """LayerNorm with the standard deviation held fixed (identity rule on the division)."""
-    x = args[0]
-    centred = x - x.mean(dim=-1, keepdim=True)
-    std = (centred.pow(2).mean(dim=-1, keepdim=True) + module.eps).sqrt()
-    y = centred / std.detach()
-    if module.weight is not None:
-        y = y * module.weight
-    return y + module.bias if module.bias is not None else y
+def _layer_norm_rule(x: torch.Tensor, normalized_shape: Any, weight: torch.Tensor | None = None,
+                     bias: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """``F.layer_norm`` with the standard deviation held fixed (identity rule on the
+    division): the model's value, the rule's gradient. Any module calling it (nn.LayerNorm,
+    timm's LayerNorm2d, q/k norms) gets the rule."""
+    dims = tuple(range(-len(tuple(normalized_shape)), 0))
+    centred = x - x.mean(dim=dims, keepdim=True)
+    y = centred / (centred.pow(2).mean(dim=dims, keepdim=True) + eps).sqrt().detach()
+    y = y if weight is None else y * weight
+    y = y if bias is None else y + bias
+    value = _LAYER_NORM(x, normalized_shape, weight, bias, eps)
+    return value.detach() + (y - y.detach())
 
 
-def _elementwise_identity(_module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-    """Identity rule: the output's value, with gradient ``f(x) / x`` so relevance passes through."""
+def _group_norm_rule(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
+                     bias: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """``F.group_norm`` (a hybrid's convolutional stem) with its standard deviations fixed."""
+    groups = x.reshape(x.shape[0], num_groups, -1)
+    centred = groups - groups.mean(dim=-1, keepdim=True)
+    y = (centred / (centred.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt().detach()).reshape(
+        x.shape)
+    channel = (1, -1) + (1,) * (x.ndim - 2)
+    y = y if weight is None else y * weight.reshape(channel)
+    y = y if bias is None else y + bias.reshape(channel)
+    value = _GROUP_NORM(x, num_groups, weight, bias, eps)
+    return value.detach() + (y - y.detach())
+
+
+def _elementwise_rule(_module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    """The output's value with gradient ``f(x) / x``: the identity rule of an activation (GELU,
+    SiLU, QuickGELU: relevance passes unchanged) and, for a norm that only rescales (RMSNorm),
+    its scale held fixed."""
     x = args[0]
     ratio = torch.where(x == 0, torch.full_like(x, 0.5), output / x).detach()  # gelu(x)/x -> 1/2
     return output.detach() + (x - x.detach()) * ratio
 
 
+def _elementwise_classes() -> tuple[type, ...]:
+    """Modules with the elementwise rule: activations and the norms that only rescale, torch's
+    and timm's once timm is imported (its activations and RMS norms are modules of its own,
+    some composed of products that the rule then stands in for)."""
+    elementwise: list[type] = [nn.GELU, nn.SiLU, nn.ReLU, nn.Mish, nn.Hardswish]
+    if hasattr(nn, "RMSNorm"):
+        elementwise.append(nn.RMSNorm)
+    if "timm" in sys.modules:
+        from timm.layers import activations, norm
+
+        elementwise += [activations.GELU, activations.GELUTanh, activations.QuickGELU,
+                        activations.Swish, activations.Mish, activations.HardSwish,
+                        norm.RmsNorm, norm.RmsNormFp32, norm.RmsNorm2d, norm.RmsNorm2dFp32,
+                        norm.SimpleNorm, norm.SimpleNormFp32, norm.SimpleNorm2d,
+                        norm.SimpleNorm2dFp32]
+    return tuple(elementwise)
+
+
 @contextmanager
 def _lrp_rules(model: nn.Module) -> Iterator[None]:
-    """AttnLRP's rules for LayerNorm and GELU on this model, for the duration of the block."""
-    handles = []
-    for module in model.modules():
-        if isinstance(module, nn.LayerNorm):
-            handles.append(module.register_forward_hook(_layer_norm_identity))
-        elif isinstance(module, nn.GELU):
-            handles.append(module.register_forward_hook(_elementwise_identity))
+    """AttnLRP's rules for this model, for the block's duration: the elementwise rule on its
+    activations and rescaling norms (module hooks), and by ``_OpRules`` the LayerNorm and
+    GroupNorm rules and the uniform rule on products of two input-dependent tensors."""
+    elementwise = _elementwise_classes()
+    handles = [module.register_forward_hook(_elementwise_rule) for module in model.modules()
+               if isinstance(module, elementwise)]
     try:
-        yield
+        with _OpRules():
+            yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+_PRODUCTS = {torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__}
+_LAYER_NORM, _GROUP_NORM = F.layer_norm, F.group_norm  # as imported
+_NORM_RULES = {_LAYER_NORM: _layer_norm_rule, _GROUP_NORM: _group_norm_rule}
+
+
+class _OpRules(TorchFunctionMode):
+    """AttnLRP's rules where they are ops: LayerNorm and GroupNorm with their standard
+    deviations fixed, whichever module calls them; the uniform rule on an elementwise product
+    of two input-dependent tensors (the gate of SwiGLU, a gated attention), each factor half
+    the relevance. Parameters are frozen during an explanation, so "requires grad" means
+    "depends on the input". BatchNorm in eval mode is affine: it keeps its gradient."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (),
+                           kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _NORM_RULES:
+            return _NORM_RULES[func](*args, **kwargs)
+        if func in _PRODUCTS and len(args) == 2 and not kwargs and all(
+                isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            return _scale_grad(args[0], 0.5) * _scale_grad(args[1], 0.5)
+        return func(*args, **kwargs)
 
 
 def attnlrp(
@@ -99,18 +160,20 @@ def attnlrp(
     check_images(images)
     check_autograd("attnlrp")
     check_choice("rule", rule, LRP_RULES)
+    adapter = adapter_for(model)
+    adapter.require_head("attnlrp")
     x = images.detach().to(model_device(model, images.device))
-    gh, gw = input_grid(model, x)
-    with eval_mode(model):
+    gh, gw = adapter.grid(x)
+    with adapter.session():
         with torch.no_grad():
-            inputs, output = forward_keeping_inputs(model, model.embed(x))
+            trace = adapter.trace(x)
         with torch.enable_grad(), _lrp_rules(model):
-            grad, _ = target_gradient(model, output, target)
             attend = _attnlrp_attend if rule == "attnlrp" else _cp_attend
-            grad = backward_by_block(model, inputs, grad, attend=attend)
+            with intercept(attend):  # an attention-pool head has the attention's rules too
+                grad, _ = target_gradient(adapter, trace.output, target)
+            grad = backward_by_block(adapter, trace, grad, attend=attend)
             pixels = x.clone().requires_grad_(True)
-            (grad_pixels,) = torch.autograd.grad(model.embed(pixels), pixels, grad)
+            (grad_pixels,) = torch.autograd.grad(adapter.embed(pixels)[0], pixels, grad)
         relevance = (x * grad_pixels).sum(dim=1)  # (B, H, W)
         b, h, w = relevance.shape
         return relevance.reshape(b, gh, h // gh, gw, w // gw).sum(dim=(2, 4))  # per patch
-

@@ -15,17 +15,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vit.explain.adapters import Adapter, adapter_for
+from vit.explain.attention_calls import AttentionCall
 from vit.explain.inputs import (
     Query,
     check_choice,
     check_images,
     check_layer_index,
-    eval_mode,
-    input_grid,
     model_device,
     query_token,
 )
-from vit.explain.recompute import attention_rows, chunk_rows, chunks, layer_inputs, one_hot_rows
+from vit.explain.recompute import attention_of, chunk_rows, chunks, one_hot_rows
 from vit.explain.rollout import HEAD_FUSIONS, check_rollout_args, fuse_heads, patch_map
 
 __all__ = ["rollout", "attention"]
@@ -44,24 +44,41 @@ def _discard_lowest_rows(fused: torch.Tensor, k: int, first_row: int) -> torch.T
 
 
 def _rollout_step(
-    row: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float, *, head_fusion: str,
-    discard_ratio: float, chunk: int,
+    row: torch.Tensor, call: AttentionCall, *, head_fusion: str, discard_ratio: float,
+    chunk_size: int | None,
 ) -> torch.Tensor:
     """``row @ M`` for one block's ``M = rownorm(0.5 * F + 0.5 * I)``, F the fused, thinned
     attention, formed ``chunk`` rows at a time. With ``w = row / rowsum(0.5 F + 0.5 I)``:
     ``row @ M = 0.5 * w @ F + 0.5 * w``; rows where ``row`` is 0 are skipped."""
-    n = q.shape[2]
+    n = call.q.shape[2]
+    chunk = chunk_rows(call, chunk_size)
     discard = int(n * discard_ratio)
     w = torch.zeros_like(row)
     w_times_f = torch.zeros_like(row)
     for start, stop in chunks(n, chunk):
         if not row[:, start:stop].any():
             continue
-        fused = fuse_heads(attention_rows(q, k, scale, start, stop), head_fusion)  # (B, C, N)
+        fused = fuse_heads(call.probabilities(start, stop), head_fusion)  # (B, C, N)
         fused = _discard_lowest_rows(fused, discard, start)
         w[:, start:stop] = row[:, start:stop] / (0.5 * fused.sum(dim=-1) + 0.5)
         w_times_f += (w[:, None, start:stop] @ fused)[:, 0]
     return 0.5 * w_times_f + 0.5 * w
+
+
+def _needs_output(adapter: Adapter, query: Query) -> bool:
+    """Whether the start row depends on the last tokens (pooling other than by fixed tokens)."""
+    return query is None and adapter.pool not in ("token", "distilled")
+
+
+def start_row(adapter: Adapter, query: Query, tokens: torch.Tensor, grid: tuple[int, int]
+              ) -> torch.Tensor:
+    """(B, N): the row rollout starts from. ``query`` None: the pooled feature
+    (``Adapter.pool_row``: [CLS] for class-token models); a token index or (row, col) patch:
+    that token alone."""
+    if query is None:
+        return adapter.pool_row(tokens)
+    token = query_token(query, adapter.num_prefix_tokens, grid)
+    return one_hot_rows(tokens.shape[0], tokens.shape[1], token, tokens.device)
 
 
 def rollout(
@@ -70,53 +87,56 @@ def rollout(
 ) -> torch.Tensor:
     """Attention rollout (Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers").
 
-    Per block from ``start_layer`` on: heads fused (mean, max or min), optionally the
+    Per block from ``start_layer``: heads fused (mean, max or min), optionally the
     ``int(N * discard_ratio)`` smallest entries of each row zeroed (never the diagonal; as in
     jacobgil/vit-explain), ``0.5 * A + 0.5 * I``, rows renormalised; the blocks' matrices are
-    multiplied in forward order, ``R = M_L ... M_start``, and the map is R's row of ``query``
-    ([CLS] by default; any token index or (row, col) patch) on the patch tokens.
-    It does not depend on the class. Cost: one forward pass plus q K^T once per block.
+    multiplied in forward order, ``R = M_L ... M_start``, and the map is ``r R`` on the patch
+    tokens, ``r`` the pooled feature's row (``start_row``: [CLS], the patch mean, the
+    attention pool's weights) or the ``query`` token's. A is each block's attention as its
+    family computes it (relative-position bias, RoPE, q/k norms). It does not depend on the
+    class. Cost: one forward pass plus each block's q and k once more.
     """
     check_images(images)
-    depth = len(model.blocks)
-    check_rollout_args(head_fusion, discard_ratio, start_layer, depth)
-    chunk = chunk_rows(model, chunk_size)
+    adapter = adapter_for(model)
+    check_rollout_args(head_fusion, discard_ratio, start_layer, adapter.depth)
     x = images.to(model_device(model, images.device))
-    grid = input_grid(model, x)
-    token = query_token(query, model.num_prefix_tokens, grid)
-    with eval_mode(model), torch.no_grad():
-        tokens = model.embed(x)  # (B, N, D)
-        inputs = layer_inputs(model, tokens, start_layer, depth - 1)  # last block: not run
-        row = one_hot_rows(x.shape[0], tokens.shape[1], token, tokens.device)
-        for layer in reversed(range(start_layer, depth)):  # e_q^T M_L first, then M_(L-1), ...
-            block = model.blocks[layer]
-            q, k, _ = block.attn.heads(block.norm1(inputs.pop()))
-            row = _rollout_step(row, q, k, block.attn.scale, head_fusion=head_fusion,
-                                discard_ratio=discard_ratio, chunk=chunk)
-        return patch_map(row, model.num_prefix_tokens, grid)
+    grid = adapter.grid(x)
+    with adapter.session(), torch.no_grad():
+        trace = adapter.trace(x, first=start_layer, output=_needs_output(adapter, query))
+        row = start_row(adapter, query, trace.inputs[-1] if trace.output is None
+                        else trace.output, grid)
+        for layer in reversed(range(start_layer, adapter.depth)):  # r M_L first, then M_(L-1)..
+            call = attention_of(adapter, layer, trace.inputs.pop(), trace.kwargs[layer])
+            row = _rollout_step(row, call, head_fusion=head_fusion,
+                                discard_ratio=discard_ratio, chunk_size=chunk_size)
+        return patch_map(row, adapter.num_prefix_tokens, grid)
 
 
 def attention(
     model: nn.Module, images: torch.Tensor, *, layer: int = -1, head_fusion: str = "mean",
     query: Query = None,
 ) -> torch.Tensor:
-    """One layer's attention row of ``query`` ([CLS] by default), heads fused, on the patches.
-
-    The raw-attention baseline of the rollout literature (e.g. Abnar & Zuidema 2020): only one
-    row of one layer is computed, after a fused forward pass up to that layer.
+    """One layer's attention row of the pooled feature (``start_row``: [CLS] for class-token
+    models) or of ``query``, heads fused, on the patches: the raw-attention baseline of the
+    rollout literature (e.g. Abnar & Zuidema 2020). For a pooled feature that reads several
+    tokens (patch mean, attention pool) the row is the same mixture of their rows. The
+    forward pass stops at that layer, unless the pooled feature needs the last tokens.
     """
     check_images(images)
     check_choice("head_fusion", head_fusion, HEAD_FUSIONS)
-    depth = len(model.blocks)
-    check_layer_index("layer", layer, depth, allow_negative=True)
-    layer = layer % depth
+    adapter = adapter_for(model)
+    check_layer_index("layer", layer, adapter.depth, allow_negative=True)
+    layer = layer % adapter.depth
     x = images.to(model_device(model, images.device))
-    grid = input_grid(model, x)
-    token = query_token(query, model.num_prefix_tokens, grid)
-    with eval_mode(model), torch.no_grad():
-        (tokens,) = layer_inputs(model, model.embed(x), layer, layer)
-        block = model.blocks[layer]
-        q, k, _ = block.attn.heads(block.norm1(tokens))
-        rows = attention_rows(q, k, block.attn.scale, token, token + 1)[:, :, 0]  # (B, heads, N)
-        return patch_map(fuse_heads(rows, head_fusion), model.num_prefix_tokens, grid)
-
+    grid = adapter.grid(x)
+    with adapter.session(), torch.no_grad():
+        needs_output = _needs_output(adapter, query)
+        trace = adapter.trace(x, first=layer, last=None if needs_output else layer,
+                              output=needs_output)
+        weights = start_row(adapter, query, trace.output if needs_output else trace.inputs[-1],
+                            grid)  # (B, N)
+        call = attention_of(adapter, layer, trace.inputs[0], trace.kwargs[layer])
+        rows = torch.stack([(weights[:, None, start:stop, None] * call.probabilities(
+            start, stop)).sum(dim=2) for start, stop in chunks(weights.shape[1], 64)
+            if weights[:, start:stop].any()]).sum(dim=0)  # (B, heads, N)
+        return patch_map(fuse_heads(rows, head_fusion), adapter.num_prefix_tokens, grid)

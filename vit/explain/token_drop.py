@@ -12,25 +12,31 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from vit.explain.inputs import eval_mode
+from vit.explain.adapters import Adapter, Trace, adapter_for
+from vit.explain.attention_calls import fused, intercept, restricted
 
 __all__ = ["token_drop_curves", "token_drop_curve", "token_drop_auc"]
 
 
-def _target_probability(model: nn.Module, tokens: torch.Tensor, keep: torch.Tensor,
+def _target_probability(adapter: Adapter, trace: Trace, keep: torch.Tensor,
                         classes: torch.Tensor) -> torch.Tensor:
-    """Class probability (B,) with only the patch tokens ``keep`` (B, K) in the sequence."""
-    prefix = model.num_prefix_tokens
+    """Class probability (B,) with only the patch tokens ``keep`` (B, K) in the sequence.
+    Block keywords (RoPE) and biases over the whole sequence (relative positions) are cut to
+    the kept tokens, so each keeps its own position."""
+    tokens, prefix = trace.inputs[0], adapter.num_prefix_tokens
     patches = tokens[:, prefix:]
     kept = patches.gather(1, keep[..., None].expand(-1, -1, patches.shape[-1]))  # (B, K, D)
-    sequence = torch.cat([tokens[:, :prefix], kept], dim=1)
-    for block in model.blocks:
-        sequence, _ = block(sequence)
-    probs = model.forward_head(model.norm(sequence)).float().softmax(dim=-1)
+    sequence = torch.cat([tokens[:, :prefix], kept], dim=1)  # (B, prefix + K, D)
+    index = torch.cat([torch.arange(prefix, device=keep.device).expand(keep.shape[0], prefix),
+                       keep + prefix], dim=1)  # the tokens' places in the whole sequence
+    with intercept(fused, shape=restricted(index)):
+        for layer, kwargs in enumerate(trace.kwargs):
+            sequence = adapter.run_block(layer, sequence, adapter.keep_kwargs(kwargs, keep))
+    probs = adapter.logits(sequence).float().softmax(dim=-1)
     return probs.gather(1, classes[:, None])[:, 0]
 
 
-def _probabilities(model: nn.Module, tokens: torch.Tensor, kept: Sequence[torch.Tensor],
+def _probabilities(adapter: Adapter, trace: Trace, kept: Sequence[torch.Tensor],
                    classes: torch.Tensor) -> list[torch.Tensor]:
     """The class probability (B,) for each set of kept patches (B, K); sets of the same length
     share one forward pass."""
@@ -38,11 +44,11 @@ def _probabilities(model: nn.Module, tokens: torch.Tensor, kept: Sequence[torch.
     for i, keep in enumerate(kept):
         by_length.setdefault(keep.shape[1], []).append(i)
     out: list[torch.Tensor] = [classes] * len(kept)
-    b = tokens.shape[0]
+    b = trace.inputs[0].shape[0]
     for members in by_length.values():
         keep = torch.cat([kept[i] for i in members])  # (len(members) * B, K)
-        probs = _target_probability(model, tokens.repeat(len(members), 1, 1), keep,
-                                    classes.repeat(len(members)))
+        repeated = Trace([trace.inputs[0].repeat(len(members), 1, 1)], trace.kwargs)
+        probs = _target_probability(adapter, repeated, keep, classes.repeat(len(members)))
         for j, i in enumerate(members):
             out[i] = probs[j * b:(j + 1) * b]
     return out
@@ -57,10 +63,11 @@ def token_drop_curves(
     fraction of patches moved at each point.
 
     Tokens keep their position embedding, so what remains is the same image with holes, not a
-    shifted one. A model pooling by the patch mean needs at least one patch: its curves stop
-    one patch short of the empty sequence.
+    shifted one. A model pooling the patches (mean, attention pool) needs at least one patch:
+    its curves stop one patch short of the empty sequence.
     """
-    least = 1 if model.global_pool == "avg" else 0
+    adapter = adapter_for(model)
+    least = 0 if adapter.pool in ("token", "distilled") else 1
     kept, points = [], {}
     for name, (saliency_map, insert) in orders.items():
         num_patches = saliency_map[0].numel()
@@ -70,8 +77,10 @@ def token_drop_curves(
         for count in counts.tolist():
             keep = order[:, :count + least] if insert else order[:, count:]
             kept.append(keep.sort(dim=1).values.to(images.device))
-    with eval_mode(model), torch.no_grad():
-        probs = _probabilities(model, model.embed(images), kept, classes)
+    with adapter.session(), torch.no_grad():
+        trace = adapter.trace(images, output=False)
+        del trace.inputs[1:]  # the first block's input and every block's keywords are enough
+        probs = _probabilities(adapter, trace, kept, classes)
     return {name: (torch.stack(probs[first:first + steps + 1], dim=1), x)
             for name, (first, x) in points.items()}
 

@@ -37,7 +37,9 @@ def from_timm(timm_model: nn.Module) -> VisionTransformer:
 
     Supports the standard layout (class token, learned position embedding that covers the prefix
     tokens, LayerNorm, GELU, optional registers / LayerScale / qk-norm, 'token' or 'avg' pooling).
-    Anything else raises a ``ValueError`` naming what differs.
+    Anything else raises a ``ValueError`` naming what differs. No conversion is needed to
+    explain or fine-tune a timm model: ``vit.explain`` and ``--model timm:NAME`` take every
+    timm ViT family as it is.
     """
     model = VisionTransformer(timm_config(timm_model))
     state = {k: v for k, v in timm_model.state_dict().items()}
@@ -47,7 +49,14 @@ def from_timm(timm_model: nn.Module) -> VisionTransformer:
 
 def _unsupported(m: nn.Module) -> list[str]:
     """What a timm VisionTransformer has that our model does not."""
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    if not isinstance(m, TimmViT):
+        return [f"the class {type(m).__name__} (only timm's plain VisionTransformer converts; "
+                "vit.explain and --model timm:NAME take every ViT family as it is)"]
     unsupported = []
+    if getattr(m, "dist_token", None) is not None:
+        unsupported.append("a distillation token (distilled DeiT)")
     if not getattr(m, "has_class_token", True):
         unsupported.append("class_token=False")
     if getattr(m, "no_embed_class", False):

@@ -121,8 +121,7 @@
   }
 
   function tokenName(token) {
-    if (token === 0) return "[CLS]";
-    if (token < PREFIX) return "register " + token;
+    if (token < PREFIX) return M.prefix_names[token];
     const patch = token - PREFIX;
     return "patch (row " + (Math.floor(patch / GW) + 1) + ", column " + (patch % GW + 1) + ")";
   }
@@ -132,11 +131,14 @@
   }
 
   function prefixText(prefix) {
-    const parts = ["[CLS] " + pct(prefix[0])];
+    const parts = [];
     let registers = 0;
-    for (let k = 1; k < PREFIX; k++) registers += prefix[k];
-    if (PREFIX > 1) parts.push("registers " + pct(registers));
-    return parts.join(", ");
+    for (let k = 0; k < PREFIX; k++) {
+      if (M.prefix_names[k].startsWith("register")) registers += prefix[k];
+      else parts.push(M.prefix_names[k] + " " + pct(prefix[k]));
+    }
+    if (M.registers > 0) parts.push("registers " + pct(registers));
+    return parts.length ? parts.join(", ") : "no prefix tokens";
   }
 
   function strongest(patches) {
@@ -343,7 +345,8 @@
       drawAll();
     });
     for (let token = 0; token < PREFIX; token++) {
-      const button = el("button", "", token === 0 ? "[CLS]" : "reg " + token);
+      const label = M.prefix_names[token];
+      const button = el("button", "", label.startsWith("register") ? "reg " + label.slice(9) : label);
       button.type = "button"; button.dataset.token = token;
       button.addEventListener("click", () => { state.pinned = state.query = token; drawQuery(); });
       $("query-tokens").append(button);
