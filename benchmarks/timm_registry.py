@@ -108,9 +108,13 @@ def explain_all(model: torch.nn.Module, side: int = 4) -> dict[str, Any]:
     return {"status": "explained"}
 
 
-def walk(names: list[str], show_progress: bool = True) -> list[dict[str, Any]]:
-    rows = []
-    for name in tqdm(names, desc="timm registry", unit="arch", disable=not show_progress):
+def walk(names: list[str], show_progress: bool = True, rows: list[dict[str, Any]] | None = None,
+         save: Any = None) -> list[dict[str, Any]]:
+    """Each of ``names`` not already in ``rows``, in turn; ``save(rows)`` after each one."""
+    rows = list(rows or [])
+    done = {row["name"] for row in rows}
+    for name in tqdm([n for n in names if n not in done], desc="timm registry", unit="arch",
+                     disable=not show_progress):
         start = time.perf_counter()
         try:
             model, side = build_small(name)
@@ -120,6 +124,8 @@ def walk(names: list[str], show_progress: bool = True) -> list[dict[str, Any]]:
         row = {"name": name, "class": type(model).__name__, **explain_all(model, side)}
         row["seconds"] = round(time.perf_counter() - start, 2)
         rows.append(row)
+        if save is not None:
+            save(rows)
     return rows
 
 
@@ -141,7 +147,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--names", default=",".join(FAMILY_PATTERNS),
                         help="comma-separated timm name patterns (default: the ViT families)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the rows here (after every architecture)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows already in --json and walk only the others")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -150,7 +159,20 @@ def main(argv: list[str] | None = None) -> None:
     info = machine_info(torch.device("cpu"),
                         command_line(__file__, sys.argv[1:] if argv is None else argv))
     print(format_header(info))
-    rows = walk(names)
+    import json
+
+    import timm
+
+    kept = json.loads(args.json.read_text())["rows"] if args.resume and args.json is not None \
+        and args.json.exists() else []
+
+    def save(rows: list[dict[str, Any]]) -> None:
+        if args.json is not None:
+            write_json(args.json, {"machine": info, "timm": timm.__version__,
+                                   "patterns": patterns, "summary": summary(rows), "rows": rows})
+
+    rows = walk(names, rows=kept, save=save)
+    save(rows)
     result = summary(rows)
     print(f"\n{result['architectures']} architectures, {result['built']} built small: "
           f"{result['counts']}; explained {100 * result['explained_share']:.1f}%")
@@ -159,10 +181,6 @@ def main(argv: list[str] | None = None) -> None:
             if row["status"] == status:
                 print(f"  {status:9s} {row['name']}: {row.get('method', '')} {row['why']}")
     if args.json is not None:
-        import timm
-
-        write_json(args.json, {"machine": info, "timm": timm.__version__,
-                               "patterns": patterns, "summary": result, "rows": rows})
         print(f"wrote {args.json}")
 
 

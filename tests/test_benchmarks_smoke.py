@@ -24,6 +24,7 @@ from benchmarks import (  # noqa: E402
     model_speed,
     rollout_cost,
     time_to_accuracy,
+    timm_registry,
 )
 from vit.models.presets import count_flops_per_image  # noqa: E402
 from vit.models.vision_transformer import VisionTransformer, ViTConfig  # noqa: E402
@@ -303,3 +304,19 @@ def test_explorer_size_smoke(tmp_path: Path, capsys) -> None:
     assert rows[1]["size_mb"] < rows[0]["size_mb"]
     assert (tmp_path / "page.html").stat().st_size == round(rows[0]["size_mb"] * 1e6)
     assert "page MB" in capsys.readouterr().out
+
+
+def test_timm_registry_walk_explains_or_refuses_in_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "registry.json"
+    timm_registry.main(["--names", "deit_tiny_distilled_patch16_224,samvit_base_patch16",
+                        "--json", str(out)])
+    result = json.loads(out.read_text())
+    status = {r["name"]: r for r in result["rows"]}
+    assert status["deit_tiny_distilled_patch16_224"]["status"] == "explained"
+    refused = status["samvit_base_patch16"]
+    assert refused["status"] == "refused" and "\n" not in refused["why"]
+    assert "VisionTransformerSAM" in refused["why"]
+    assert result["summary"]["counts"] == {"explained": 1, "refused": 1}
+    timm_registry.main(["--names", "deit_tiny_distilled_patch16_224", "--json", str(out),
+                        "--resume"])  # kept rows are not walked again (their seconds stay)
+    assert json.loads(out.read_text())["rows"] == result["rows"]

@@ -18,6 +18,8 @@ its attention in ``scaled_dot_product_attention``):
 from __future__ import annotations
 
 import copy
+import json
+import re
 
 import numpy as np
 import pytest
@@ -435,3 +437,62 @@ def test_a_model_without_a_head_has_class_free_maps_and_one_line_for_the_rest():
     for method in ("grad-rollout", "legrad", "attnlrp", "gradcam"):
         with pytest.raises(ConfigError, match=f"{method} explains a class logit.*num_classes=0"):
             saliency(model, x, method)
+
+
+def test_a_compiled_model_is_explained_as_the_model_it_wraps():
+    model = tiny("vit")
+    compiled = torch.compile(model)  # not run: only its wrapper is asked for
+    assert adapter_for(compiled).model is model
+
+
+# --- a checkpoint of a timm model, through the commands ----------------------------------------
+
+
+@pytest.mark.parametrize("case", ["eva02-rope-swiglu", "siglip-map"])
+def test_a_timm_checkpoint_is_explained_by_the_commands(case, shapes_dataset, tmp_path):
+    """`vit explain` (every method, the explorer page) and `vit explain-bench` on the
+    checkpoint of a timm model, as a fine-tuned run leaves it: no conversion anywhere."""
+    from vit.cli import main
+    from vit.io import atomic_save
+    from vit.models.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint
+    from vit.models.timm_models import create_timm_model
+
+    classes = sorted(p.name for p in shapes_dataset.iterdir() if p.is_dir())
+    model = create_timm_model(CASES[case], num_classes=len(classes), img_size=48, args=dict(
+        depth=2, patch_size=8, embed_dim=32, num_heads=2))  # as `--model timm:NAME` builds it
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    ckpt = tmp_path / "best.pt"
+    atomic_save(make_checkpoint(
+        model=model, classes=classes, config={}, epoch=1, step=1, best_top1=None, metrics={},
+        preprocess={"img_size": 48, "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0}), ckpt)
+    assert type(model_from_checkpoint(load_checkpoint(ckpt))) is type(model)
+    out, page = tmp_path / "maps", tmp_path / "page.html"
+    three = sorted((shapes_dataset / classes[0]).glob("*.png"))[:3]
+    assert main(["explain", "--checkpoint", str(ckpt), *map(str, three), "--method", "all",
+                 "--output", str(out), "--html", str(page), "--auc-steps", "2", "--device", "cpu",
+                 "--quiet"]) == 0
+    assert len(list(out.glob("*_attnlrp.png"))) == 3 and len(list(out.glob("*_gradcam.png"))) == 3
+    data = re.search(r'<script type="application/json" id="vit-data">(.*?)</script>',
+                     page.read_text(), re.S).group(1)
+    names = {"eva02-rope-swiglu": ["[CLS]"], "siglip-map": []}[case]
+    assert json.loads(data)["model"]["prefix_names"] == names  # the page names what it shows
+    if case != "eva02-rope-swiglu":
+        return
+    bench = tmp_path / "bench"  # the randomisation cascade included: a family's whole head
+    assert main(["explain-bench", "--checkpoint", str(ckpt), "--data", str(shapes_dataset),
+                 "--images", "3", "--steps", "2", "--batch-size", "3", "--output", str(bench),
+                 "--device", "cpu", "--quiet"]) == 0
+    rows = json.loads((bench / "explain_bench.json").read_text())["rows"]
+    assert {r["method"] for r in rows} >= set(METHODS)
+    assert all(np.isfinite(v) for r in rows for k, v in r.items() if isinstance(v, float))
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch16_18x2_224", "vit_dwee_patch16_reg1_gap_256"])
+def test_blocks_with_two_attentions_are_refused_by_every_method(name):
+    model = timm.create_model(name, pretrained=False, depth=2, img_size=64, embed_dim=64,
+                              num_heads=4, num_classes=3).eval()
+    for method in METHODS:
+        with pytest.raises(ConfigError, match="computes 2 attentions.*exactly one per block"):
+            saliency(model, images(1, 64, 64), method)

@@ -7,6 +7,9 @@
     lrp             AttnLRP (Achtibat et al. 2024) and CP-LRP
     gradcam         Grad-CAM (Selvaraju et al. 2017) on a block's patch tokens
     attention_maps  chosen layers', heads' and query rows' attention
+    adapters        what the methods know of a model: one adapter per ViT family (this
+                    package's, timm's ViT/DeiT/EVA/BEiT/relpos/NaFlexViT), the only way in
+    attention_calls each block's attention as its family computes it (seen in SDPA)
     recompute       running the blocks in memory linear in the tokens (shared by the methods)
     rollout         the rollout arithmetic on given attention tensors
     overlay         a map over the image, as RGB

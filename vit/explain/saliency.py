@@ -11,8 +11,11 @@
     attnlrp        AttnLRP (Achtibat et al. 2024, ICML), layer-wise relevance of the target logit
     gradcam        Grad-CAM (Selvaraju et al. 2017) on the last block's patch tokens
 
-A map covers the patch tokens only (registers and [CLS] left out), on the grid of the input
-size, which may differ from the trained size and need not be square. ``target`` (class-specific
+``model`` is this package's ViT or a timm ViT-family model as it is (``vit.explain.adapters``:
+ViT, DeiT, EVA-02, DINOv2/v3, SigLIP, BEiT, ...). A map covers the patch tokens only (registers,
+[CLS] and [DIST] left out), on the grid of the input size, which may differ from the trained
+size and need not be square. Rollout and attention start from the pooled feature's row: [CLS]
+for class-token models, else what the model pools (the patch mean, an attention pool). ``target`` (class-specific
 methods: ``CLASS_SPECIFIC``) is None for the predicted class, an int, or a (B,) tensor.
 The model stays as trained (fused attention); every call runs in eval mode and full precision,
 whatever autocast surrounds it, with memory linear in the tokens (``vit.explain.recompute``).
