@@ -487,3 +487,12 @@ def test_a_timm_checkpoint_is_explained_by_the_commands(case, shapes_dataset, tm
     rows = json.loads((bench / "explain_bench.json").read_text())["rows"]
     assert {r["method"] for r in rows} >= set(METHODS)
     assert all(np.isfinite(v) for r in rows for k, v in r.items() if isinstance(v, float))
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch16_18x2_224", "vit_dwee_patch16_reg1_gap_256"])
+def test_blocks_with_two_attentions_are_refused_by_every_method(name):
+    model = timm.create_model(name, pretrained=False, depth=2, img_size=64, embed_dim=64,
+                              num_heads=4, num_classes=3).eval()
+    for method in METHODS:
+        with pytest.raises(ConfigError, match="computes 2 attentions.*exactly one per block"):
+            saliency(model, images(1, 64, 64), method)

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from vit.errors import ConfigError
-from vit.explain.attention_calls import intercept, record
+from vit.explain.attention_calls import AttentionCall, intercept, record
 from vit.explain.inputs import eval_mode
 
 __all__ = ["Adapter", "Trace", "adapter_for", "FAMILIES", "supported_families"]
@@ -127,11 +127,16 @@ class Adapter:
         inputs from ``first`` on; the pass stops once block ``last`` has run (before it runs
         when its ``output`` is not wanted)."""
         last = self.depth - 1 if last is None else last
-        trace = Trace()
+        trace, calls = Trace(), []  # calls: the attentions each block computed
+
+        def count(call: AttentionCall) -> torch.Tensor:
+            calls[-1] += 1
+            return call.attend()
 
         def before(index: int) -> Any:
             def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
                 trace.kwargs.append(dict(kwargs))
+                calls.append(0)
                 if keep_inputs and index >= first:
                     trace.inputs.append(args[0])
                 if index == last and not output:
@@ -145,9 +150,20 @@ class Adapter:
         handles = [b.register_forward_pre_hook(before(i), with_kwargs=True)
                    for i, b in enumerate(self.blocks[:last + 1])]
         handles.append(self.blocks[last].register_forward_hook(after))
-        with _mlp_in_chunks(self.blocks, MLP_CHUNK, enabled=not torch.is_grad_enabled()):
+        with _mlp_in_chunks(self.blocks, MLP_CHUNK, enabled=not torch.is_grad_enabled()), \
+                intercept(count):
             self._run_features(images, handles)
+        self._check_one_attention(calls if output else calls[:-1])
         return trace
+
+    def _check_one_attention(self, calls: list[int]) -> None:
+        """Every method reads one attention per block; parallel blocks (two attentions side by
+        side) and differential attention (a difference of two) are refused, not half read."""
+        for index, count in enumerate(calls):
+            if count != 1:
+                raise ConfigError(f"block {index} of this {type(self.model).__name__} computes "
+                                  f"{count} attentions (parallel blocks or differential "
+                                  "attention); the explanations need exactly one per block")
 
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         """The first block's input tokens (B, N, D), in the graph of ``images``, and its kwargs."""
