@@ -214,7 +214,10 @@ def test_explain_draws_the_good_files_and_warns_once_per_bad_one(hostile, capsys
     drawn = sorted(p.name for p in tmp_path.glob("*_attnlrp.png"))
     assert drawn == sorted(f"{Path(name).stem}_attnlrp.png" for name in READABLE)
     assert (tmp_path / "grid.png").is_file()
-    assert len(out.splitlines()) == len(READABLE)  # one line per drawn overlay
+    lines = out.splitlines()  # one line per drawn overlay, then the summary and the colour key
+    assert [line.split()[0] for line in lines[:len(READABLE)]] == [
+        line.split()[0] for line in lines if line.startswith(str(tmp_path))]
+    assert len(lines) == len(READABLE) + 2 and lines[-2].startswith(f"{len(READABLE)} images")
     assert_one_warning_per_bad_file(hostile, err)
 
 

@@ -252,8 +252,10 @@ def test_the_cli_fine_tunes_a_timm_model_then_evaluates_and_pushes_it(data, tmp_
     assert main(["train", "--data", str(data), "--model", "timm:vit_small_patch14_reg4_dinov2",
                  "--pretrained", str(path), "--img-size", "28", "--epochs", "1", "--device",
                  "cpu", "--workers", "0", "--output", str(run), "model.depth=2",
-                 "model.embed_dim=32", "model.num_heads=2", "train.explain_samples=0",
+                 "model.embed_dim=32", "model.num_heads=2", "train.explain_samples=2",
                  "--quiet"]) == 0
+    # the end of the run explains held-out images through the explain adapters
+    assert len(list((run / "overlays").glob("*_attnlrp.png"))) == 2
     assert main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(data),
                  "--device", "cpu", "--output", str(tmp_path / "eval"), "--quiet"]) == 0
     assert json.loads((tmp_path / "eval" / "report.json").read_text())["num_images"] == 36
@@ -365,3 +367,32 @@ def test_timm_weights_of_another_family_for_the_package_vit_say_how_to_fine_tune
     with pytest.raises(CheckpointError, match="--model timm:eva02_tiny_patch14_224.mim_in22k "
                                               "--pretrained timm:eva02"):
         read_pretrained("timm:eva02_tiny_patch14_224.mim_in22k")
+
+
+@pytest.mark.filterwarnings("ignore:::gradio")
+def test_the_demo_app_answers_on_a_timm_checkpoint(tmp_path, monkeypatch):
+    from test_demo import ask, free_port, needs_gradio
+    from test_predict import COLOURS, colour_image
+
+    gradio_client = needs_gradio()
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    from PIL import Image
+
+    from vit.inference.demo import build_demo
+
+    torch.manual_seed(0)
+    model = create_timm_model("eva02_tiny_patch14_224", num_classes=3, img_size=28, args=TINY)
+    torch.nn.init.normal_(model.head.weight, std=2.0)
+    clf = Classifier.from_checkpoint(save_checkpoint(tmp_path / "best.pt", model.eval()),
+                                     device="cpu")
+    image = tmp_path / "red.png"
+    Image.fromarray(colour_image(COLOURS["red"], size=(40, 36))).save(image)
+    app = build_demo(clf, topk=2)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        labels, picture = ask(gradio_client, f"http://127.0.0.1:{port}/", image, "attnlrp")
+        assert labels == [label for label, _ in clf.predict([image], topk=2)[0]]
+        assert picture.ndim == 3
+    finally:
+        app.close()

@@ -430,3 +430,18 @@ def test_throttled_saving_writes_the_last_epoch_and_the_best_weights(tmp_path):
     assert best["epoch"] == best_epoch and best["best_top1"] == summary.best_top1
     if best_epoch == 3:
         assert_same_weights(best["model"], last["model"])
+
+
+def test_cli_run_logged_to_a_file_says_how_far_each_epoch_is(tmp_path, monkeypatch, capsys):
+    """With stderr not a terminal (a log file) the bar is off; progress lines take its place."""
+    import vit.cli.train
+
+    data = make_folder(tmp_path / "data")
+    monkeypatch.setattr(vit.cli.train, "PROGRESS_LOG_EVERY_S", 0.0)
+    assert main(["train", *_cli_args(data, tmp_path / "run", 1)]) == 0
+    lines = [line.split(" INFO ", 1)[1] for line in capsys.readouterr().err.splitlines()
+             if " INFO epoch 1: batch " in line]
+    # 27 training images in batches of 8 (the last part-batch dropped): a line after each of
+    # the 3 batches but the last, which the epoch's own line follows
+    assert [line.split(",")[0] for line in lines] == ["epoch 1: batch 1/3", "epoch 1: batch 2/3"]
+    assert all("img/s, about " in line and line.endswith("left in this epoch") for line in lines)

@@ -12,6 +12,9 @@ from vit.config import Config, load_config, set_value
 
 logger = logging.getLogger(__name__)
 
+# the progress line of `vit train` when stderr is not a terminal (the bar's place in a log)
+PROGRESS_LOG_EVERY_S = 60.0
+
 # flag -> dotted config key
 FLAG_KEYS = {
     "data": "data.root",
@@ -176,8 +179,9 @@ def run(args: argparse.Namespace) -> int:
               f"for {cfg.train.epochs} epochs on {device} "
               f"({resolve_precision(cfg.train.precision, device)})", file=sys.stderr)
     show_progress = sys.stderr.isatty() and not args.quiet
-    try:
-        summary = train(cfg, resume=resume, show_progress=show_progress)
+    try:  # output to a file: a progress line every minute instead of the bar
+        summary = train(cfg, resume=resume, show_progress=show_progress,
+                        log_every_s=None if show_progress else PROGRESS_LOG_EVERY_S)
     except TrainingInterrupted as e:
         import signal
 

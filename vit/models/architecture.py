@@ -81,7 +81,9 @@ def describe_model(model: nn.Module) -> ModelInfo:
     spec = model_spec(model)
     embed = model.patch_embed
     attn = getattr(model.blocks[0], "attn", None)
-    return ModelInfo(name=f"timm:{spec['timm_name']}", family=type(model).__name__,
+    # timm's class, also when FSDP2 has made the model an FSDP<Class>
+    family = next(c.__name__ for c in type(model).__mro__ if c.__module__.startswith("timm."))
+    return ModelInfo(name=f"timm:{spec['timm_name']}", family=family,
                      img_size=_pair(embed.img_size), patch_size=_pair(embed.patch_size),
                      depth=len(model.blocks), embed_dim=int(model.embed_dim),
                      num_heads=int(getattr(attn, "num_heads", 0)),

@@ -57,6 +57,7 @@ def train_one_epoch(
     epoch: int = 0, num_batches: int | None = None, skip_batches: int = 0,
     should_stop: Callable[[], bool] | None = None, show_progress: bool = True,
     check_every: int | None = None, on_step: Callable[[int, dict], None] | None = None,
+    log_every_s: float | None = None,
 ) -> EpochResult:
     """Train for one pass over ``loader``; returns running statistics.
 
@@ -72,6 +73,8 @@ def train_one_epoch(
     step, before the epoch ends, so no checkpoint is ever written from its weights.
     ``on_step(step, {"loss", "lr", "images_per_s"})`` is called after an optimizer step whose
     loss was read anyway (the trackers' per-step line; no extra wait for the device).
+    ``log_every_s`` logs a progress line (batches done, images/s, the time left in the epoch)
+    at most that often: the bar's place when the output goes to a log file.
     """
     model.train()
     total = num_batches if num_batches is not None else len(loader)  # type: ignore[arg-type]
@@ -85,6 +88,7 @@ def train_one_epoch(
                disable=not show_progress, dynamic_ncols=True)
     pace = _Pace(on_step)
     start, data_wait, interrupted, batch_index = time.perf_counter(), 0.0, False, skip_batches
+    lines = _ProgressLines(epoch, total, skip_batches, start, log_every_s)
     optimizer.zero_grad(set_to_none=True)
     fetch_start = time.perf_counter()
     for batch_index, (x, y) in enumerate(loader, start=skip_batches):
@@ -95,6 +99,7 @@ def train_one_epoch(
             bar.set_postfix(loss=f"{steps.health.last_loss():.4f}", lr=f"{steps.lr:.2e}")
             if stepped:
                 pace.report(steps)
+        lines.report(batch_index + 1, steps)
         if stepped and should_stop is not None and should_stop():
             interrupted = batch_index + 1 < total
             break
@@ -106,6 +111,30 @@ def train_one_epoch(
         seconds=time.perf_counter() - start, skipped_steps=steps.skipped,
         batches_done=batch_index + 1 if steps.batches else skip_batches,
         interrupted=interrupted, data_wait_s=data_wait)
+
+
+class _ProgressLines:
+    """One log line at most every ``every_s`` seconds during an epoch (none when ``None``)."""
+
+    def __init__(self, epoch: int, total: int, skip_batches: int, start: float,
+                 every_s: float | None):
+        self.epoch, self.total, self.skip, self.start = epoch, total, skip_batches, start
+        self.every_s, self.last = every_s, start
+
+    def report(self, batches_done: int, steps: _Steps) -> None:
+        now = time.perf_counter()
+        if self.every_s is None or now - self.last < self.every_s or batches_done >= self.total:
+            return
+        self.last, elapsed = now, now - self.start
+        left = elapsed / max(batches_done - self.skip, 1) * (self.total - batches_done)
+        loss = f", loss {steps.health.last_loss():.4f}" if steps.checked else ""
+        logger.info("epoch %d: batch %d/%d%s, %.0f img/s, about %s left in this epoch",
+                    self.epoch + 1, batches_done, self.total, loss,
+                    steps.images / max(elapsed, 1e-9), _minutes(left))
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 class _Pace:

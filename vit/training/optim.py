@@ -11,6 +11,9 @@ The parameter groups are timm's (``timm.optim.param_groups_weight_decay`` and, w
 LayerScale gamma) and the names in ``model.no_weight_decay()`` (position embedding, [CLS] and
 register tokens); layer-wise lr decay as BEiT/MAE with the layers of ``model.group_matcher()``
 (embeddings, each block, the head; the final norm goes with the last block, as in timm).
+Freezing reads the same description: the classifier is ``model.get_classifier()``, the last N
+blocks and what follows them are layers of ``model.group_matcher()``; so both work alike on the
+package's ViT and on every timm ViT family (``vit.models.timm_models``).
 """
 
 from __future__ import annotations

@@ -101,12 +101,15 @@ class TrainSummary:
 
 
 def train(cfg: Config, *, resume: str | os.PathLike | ResumePoint | None = None,
-          show_progress: bool = True) -> TrainSummary:
+          show_progress: bool = True, log_every_s: float | None = None) -> TrainSummary:
     """Run (or resume) a training run described by ``cfg``; returns where the files are.
 
     ``resume`` is a run folder, its last.pt, or a ``ResumePoint`` already read.
+    ``log_every_s``: a progress line in the log at most that often during an epoch (for output
+    that goes to a file, where the bar is off); ``None``: only the line after each epoch.
     """
-    return Trainer(cfg, resume=resume, show_progress=show_progress).run()
+    return Trainer(cfg, resume=resume, show_progress=show_progress,
+                   log_every_s=log_every_s).run()
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -123,7 +126,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, *, resume: str | os.PathLike | ResumePoint | None = None,
-                 show_progress: bool = True):
+                 show_progress: bool = True, log_every_s: float | None = None):
         self.started = time.perf_counter()
         self.device = resolve_device(cfg.train.device)
         self.precision = resolve_precision(cfg.train.precision, self.device)
@@ -131,6 +134,7 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.show_progress = show_progress and self.dist.is_main
+        self.log_every_s = log_every_s if self.dist.is_main else None
         _check_train_config(cfg, self.dist)
         check_strategy(cfg.train.strategy, precision=self.precision, ema=cfg.train.ema)
         self.workers_chosen = cfg.data.workers is None
@@ -371,7 +375,8 @@ class Trainer:
             clip_grad=cfg.clip_grad, ema=self.ema, mixup=self.mixup, epoch=epoch,
             num_batches=self.batches_per_epoch, skip_batches=self.skip_batches,
             should_stop=self._should_stop, show_progress=self.show_progress,
-            on_step=self.trackers.log_step if self.trackers else None)
+            on_step=self.trackers.log_step if self.trackers else None,
+            log_every_s=self.log_every_s)
         self.step = result.step
         if result.interrupted:
             self._stop_interrupted(epoch, result.batches_done)
