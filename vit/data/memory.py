@@ -337,20 +337,20 @@ def op_values(strength: torch.Tensor, magnitude: float) -> torch.Tensor:
     """Each sample's parameter for each op of ``RANDAUGMENT`` ``(B, 13)``, from its draws
     ``strength`` ``(B, 13)`` in [-1, 1]: uniform over the op's ``range(magnitude)``. Signed ops
     scale the draw; the others go from ``base`` by ``unit = (strength + 1) / 2`` of their reach;
-    integer ops take ``reach + 1`` equally likely whole steps."""
-    columns = []
-    for k, op in enumerate(RANDAUGMENT):
-        s, reach = strength[:, k], op.reach(magnitude)
-        unit = (s + 1) / 2
-        if op.signed:
-            value = reach * s
-        elif op.integer:
-            low = op.range(magnitude)[0]
-            value = low + torch.floor(unit * (reach + 1)).clamp(max=reach)
-        else:
-            value = op.base - reach * unit if op.decreasing else op.base + reach * unit
-        columns.append(value)
-    return torch.stack(columns, dim=1)
+    integer ops take ``reach + 1`` equally likely whole steps. All 13 columns at once."""
+    def column(values: list[float] | list[bool]) -> torch.Tensor:
+        return torch.tensor(values, dtype=strength.dtype if isinstance(values[0], float)
+                            else torch.bool)
+
+    reach = column([op.reach(magnitude) for op in RANDAUGMENT])
+    toward = column([-r if op.decreasing else r for op, r in zip(RANDAUGMENT, reach.tolist(),
+                                                                 strict=True)])
+    base = column([op.base for op in RANDAUGMENT])
+    low = column([op.range(magnitude)[0] for op in RANDAUGMENT])
+    unit = (strength + 1) / 2
+    steps = low + torch.minimum(torch.floor(unit * (reach + 1)), reach)
+    values = torch.where(column([op.integer for op in RANDAUGMENT]), steps, base + toward * unit)
+    return torch.where(column([op.signed for op in RANDAUGMENT]), reach * strength, values)
 
 
 # Each row of vit.data.augmentation.RANDAUGMENT as a tensor op: (x (b, 3, S, S), its parameter
