@@ -42,3 +42,39 @@ def test_the_table_names_each_pick_and_whether_one_method_wins_everywhere():
     # attnlrp: 1 on CIFAR-10, 3.5 on the squares -> 2.25; grad-rollout: 2 and 1.5 -> 1.75
     assert "grad-rollout 1.75" in text and "attnlrp 2.25" in text
     assert "Best across these models: grad-rollout; not the recommendation on every model" in text
+
+
+# The README's table of issue 28: its rows, by the README's model names, and the stored reports.
+README_MODELS = {
+    "shapes (ours)": "shapes", "CIFAR-10 (ours)": "cifar10", "flowers (ours)": "flowers",
+    "one square (ours)": "squares_tiny", "two squares (ours)": "two_squares_tiny",
+    "flowers (timm EVA-02)": "flowers_eva02", "flowers (timm DINOv2)": "flowers_dinov2",
+}
+
+
+def test_the_readme_table_and_its_means_are_the_rule_on_the_stored_reports():
+    from benchmarks.method_table import cell
+
+    lines = (ROOT / "README.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| model | recommended (ties) |"))
+    methods = [c.strip() for c in header.strip("|").split("|")][2:]
+    rows = {}
+    for line in lines:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] in README_MODELS:
+            rows[cells[0]] = cells
+    assert set(rows) == set(README_MODELS)
+    means: dict[str, list[float]] = {m: [] for m in methods}
+    for name, report in README_MODELS.items():
+        found, mean_rank = model_ranks(_report(report))
+        close = found["tied_with"] + found["trades_off_with"]
+        assert rows[name][1] == found["method"] + (f" ({', '.join(close)})" if close else "")
+        assert rows[name][2:] == [cell(found, m) for m in methods], name
+        for m in methods:
+            means[m].append(mean_rank[m])
+    text = " ".join(lines)
+    for method, words in (("attnlrp", "(1.45;"), ("legrad", "LeGrad 2.67"),
+                          ("grad-rollout", "gradient rollout 3.07"),
+                          ("gradcam", "Grad-CAM and attention 3.83")):
+        assert words in text
+        assert f"{sum(means[method]) / len(means[method]):.2f}" in words, method
