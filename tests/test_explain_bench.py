@@ -316,3 +316,10 @@ def test_the_command_line_defaults_are_the_library_defaults():
                                            bench.DEFAULT_BATCH_SIZE, bench.DEFAULT_SANITY_IMAGES)
     defaults = {k: p.default for k, p in inspect.signature(run_explain_bench).parameters.items()}
     assert defaults["images"] == DEFAULT_IMAGES and defaults["steps"] == bench.DEFAULT_STEPS
+
+
+def test_a_model_the_explainers_cannot_read_is_one_line_before_any_work():
+    timm = pytest.importorskip("timm")
+    resnet = timm.create_model("resnet10t", num_classes=3)
+    with pytest.raises(VitError, match="cannot explain a ResNet"):
+        explain_bench(resnet, torch.randn(2, 3, 32, 32), methods=("rollout",), sanity=False)
