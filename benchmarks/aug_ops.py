@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from itertools import islice
 from pathlib import Path
@@ -220,19 +221,20 @@ def _profile_step(step: Callable[[], None]) -> dict[str, Any]:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
     events = prof.events()
-    outside: dict[str, int] = dict.fromkeys(PHASES, 0)
+    names: dict[str, Counter[str]] = {phase: Counter() for phase in PHASES}
     for e in events:
         if not e.name.startswith("aten::"):
             continue
         up = _ancestors(e)
         if any(n.startswith(("aten::", "CompiledFunction", "Torch-Compiled Region")) for n in up):
             continue
-        phase = next((n for n in up if n in outside), None)
+        phase = next((n for n in up if n in names), None)
         if phase is not None:
-            outside[phase] += 1
+            names[phase][e.name] += 1
     return {"compiled_forward_calls": sum(e.name == "CompiledFunction" for e in events),
             "compiled_backward_calls": sum(e.name == "CompiledFunctionBackward" for e in events),
-            "aten_top_outside_graphs": outside}
+            "aten_top_outside_graphs": {k: sum(c.values()) for k, c in names.items()},
+            "outside_by_name": {k: dict(c.most_common()) for k, c in names.items()}}
 
 
 def compiled_step(config: Path, *, mode: str, batch: int, steps: int,

@@ -21,9 +21,9 @@ are stored exactly as the albumentations evaluation transform crops them. Random
 stopped, and torchrun processes together augment as one process would. ``tests/test_fastdata.py``
 checks the crop and flip distribution against the albumentations pipeline and each op against
 albumentations' own implementation; ``tests/test_augmentation.py`` that both pipelines follow the
-table, op by op. The number of tensor ops per call does not depend on the batch size (about 420
-top-level aten calls for RandAugment 2x9 at 32 px: ``benchmarks/aug_ops.py``), so
-``MemoryLoader(aug_batches=K)`` divides them per image by K.
+table, op by op. The operations on the device per call do not depend on the batch size (258 for
+RandAugment 2x9 at 32 px; the per-image parameters are computed on the CPU: see
+``benchmarks/aug_ops.py``), so ``MemoryLoader(aug_batches=K)`` divides them per image by K.
 """
 
 from __future__ import annotations
