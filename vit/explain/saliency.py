@@ -66,8 +66,9 @@ _REGISTRY: dict[str, Callable[..., torch.Tensor]] = {
 METHODS = tuple(_REGISTRY)
 
 
-# The method to believe by the evidence (`vit explain-bench`, README "Which map to believe"): the
-# most faithful on every model measured, and it passes the randomisation check; rollout does not.
+# The default where explain-bench recorded no recommendation for the model: the best across the
+# seven models measured by explain-bench's rule (recommended on 5 of them; docs/explanations.md,
+# "Which method, across models"); rollout fails the randomisation check on every one.
 DEFAULT_METHOD = "attnlrp"
 
 

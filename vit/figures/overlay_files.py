@@ -242,7 +242,7 @@ def object_share(saliency_map: torch.Tensor, box: Box, image_hw: tuple[int, int]
 
 def share_method(methods: Sequence[str]) -> str:
     """The method whose map the share on the object is measured on: the default (AttnLRP, the
-    most faithful) when drawn, else the first."""
+    best across the models measured) when drawn, else the first."""
     return DEFAULT_METHOD if DEFAULT_METHOD in methods else methods[0]
 
 
