@@ -25,7 +25,7 @@ from pathlib import Path
 if not __package__:  # run as `python benchmarks/method_table.py`: make `vit` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vit.explain.bench import REFERENCES, SANITY_THRESHOLD
+from vit.bench.measures import REFERENCES, SANITY_THRESHOLD
 from vit.explain.recommend import RULE_COLUMNS, recommend
 from vit.explain.saliency import METHODS
 

@@ -23,7 +23,7 @@ from vit.explain.explorer import (
     query_rollout,
 )
 from vit.explain.explorer_html import decode_rows, encode_rows
-from vit.inference.attention_files import check_html_output
+from vit.figures.attention_files import check_html_output
 from vit.inference.classifier import Classifier
 from vit.models.vision_transformer import VisionTransformer
 

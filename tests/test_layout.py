@@ -17,8 +17,9 @@ LAYERS = {
     "models": 3, "data": 3,
     "explain": 4,
     "inference": 5,
-    "training": 6,
-    "cli": 7,
+    "bench": 6, "figures": 6, "publish": 6,
+    "training": 7,
+    "cli": 8,
 }
 MAX_FUNCTION_LINES = 60
 

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vit.errors import VitError
-    from vit.inference.attention_files import write_attention_stats
+    from vit.figures.attention_files import write_attention_stats
 
     if args.max_images < 1:
         raise VitError(f"--max-images must be at least 1, got {args.max_images}")

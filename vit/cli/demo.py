@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from vit.explain.recommend import choose_method
     from vit.explain.saliency import METHODS
     from vit.inference.classifier import Classifier
-    from vit.inference.demo import build_demo, import_gradio
+    from vit.publish.demo import build_demo, import_gradio
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")

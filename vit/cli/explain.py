@@ -77,7 +77,7 @@ def _check(args: argparse.Namespace) -> None:
 
 def _write_page(args: argparse.Namespace, paths: list, method: str, show_progress: bool) -> None:
     from vit.explain.explorer import PageOptions
-    from vit.inference.attention_files import write_explorer_page
+    from vit.figures.attention_files import write_explorer_page
 
     options = PageOptions(topk=args.topk, head_fusion=args.head_fusion,
                           discard_ratio=args.discard_ratio, auc_steps=args.auc_steps,
@@ -104,8 +104,8 @@ def _describe(item) -> str:
 
 def _print_summary(results, method: str) -> None:
     """One line per image (mistakes first), then what was wrong, the pages and the index."""
-    from vit.inference.overlay_pages import mistakes_first
-    from vit.inference.overlays import parse_methods, share_method
+    from vit.figures.overlay_files import parse_methods, share_method
+    from vit.figures.overlay_pages import mistakes_first
 
     drawn = [r for r in results if not r.error]  # unreadable files were already warned about
     for i in mistakes_first([r.wrong for r in drawn]):
@@ -130,8 +130,8 @@ def _print_summary(results, method: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from vit.data.labels import expand_with_labels
     from vit.explain.recommend import choose_method
-    from vit.inference.attention_files import check_html_output
-    from vit.inference.overlays import explain_files
+    from vit.figures.attention_files import check_html_output
+    from vit.figures.overlay_files import explain_files
 
     _check(args)
     if args.html is not None:

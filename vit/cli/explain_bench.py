@@ -7,7 +7,7 @@ import argparse
 import shlex
 import sys
 
-# vit.inference.explain_bench's and vit.explain.bench's defaults, repeated so that the parser
+# vit.bench.run's and vit.bench.measures's defaults, repeated so that the parser
 # needs no torch (tests/test_explain_bench.py keeps them equal)
 DEFAULT_IMAGES, DEFAULT_STEPS, DEFAULT_BATCH_SIZE, DEFAULT_SANITY_IMAGES = 32, 16, 16, 16
 
@@ -61,9 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vit.explain.bench import BENCH_METHODS
-    from vit.explain.bench_report import markdown_report
-    from vit.inference.explain_bench import run_explain_bench
+    from vit.bench.measures import BENCH_METHODS
+    from vit.bench.report import markdown_report
+    from vit.bench.run import run_explain_bench
 
     methods = list(BENCH_METHODS) if args.methods == "all" else \
         [m.strip() for m in args.methods.split(",") if m.strip()]

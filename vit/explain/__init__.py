@@ -17,7 +17,6 @@
     token_drop      deletion / insertion with patch tokens dropped from the sequence
     occlusion       the occlusion oracle
     sanity          the model-randomisation check (Spearman, the cascade)
-    bench           every measure for every method on a batch; bench_report: the Markdown
     inputs          argument checks; running the model in eval mode and full precision
     attention_stats mean attention distance and entropy per layer and head
     explorer        the attention explorer page (explorer_html: its encoding and HTML)
@@ -35,7 +34,6 @@ import warnings
 
 from vit.explain.attention_maps import attention_maps
 from vit.explain.attention_stats import attention_entropy, mean_attention_distance
-from vit.explain.bench import BENCH_METHODS, explain_bench
 from vit.explain.explorer import PageOptions, explorer_page
 from vit.explain.faithfulness import (
     BASELINES,
@@ -78,7 +76,6 @@ __all__ = [
     "LEGRAD_POOLS",
     "LRP_RULES",
     "BASELINES",
-    "BENCH_METHODS",
     "saliency",
     "attention_maps",
     "grad_rollout",
@@ -103,7 +100,6 @@ __all__ = [
     "occlusion",
     "spearman",
     "randomised_cascade",
-    "explain_bench",
     "mean_attention_distance",
     "attention_entropy",
     "explorer_page",

@@ -1,7 +1,7 @@
 """The attention explorer: one self-contained HTML page to look at a model's attention.
 
     page = explorer_page(classifier, images, names)          # -> HTML text
-    vit.inference.attention_files.write_explorer_page(checkpoint=..., paths=[...],
+    vit.figures.attention_files.write_explorer_page(checkpoint=..., paths=[...],
                                                       output="page.html")
 
 For every image the page holds the image the model saw, its top-k predictions, every layer's

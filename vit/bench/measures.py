@@ -36,7 +36,7 @@ each forward pass; the randomisation check runs every checked image of a batch a
 on one randomised copy per stage. The target class is the one the trained model predicts on the
 full image (the randomised models keep it). Everything is computed in full precision on the
 model's device. Reading a checkpoint and a folder, and writing the report:
-``vit.inference.explain_bench``.
+``vit.bench.run``.
 """
 
 from __future__ import annotations
