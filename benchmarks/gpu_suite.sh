@@ -25,6 +25,8 @@
 # Rehearse on a CPU with tiny settings before spending GPU time (same steps, minutes):
 #   SUITE_BUDGET_S=3000 bash benchmarks/gpu_suite.sh check --device cpu   (step limits x6 on a CPU)
 #   SUITE_BUDGET_S=3000 bash benchmarks/gpu_suite.sh tta --device cpu
+#   (DATA: the unpacked CIFAR-10, default /tmp/data; OUT: where logs go; REHEARSAL_DATA: where
+#   the rehearsal's 40-per-class subset of links is made, default /tmp/gpu_suite_rehearsal_data)
 #   SUITE_BUDGET_S=3000 bash benchmarks/gpu_suite.sh more --device cpu
 #
 # Prepare once, on the development machine, in the repository root (.whl/ and .gpudata/ are
@@ -99,7 +101,7 @@ else  # the rehearsal: every step, tiny sizes
   per_class=50; epochs=3; workers=2; batch=16; budget_min=1; quick=(train.epochs=1)
   speed=(--batch 2 --repeats 1 --warmup 1 --iters 1)
   models_eager=vit_tiny_patch4_32; compiled=vit_tiny_patch4_32
-  tta_data=/tmp/gpu_suite_rehearsal_data  # 40 images per class: an epoch in seconds
+  tta_data=${REHEARSAL_DATA:-/tmp/gpu_suite_rehearsal_data}  # 40 images per class: an epoch in seconds
   [ -d "$tta_data" ] || $PY -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; \
 from gpu_check import link_subset; link_subset(Path('$DATA'), Path('$tta_data'), per_class=40)"
   eff=(--models vit_tiny_patch4_32 --batches 4 --compile on,reduce-overhead --warmup 1 --iters 1 --repeats 1)
