@@ -1,14 +1,13 @@
-"""The rollout arithmetic on given attention tensors: head fusion, thinning, rollout (Abnar &
-Zuidema 2020) and gradient rollout (Chefer et al. 2021) of per-block (B, heads, N, N) attentions.
+"""The tests' reference for rollout: the dense arithmetic on given per-block (B, heads, N, N)
+attention tensors, written as the papers state it, with nothing of the package's chunking.
 
     rollout_from_attentions(attentions, num_prefix_tokens, grid)        # (B, grid_h, grid_w)
+    query_rollout_from_attentions(attentions)                           # (B, N, N), every query
     grad_rollout_from_attentions(attentions, gradients, num_prefix_tokens, grid)
 
-Every map is ``(B, grid_h, grid_w)``: the [CLS] row on the patch tokens, register tokens left out.
-Rollout needs only the [CLS] row of ``M_L @ ... @ M_1``. Multiplying the row vector ``e_0``
-from the left, last layer first, costs O(N^2) per layer instead of the O(N^3) of the full product.
-On a model, ``vit.explain.saliency`` does the same without holding the attention of every layer
-(``vit.explain.rows``, ``vit.explain.grad_rollout``).
+Rollout (Abnar & Zuidema 2020) and gradient rollout (Chefer et al. 2021). The package computes
+the same maps on a model without holding every layer's attention (``vit.explain.rollout``,
+``vit.explain.grad_rollout``); the tests compare the two.
 """
 
 from __future__ import annotations
@@ -18,56 +17,10 @@ from collections.abc import Sequence
 import torch
 
 from vit.errors import ConfigError
-from vit.explain.inputs import (
-    check_choice,
-    check_layer_index,
-)
+from vit.explain.rollout import check_rollout_args, discard_lowest, fuse_heads, patch_map
 
-__all__ = [
-    "HEAD_FUSIONS",
-    "check_rollout_args",
-    "patch_map",
-    "rollout_from_attentions",
-    "grad_rollout_from_attentions",
-    "fuse_heads",
-    "discard_lowest",
-]
-
-HEAD_FUSIONS = ("mean", "max", "min")
-
-
-def check_rollout_args(head_fusion: str, discard_ratio: float, start_layer: int, depth: int) -> None:
-    check_choice("head_fusion", head_fusion, HEAD_FUSIONS)
-    if not 0.0 <= discard_ratio < 1.0:
-        raise ConfigError(f"discard_ratio must be in [0, 1); got {discard_ratio}")
-    check_layer_index("start_layer", start_layer, depth, allow_negative=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# The math, on attention tensors (pure functions)
-# ---------------------------------------------------------------------------------------------
-
-
-def fuse_heads(attention: torch.Tensor, head_fusion: str = "mean") -> torch.Tensor:
-    """(B, heads, N, N) -> (B, N, N): mean, max or min over the heads."""
-    check_choice("head_fusion", head_fusion, HEAD_FUSIONS)
-    if head_fusion == "mean":
-        return attention.mean(dim=1)
-    if head_fusion == "max":
-        return attention.amax(dim=1)
-    return attention.amin(dim=1)
-
-
-def discard_lowest(fused: torch.Tensor, discard_ratio: float) -> torch.Tensor:
-    """Zero the ``int(N * discard_ratio)`` smallest entries of each row; never the diagonal."""
-    n = fused.shape[-1]
-    k = int(n * discard_ratio)
-    if k == 0:
-        return fused
-    diagonal = torch.eye(n, dtype=torch.bool, device=fused.device)
-    candidates = fused.masked_fill(diagonal, float("inf"))  # the diagonal is never among the k
-    lowest = candidates.topk(k, dim=-1, largest=False).indices
-    return fused.scatter(-1, lowest, 0.0)
+__all__ = ["rollout_from_attentions", "query_rollout_from_attentions",
+           "grad_rollout_from_attentions"]
 
 
 def _cls_rows(attention: torch.Tensor) -> torch.Tensor:
@@ -88,7 +41,7 @@ def _row_times_heads(row: torch.Tensor, per_head: torch.Tensor) -> torch.Tensor:
     return (rows @ per_head.reshape(b, heads * n, n))[:, 0]
 
 
-def _rollout_step(
+def _dense_rollout_step(
     row: torch.Tensor, attention: torch.Tensor, head_fusion: str, discard_ratio: float
 ) -> torch.Tensor:
     """``row @ M`` for one block's ``M = rownorm(0.5 * F + 0.5 * I)``, without forming M.
@@ -106,18 +59,6 @@ def _rollout_step(
         w = row / (0.5 * fused.sum(dim=-1) + 0.5)
         w_times_f = (w[:, None, :] @ fused)[:, 0]
     return 0.5 * w_times_f + 0.5 * w
-
-
-def patch_map(cls_row: torch.Tensor, num_prefix_tokens: int, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, N) [CLS] row -> (B, grid_h, grid_w) weights on the patch tokens (prefix dropped)."""
-    gh, gw = grid
-    n = cls_row.shape[-1]
-    if n != num_prefix_tokens + gh * gw:
-        raise ConfigError(
-            f"attention over {n} tokens does not match {num_prefix_tokens} prefix tokens plus a "
-            f"{gh}x{gw} grid of patches ({num_prefix_tokens + gh * gw} tokens)"
-        )
-    return cls_row[:, num_prefix_tokens:].reshape(-1, gh, gw)
 
 
 def _check_attentions(attentions: Sequence[torch.Tensor]) -> None:
@@ -150,7 +91,7 @@ def rollout_from_attentions(
     blocks = attentions[start_layer:]
     row = _cls_rows(blocks[-1])
     for attention in reversed(blocks):
-        row = _rollout_step(row, attention.float(), head_fusion, discard_ratio)
+        row = _dense_rollout_step(row, attention.float(), head_fusion, discard_ratio)
     return patch_map(row, num_prefix_tokens, grid)
 
 
@@ -173,3 +114,21 @@ def grad_rollout_from_attentions(
         relevance = (gradient.float() * attention.float()).clamp(min=0)
         row = row + _row_times_heads(row, relevance) / attention.shape[1]
     return patch_map(row, num_prefix_tokens, grid)
+
+
+def query_rollout_from_attentions(
+    attentions: Sequence[torch.Tensor], *, head_fusion: str = "mean", discard_ratio: float = 0.0
+) -> torch.Tensor:
+    """Full rollout matrices (B, N, N): row q is the rollout from query token q.
+
+    ``M_L @ ... @ M_1`` with ``M = rownorm(0.5 * F + 0.5 * I)`` and ``F`` the fused, thinned
+    attention, as ``rollout_from_attentions``, whose [CLS] map is row 0 here.
+    """
+    n = attentions[0].shape[-1]
+    eye = torch.eye(n, device=attentions[0].device)
+    result = eye.expand(attentions[0].shape[0], n, n).clone()
+    for attention in reversed(attentions):
+        fused = discard_lowest(fuse_heads(attention.float(), head_fusion), discard_ratio)
+        step = 0.5 * fused + 0.5 * eye
+        result = result @ (step / step.sum(dim=-1, keepdim=True))
+    return result
