@@ -7,7 +7,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags, add_device_flag, add_parser
+    from vit.cli.options import add_common_flags, add_device_flag, add_parser
 
     p = add_parser(
         sub, "demo", help="start a local Gradio app on a model",

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags, add_parser
+    from vit.cli.options import add_common_flags, add_parser
 
     p = add_parser(
         sub, "push", help="upload a run to the Hugging Face Hub, with a model card",

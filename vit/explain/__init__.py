@@ -1,7 +1,8 @@
 """Where the model looks, and whether to believe it. Uses the model (and images) only.
 
     saliency        every method behind one batched call: saliency(model, images, method=...)
-    rows            attention rollout from any query token, one layer's attention row
+    rollout         attention rollout from any query token (the one implementation; every
+                    token's at once for the explorer), one layer's attention row
     grad_rollout    gradient-weighted rollout (Chefer et al. 2021)
     legrad          LeGrad (Bousselham et al. 2024)
     lrp             AttnLRP (Achtibat et al. 2024) and CP-LRP
@@ -11,7 +12,6 @@
                     package's, timm's ViT/DeiT/EVA/BEiT/relpos/NaFlexViT), the only way in
     attention_calls each block's attention as its family computes it (seen in SDPA)
     recompute       running the blocks in memory linear in the tokens (shared by the methods)
-    rollout         the rollout arithmetic on given attention tensors
     overlay         a map over the image, as RGB
     faithfulness    deletion / insertion AUC with pixels replaced, and the random baseline
     token_drop      deletion / insertion with patch tokens dropped from the sequence
@@ -48,13 +48,7 @@ from vit.explain.legrad import LEGRAD_POOLS, legrad
 from vit.explain.lrp import LRP_RULES, attnlrp
 from vit.explain.occlusion import occlusion
 from vit.explain.overlay import overlay
-from vit.explain.rollout import (
-    HEAD_FUSIONS,
-    discard_lowest,
-    fuse_heads,
-    grad_rollout_from_attentions,
-    rollout_from_attentions,
-)
+from vit.explain.rollout import HEAD_FUSIONS, discard_lowest, fuse_heads, rollout_rows
 from vit.explain.saliency import (
     CLASS_SPECIFIC,
     DEFAULT_METHOD,
@@ -86,8 +80,7 @@ __all__ = [
     "gradient_rollout",
     "raw_attention",
     "explain",
-    "rollout_from_attentions",
-    "grad_rollout_from_attentions",
+    "rollout_rows",
     "fuse_heads",
     "discard_lowest",
     "overlay",

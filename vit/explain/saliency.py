@@ -36,7 +36,7 @@ from vit.explain.gradcam import gradcam
 from vit.explain.inputs import check_choice, eval_mode
 from vit.explain.legrad import legrad
 from vit.explain.lrp import attnlrp
-from vit.explain.rows import attention, rollout
+from vit.explain.rollout import attention, rollout
 
 __all__ = [
     "METHODS",
