@@ -247,7 +247,7 @@ def test_no_traceback_reaches_the_terminal(places, tmp_path):
 def test_a_class_without_training_images_stops_the_run():
     """Issue 25: a class left with no training image (all held out or unreadable) is named
     before any work; so is a data set of one class, from any source (shards too)."""
-    from vit.training.run_data import check_classes
+    from vit.data.sources.base import check_classes
 
     check_classes(["ants", "bees"], [3, 1], source="DIR")
     check_classes(["ants", "bees"], None, source="shards/train-*.tar")  # counts unknown

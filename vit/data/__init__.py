@@ -9,4 +9,6 @@
     loader      the sampler that makes resume exact, and the DataLoader around it
     memory      data.pipeline=memory: decode once into a uint8 tensor, augment batches on the device
     synthetic   the built-in shapes dataset
+    sources     where a run's images come from: the DataSource interface, open_source, and the
+                folder, label-file, shard and synthetic sources
 """

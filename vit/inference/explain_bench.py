@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from vit.data.folders import resolve_data_dirs, scan_folder
 from vit.data.images import load_image
+from vit.data.sources import open_source
 from vit.data.synthetic import BOXES_FILE, load_boxes
 from vit.data.transforms import eval_geometry
 from vit.errors import ConfigError, DataError
@@ -62,21 +62,9 @@ def held_out_images(data: Path, checkpoint: Path, classes: Sequence[str]
                     ) -> tuple[list[tuple[Path, int]], str]:
     """(path, label) of images the run did not train on, and where they come from: ``data/val``,
     else the ``val_files`` of the run's ``split.json``, else ``data`` itself (no train/)."""
-    train_dir, val_dir = resolve_data_dirs(data)
-    if val_dir is not None:
-        samples = scan_folder(val_dir, classes=classes).samples
-        return [(Path(p), label) for p, label in samples], str(val_dir)
     split_file = checkpoint.parent / "split.json"
     split = json.loads(split_file.read_text()) if split_file.is_file() else {}
-    if split.get("kind") == "stratified":
-        paths = [Path(p) for p in split["val_files"]]
-        return [(p, classes.index(p.parent.name)) for p in paths if p.parent.name in classes], \
-            f"{split_file} (val_files)"
-    if train_dir != data:
-        raise DataError(f"{data} has train/ but no val/, and {split_file} lists no held-out "
-                        "files; pass a folder of held-out images (<class>/<image>) with --data")
-    samples = scan_folder(data, classes=classes).samples
-    return [(Path(p), label) for p, label in samples], str(data)
+    return open_source(data).held_out(classes, split=split, split_file=split_file)
 
 
 def pick_balanced(labels: Sequence[int], limit: int, seed: int) -> list[int]:

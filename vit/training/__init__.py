@@ -1,7 +1,6 @@
 """A training run: uses models, data and inference.
 
     trainer      train(): a whole run, from a config to the files in the run folder (Trainer)
-    run_data     the run's images: scanned, checked, split, and the loaders of data.pipeline
     epoch        one epoch of training and one validation pass
     optim        AdamW on timm's parameter groups, warmup + cosine, freezing
     resume       exact resume: random generators, last.pt read once and put back

@@ -13,6 +13,10 @@ import logging
 from pathlib import Path
 
 from vit.config import Config, config_from_dict
+from vit.data.sources.synthetic import SHAPES_VAL_FRACTION, write_shapes
+
+__all__ = ["QUICKSTART", "SHAPES_PER_CLASS", "SHAPES_VAL_FRACTION", "quickstart_config",
+           "prepare_quickstart_data", "write_quickstart_explorer"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +30,6 @@ QUICKSTART = {
     "loss": {"label_smoothing": 0.1},
 }
 SHAPES_PER_CLASS = 400
-SHAPES_VAL_FRACTION = 0.2
 
 
 def quickstart_config() -> Config:
@@ -34,13 +37,10 @@ def quickstart_config() -> Config:
 
 
 def prepare_quickstart_data(cfg: Config) -> Path:
-    """Write (or reuse) the synthetic shapes folder named by ``data.root``."""
-    from vit.data.synthetic import make_shapes_dataset
-
+    """Write (or reuse) the synthetic shapes folder named by ``data.root`` (the synthetic
+    source's, ``vit.data.sources.synthetic``)."""
     root = Path(cfg.data.root or QUICKSTART["data"]["root"])
-    img_size = cfg.model.img_size or 48
-    return make_shapes_dataset(root, num_per_class=SHAPES_PER_CLASS, img_size=img_size,
-                               seed=0, val_fraction=SHAPES_VAL_FRACTION)
+    return write_shapes(root, img_size=cfg.model.img_size or 48, num_per_class=SHAPES_PER_CLASS)
 
 
 def write_quickstart_explorer(run_dir: Path, paths: list[str], *, device: str = "auto"

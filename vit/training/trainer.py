@@ -26,6 +26,7 @@ from torch import nn
 
 from vit.config import Config, to_dict, to_yaml
 from vit.data import loader as loader_lib
+from vit.data.sources import LoaderOptions, RunData, open_source
 from vit.data.splits import balanced_class_weights
 from vit.data.transforms import resolve_crop_pct
 from vit.errors import ConfigError, OutputError, VitError
@@ -64,7 +65,6 @@ from vit.training.parallel import (
     prepare_model,
 )
 from vit.training.resume import ResumeAt, ResumePoint, capture_rng_state, truncate_metrics
-from vit.training.run_data import RunData, build_loaders, prepare_data
 from vit.training.run_files import (
     EpochSaver,
     default_run_dir,
@@ -204,10 +204,11 @@ class Trainer:
         self.model = model.to(self.device)
         self.preprocess = _preprocess(cfg, model)
         world = self.dist.world_size
-        self.train_loader, self.val_loader, self.data = build_loaders(
-            cfg, data, img_size=img_size, device=self.device,
-            batch_size=cfg.train.batch_size // world, rank=self.dist.rank, world_size=world,
-            skip_log=self.skip_log)
+        self.train_loader, self.val_loader, self.data = self.source.loaders(
+            cfg, data, LoaderOptions(img_size=img_size, device=self.device,
+                                     batch_size=cfg.train.batch_size // world,
+                                     rank=self.dist.rank, world_size=world,
+                                     skip_log=self.skip_log))
         self.batches_per_epoch = len(self.train_loader)
         if self.batches_per_epoch == 0:
             raise ConfigError(
@@ -247,7 +248,8 @@ class Trainer:
             pretrained = read_run_pretrained(cfg)
             img_size = run_img_size(cfg, pretrained)
             cfg = self.cfg = self._log_choices(*fit_timm_normalisation(cfg, pretrained))
-        data = prepare_data(cfg)
+        self.source = open_source(cfg.data.root)
+        data = self.source.prepare(cfg)
         cfg = self.cfg = self._log_choices(*fit_to_data(
             cfg, num_train=data.num_train, img_size=img_size,
             world_size=self.dist.world_size, workers_chosen=self.workers_chosen))
@@ -305,9 +307,7 @@ class Trainer:
         self._collect_skipped()  # a resumed run: what its workers met before
         write_json(run_dir / "data_report.json", data.report())
         write_json(run_dir / "split.json", data.split)
-        logger.info("%s; %s, %s", plural(len(data.classes), "class"),
-                    plural(data.num_train, "training image"),
-                    plural(data.num_val, "validation image"))
+        logger.info("%s", self.source.describe(data))
         self.trackers = open_trackers(cfg.train.report_to, run_dir=run_dir, config=to_dict(cfg))
         info = describe_model(self.model)
         arch = cfg.model.name if info.name == "vit" else f"{info.name} ({info.family})"
