@@ -98,7 +98,8 @@ def test_the_source_is_chosen_in_one_place():
         if path.is_relative_to(VIT / "data"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            name = node.id if isinstance(node, ast.Name) else getattr(node, "attr", None)
+            name = (node.id if isinstance(node, ast.Name) else node.name.split(".")[-1]
+                    if isinstance(node, ast.alias) else getattr(node, "attr", None))
             if name in sniffers:
                 found.append(f"{path.relative_to(VIT)}:{node.lineno}")
     assert not found
