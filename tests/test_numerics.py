@@ -24,7 +24,13 @@ import vit.training.trainer
 from vit.cli import main
 from vit.models.checkpoint import load_checkpoint
 from vit.models.vision_transformer import VisionTransformer
-from vit.training.epoch import EpochResult, NonFiniteLossError, train_one_epoch
+from vit.training.epoch import (
+    EpochOptions,
+    EpochResult,
+    NonFiniteLossError,
+    StepParts,
+    train_one_epoch,
+)
 
 # ---------------------------------------------------------------------------------------------
 # poison
@@ -148,10 +154,10 @@ def run_epoch(model: nn.Module, loader: list, criterion: Criterion, *,
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
     applied = []
     optimizer.register_step_post_hook(lambda *_: applied.append(1))
-    result = train_one_epoch(model=model, loader=loader, optimizer=optimizer,
-                             criterion=criterion, device=CPU, precision="fp32",
-                             lr_at=lambda step: LR, step=0, scaler=scaler, clip_grad=clip_grad,
-                             show_progress=False)
+    parts = StepParts(model=model, optimizer=optimizer, criterion=criterion,
+                      lr_at=lambda step: LR, device=CPU, scaler=scaler, clip_grad=clip_grad)
+    result = train_one_epoch(parts=parts, loader=loader,
+                             options=EpochOptions(show_progress=False))
     return result, len(applied)
 
 
@@ -198,9 +204,9 @@ def test_checking_every_few_steps_still_names_the_first_bad_step(poison):
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
     with pytest.raises(NonFiniteLossError, match=r"at step 2\b"):
-        train_one_epoch(model=model, loader=data, optimizer=optimizer, criterion=counting,
-                        device=CPU, precision="fp32", lr_at=lambda step: LR, step=0,
-                        show_progress=False, check_every=3)
+        train_one_epoch(parts=StepParts(model=model, optimizer=optimizer, criterion=counting,
+                                        lr_at=lambda step: LR, device=CPU),
+                        loader=data, options=EpochOptions(show_progress=False, check_every=3))
     assert len(seen) == 3  # read back after batch 3, not at the end of the epoch
 
 
@@ -210,10 +216,10 @@ def test_checking_every_few_steps_gives_the_same_mean_loss():
     for check_every in (1, 4):
         model = tiny_vit()
         optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
-        results.append(train_one_epoch(
-            model=model, loader=data, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
-            device=CPU, precision="fp32", lr_at=lambda step: LR, step=0, show_progress=False,
-            check_every=check_every).train_loss)
+        parts = StepParts(model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
+                          lr_at=lambda step: LR, device=CPU)
+        results.append(train_one_epoch(parts=parts, loader=data, options=EpochOptions(
+            show_progress=False, check_every=check_every)).train_loss)
     assert results[0] == pytest.approx(results[1], rel=1e-6) and results[0] > 0
 
 

@@ -1,7 +1,9 @@
 """A training run: uses models, data and inference.
 
     trainer      train(): a whole run, from a config to the files in the run folder (Trainer)
-    epoch        one epoch of training and one validation pass
+    epoch        one epoch of training (StepParts, EpochStart, EpochOptions) and one validation pass
+    run_log      what a run logs: the model line, an epoch's metrics and its line
+    skip_log     the files loader workers could not decode, collected into the run's data
     optim        AdamW on timm's parameter groups, warmup + cosine, freezing
     resume       exact resume: random generators, last.pt read once and put back
     run_files    metrics.jsonl, last.pt, best.pt, curves.png as epochs end; overlays at the end

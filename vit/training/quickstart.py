@@ -16,7 +16,7 @@ from vit.config import Config, config_from_dict
 from vit.data.sources.synthetic import SHAPES_VAL_FRACTION, write_shapes
 
 __all__ = ["QUICKSTART", "SHAPES_PER_CLASS", "SHAPES_VAL_FRACTION", "quickstart_config",
-           "prepare_quickstart_data", "write_quickstart_explorer"]
+           "prepare_quickstart_data", "write_explorer"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ QUICKSTART = {
              "scale": [0.35, 1.0], "randaug_n": 0},
     "train": {"epochs": 30, "batch_size": 64, "lr": 2e-3, "min_lr": 1e-5, "warmup_epochs": 1.0,
               "weight_decay": 0.05, "device": "auto", "output": "runs/quickstart",
-              "explain_samples": 8},
+              "explain_samples": 8, "explorer_page": True},
     "loss": {"label_smoothing": 0.1},
 }
 SHAPES_PER_CLASS = 400
@@ -43,11 +43,11 @@ def prepare_quickstart_data(cfg: Config) -> Path:
     return write_shapes(root, img_size=cfg.model.img_size or 48, num_per_class=SHAPES_PER_CLASS)
 
 
-def write_quickstart_explorer(run_dir: Path, paths: list[str], *, device: str = "auto"
-                              ) -> Path | None:
-    """The attention explorer page of the run's held-out images (``TrainSummary.held_out``, those
-    of its overlays) by best.pt: RUN_DIR/explorer.html; None, with a warning, when it could not
-    be written (a finished run never fails for it)."""
+def write_explorer(run_dir: Path, paths: list[str], *, device: str = "auto") -> Path | None:
+    """The attention explorer page of the run's held-out images (those of its overlays) by
+    best.pt: RUN_DIR/explorer.html, the last step of a run with ``train.explorer_page`` (the
+    quickstart's); None, with a warning, when it could not be written (a finished run never
+    fails for it)."""
     from vit.explain.explorer import PageOptions
     from vit.explain.recommend import choose_method
     from vit.inference.attention_files import write_explorer_page
