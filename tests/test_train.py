@@ -402,9 +402,9 @@ def test_recent_pace_is_the_slower_of_the_overall_and_the_recent_mean():
 def test_a_time_budget_sets_the_epochs_and_ends_the_schedule_there(tmp_path, monkeypatch):
     """After epoch 2 the epoch count is fitted to the budget (here forced to 4 of at most 50),
     written to config.yaml and the checkpoint, and the learning rate reaches min_lr at the end."""
-    import vit.training.trainer as trainer
+    import vit.training.budget as budget
 
-    monkeypatch.setattr(trainer, "fit_epochs_to_budget", lambda **kw: 4)
+    monkeypatch.setattr(budget, "fit_epochs_to_budget", lambda **kw: 4)
     data = make_folder(tmp_path / "data")
     summary = train(tiny_config(data, tmp_path / "run", "train.epochs=50",
                                 "train.time_budget_min=1", "train.min_lr=1e-5"),
