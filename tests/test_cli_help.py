@@ -121,7 +121,7 @@ def test_vit_models_counts_what_the_training_log_counts(capsys):
 def test_tta_choices_equal_the_library_modes():
     """cli/main.py repeats vit.inference.tta.TTA_MODES so that predict's and evaluate's parsers
     need no torch."""
-    from vit.cli.main import TTA_MODES as CLI_TTA_MODES
+    from vit.cli.options import TTA_MODES as CLI_TTA_MODES
     from vit.inference.tta import TTA_MODES
 
     assert CLI_TTA_MODES == TTA_MODES

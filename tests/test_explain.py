@@ -7,6 +7,7 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+from helpers.rollout_reference import grad_rollout_from_attentions, rollout_from_attentions
 from PIL import Image
 from torch import nn
 
@@ -16,13 +17,11 @@ from vit.explain import (
     attention_rollout,
     deletion_auc,
     explain,
-    grad_rollout_from_attentions,
     gradient_rollout,
     insertion_auc,
     overlay,
     random_saliency,
     raw_attention,
-    rollout_from_attentions,
 )
 from vit.explain.overlay import DEFAULT_COLORMAP
 from vit.models.vision_transformer import VisionTransformer

@@ -11,9 +11,9 @@ from PIL import Image
 from test_predict import save_checkpoint, tiny_model
 from test_train import make_folder
 
-import vit.inference.overlays as overlays
+import vit.figures.overlay_files as overlays
 from vit.explain.overlay import DEFAULT_COLORMAP
-from vit.inference.overlays import (
+from vit.figures.overlay_files import (
     DISPLAY_PX,
     ExplainedImage,
     _framed_pair,

@@ -39,7 +39,7 @@ _TITLE_WIDTH = 30
 
 PathLike = str | os.PathLike[str]
 # What the colours of a heat map mean: (matplotlib colour map, low end, high end, caption),
-# drawn as a colour bar under the overlays (vit.inference.overlays.colour_key).
+# drawn as a colour bar under the overlays (vit.figures.overlay_files.colour_key).
 ColourKey = tuple[str, str, str, str]
 KEY_HEIGHT = 0.9  # inches a grid gains for its colour bar
 

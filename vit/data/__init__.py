@@ -4,6 +4,7 @@
     images      decoding that survives bad files
     check       the cheap pre-flight check and its per-folder cache; the full check (vit check)
     splits      stratified split, class counts and weights, the data report
+    augmentation the training augmentation declared once (crop defaults, the RandAugment table)
     transforms  albumentations: training augmentation, the evaluation crop, normalisation
     dataset     the training Dataset
     loader      the sampler that makes resume exact, and the DataLoader around it

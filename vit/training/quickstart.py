@@ -50,7 +50,7 @@ def write_explorer(run_dir: Path, paths: list[str], *, device: str = "auto") -> 
     fails for it)."""
     from vit.explain.explorer import PageOptions
     from vit.explain.recommend import choose_method
-    from vit.inference.attention_files import write_explorer_page
+    from vit.figures.attention_files import write_explorer_page
 
     try:
         options = PageOptions(method=choose_method(run_dir / "best.pt")[0])  # the overlays' too

@@ -100,7 +100,7 @@ def write_overlays(run_dir: Path, paths: list[str], *, device: torch.device
     RUN, else the default; one log line says which): (the folder, the method); None when they
     could not be drawn."""
     from vit.explain.recommend import choose_method
-    from vit.inference.overlays import explain_files
+    from vit.figures.overlay_files import explain_files
 
     out = run_dir / "overlays"
     try:

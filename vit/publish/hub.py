@@ -12,7 +12,7 @@ The folder holds
                        (what differs from it), ``num_classes``, ``label_names`` and a
                        ``pretrained_cfg`` with the preprocessing, so that
                        ``timm.create_model("hf_hub:user/name", pretrained=True)`` loads it
-    README.md          the model card (``vit.inference.model_card``)
+    README.md          the model card (``vit.publish.model_card``)
     images/            the run's curves and saliency overlays, shown by the card
     app.py, requirements.txt, vit/   with ``demo=True``: the Gradio demo as a Space
 """
@@ -124,7 +124,7 @@ def write_hub_folder(run: str | os.PathLike[str], folder: str | os.PathLike[str]
                      repo_id: str | None = None, demo: bool = False) -> Path:
     """Write the repository of ``run`` (a run folder or a checkpoint) into ``folder``."""
     from vit.inference.export import safetensors_export
-    from vit.inference.model_card import model_card
+    from vit.publish.model_card import model_card
 
     checkpoint, run_dir = resolve_run(run)
     ckpt = load_checkpoint(checkpoint)
@@ -137,7 +137,7 @@ def write_hub_folder(run: str | os.PathLike[str], folder: str | os.PathLike[str]
     card = model_card(ckpt, repo_id=repo_id, images=images, demo=demo)
     atomic_write(folder / "README.md", str(card))
     if demo:
-        from vit.inference.space import write_space_files
+        from vit.publish.space import write_space_files
 
         write_space_files(folder, repo_id=repo_id)
     logger.debug("wrote %s (%s)", folder, ", ".join(sorted(p.name for p in folder.iterdir())))
