@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vit.bench.figure import plot_explain_bench
 from vit.bench.measures import (
     BENCH_METHODS,
     DEFAULT_BATCH_SIZE,
@@ -44,7 +45,6 @@ from vit.explain.recommend import method_file, recorded_method
 from vit.explain.saliency import METHODS
 from vit.inference.classifier import Classifier
 from vit.io import atomic_write
-from vit.plots import plot_explain_bench
 
 __all__ = ["OBJECTS_FILE", "DEFAULT_IMAGES", "run_explain_bench", "held_out_images", "pick_balanced",
            "read_objects", "boxed_objects"]
