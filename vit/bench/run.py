@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vit import run_folder
 from vit.bench.figure import plot_explain_bench
 from vit.bench.measures import (
     BENCH_METHODS,
@@ -65,8 +66,8 @@ def held_out_images(data: Path, checkpoint: Path, classes: Sequence[str]
     if val_dir is not None:
         samples = scan_folder(val_dir, classes=classes).samples
         return [(Path(p), label) for p, label in samples], str(val_dir)
-    split_file = checkpoint.parent / "split.json"
-    split = json.loads(split_file.read_text()) if split_file.is_file() else {}
+    split_file = checkpoint.parent / run_folder.SPLIT
+    split = run_folder.read_split(checkpoint.parent)
     if split.get("kind") == "stratified":
         paths = [Path(p) for p in split["val_files"]]
         return [(p, classes.index(p.parent.name)) for p in paths if p.parent.name in classes], \
