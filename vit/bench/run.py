@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vit import run_folder
 from vit.bench.figure import plot_explain_bench
 from vit.bench.measures import (
     BENCH_METHODS,
@@ -61,8 +62,8 @@ def held_out_images(data: Path, checkpoint: Path, classes: Sequence[str]
                     ) -> tuple[list[tuple[Path, int]], str]:
     """(path, label) of images the run did not train on, and where they come from: ``data/val``,
     else the ``val_files`` of the run's ``split.json``, else ``data`` itself (no train/)."""
-    split_file = checkpoint.parent / "split.json"
-    split = json.loads(split_file.read_text()) if split_file.is_file() else {}
+    split_file = checkpoint.parent / run_folder.SPLIT
+    split = run_folder.read_split(checkpoint.parent)
     return open_source(data).held_out(classes, split=split, split_file=split_file)
 
 
