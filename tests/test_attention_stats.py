@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_predict import save_checkpoint, tiny_model
-from test_train import make_folder, tiny_config
+from helpers.images import make_folder
+from helpers.models import save_checkpoint, tiny_vit
+from helpers.training import tiny_config
 
 from vit.cli import main
 from vit.errors import ConfigError
@@ -82,7 +83,7 @@ def test_spread_sample_visits_the_whole_list():
 
 
 def test_model_stats_match_the_attention_the_model_returns():
-    model = tiny_model()
+    model = tiny_vit(head_std=2.0)
     model.train()  # the stats switch to eval mode for the call and back
     x = torch.randn(3, 3, 32, 32)
     distance, entropy = model_attention_stats(model, x)
@@ -101,7 +102,7 @@ def test_model_stats_match_the_attention_the_model_returns():
 def test_folder_stats_are_means_over_readable_images(tmp_path, caplog):
     folder = make_folder(tmp_path / "data", per_class=3, size=32)
     (folder / "red" / "broken.png").write_bytes(b"not an image")
-    model = tiny_model()
+    model = tiny_vit(head_std=2.0)
     clf = Classifier(model, classes=["red", "green", "blue"], device="cpu",
                      preprocess={"img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
                                  "crop_pct": 1.0})
@@ -119,7 +120,7 @@ def test_folder_stats_are_means_over_readable_images(tmp_path, caplog):
 
 
 def test_command_writes_png_and_json_next_to_the_checkpoint(tmp_path, capsys):
-    ckpt = save_checkpoint(tmp_path / "run" / "best.pt", tiny_model(), ["red", "green", "blue"])
+    ckpt = save_checkpoint(tmp_path / "run" / "best.pt", tiny_vit(head_std=2.0), ["red", "green", "blue"])
     data = make_folder(tmp_path / "data", per_class=2, size=32)
     assert main(["attention-stats", "--checkpoint", str(ckpt), "--data", str(data)]) == 0
     out = tmp_path / "run" / "attention_stats"
@@ -140,7 +141,7 @@ def test_command_writes_png_and_json_next_to_the_checkpoint(tmp_path, capsys):
 
 
 def test_command_errors_are_one_line(tmp_path, capsys):
-    ckpt = save_checkpoint(tmp_path / "best.pt", tiny_model(), ["a", "b", "c"])
+    ckpt = save_checkpoint(tmp_path / "best.pt", tiny_vit(head_std=2.0), ["a", "b", "c"])
     missing = str(tmp_path / "nope")
     assert main(["attention-stats", "--checkpoint", str(ckpt), "--data", missing]) == 2
     assert "no such file or folder" in capsys.readouterr().err

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import struct
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers.images import write_huge_png
 from PIL import Image
 
 from vit.data.dataset import ImageFolderDataset
@@ -54,24 +53,6 @@ def make_folder(root: Path, counts: dict[str, int], ext: str = ".png") -> Path:
         for i in range(n):
             save(solid((30 * c, 10 * i % 256, 100)), root / name / f"{i:03d}{ext}")
     return root
-
-
-def write_huge_png(path: Path, side: int) -> Path:
-    """A valid 1-bit PNG of side x side pixels, written without allocating the pixels."""
-    row = b"\x00" + bytes((side + 7) // 8)  # filter byte + packed zero bits
-    comp = zlib.compressobj(1)
-    rows_per_call = 1000
-    data = [comp.compress(row * rows_per_call) for _ in range(side // rows_per_call)]
-    data += [comp.compress(row * (side % rows_per_call)), comp.flush()]
-
-    def chunk(tag: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(tag + body) & 0xFFFFFFFF
-        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                     + chunk(b"IDAT", b"".join(data)) + chunk(b"IEND", b""))
-    return path
 
 
 def pixels(img: Image.Image) -> np.ndarray:

@@ -123,7 +123,7 @@ def workspace(tmp_path_factory) -> Path:
     names the README uses) and a 1-epoch run of a tiny model in runs/quickstart, DIR (a small
     train/val/test folder), labels.csv (DIR's images as a label file with a split column),
     weights.safetensors and RUN (= runs/quickstart)."""
-    from test_train import make_folder
+    from helpers.images import make_folder
 
     from vit.config import config_from_dict
     from vit.data.synthetic import make_shapes_dataset
