@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -265,15 +264,62 @@ def test_load_failures_raise_unreadable(tmp_path, make, match):
     assert isinstance(info.value, DataError) and info.value.path == str(path)
 
 
+def _count_decoders(monkeypatch) -> list[str]:
+    """The pixel decoders PIL makes from now on (each decode of pixel data makes one)."""
+    made = []
+    real = Image._getdecoder
+
+    def getdecoder(mode, decoder_name, *args, **kwargs):
+        made.append(decoder_name)
+        return real(mode, decoder_name, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "_getdecoder", getdecoder)
+    return made
+
+
 @pytest.mark.parametrize("side", [30000, 10000])  # beyond 2x PIL's limit / between 1x and 2x
-def test_load_refuses_decompression_bomb_quickly(tmp_path, side):
+def test_load_refuses_decompression_bomb_before_decoding_a_pixel(tmp_path, side, monkeypatch):
+    """Refused from the header alone: no pixel decoder is made (a 900 Mpx decode would take
+    seconds and gigabytes), and nothing past the header is read."""
     path = write_huge_png(tmp_path / "bomb.png", side)
     assert path.stat().st_size < 2_000_000
-    start = time.perf_counter()
+    decoders = _count_decoders(monkeypatch)
+    small = save(solid((1, 2, 3)), tmp_path / "small.png")
+    load_image(small)
+    assert decoders == ["zip"]  # the counter sees a real decode
+
+    decoders.clear()
+    read = []
+    real_open = open
+
+    class CountingFile:
+        def __init__(self, handle):
+            self._handle = handle
+
+        def read(self, *args):
+            data = self._handle.read(*args)
+            read.append(len(data))
+            return data
+
+        def __getattr__(self, name):
+            return getattr(self._handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._handle.__exit__(*exc)
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        return CountingFile(handle) if str(file) == str(path) else handle
+
+    monkeypatch.setattr("builtins.open", counting_open)
     with pytest.warns(Image.DecompressionBombWarning) if side == 10000 else _nothing():
         with pytest.raises(UnreadableImageError, match="too large"):
             load_image(path)
-    assert time.perf_counter() - start < 1.0
+    assert decoders == []
+    assert 0 < sum(read) < 1024 < path.stat().st_size  # the header, not the pixel data
 
 
 class _nothing:
