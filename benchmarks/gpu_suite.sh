@@ -9,7 +9,9 @@
 #                                        # and 512 (MFU against the measured matmul rate), ours
 #                                        # vs timm compiled, and (issue 14) what rollout and the
 #                                        # gradient methods cost against a forward pass
-#   bash benchmarks/gpu_suite.sh tta [key=value ...]   # configs/cifar10_gpu_5min.yaml, from a
+#   bash benchmarks/gpu_suite.sh tta [key=value ...]   # the lighter recipe
+#                                        # configs/cifar10_gpu_5min_light.yaml (TTA_CONFIG: another
+#                                        # one, e.g. configs/cifar10_gpu_5min.yaml), from a
 #                                        # cold compile cache, accuracy against wall time, with
 #                                        # the loop levers (TTA_LEVERS) unless overridden
 #   bash benchmarks/gpu_suite.sh more    # measured on 2026-11-30 already: ours vs timm eager,
@@ -139,12 +141,14 @@ case "$part" in
     # the loop-speed levers (same maths: augmentation draws per batch, graphs of the same model)
     read -r -a extra <<< "${TTA_LEVERS:-data.aug_batches=4 train.compile_mode=reduce-overhead}"
     [ "$device" = cpu ] && extra+=(train.compile=false data.workers=2 train.batch_size=64)
+    tta_config=${TTA_CONFIG:-configs/cifar10_gpu_5min_light.yaml}
     TAIL=30 step time_to_accuracy 330 $PY benchmarks/time_to_accuracy.py --data "$tta_data" \
-      --config configs/cifar10_gpu_5min.yaml --budget-min $budget_min --out "$tta_out" \
+      --config "$tta_config" --budget-min $budget_min --out "$tta_out" \
       --json "$OUT/time_to_accuracy_gpu.json" --png "$OUT/time_to_accuracy_gpu.png" \
       train.device=$device train.time_budget_min=$budget_min "${extra[@]}" "$@"
-    cp "$tta_out"/cifar10_gpu_5min/metrics.jsonl "$OUT/tta_metrics.jsonl" 2>/dev/null
-    cp "$tta_out"/cifar10_gpu_5min/config.yaml "$OUT/tta_config.yaml" 2>/dev/null
+    tta_run="$tta_out/$(basename "$tta_config" .yaml)"
+    cp "$tta_run"/metrics.jsonl "$OUT/tta_metrics.jsonl" 2>/dev/null
+    cp "$tta_run"/config.yaml "$OUT/tta_config.yaml" 2>/dev/null
     ;;
   *)
     echo "unknown part $part (check, tta or more)"; exit 2 ;;

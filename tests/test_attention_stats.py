@@ -167,7 +167,7 @@ def test_command_errors_are_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_untrained_is_the_model_that_vit_train_started_from(tmp_path):
     """A run that trains only the head keeps the initial backbone: --untrained must rebuild it."""
-    from vit.inference.attention_files import _classifier
+    from vit.figures.attention_files import _classifier
     from vit.training.trainer import train
 
     data = make_folder(tmp_path / "data", size=16)

@@ -18,6 +18,7 @@ if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts, not an inst
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import (  # noqa: E402
+    aug_ops,
     common,
     data_speed,
     gpu_efficiency,
@@ -320,3 +321,27 @@ def test_timm_registry_walk_explains_or_refuses_in_one_line(tmp_path: Path) -> N
     timm_registry.main(["--names", "deit_tiny_distilled_patch16_224", "--json", str(out),
                         "--resume"])  # kept rows are not walked again (their seconds stay)
     assert json.loads(out.read_text())["rows"] == result["rows"]
+
+
+# --- aug_ops: operation counts of the memory pipeline and of the compiled step ------------------
+
+
+def test_aug_ops_device_operations_do_not_grow_with_the_batch(tmp_path: Path) -> None:
+    """Every image applies all 13 ops (RandAugment 13x9), so every op of the table runs at any
+    batch size: the device operations per call are the same for 4 and 16 images, and with
+    aug_batches=2 the same per call, half per image."""
+    result = aug_ops.main(["--batches", "4,16", "--ks", "1,2", "--k-batch", "4", "--randaug",
+                           "13,9", "--no-compile", "--json", str(tmp_path / "ops.json")])
+    small, large = result["augmentation"]
+    assert small["device_ops"] == large["device_ops"] > 13
+    one, two = result["aug_batches"]
+    assert one["device_ops"] == two["device_ops"]
+    assert two["device_per_image"] == pytest.approx(one["device_per_image"] / 2)
+    saved = json.loads((tmp_path / "ops.json").read_text())
+    assert HEADER_KEYS <= saved["machine"].keys() and saved["augmentation"][0]["batch"] == 4
+
+
+def test_the_cifar_model_compiles_into_one_graph_without_breaks() -> None:
+    model = aug_ops._cifar_model(ROOT / "configs/cifar10_gpu_5min_light.yaml", depth=1)
+    explained = aug_ops._explain(model.train(), torch.randn(2, 3, 32, 32))
+    assert (explained["graphs"], explained["graph_breaks"]) == (1, 0), explained["break_reasons"]

@@ -42,7 +42,7 @@ def images(tmp_path_factory) -> list[Path]:
 def test_the_app_answers_like_classifier_predict(checkpoint, images, monkeypatch):
     gradio_client = needs_gradio()
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-    from vit.inference.demo import build_demo
+    from vit.publish.demo import build_demo
 
     clf = Classifier.from_checkpoint(checkpoint, device="cpu")
     app = build_demo(clf, topk=2)
@@ -66,7 +66,7 @@ def test_the_space_app_runs_the_same_app(checkpoint, images, tmp_path):
     gradio_client = needs_gradio()
     folder = tmp_path / "space"
     assert main(["push", str(checkpoint), "--to-folder", str(folder), "--demo"]) == 0
-    assert (folder / "vit" / "inference" / "demo.py").is_file()
+    assert (folder / "vit" / "publish" / "demo.py").is_file()
     requirements = (folder / "requirements.txt").read_text().split()
     assert any(r.startswith("gradio") for r in requirements)
     assert any(r.startswith("torch") for r in requirements)

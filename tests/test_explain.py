@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 import torch
 from helpers.models import TINY_VIT, tiny_vit
-from helpers.rollout import full_rollout
+from helpers.rollout_reference import (
+    full_rollout,
+    grad_rollout_from_attentions,
+    rollout_from_attentions,
+)
 from PIL import Image
 from torch import nn
 
@@ -18,13 +22,11 @@ from vit.explain import (
     attention_rollout,
     deletion_auc,
     explain,
-    grad_rollout_from_attentions,
     gradient_rollout,
     insertion_auc,
     overlay,
     random_saliency,
     raw_attention,
-    rollout_from_attentions,
 )
 from vit.explain.overlay import DEFAULT_COLORMAP
 

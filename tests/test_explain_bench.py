@@ -14,16 +14,16 @@ import torch.nn.functional as F
 from helpers.models import save_checkpoint, trained_like
 from PIL import Image
 
+from vit.bench.measures import SANITY_THRESHOLD, asked_object_hits, explain_bench
+from vit.bench.report import markdown_report
 from vit.cli import main
 from vit.data.squares import make_squares_dataset, make_two_squares_set
 from vit.errors import VitError
-from vit.explain.bench import SANITY_THRESHOLD, asked_object_hits, explain_bench
-from vit.explain.bench_report import markdown_report
+from vit.explain.object_boxes import patch_mask
 from vit.explain.occlusion import occlusion
 from vit.explain.recommend import method_file
 from vit.explain.sanity import randomised_cascade, spearman, spread
 from vit.explain.token_drop import token_drop_auc, token_drop_curve, token_drop_curves
-from vit.inference.explain_bench import patch_mask
 
 
 def images(batch: int = 3, seed: int = 0) -> torch.Tensor:
@@ -229,7 +229,7 @@ def test_squares_data_and_the_cli_end_to_end(tmp_path, capsys):
 
 
 def test_token_measures_of_several_methods_at_once_equal_one_method_at_a_time(monkeypatch):
-    import vit.explain.bench as bench
+    import vit.bench.measures as bench
 
     model, x = trained_like(reg_tokens=1), images(3)
     classes = torch.tensor([0, 2, 1])
@@ -280,7 +280,7 @@ def test_the_randomisation_check_runs_on_spread_images_at_the_chosen_stages():
 def test_progress_on_a_log_file_is_whole_lines_with_the_time_left(monkeypatch):
     import io
 
-    import vit.explain.bench as bench
+    import vit.bench.measures as bench
 
     log = io.StringIO()  # not a terminal
     monkeypatch.setattr(sys, "stderr", log)
@@ -299,12 +299,19 @@ def test_progress_on_a_log_file_is_whole_lines_with_the_time_left(monkeypatch):
 def test_the_command_line_defaults_are_the_library_defaults():
     import inspect
 
+    import vit.bench.measures as bench
     import vit.cli.explain_bench as cli
-    from vit.explain import bench
-    from vit.inference.explain_bench import DEFAULT_IMAGES, run_explain_bench
+    from vit.bench.run import DEFAULT_IMAGES, run_explain_bench
 
     assert (cli.DEFAULT_IMAGES, cli.DEFAULT_STEPS, cli.DEFAULT_BATCH_SIZE,
             cli.DEFAULT_SANITY_IMAGES) == (DEFAULT_IMAGES, bench.DEFAULT_STEPS,
                                            bench.DEFAULT_BATCH_SIZE, bench.DEFAULT_SANITY_IMAGES)
     defaults = {k: p.default for k, p in inspect.signature(run_explain_bench).parameters.items()}
     assert defaults["images"] == DEFAULT_IMAGES and defaults["steps"] == bench.DEFAULT_STEPS
+
+
+def test_a_model_the_explainers_cannot_read_is_one_line_before_any_work():
+    timm = pytest.importorskip("timm")
+    resnet = timm.create_model("resnet10t", num_classes=3)
+    with pytest.raises(VitError, match="cannot explain a ResNet"):
+        explain_bench(resnet, torch.randn(2, 3, 32, 32), methods=("rollout",), sanity=False)

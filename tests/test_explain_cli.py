@@ -8,7 +8,7 @@ import pytest
 from helpers.models import save_checkpoint, tiny_vit
 from PIL import Image
 
-import vit.inference.overlays
+import vit.figures.overlay_files
 from vit.cli import main
 from vit.models.vision_transformer import VisionTransformer
 
@@ -35,9 +35,9 @@ def test_same_named_files_in_different_folders_get_separate_overlays(tmp_path, c
 
 
 def test_several_methods_give_one_row_per_image_and_one_column_per_method(tmp_path, capsys):
+    from vit.bench.measures import BENCH_METHODS
     from vit.explain import METHODS
-    from vit.explain.bench import BENCH_METHODS
-    from vit.inference.overlays import parse_methods
+    from vit.figures.overlay_files import parse_methods
     from vit.plots import GRID_CELL_SIZE
 
     ckpt = save_checkpoint(tmp_path / "best.pt", tiny_vit(head_std=2.0), ["x", "y", "z"])
@@ -78,11 +78,11 @@ def test_each_image_is_decoded_once_and_each_batch_runs_the_model_once(tmp_path,
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(paths[-1])
     decoded, forwards = [], []
-    real_load, real_forward = vit.inference.overlays.load_image, VisionTransformer.forward
-    monkeypatch.setattr(vit.inference.overlays, "load_image", lambda p: decoded.append(p) or real_load(p))
+    real_load, real_forward = vit.figures.overlay_files.load_image, VisionTransformer.forward
+    monkeypatch.setattr(vit.figures.overlay_files, "load_image", lambda p: decoded.append(p) or real_load(p))
     monkeypatch.setattr(VisionTransformer, "forward",
                         lambda self, x, **kw: forwards.append(len(x)) or real_forward(self, x, **kw))
-    results = vit.inference.overlays.explain_files(checkpoint=ckpt, paths=paths, output=tmp_path / "out",
+    results = vit.figures.overlay_files.explain_files(checkpoint=ckpt, paths=paths, output=tmp_path / "out",
                                             batch_size=2, device="cpu", topk=2)
     assert sorted(map(str, decoded)) == sorted(map(str, paths))
     assert forwards == [2, 2, 1]

@@ -15,11 +15,12 @@ import torch
 from helpers.models import save_checkpoint, tiny_vit
 from PIL import Image
 
-import vit.inference.overlay_pages as pages_lib
-import vit.inference.overlays as overlays
+import vit.figures.overlay_files as overlays
+import vit.figures.overlay_pages as pages_lib
 from vit.cli import main
 from vit.data.synthetic import DEFAULT_CLASSES, make_shapes_dataset
-from vit.inference.overlay_pages import Page, TileStore, mistakes_first, write_pages
+from vit.explain.saliency import zero_head_warning
+from vit.figures.overlay_pages import Page, TileStore, mistakes_first, write_pages
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +123,11 @@ def test_the_share_of_relevance_on_the_object():
 
 def test_a_zero_head_is_named_as_the_reason_for_zero_maps(tmp_path, caplog):
     model = tiny_vit(head_std=2.0)
-    assert overlays.zero_head_warning(model, ["attnlrp"]) is None  # a trained (random) head
+    assert zero_head_warning(model, ["attnlrp"]) is None  # a trained (random) head
     torch.nn.init.zeros_(model.head.weight)
     torch.nn.init.zeros_(model.head.bias)
-    assert overlays.zero_head_warning(model, ["rollout"]) is None  # rollout needs no gradient
-    assert "all zeros" in overlays.zero_head_warning(model, ["attnlrp", "rollout", "legrad"])
+    assert zero_head_warning(model, ["rollout"]) is None  # rollout needs no gradient
+    assert "all zeros" in zero_head_warning(model, ["attnlrp", "rollout", "legrad"])
     ckpt = save_checkpoint(tmp_path / "zero.pt", model, ["x", "y", "z"])
     image = tmp_path / "a.png"
     Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(image)
@@ -138,7 +139,7 @@ def test_a_zero_head_is_named_as_the_reason_for_zero_maps(tmp_path, caplog):
 
 def test_the_explorer_page_names_a_zero_head_too(tmp_path, caplog):
     from vit.explain.explorer import PageOptions
-    from vit.inference.attention_files import write_explorer_page
+    from vit.figures.attention_files import write_explorer_page
 
     model = tiny_vit(head_std=2.0)
     torch.nn.init.zeros_(model.head.weight)

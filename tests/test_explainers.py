@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.models import tiny_vit, trained_like
-from helpers.rollout import full_rollout
+from helpers.rollout_reference import full_rollout
 
 from vit.errors import VitError
 from vit.explain import METHODS, attention_maps, saliency

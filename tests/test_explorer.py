@@ -13,18 +13,15 @@ import pytest
 import torch
 from helpers.models import SHAPES as CLASSES
 from helpers.models import peaky_classifier, peaky_model
+from helpers.rollout_reference import query_rollout_from_attentions
 
 from vit.cli import main
 from vit.explain import METHODS, attention_rollout, deletion_auc, insertion_auc, saliency
 from vit.explain.attention_stats import patch_distances
-from vit.explain.explorer import (
-    PageOptions,
-    explorer_page,
-    image_records,
-    query_rollout,
-)
+from vit.explain.explorer import PageOptions, explorer_page, image_records
 from vit.explain.explorer_html import decode_rows, encode_rows
-from vit.inference.attention_files import check_html_output
+from vit.explain.rollout import rollout_rows
+from vit.figures.attention_files import check_html_output
 
 
 def page_data(html: str) -> dict:
@@ -39,27 +36,27 @@ def page_data(html: str) -> dict:
 
 
 @pytest.mark.parametrize("fusion, discard", [("mean", 0.0), ("max", 0.3), ("min", 0.0)])
-def test_query_rollout_cls_row_is_the_rollout_map(fusion, discard):
+def test_rollout_rows_are_the_dense_product_and_row_0_the_rollout_map(fusion, discard):
     model = peaky_model()
     x = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         _, attentions = model(x, return_attention=True)
-    full = query_rollout(attentions, head_fusion=fusion, discard_ratio=discard)
+    full = rollout_rows(model, x, head_fusion=fusion, discard_ratio=discard)
     assert full.shape == (2, 39, 39)
     torch.testing.assert_close(full.sum(-1), torch.ones(2, 39))  # rows stay distributions
+    dense = query_rollout_from_attentions(attentions, head_fusion=fusion, discard_ratio=discard)
+    torch.testing.assert_close(full, dense, rtol=1e-4, atol=1e-6)
     want = attention_rollout(model, x, head_fusion=fusion, discard_ratio=discard)
     torch.testing.assert_close(full[:, 0, 3:].reshape(2, 6, 6), want, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("fusion, discard", [("mean", 0.0), ("max", 0.3)])
-def test_query_rollout_rows_are_the_package_rollout_from_each_query(fusion, discard):
+def test_rollout_rows_are_the_package_rollout_from_each_query(fusion, discard):
     """Row q of the page's rollout matrices is saliency(method="rollout", query=q): patches as
     (row, col), [CLS] and a register as token indices."""
     model = peaky_model()
     x = torch.randn(2, 3, 48, 48)
-    with torch.no_grad():
-        _, attentions = model(x, return_attention=True)
-    full = query_rollout(attentions, head_fusion=fusion, discard_ratio=discard)
+    full = rollout_rows(model, x, head_fusion=fusion, discard_ratio=discard)
     for query, token in (((2, 5), 3 + 2 * 6 + 5), ((0, 0), 3), (0, 0), (2, 2)):
         want = saliency(model, x, "rollout", query=query, head_fusion=fusion,
                         discard_ratio=discard)
@@ -67,15 +64,15 @@ def test_query_rollout_rows_are_the_package_rollout_from_each_query(fusion, disc
                                    atol=1e-6)
 
 
-def test_query_rollout_by_hand():
+def test_the_dense_query_rollout_reference_by_hand():
     # one layer, one head, 2 tokens: M = rownorm(0.5 A + 0.5 I)
     a = torch.tensor([[[[0.2, 0.8], [0.6, 0.4]]]])
     want = torch.tensor([[[0.6, 0.4], [0.3, 0.7]]])
-    torch.testing.assert_close(query_rollout([a]), want)
+    torch.testing.assert_close(query_rollout_from_attentions([a]), want)
     # two layers: M2 @ M1 (the last layer first, as rollout_from_attentions)
     b = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
     m_b = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
-    torch.testing.assert_close(query_rollout([a, b])[0], m_b @ want[0])
+    torch.testing.assert_close(query_rollout_from_attentions([a, b])[0], m_b @ want[0])
 
 
 def test_records_hold_every_saliency_method_and_its_faithfulness():

@@ -195,7 +195,7 @@ def test_the_folder_loads_in_timm_with_our_logits(variant, tmp_path):
 
 
 def test_the_folder_is_a_classifier_and_has_the_run_figures(run, tmp_path):
-    from vit.inference.hub import write_hub_folder
+    from vit.publish.hub import write_hub_folder
 
     folder = write_hub_folder(run, tmp_path / "repo", repo_id=REPO)
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -213,7 +213,7 @@ def test_the_folder_is_a_classifier_and_has_the_run_figures(run, tmp_path):
 def test_the_model_card_renders_with_its_metadata(run, tmp_path):
     from huggingface_hub import ModelCard
 
-    from vit.inference.hub import write_hub_folder
+    from vit.publish.hub import write_hub_folder
 
     folder = write_hub_folder(run, tmp_path / "repo", repo_id=REPO)
     card = ModelCard.load(folder / "README.md")
@@ -237,7 +237,7 @@ def test_the_model_card_renders_with_its_metadata(run, tmp_path):
 
 
 def test_push_uploads_the_folder_through_huggingface_hub(run, tmp_path, fake_hub, capsys):
-    from vit.inference.hub import write_hub_folder
+    from vit.publish.hub import write_hub_folder
 
     assert main(["push", str(run), "--repo", REPO, "--private"]) == 0
     assert f"pushed {run} to {REPO}: https://huggingface.co/{REPO}/commit/" in capsys.readouterr().out
@@ -252,7 +252,7 @@ def test_push_uploads_the_folder_through_huggingface_hub(run, tmp_path, fake_hub
 
 
 def test_timm_loads_the_pushed_model_by_its_hub_name(run, fake_hub):
-    from vit.inference.hub import push_to_hub
+    from vit.publish.hub import push_to_hub
 
     push_to_hub(run, REPO)
     model = timm.create_model(f"hf_hub:{REPO}", pretrained=True).eval()  # timm's own download
@@ -264,8 +264,8 @@ def test_timm_loads_the_pushed_model_by_its_hub_name(run, fake_hub):
 
 
 def test_pulling_back_goes_through_hf_hub_download(run, fake_hub, monkeypatch):
-    from vit.inference.hub import push_to_hub
     from vit.models import pretrained as pretrained_module
+    from vit.publish.hub import push_to_hub
 
     push_to_hub(run, REPO)
     downloads = []
@@ -305,7 +305,7 @@ def test_pretrained_hf_reads_a_foreign_timm_repo(fake_hub, tmp_path):
 
 
 def test_vit_train_fine_tunes_from_the_hub(run, fake_hub, shapes_dataset, tmp_path):
-    from vit.inference.hub import push_to_hub
+    from vit.publish.hub import push_to_hub
 
     push_to_hub(run, REPO)
     out = tmp_path / "finetuned"
@@ -337,8 +337,8 @@ def test_no_network_is_one_line(run, tmp_path, no_network, capsys):
 
 
 def test_offline_the_cached_copy_is_used(run, fake_hub, tmp_path):
-    from vit.inference.hub import push_to_hub
     from vit.models.pretrained import read_pretrained
+    from vit.publish.hub import push_to_hub
 
     push_to_hub(run, REPO)
     online = Classifier.from_pretrained(REPO, device="cpu")
@@ -354,7 +354,7 @@ def test_offline_the_cached_copy_is_used(run, fake_hub, tmp_path):
     image = colour_image((30, 200, 40))
     torch.testing.assert_close(offline.predict_proba(image), online.predict_proba(image))
     # the folder of a download (or of --to-folder) works as --pretrained too
-    from vit.inference.hub import write_hub_folder
+    from vit.publish.hub import write_hub_folder
 
     folder = write_hub_folder(run, tmp_path / "pushed")
     weights = read_pretrained(str(folder))

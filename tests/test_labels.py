@@ -121,7 +121,7 @@ def test_a_split_column_chooses_validation_and_evaluate_takes_the_test_rows(tmp_
 
 
 def test_explain_titles_use_the_label_file(tmp_path, labelled):
-    from vit.inference.overlays import explain_files
+    from vit.figures.overlay_files import explain_files
 
     summary = train(tiny_config(labelled, tmp_path / "run", "train.epochs=1"),
                     show_progress=False)

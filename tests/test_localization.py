@@ -22,20 +22,20 @@ import pytest
 import torch
 from helpers.models import tiny_vit
 
+from vit.bench.measures import mean_and_sem
+from vit.bench.run import (
+    boxed_objects,
+    held_out_images,
+    pick_balanced,
+    run_explain_bench,
+)
 from vit.data.folders import scan_folder
 from vit.data.images import load_image
 from vit.data.synthetic import load_boxes, make_shapes_dataset
 from vit.errors import DataError
 from vit.explain import attention_rollout, deletion_auc, random_saliency, saliency
-from vit.explain.bench import mean_and_sem
+from vit.explain.object_boxes import patch_mask
 from vit.inference.classifier import Classifier
-from vit.inference.explain_bench import (
-    boxed_objects,
-    held_out_images,
-    patch_mask,
-    pick_balanced,
-    run_explain_bench,
-)
 from vit.models.checkpoint import make_checkpoint
 from vit.training.quickstart import quickstart_config
 

@@ -11,9 +11,9 @@ from helpers.images import make_folder
 from helpers.models import save_checkpoint, tiny_vit
 from PIL import Image
 
-import vit.inference.overlays as overlays
+import vit.figures.overlay_files as overlays
 from vit.explain.overlay import DEFAULT_COLORMAP
-from vit.inference.overlays import (
+from vit.figures.overlay_files import (
     DISPLAY_PX,
     ExplainedImage,
     _framed_pair,

@@ -14,6 +14,7 @@ from helpers.figures import bars, lines_by_label, plot_axes, texts
 from PIL import Image
 
 from vit import plots
+from vit.bench import figure as bench_figure
 from vit.inference.metrics import reliability_bins
 
 
@@ -358,9 +359,11 @@ def _bench_result(sanity: bool) -> dict:
 
 @pytest.mark.parametrize("sanity", [True, False], ids=["with cascade", "faithfulness only"])
 def test_explain_bench_figure(tmp_path: Path, sanity: bool, saved_figures) -> None:
-    path = plots.plot_explain_bench(_bench_result(sanity), tmp_path / "bench.png", threshold=0.3,
-                                    references=("random", "occlusion"), title="a run")
-    size = plots.EXPLAIN_BENCH_SIZE if sanity else plots.EXPLAIN_BENCH_ONE_PANEL_SIZE
+    path = bench_figure.plot_explain_bench(_bench_result(sanity), tmp_path / "bench.png",
+                                           threshold=0.3, references=("random", "occlusion"),
+                                           title="a run")
+    size = (bench_figure.EXPLAIN_BENCH_SIZE if sanity
+            else bench_figure.EXPLAIN_BENCH_ONE_PANEL_SIZE)
     pixels = _check_png(path, _size(size)).astype(int)
     coloured = pixels.max(axis=-1) - pixels.min(axis=-1) > 80  # the methods' lines and points
     half = pixels.shape[1] // 2

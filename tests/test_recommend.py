@@ -12,8 +12,8 @@ import pytest
 from helpers.models import save_checkpoint, tiny_vit
 from PIL import Image
 
+from vit.bench.report import recommendation_lines
 from vit.cli import main
-from vit.explain.bench_report import recommendation_lines
 from vit.explain.recommend import (
     METHOD_FILE,
     RULE,
@@ -183,7 +183,7 @@ def test_the_explorer_page_shows_the_recorded_method_first(run_with_a_recommenda
 
 def test_the_end_of_a_run_draws_the_recorded_method(run_with_a_recommendation, monkeypatch,
                                                     caplog):
-    import vit.inference.overlays as overlays
+    import vit.figures.overlay_files as overlays
     from vit.training import run_files
 
     ckpt, image = run_with_a_recommendation
@@ -196,7 +196,7 @@ def test_the_end_of_a_run_draws_the_recorded_method(run_with_a_recommendation, m
 
 
 def test_vit_demo_opens_on_the_recorded_method(run_with_a_recommendation, monkeypatch, capsys):
-    import vit.inference.demo as demo
+    import vit.publish.demo as demo
 
     ckpt, _ = run_with_a_recommendation
     opened = []

@@ -380,7 +380,7 @@ def test_the_demo_app_answers_on_a_timm_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     from PIL import Image
 
-    from vit.inference.demo import build_demo
+    from vit.publish.demo import build_demo
 
     torch.manual_seed(0)
     model = create_timm_model("eva02_tiny_patch14_224", num_classes=3, img_size=28, args=TINY)

@@ -8,15 +8,20 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags, add_device_flag, add_parser
+    from vit.cli.options import (
+        add_batch_size,
+        add_checkpoint,
+        add_common_flags,
+        add_device_flag,
+        add_parser,
+    )
 
     p = add_parser(
         sub, "attention-stats", help="plot mean attention distance and entropy against depth",
         description="For each layer and head: the mean attention distance in pixels "
         "(Dosovitskiy et al. 2021, Fig. 7) and the attention entropy, averaged over the images "
         "of a folder. Writes attention_stats.png and attention_stats.json.")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT",
-                   help="best.pt from `vit train`, or an exported .safetensors")
+    add_checkpoint(p)
     p.add_argument("--data", required=True, metavar="DIR",
                    help="image folder (searched recursively), a file or a glob")
     p.add_argument("--output", metavar="DIR",
@@ -29,8 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "fresh weights from the run's seed")
     p.add_argument("--seed", type=int, metavar="N",
                    help="seed for --untrained (default: the run's)")
-    p.add_argument("--batch-size", type=int, default=64, metavar="N",
-                   help="images per forward pass")
+    add_batch_size(p, default=64)
     add_device_flag(p)
     add_common_flags(p)
     p.set_defaults(func=run)
@@ -38,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vit.errors import VitError
-    from vit.inference.attention_files import write_attention_stats
+    from vit.figures.attention_files import write_attention_stats
 
     if args.max_images < 1:
         raise VitError(f"--max-images must be at least 1, got {args.max_images}")

@@ -9,7 +9,7 @@ import time
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags, add_parser
+    from vit.cli.options import add_common_flags, add_parser
 
     p = add_parser(
         sub, "check", help="decode every image of a folder and list the unreadable ones",

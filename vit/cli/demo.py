@@ -7,7 +7,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags, add_device_flag, add_parser
+    from vit.cli.options import add_common_flags, add_device_flag, add_parser
 
     p = add_parser(
         sub, "demo", help="start a local Gradio app on a model",
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from vit.explain.recommend import choose_method
     from vit.explain.saliency import METHODS
     from vit.inference.classifier import Classifier
-    from vit.inference.demo import build_demo, import_gradio
+    from vit.publish.demo import build_demo, import_gradio
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")

@@ -10,21 +10,27 @@ from vit.errors import VitError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags, add_device_flag, add_parser, add_tta_flag
+    from vit.cli.options import (
+        add_batch_size,
+        add_checkpoint,
+        add_common_flags,
+        add_device_flag,
+        add_parser,
+        add_tta_flag,
+    )
 
     p = add_parser(
         sub, "evaluate", help="measure a checkpoint on a labelled image folder",
         description="Evaluate on DIR/<class>/<image>, or on DIR/test/ (preferred) or DIR/val/, "
         "or on a label file's test (else val, else all) rows. Folders and labels are matched to the checkpoint's classes by name. Writes report.json, "
         "predictions.csv, confusion_matrix.png, reliability.png and mistakes.png.")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT",
-                   help="best.pt from `vit train`, or an exported .safetensors")
+    add_checkpoint(p)
     p.add_argument("--data", required=True, metavar="DIR|LABELS.csv",
                    help="labelled image folder, or a label file (CSV with path,label; its test "
                    "rows, else its val rows, when it has a split column)")
     p.add_argument("--output", metavar="DIR",
                    help="where to write the report (default: CKPT's folder/eval-<DIR name>)")
-    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
+    add_batch_size(p, default=64)
     p.add_argument("--num-mistakes", type=int, default=16, metavar="N",
                    help="images in mistakes.png (default 16)")
     add_tta_flag(p)

@@ -10,7 +10,13 @@ DEFAULT_METHOD = "attnlrp"  # vit.explain.DEFAULT_METHOD, repeated so that the p
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags, add_device_flag, add_parser
+    from vit.cli.options import (
+        add_batch_size,
+        add_checkpoint,
+        add_common_flags,
+        add_device_flag,
+        add_parser,
+    )
 
     p = add_parser(sub, "explain", help="draw saliency overlays for images",
                    description="Overlay where the model looks on each image; writes "
@@ -22,8 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "give the true label when the image's folder is named after a class, the "
                    "prediction and its probability; mistakes are red. With a boxes.json (the "
                    "synthetic shapes), the share of each map on the object.")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT",
-                   help="best.pt from `vit train`, or an exported .safetensors")
+    add_checkpoint(p)
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="images, folders, globs, or a label file (labels.csv: path,label; its "
                    "labels title the pictures)")
@@ -51,8 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="--html: deletion/insertion curve steps per map (0 skips them)")
     p.add_argument("--attention-bits", type=int, default=6, metavar="B",
                    help="--html: bits per stored attention weight, 1-8")
-    p.add_argument("--batch-size", type=int, default=16, metavar="N",
-                   help="images per forward pass")
+    add_batch_size(p, default=16)
     p.add_argument("--grid", metavar="FILE",
                    help="where to write the grid, .png or .jpg; several pages get _001, _002, "
                    "... (default DIR/grid.png)")
@@ -77,7 +81,7 @@ def _check(args: argparse.Namespace) -> None:
 
 def _write_page(args: argparse.Namespace, paths: list, method: str, show_progress: bool) -> None:
     from vit.explain.explorer import PageOptions
-    from vit.inference.attention_files import write_explorer_page
+    from vit.figures.attention_files import write_explorer_page
 
     options = PageOptions(topk=args.topk, head_fusion=args.head_fusion,
                           discard_ratio=args.discard_ratio, auc_steps=args.auc_steps,
@@ -104,8 +108,8 @@ def _describe(item) -> str:
 
 def _print_summary(results, method: str) -> None:
     """One line per image (mistakes first), then what was wrong, the pages and the index."""
-    from vit.inference.overlay_pages import mistakes_first
-    from vit.inference.overlays import parse_methods, share_method
+    from vit.figures.overlay_files import parse_methods, share_method
+    from vit.figures.overlay_pages import mistakes_first
 
     drawn = [r for r in results if not r.error]  # unreadable files were already warned about
     for i in mistakes_first([r.wrong for r in drawn]):
@@ -130,8 +134,8 @@ def _print_summary(results, method: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from vit.data.labels import expand_with_labels
     from vit.explain.recommend import choose_method
-    from vit.inference.attention_files import check_html_output
-    from vit.inference.overlays import explain_files
+    from vit.figures.attention_files import check_html_output
+    from vit.figures.overlay_files import explain_files
 
     _check(args)
     if args.html is not None:

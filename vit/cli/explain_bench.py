@@ -7,13 +7,19 @@ import argparse
 import shlex
 import sys
 
-# vit.inference.explain_bench's and vit.explain.bench's defaults, repeated so that the parser
+# vit.bench.run's and vit.bench.measures's defaults, repeated so that the parser
 # needs no torch (tests/test_explain_bench.py keeps them equal)
 DEFAULT_IMAGES, DEFAULT_STEPS, DEFAULT_BATCH_SIZE, DEFAULT_SANITY_IMAGES = 32, 16, 16, 16
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags, add_device_flag, add_parser
+    from vit.cli.options import (
+        add_batch_size,
+        add_checkpoint,
+        add_common_flags,
+        add_device_flag,
+        add_parser,
+    )
 
     p = add_parser(
         sub, "explain-bench", help="measure the saliency methods and recommend one for the model",
@@ -28,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "cores for a 12-block, width-192 model at 32 px (measured: 240 CPU-seconds; "
         "benchmarks/RESULTS.md); larger models, inputs or --images take longer (the progress "
         "bar estimates the time left, also as a line every 30 s in a log).")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="best.pt from `vit train`")
+    add_checkpoint(p, help="best.pt from `vit train`")
     p.add_argument("--data", required=True, metavar="DIR",
                    help="its val/ part, the run's held-out split, or a folder with objects.json")
     p.add_argument("--methods", default="all", metavar="LIST",
@@ -40,8 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, metavar="N",
                    help="points on each deletion/insertion curve, at most the patch count "
                    "(default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N",
-                   help="images per forward pass (default: %(default)s)")
+    add_batch_size(p, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--no-sanity", action="store_true", help="skip the randomisation check")
     p.add_argument("--sanity-images", type=int, default=DEFAULT_SANITY_IMAGES, metavar="N",
                    help="images (spread over the N) that take the randomisation check "
@@ -61,9 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vit.explain.bench import BENCH_METHODS
-    from vit.explain.bench_report import markdown_report
-    from vit.inference.explain_bench import run_explain_bench
+    from vit.bench.measures import BENCH_METHODS
+    from vit.bench.report import markdown_report
+    from vit.bench.run import run_explain_bench
 
     methods = list(BENCH_METHODS) if args.methods == "all" else \
         [m.strip() for m in args.methods.split(",") if m.strip()]

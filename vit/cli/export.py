@@ -11,15 +11,14 @@ ONNX_OPSET = 17
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags, add_parser
+    from vit.cli.options import add_checkpoint, add_common_flags, add_parser
 
     p = add_parser(
         sub, "export", help="export a checkpoint as safetensors or ONNX",
         description="Write the model for deployment: FILE.safetensors + FILE.json (loadable by "
         "`vit predict` and Classifier.from_checkpoint), or FILE.onnx + FILE.onnx.json (input "
         "'images' N x 3 x S x S, output 'logits', dynamic batch).")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT",
-                   help="best.pt from `vit train`")
+    add_checkpoint(p, help="best.pt from `vit train`")
     p.add_argument("--format", choices=FORMATS,
                    help="file format (default: from the extension of --output)")
     p.add_argument("--output", required=True, metavar="FILE",

@@ -17,25 +17,32 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from importlib import import_module
+from types import ModuleType
 
+from vit.cli import (
+    attention_stats,
+    check,
+    demo,
+    evaluate,
+    explain,
+    explain_bench,
+    export,
+    models,
+    predict,
+    push,
+    shard,
+    train,
+)
+from vit.cli.options import HelpFormatter
 from vit.errors import VitError
 
-COMMANDS = ("train", "evaluate", "predict", "explain", "explain-bench", "export",
-            "attention-stats", "check", "shard", "models", "push", "demo")
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """Every option's help ends with its default, unless the help already states one or there
-    is none to state (a flag that is off, an option without a value)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        default = action.default
-        if ("default" in text.lower() or not action.option_strings or default is None
-                or default is False or default is argparse.SUPPRESS):
-            return text
-        return f"{text} (default: %(default)s)"
+# Every command and its module, in the order `vit --help` lists them: a new command is its module
+# and one line here. A command module imports only vit.cli.options of this package.
+COMMANDS: dict[str, ModuleType] = {
+    "train": train, "evaluate": evaluate, "predict": predict, "explain": explain,
+    "explain-bench": explain_bench, "export": export, "attention-stats": attention_stats,
+    "check": check, "shard": shard, "models": models, "push": push, "demo": demo,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,36 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vit", formatter_class=HelpFormatter,
         description="Train Vision Transformers on image folders, classify and explain.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        import_module(f"vit.cli.{name.replace('-', '_')}").register(sub)
+    for command in COMMANDS.values():
+        command.register(sub)
     return parser
-
-
-def add_parser(sub: argparse._SubParsersAction, name: str, **kwargs) -> argparse.ArgumentParser:
-    """A command's parser, with the shared help formatter."""
-    return sub.add_parser(name, formatter_class=HelpFormatter, **kwargs)
-
-
-def add_device_flag(parser: argparse.ArgumentParser) -> None:
-    """``--device auto|cpu|cuda|cuda:N`` (default auto) for the commands that run a model."""
-    parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
-                        help="where to run; auto picks the GPU when there is one")
-
-
-TTA_MODES = ("flip", "crops")  # vit.inference.tta.TTA_MODES, repeated so the parser needs no torch
-
-
-def add_tta_flag(parser: argparse.ArgumentParser) -> None:
-    """``--tta flip|crops`` (default none) for the commands that classify images."""
-    parser.add_argument("--tta", choices=TTA_MODES,
-                        help="test-time augmentation: average the probabilities of the image and "
-                        "its mirror (flip, 2x the time) or of 5 crops and their mirrors (crops, "
-                        "10x) (default: none)")
-
-
-def add_common_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
 
 
 def setup_logging(*, debug: bool = False, quiet: bool = False) -> None:

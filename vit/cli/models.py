@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_parser
+    from vit.cli.options import add_parser
 
     p = add_parser(sub, "models", help="list the model presets (--model NAME)",
                    description="The names --model accepts, with parameters, forward FLOPs per "

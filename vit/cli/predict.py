@@ -20,7 +20,14 @@ CSV_COLUMNS = ("path", "rank", "label", "probability", "error")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags, add_device_flag, add_parser, add_tta_flag
+    from vit.cli.options import (
+        add_batch_size,
+        add_checkpoint,
+        add_common_flags,
+        add_device_flag,
+        add_parser,
+        add_tta_flag,
+    )
 
     p = add_parser(
         sub, "predict", help="classify images with a checkpoint",
@@ -28,12 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(searched recursively for images) or a glob such as 'photos/**/*.jpg' (quote it).",
         epilog="Unreadable images are skipped with a warning and listed with their error; "
         "the exit code is 2 only when none could be read.")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT",
-                   help="best.pt from `vit train`, or an exported .safetensors")
+    add_checkpoint(p)
     p.add_argument("paths", nargs="+", metavar="PATH", help="images, folders or globs")
     p.add_argument("--topk", type=int, default=5, metavar="K",
                    help="classes per image (default 5, at most the number of classes)")
-    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
+    add_batch_size(p, default=64)
     p.add_argument("--format", default="table", choices=FORMATS, help="output format")
     add_tta_flag(p)
     p.add_argument("--output", metavar="FILE", help="write to this file (default: stdout)")

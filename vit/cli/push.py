@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags, add_parser
+    from vit.cli.options import add_common_flags, add_parser
 
     p = add_parser(
         sub, "push", help="upload a run to the Hugging Face Hub, with a model card",
@@ -38,12 +38,12 @@ def run(args: argparse.Namespace) -> int:
     if args.to_folder is not None:
         if args.private:
             raise ConfigError("--private applies to --repo; a folder is not uploaded")
-        from vit.inference.hub import write_hub_folder
+        from vit.publish.hub import write_hub_folder
 
         folder = write_hub_folder(args.run, args.to_folder, demo=args.demo)
         print(f"wrote {folder} (upload it with `vit push {args.run} --repo USER/NAME`)")
         return 0
-    from vit.inference.hub import push_to_hub
+    from vit.publish.hub import push_to_hub
 
     url = push_to_hub(args.run, args.repo, private=args.private, demo=args.demo)
     print(f"pushed {args.run} to {args.repo}: {url}")

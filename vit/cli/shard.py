@@ -21,7 +21,7 @@ def parse_size(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags, add_parser
+    from vit.cli.options import add_common_flags, add_parser
 
     p = add_parser(
         sub, "shard", help="write an image folder as WebDataset tar shards",

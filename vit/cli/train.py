@@ -35,7 +35,7 @@ FLAG_KEYS = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from vit.cli.main import add_common_flags, add_parser
+    from vit.cli.options import add_common_flags, add_parser
 
     p = add_parser(
         sub, "train", help="train on an image folder or tar shards (no arguments: the quickstart)",
@@ -57,6 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _add_flags(p: argparse.ArgumentParser, d: Config) -> None:
     """The options of `vit train`; their defaults are those of ``d``."""
+    from vit.cli.options import add_batch_size
+
     p.add_argument("--data", metavar="DIR|LABELS.csv|'SHARDS-{0..N}.tar'",
                    help="image folder (DIR/<class>/..., or DIR/train + DIR/val), a label file "
                    "(a CSV with path,label columns, paths relative to its folder; optional "
@@ -73,9 +75,9 @@ def _add_flags(p: argparse.ArgumentParser, d: Config) -> None:
                    "pretrained weights')")
     p.add_argument("--epochs", type=int, metavar="N",
                    help=f"passes over the training images (default: {d.train.epochs})")
-    p.add_argument("--batch-size", type=int, metavar="N",
-                   help="global batch per step (default: about 32 steps per epoch, 8 to 128; "
-                   "a batch larger than the training images is lowered with a warning)")
+    add_batch_size(p, default=None, help="global batch per step (default: about 32 steps per "
+                   "epoch, 8 to 128; a batch larger than the training images is lowered with a "
+                   "warning)")
     p.add_argument("--lr", type=float, metavar="X",
                    help=f"peak learning rate of AdamW (default: {d.train.lr:g})")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],

@@ -7,9 +7,11 @@ and augments each batch there with tensor ops:
 
     RandomResizedCrop + horizontal flip   one ``grid_sample`` per batch, boxes drawn exactly as
                                           albumentations draws them (10 tries, then centre)
-    RandAugment-style ops (``randaug_n``) the same 13 ops and strength ranges as the
-                                          albumentations pipeline (``vit.data.transforms``),
-                                          each sample picking its own ops, in list order
+    RandAugment-style ops (``randaug_n``) the table of ``vit.data.augmentation`` (13 ops and
+                                          their ranges), which also generates the albumentations
+                                          pipeline (``vit.data.transforms``); each sample picks
+                                          its own ops, applied in the table's order, in one pass
+                                          per op over the samples that chose it
     Normalize
 
 Training images are stored as their centre square resized to ``img_size`` (CIFAR-10 at 32 px is
@@ -18,7 +20,10 @@ are stored exactly as the albumentations evaluation transform crops them. Random
 ``(seed, epoch, batch)``, so a resumed run draws the same augmentations as one that was never
 stopped, and torchrun processes together augment as one process would. ``tests/test_fastdata.py``
 checks the crop and flip distribution against the albumentations pipeline and each op against
-albumentations' own implementation.
+albumentations' own implementation; ``tests/test_augmentation.py`` that both pipelines follow the
+table, op by op. The operations on the device per call do not depend on the batch size (258 for
+RandAugment 2x9 at 32 px; the per-image parameters are computed on the CPU: see
+``benchmarks/aug_ops.py``), so ``MemoryLoader(aug_batches=K)`` divides them per image by K.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -36,6 +41,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from vit.data.augmentation import (
+    CROP_RATIO,
+    CROP_SCALE,
+    HFLIP,
+    RANDAUG_M,
+    RANDAUG_N,
+    RANDAUGMENT,
+    check_augment_args,
+    fill_value,
+)
 from vit.data.images import UnreadableImageError, load_image
 from vit.data.loader import EpochSampler
 from vit.data.transforms import eval_geometry
@@ -43,7 +58,7 @@ from vit.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-NUM_RANDAUG_OPS = 13  # the list in vit.data.transforms._randaugment_ops, in the same order
+NUM_RANDAUG_OPS = len(RANDAUGMENT)  # the table of vit.data.augmentation, in its order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,6 +271,12 @@ def _translate(fraction: torch.Tensor, axis: int) -> torch.Tensor:
     return t
 
 
+def whole_pixels(fraction: torch.Tensor, side: int) -> torch.Tensor:
+    """A shift of ``fraction`` of a side of ``side`` pixels, truncated toward zero to whole
+    pixels as albumentations' ``Affine(translate_percent=...)`` applies it."""
+    return torch.trunc(fraction * side) / side
+
+
 def brightness_contrast(x: torch.Tensor, alpha: torch.Tensor | float,
                         beta: torch.Tensor | float) -> torch.Tensor:
     """``x * alpha + 255 * beta`` per sample (albumentations' RandomBrightnessContrast)."""
@@ -312,6 +333,47 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
     return lut.gather(1, values).reshape(b, c, h, w).to(x.dtype)
 
 
+def op_values(strength: torch.Tensor, magnitude: float) -> torch.Tensor:
+    """Each sample's parameter for each op of ``RANDAUGMENT`` ``(B, 13)``, from its draws
+    ``strength`` ``(B, 13)`` in [-1, 1]: uniform over the op's ``range(magnitude)``. Signed ops
+    scale the draw; the others go from ``base`` by ``unit = (strength + 1) / 2`` of their reach;
+    integer ops take ``reach + 1`` equally likely whole steps. All 13 columns at once."""
+    def column(values: list[float] | list[bool]) -> torch.Tensor:
+        return torch.tensor(values, dtype=strength.dtype if isinstance(values[0], float)
+                            else torch.bool)
+
+    reach = column([op.reach(magnitude) for op in RANDAUGMENT])
+    toward = column([-r if op.decreasing else r for op, r in zip(RANDAUGMENT, reach.tolist(),
+                                                                 strict=True)])
+    base = column([op.base for op in RANDAUGMENT])
+    low = column([op.range(magnitude)[0] for op in RANDAUGMENT])
+    unit = (strength + 1) / 2
+    steps = low + torch.minimum(torch.floor(unit * (reach + 1)), reach)
+    values = torch.where(column([op.integer for op in RANDAUGMENT]), steps, base + toward * unit)
+    return torch.where(column([op.signed for op in RANDAUGMENT]), reach * strength, values)
+
+
+# Each row of vit.data.augmentation.RANDAUGMENT as a tensor op: (x (b, 3, S, S), its parameter
+# (b,) on the CPU, the fill colour (3,)) -> x. The parameter's meaning is the table's.
+_TENSOR_OPS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "rotate": lambda x, v, fill: affine(x, _rotation(v), fill),
+    "shear_x": lambda x, v, fill: affine(x, _shear(v, axis=0), fill),
+    "shear_y": lambda x, v, fill: affine(x, _shear(v, axis=1), fill),
+    "translate_x": lambda x, v, fill: affine(x, _translate(whole_pixels(v, x.shape[-1]), axis=0),
+                                             fill),
+    "translate_y": lambda x, v, fill: affine(x, _translate(whole_pixels(v, x.shape[-2]), axis=1),
+                                             fill),
+    "brightness": lambda x, v, _: brightness_contrast(x, 1.0, _to(v, x)),
+    "contrast": lambda x, v, _: brightness_contrast(x, _to(1 + v, x), 0.0),
+    "saturation": lambda x, v, _: saturation(x, _to(1 + v, x)),
+    "sharpen": lambda x, v, _: sharpen(x, _to(v, x)),
+    "posterize": lambda x, v, _: posterize(x, _to(v, x)),
+    "solarize": lambda x, v, _: solarize(x, _to(v, x)),
+    "equalize": lambda x, _v, _: equalize(x),
+    "autocontrast": lambda x, _v, _: equalize(x),  # nearly the same table: see equalize
+}
+
+
 # ---------------------------------------------------------------------------------------------
 # The batch transform
 # ---------------------------------------------------------------------------------------------
@@ -326,11 +388,11 @@ class BatchAugment:
     """
 
     def __init__(self, *, img_size: int, mean: Sequence[float], std: Sequence[float],
-                 train: bool = True, scale: Sequence[float] = (0.08, 1.0),
-                 ratio: Sequence[float] = (3 / 4, 4 / 3), hflip: float = 0.5, randaug_n: int = 2,
-                 randaug_m: float = 9):
-        if not 0 <= randaug_n <= NUM_RANDAUG_OPS:
-            raise ConfigError(f"randaug_n must be in [0, {NUM_RANDAUG_OPS}], got {randaug_n}")
+                 train: bool = True, scale: Sequence[float] = CROP_SCALE,
+                 ratio: Sequence[float] = CROP_RATIO, hflip: float = HFLIP,
+                 randaug_n: int = RANDAUG_N, randaug_m: float = RANDAUG_M):
+        check_augment_args(scale=scale, ratio=ratio, hflip=hflip, randaug_n=randaug_n,
+                           randaug_m=randaug_m)
         self.img_size = img_size
         self.mean = torch.tensor(mean, dtype=torch.float32)
         self.std = torch.tensor(std, dtype=torch.float32)
@@ -402,33 +464,16 @@ class BatchAugment:
         return _as_uint8_values(out)
 
     def randaugment(self, x: torch.Tensor, p: RandAugmentParams) -> torch.Tensor:
-        """Each sample applies its chosen ops in the list's order (as ``A.SomeOf`` sorts them)."""
-        f = self.randaug_m / 10.0
-        rot, shear, shift, enhance = 30.0 * f, 17.0 * f, 0.45 * f, 0.9 * f
-        fill = _to(255.0 * self.mean, x)
-        s = _to(p.strength, x)  # (B, 13) in [-1, 1]
-        unit = (s + 1) / 2  # (B, 13) in [0, 1]
-        ops = [
-            lambda v, i: affine(v, _rotation(rot * s[i, 0]), fill),
-            lambda v, i: affine(v, _shear(shear * s[i, 1], axis=0), fill),
-            lambda v, i: affine(v, _shear(shear * s[i, 2], axis=1), fill),
-            lambda v, i: affine(v, _translate(shift * s[i, 3], axis=0), fill),
-            lambda v, i: affine(v, _translate(shift * s[i, 4], axis=1), fill),
-            lambda v, i: brightness_contrast(v, 1.0, enhance * s[i, 5]),
-            lambda v, i: brightness_contrast(v, 1 + enhance * s[i, 6], 0.0),
-            lambda v, i: saturation(v, 1 + enhance * s[i, 7]),
-            lambda v, i: sharpen(v, min(enhance, 1.0) * unit[i, 8]),
-            lambda v, i: posterize(v, _posterize_bits(unit[i, 9], f)),
-            lambda v, i: solarize(v, 1.0 - f * unit[i, 10]),
-            lambda v, _: equalize(v),
-            lambda v, _: equalize(v),  # AutoContrast(method="cdf"): nearly the same, see equalize
-        ]
-        assert len(ops) == NUM_RANDAUG_OPS
-        for k, op in enumerate(ops):
+        """Each sample applies its chosen ops in the table's order (as ``A.SomeOf`` sorts
+        them). One pass per op of the table, over the samples that chose it: the number of
+        tensor ops does not grow with the batch."""
+        fill = _to(torch.tensor(fill_value(self.mean.tolist())), x)
+        values = op_values(p.strength, self.randaug_m)  # (B, 13) on the CPU
+        for k, op in enumerate(RANDAUGMENT):
             rows = p.chosen[:, k].nonzero()[:, 0]  # the samples that picked op k (on the CPU:
             if rows.numel():                       # no wait for the device)
-                rows = rows.to(x.device, non_blocking=True)
-                x[rows] = op(x[rows], rows)
+                picked = rows.to(x.device, non_blocking=True)
+                x[picked] = _TENSOR_OPS[op.name](x[picked], values[rows, k], fill)
         return x
 
 
@@ -454,12 +499,6 @@ class AugmentDraws:
                                         strength=torch.cat([d.randaug.strength for d in parts]))
         return AugmentDraws(boxes=torch.cat([d.boxes for d in parts]),
                             flip=torch.cat([d.flip for d in parts]), randaug=randaug)
-
-
-def _posterize_bits(unit: torch.Tensor, f: float) -> torch.Tensor:
-    """Integer bits uniform over [8 - round(4 f), 8], as ``A.Posterize(num_bits=(lo, 8))``."""
-    low = 8 - round(4 * f)
-    return low + torch.floor(unit * (8 - low + 1)).clamp(max=8 - low)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
     build_transform(img_size=224, train=True)     RandomResizedCrop, flip, RandAugment, normalise
     eval_geometry(224) + normalize_transform()    the evaluation transform in its two steps
+
+The training recipe (crop defaults, the RandAugment ops, their order and ranges) is declared in
+``vit.data.augmentation``; this module only maps each of its ops to albumentations.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +25,16 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A
 from albumentations.pytorch import ToTensorV2
 
+from vit.data.augmentation import (
+    CROP_RATIO,
+    CROP_SCALE,
+    HFLIP,
+    RANDAUG_M,
+    RANDAUG_N,
+    RANDAUGMENT,
+    check_augment_args,
+    fill_value,
+)
 from vit.errors import ConfigError
 
 __all__ = [
@@ -55,26 +68,34 @@ def _eval_geometry_ops(img_size: int, crop_pct: float | None) -> list[Any]:
     ]
 
 
-def _randaugment_ops(magnitude: float, fill: tuple[float, ...]) -> list[Any]:
-    """RandAugment-style ops; each strength is drawn from [0, magnitude / 10] of its maximum."""
-    f = magnitude / 10.0
-    rot, shear, shift = 30.0 * f, 17.0 * f, 0.45 * f  # degrees, degrees (~0.3 rad), fraction
-    enhance = 0.9 * f
-    return [
-        A.Affine(rotate=(-rot, rot), fill=fill, p=1.0),
-        A.Affine(shear={"x": (-shear, shear), "y": (0, 0)}, fill=fill, p=1.0),
-        A.Affine(shear={"x": (0, 0), "y": (-shear, shear)}, fill=fill, p=1.0),
-        A.Affine(translate_percent={"x": (-shift, shift), "y": (0, 0)}, fill=fill, p=1.0),
-        A.Affine(translate_percent={"x": (0, 0), "y": (-shift, shift)}, fill=fill, p=1.0),
-        A.RandomBrightnessContrast(brightness_limit=enhance, contrast_limit=0.0, p=1.0),
-        A.RandomBrightnessContrast(brightness_limit=0.0, contrast_limit=enhance, p=1.0),
-        A.ColorJitter(brightness=0.0, contrast=0.0, saturation=enhance, hue=0.0, p=1.0),
-        A.Sharpen(alpha=(0.0, min(enhance, 1.0)), lightness=(1.0, 1.0), p=1.0),
-        A.Posterize(num_bits=(8 - round(4 * f), 8), p=1.0),
-        A.Solarize(threshold_range=(1.0 - f, 1.0), p=1.0),
-        A.Equalize(p=1.0),
-        A.AutoContrast(p=1.0),
-    ]
+# Each row of vit.data.augmentation.RANDAUGMENT as an albumentations op: (the parameter's
+# (low, high) at the run's magnitude, the fill colour) -> a transform that draws the parameter
+# uniformly from that range. The parameter's meaning is the table's.
+_ALBUMENTATIONS_OPS: dict[str, Callable[[tuple[float, float], tuple[float, ...]], Any]] = {
+    "rotate": lambda r, fill: A.Affine(rotate=r, fill=fill, p=1.0),
+    "shear_x": lambda r, fill: A.Affine(shear={"x": r, "y": (0, 0)}, fill=fill, p=1.0),
+    "shear_y": lambda r, fill: A.Affine(shear={"x": (0, 0), "y": r}, fill=fill, p=1.0),
+    "translate_x": lambda r, fill: A.Affine(translate_percent={"x": r, "y": (0, 0)}, fill=fill,
+                                            p=1.0),
+    "translate_y": lambda r, fill: A.Affine(translate_percent={"x": (0, 0), "y": r}, fill=fill,
+                                            p=1.0),
+    "brightness": lambda r, _: A.RandomBrightnessContrast(brightness_limit=r, contrast_limit=0.0,
+                                                          p=1.0),
+    "contrast": lambda r, _: A.RandomBrightnessContrast(brightness_limit=0.0, contrast_limit=r,
+                                                        p=1.0),
+    "saturation": lambda r, _: A.ColorJitter(brightness=0.0, contrast=0.0,
+                                             saturation=(1 + r[0], 1 + r[1]), hue=0.0, p=1.0),
+    "sharpen": lambda r, _: A.Sharpen(alpha=r, lightness=(1.0, 1.0), p=1.0),
+    "posterize": lambda r, _: A.Posterize(num_bits=(int(r[0]), int(r[1])), p=1.0),
+    "solarize": lambda r, _: A.Solarize(threshold_range=r, p=1.0),
+    "equalize": lambda _r, _: A.Equalize(p=1.0),
+    "autocontrast": lambda _r, _: A.AutoContrast(p=1.0),
+}
+
+
+def randaugment_ops(magnitude: float, fill: tuple[float, ...]) -> list[Any]:
+    """The albumentations ops of the ``RANDAUGMENT`` table at ``magnitude``, in its order."""
+    return [_ALBUMENTATIONS_OPS[op.name](op.range(magnitude), fill) for op in RANDAUGMENT]
 
 
 class ImageTransform:
@@ -113,16 +134,8 @@ def _check_transform_args(
         raise ConfigError(f"img_size must be positive, got {img_size}")
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise ConfigError(f"mean and std need 3 values each, std > 0; got {mean}, {std}")
-    if not 0.0 < scale[0] <= scale[1] <= 1.0:
-        raise ConfigError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
-    if not 0.0 < ratio[0] <= ratio[1]:
-        raise ConfigError(f"ratio must satisfy 0 < min <= max, got {ratio}")
-    if not 0.0 <= hflip <= 1.0:
-        raise ConfigError(f"hflip is a probability in [0, 1], got {hflip}")
-    if not 0 <= randaug_n <= len(_randaugment_ops(0, (0, 0, 0))):
-        raise ConfigError(f"randaug_n must be in [0, 13], got {randaug_n}")
-    if not 0 <= randaug_m <= 10:
-        raise ConfigError(f"randaug_m must be in [0, 10], got {randaug_m}")
+    check_augment_args(scale=scale, ratio=ratio, hflip=hflip, randaug_n=randaug_n,
+                       randaug_m=randaug_m)
 
 
 def build_transform(
@@ -132,11 +145,11 @@ def build_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     crop_pct: float | None = None,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    hflip: float = 0.5,
-    randaug_n: int = 2,
-    randaug_m: float = 9,
+    scale: tuple[float, float] = CROP_SCALE,
+    ratio: tuple[float, float] = CROP_RATIO,
+    hflip: float = HFLIP,
+    randaug_n: int = RANDAUG_N,
+    randaug_m: float = RANDAUG_M,
     seed: int | None = None,
 ) -> ImageTransform:
     """The training or evaluation transform: PIL image -> normalised tensor (3, S, S).
@@ -157,8 +170,7 @@ def build_transform(
         A.HorizontalFlip(p=hflip),
     ]
     if randaug_n > 0:
-        fill = tuple(255.0 * m for m in mean)  # padding becomes 0 after normalisation
-        ops.append(A.SomeOf(_randaugment_ops(randaug_m, fill), n=randaug_n, p=1.0))
+        ops.append(A.SomeOf(randaugment_ops(randaug_m, fill_value(mean)), n=randaug_n, p=1.0))
     return ImageTransform(A.Compose([*ops, *normalize], seed=seed))
 
 

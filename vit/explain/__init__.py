@@ -1,7 +1,8 @@
 """Where the model looks, and whether to believe it. Uses the model (and images) only.
 
     saliency        every method behind one batched call: saliency(model, images, method=...)
-    rows            attention rollout from any query token, one layer's attention row
+    rollout         attention rollout from any query token (the one implementation; every
+                    token's at once for the explorer), one layer's attention row
     grad_rollout    gradient-weighted rollout (Chefer et al. 2021)
     legrad          LeGrad (Bousselham et al. 2024)
     lrp             AttnLRP (Achtibat et al. 2024) and CP-LRP
@@ -11,16 +12,17 @@
                     package's, timm's ViT/DeiT/EVA/BEiT/relpos/NaFlexViT), the only way in
     attention_calls each block's attention as its family computes it (seen in SDPA)
     recompute       running the blocks in memory linear in the tokens (shared by the methods)
-    rollout         the rollout arithmetic on given attention tensors
     overlay         a map over the image, as RGB
     faithfulness    deletion / insertion AUC with pixels replaced, and the random baseline
     token_drop      deletion / insertion with patch tokens dropped from the sequence
     occlusion       the occlusion oracle
     sanity          the model-randomisation check (Spearman, the cascade)
-    bench           every measure for every method on a batch; bench_report: the Markdown
     inputs          argument checks; running the model in eval mode and full precision
     attention_stats mean attention distance and entropy per layer and head
-    explorer        the attention explorer page (explorer_html: its encoding and HTML)
+    explorer        the attention explorer page: what it shows of each image
+    explorer_html   the page's compact encoding and its HTML
+    object_boxes    a known object's box on the patch grid after the evaluation crop
+    recommend       which method to believe: explain-bench's rule, the recorded choice
 
     from vit.explain import saliency, attention_maps, overlay, deletion_auc
 
@@ -35,7 +37,6 @@ import warnings
 
 from vit.explain.attention_maps import attention_maps
 from vit.explain.attention_stats import attention_entropy, mean_attention_distance
-from vit.explain.bench import BENCH_METHODS, explain_bench
 from vit.explain.explorer import PageOptions, explorer_page
 from vit.explain.faithfulness import (
     BASELINES,
@@ -50,13 +51,7 @@ from vit.explain.legrad import LEGRAD_POOLS, legrad
 from vit.explain.lrp import LRP_RULES, attnlrp
 from vit.explain.occlusion import occlusion
 from vit.explain.overlay import overlay
-from vit.explain.rollout import (
-    HEAD_FUSIONS,
-    discard_lowest,
-    fuse_heads,
-    grad_rollout_from_attentions,
-    rollout_from_attentions,
-)
+from vit.explain.rollout import HEAD_FUSIONS, discard_lowest, fuse_heads, rollout_rows
 from vit.explain.saliency import (
     CLASS_SPECIFIC,
     DEFAULT_METHOD,
@@ -78,7 +73,6 @@ __all__ = [
     "LEGRAD_POOLS",
     "LRP_RULES",
     "BASELINES",
-    "BENCH_METHODS",
     "saliency",
     "attention_maps",
     "grad_rollout",
@@ -89,8 +83,7 @@ __all__ = [
     "gradient_rollout",
     "raw_attention",
     "explain",
-    "rollout_from_attentions",
-    "grad_rollout_from_attentions",
+    "rollout_rows",
     "fuse_heads",
     "discard_lowest",
     "overlay",
@@ -103,7 +96,6 @@ __all__ = [
     "occlusion",
     "spearman",
     "randomised_cascade",
-    "explain_bench",
     "mean_attention_distance",
     "attention_entropy",
     "explorer_page",

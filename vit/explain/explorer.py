@@ -1,7 +1,7 @@
 """The attention explorer: one self-contained HTML page to look at a model's attention.
 
     page = explorer_page(classifier, images, names)          # -> HTML text
-    vit.inference.attention_files.write_explorer_page(checkpoint=..., paths=[...],
+    vit.figures.attention_files.write_explorer_page(checkpoint=..., paths=[...],
                                                       output="page.html")
 
 For every image the page holds the image the model saw, its top-k predictions, every layer's
@@ -37,7 +37,6 @@ __all__ = [
     "image_records",
     "page_from_records",
     "page_methods",
-    "query_rollout",
     "saliency_maps",
 ]
 
@@ -56,26 +55,6 @@ METHOD_LABELS = {
     "attnlrp": "AttnLRP (Achtibat et al. 2024)",
     "gradcam": "Grad-CAM (Selvaraju et al. 2017)",
 }
-
-
-def query_rollout(
-    attentions: Sequence[torch.Tensor], *, head_fusion: str = "mean", discard_ratio: float = 0.0
-) -> torch.Tensor:
-    """Full rollout matrices (B, N, N): row q is the rollout from query token q.
-
-    ``M_L @ ... @ M_1`` with ``M = rownorm(0.5 * F + 0.5 * I)`` and ``F`` the fused, thinned
-    attention, as ``vit.explain.rollout_from_attentions``, whose [CLS] map is row 0 here.
-    """
-    from vit.explain.rollout import discard_lowest, fuse_heads
-
-    n = attentions[0].shape[-1]
-    eye = torch.eye(n, device=attentions[0].device)
-    result = eye.expand(attentions[0].shape[0], n, n).clone()
-    for attention in reversed(attentions):
-        fused = discard_lowest(fuse_heads(attention.float(), head_fusion), discard_ratio)
-        step = 0.5 * fused + 0.5 * eye
-        result = result @ (step / step.sum(dim=-1, keepdim=True))
-    return result
 
 
 def page_methods(first: str | None = None) -> tuple[tuple[str, str], ...]:
@@ -157,6 +136,7 @@ def image_records(
     from vit.explain.attention_maps import attention_maps
     from vit.explain.attention_stats import attention_stats
     from vit.explain.inputs import eval_mode
+    from vit.explain.rollout import rollout_rows
 
     if not len(views) == len(names) == x.shape[0]:
         raise ConfigError(f"got {x.shape[0]} images, {len(views)} views and {len(names)} names")
@@ -164,9 +144,9 @@ def image_records(
     prefix, patch, grid = adapter.num_prefix_tokens, adapter.patch_size[0], adapter.grid(x)
     stacked = attention_maps(model, x)  # (B, layers, heads, N, N), each family's own attention
     attentions = list(stacked.unbind(dim=1))
+    rollout = rollout_rows(model, x, head_fusion=head_fusion, discard_ratio=discard_ratio)
     with eval_mode(model), torch.no_grad():
         logits = model(x)
-        rollout = query_rollout(attentions, head_fusion=head_fusion, discard_ratio=discard_ratio)
         distance, entropy = attention_stats(attentions, prefix, grid, patch)
         top = _top_labels(logits, classes, topk)
     predicted = logits.argmax(dim=-1)

@@ -11,8 +11,7 @@ from vit.explain.adapters import adapter_for
 from vit.explain.attention_calls import AttentionCall
 from vit.explain.inputs import check_autograd, check_images, model_device
 from vit.explain.recompute import backward_by_block, chunk_rows, chunks, target_gradient
-from vit.explain.rollout import patch_map
-from vit.explain.rows import start_row
+from vit.explain.rollout import patch_map, start_row
 
 __all__ = ["grad_rollout"]
 
@@ -38,7 +37,7 @@ def grad_rollout(
     Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers"
     (ICCV), for self-attention: ``A_bar_l = mean_heads(relu(dA_l * A_l))``, ``R <- R + A_bar_l R``
     from ``R = I``; the row of R of the pooled feature ([CLS] for class-token models:
-    ``vit.explain.rows.start_row``) on the patches. dA_l is the gradient of the target logit
+    ``vit.explain.rollout.start_row``) on the patches. dA_l is the gradient of the target logit
     with respect to layer l's attention, each layer paired with its own gradient.
 
     One forward pass (block inputs kept) and one backward pass recomputed block by block.

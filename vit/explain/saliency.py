@@ -24,7 +24,7 @@ whatever autocast surrounds it, with memory linear in the tokens (``vit.explain.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -36,7 +36,7 @@ from vit.explain.gradcam import gradcam
 from vit.explain.inputs import check_choice, eval_mode
 from vit.explain.legrad import legrad
 from vit.explain.lrp import attnlrp
-from vit.explain.rows import attention, rollout
+from vit.explain.rollout import attention, rollout
 
 __all__ = [
     "METHODS",
@@ -47,6 +47,7 @@ __all__ = [
     "attention_rollout",
     "gradient_rollout",
     "raw_attention",
+    "zero_head_warning",
 ]
 
 CLASS_SPECIFIC = ("grad-rollout", "legrad", "attnlrp", "gradcam")
@@ -65,8 +66,9 @@ _REGISTRY: dict[str, Callable[..., torch.Tensor]] = {
 METHODS = tuple(_REGISTRY)
 
 
-# The method to believe by the evidence (`vit explain-bench`, README "Which map to believe"): the
-# most faithful on every model measured, and it passes the randomisation check; rollout does not.
+# The default where explain-bench recorded no recommendation for the model: the best across the
+# seven models measured by explain-bench's rule (recommended on 5 of them; docs/explanations.md,
+# "Which method, across models"); rollout fails the randomisation check on every one.
 DEFAULT_METHOD = "attnlrp"
 
 
@@ -95,6 +97,18 @@ def saliency(
         return _REGISTRY[method](model, images, target=target, **options)
     return _REGISTRY[method](model, images, **options)
 
+
+def zero_head_warning(model: torch.nn.Module, methods: Sequence[str]) -> str | None:
+    """Why the gradient methods' maps of a model with an all-zero classification head (a freshly
+    created one) are zero; None when the head is trained or no such method is asked for."""
+    weight = getattr(getattr(model, "head", None), "weight", None)
+    gradient = [m for m in methods if m in CLASS_SPECIFIC]
+    if weight is None or not gradient or bool(weight.detach().abs().sum() > 0):
+        return None
+    return (f"the model's classification head is all zeros (a freshly created, untrained "
+            f"head): every class scores the same, and {', '.join(gradient)} follow the class "
+            "score's gradient, which is zero, so their maps are zero (drawn dark); train the "
+            "model, or load trained weights, first")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from typing import Any
 
 import torch
 
+from vit import run_folder
 from vit.data.folders import scan_folder
 from vit.errors import DataError
 from vit.inference.classifier import Classifier
@@ -301,16 +301,14 @@ def seen_by_run(run_dir: str | os.PathLike[str], paths: Sequence[str]) -> dict[s
     """How many of ``paths`` the run in ``run_dir`` trained on (``training``) or chose its best
     epoch with (``validation``), from its split.json and config.yaml; zeros when the folder
     holds no such record (an exported model, a moved checkpoint)."""
-    import yaml
-
     from vit.data.folders import resolve_data_dirs
     from vit.data.labels import is_label_file, read_label_file
 
     run_dir = Path(run_dir)
     counts = {"training": 0, "validation": 0}
     try:
-        split = json.loads((run_dir / "split.json").read_text())
-        root = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {})["data"]["root"]
+        split = run_folder.read_split(run_dir, missing_ok=False)
+        root = run_folder.read_data_root(run_dir)
         if is_label_file(root):  # a label file: its rows the split did not hold out or test
             train_dir, train_files = None, {str(Path(r.path).resolve()) for r in
                                             read_label_file(root, warn=False).rows if r.split != "test"}

@@ -14,7 +14,7 @@ from torch import nn
 from vit.models.vision_transformer import VisionTransformer, ViTConfig
 
 __all__ = ["list_models", "model_config", "create_model", "count_flops_per_image",
-           "head_parameters", "count_parameters", "describe_models", "PURPOSES"]
+           "head_parameters", "config_parameters", "describe_models", "PURPOSES"]
 
 _PRESETS: dict[str, dict[str, Any]] = {
     # Same shapes as timm's models of these names (ImageNet, 224 px).
@@ -92,7 +92,7 @@ def head_parameters(model: nn.Module) -> int:
     return sum(p.numel() for h in heads if isinstance(h, nn.Module) for p in h.parameters())
 
 
-def count_parameters(cfg: ViTConfig) -> int:
+def config_parameters(cfg: ViTConfig) -> int:
     """Parameters of the model ``cfg`` describes, counted on the meta device (no memory used)."""
     import torch
 
@@ -109,6 +109,6 @@ def describe_models(num_classes: int = 0) -> list[dict[str, Any]]:
     for name in list_models():
         cfg = model_config(name, num_classes=num_classes)
         rows.append(dict(name=name, img_size=cfg.img_size, patch_size=cfg.patch_size,
-                         params=count_parameters(cfg), gflops=count_flops_per_image(cfg) / 1e9,
+                         params=config_parameters(cfg), gflops=count_flops_per_image(cfg) / 1e9,
                          purpose=PURPOSES.get(name, "")))
     return rows

@@ -9,4 +9,11 @@
     budget       how many epochs fit in train.time_budget_min
     distributed  torchrun: process group, rank 0, all-reduce
     quickstart   the no-argument recipe and its synthetic data
+    defaults     what a run leaves unset, chosen to fit the data and the machine (data.recipe)
+    model_build  the model a run trains: a preset, pretrained weights adapted, or a timm model
+    early_stop   early stopping (train.patience, train.monitor)
+    trackers     TensorBoard, W&B and MLflow (train.report_to)
+    parallel     train.strategy: DDP or FSDP2, activation checkpointing, gathered checkpoints
+    faults       the faults of scale (killed worker, lost peer, full disk) as one line each
+    run_lock     RUN/run.lock: one run per folder
 """

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from vit import run_folder
 from vit.config import Config, config_from_dict
 
 logger = logging.getLogger(__name__)
@@ -50,11 +51,11 @@ def write_quickstart_explorer(run_dir: Path, paths: list[str], *, device: str = 
     be written (a finished run never fails for it)."""
     from vit.explain.explorer import PageOptions
     from vit.explain.recommend import choose_method
-    from vit.inference.attention_files import write_explorer_page
+    from vit.figures.attention_files import write_explorer_page
 
     try:
-        options = PageOptions(method=choose_method(run_dir / "best.pt")[0])  # the overlays' too
-        return write_explorer_page(checkpoint=run_dir / "best.pt", paths=paths, options=options,
+        options = PageOptions(method=choose_method(run_dir / run_folder.BEST)[0])  # the overlays' too
+        return write_explorer_page(checkpoint=run_dir / run_folder.BEST, paths=paths, options=options,
                                    output=run_dir / "explorer.html", device=device).path
     except Exception as e:  # a drawing problem must never end a finished run
         logger.warning("could not write the attention explorer page: %s", e)

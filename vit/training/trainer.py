@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vit import run_folder
 from vit.config import Config, to_dict, to_yaml
 from vit.data import loader as loader_lib
 from vit.data.splits import balanced_class_weights
@@ -279,7 +280,7 @@ class Trainer:
         logger.info("resuming %s at epoch %d (batch %d), step %d", self.run_dir, at.epoch + 1,
                     at.batches_done, at.step)
         if self.dist.is_main:
-            truncate_metrics(self.run_dir / "metrics.jsonl", at.epoch)
+            truncate_metrics(self.run_dir / run_folder.METRICS, at.epoch)
             remove_stale_temp_files(self.run_dir)  # writes that a crash cut short
         return at
 
@@ -301,10 +302,10 @@ class Trainer:
         cfg, data, run_dir = self.cfg, self.data, self.run_dir
         for level, line in self.choices:
             logger.log(level, "%s", line)
-        atomic_write(run_dir / "config.yaml", to_yaml(cfg))
+        atomic_write(run_dir / run_folder.CONFIG, to_yaml(cfg))
         self._collect_skipped()  # a resumed run: what its workers met before
-        write_json(run_dir / "data_report.json", data.report())
-        write_json(run_dir / "split.json", data.split)
+        write_json(run_dir / run_folder.DATA_REPORT, data.report())
+        write_json(run_dir / run_folder.SPLIT, data.split)
         logger.info("%s; %s, %s", plural(len(data.classes), "class"),
                     plural(data.num_train, "training image"),
                     plural(data.num_val, "validation image"))
@@ -359,7 +360,7 @@ class Trainer:
         checkpoint = self._checkpoint(epoch + 1, batches_done=0)  # every process: FSDP gathers
         if self.dist.is_main:
             if self._collect_skipped():
-                write_json(self.run_dir / "data_report.json", self.data.report())
+                write_json(self.run_dir / run_folder.DATA_REPORT, self.data.report())
             final = epoch + 1 == self.cfg.train.epochs or self.stopper.should_stop
             self.saver.epoch_done(self.metrics, checkpoint, improved, force=final)
             self._log_epoch(epoch, result)
@@ -402,7 +403,7 @@ class Trainer:
     def _stop_interrupted(self, epoch: int, batches_done: int) -> None:
         """Ctrl-C or SIGTERM: a resumable last.pt (and the best weights waiting in memory), then
         stop."""
-        last = self.run_dir / "last.pt"
+        last = self.run_dir / run_folder.LAST
         checkpoint = self._checkpoint(epoch, batches_done=batches_done)
         if self.dist.is_main:
             self.saver.flush_best()
@@ -450,7 +451,7 @@ class Trainer:
         self.schedule["total_steps"] = self.steps_per_epoch * epochs
         self.schedule["warmup_steps"] = min(self.warmup_steps, self.schedule["total_steps"])
         if self.dist.is_main:
-            atomic_write(self.run_dir / "config.yaml", to_yaml(self.cfg))
+            atomic_write(self.run_dir / run_folder.CONFIG, to_yaml(self.cfg))
             logger.info("time budget %.1f min: %s fit (the schedule ends there)", budget,
                         plural(epochs, "epoch"))
 
@@ -501,7 +502,7 @@ class Trainer:
     def finish(self) -> TrainSummary:
         if self.dist.is_main and self.data.skipped:
             logger.warning("%d unreadable files skipped; they are listed with the reason in %s",
-                           len(self.data.skipped), self.run_dir / "data_report.json")
+                           len(self.data.skipped), self.run_dir / run_folder.DATA_REPORT)
         drawn, held_out = None, []
         if self.dist.is_main and self.cfg.train.explain_samples > 0 and self.data.val_samples:
             held_out = held_out_examples(self.data.val_samples, self.cfg.train.explain_samples)

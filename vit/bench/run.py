@@ -8,7 +8,7 @@ The images: ``DIR/val``, else the run's held-out ``split.json`` files, else ``DI
 with an ``objects.json`` in DIR (images holding two objects of different classes, e.g. from
 ``vit.data.squares.make_two_squares_set``), its images, each object asked for in turn. With a
 ``boxes.json`` in DIR (one object per image: the synthetic shapes), each held-out image's object
-is asked for by its class: the pointing game. The measures: ``vit.explain.bench``. The method
+is asked for by its class: the pointing game. The measures: ``vit.bench.measures``. The method
 the report recommends is written beside the checkpoint (``explain_method.json``), where
 ``vit explain``, the end-of-run overlays, the explorer page and ``vit demo`` find it.
 """
@@ -23,12 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from vit.data.folders import resolve_data_dirs, scan_folder
-from vit.data.images import load_image
-from vit.data.synthetic import BOXES_FILE, load_boxes
-from vit.data.transforms import eval_geometry
-from vit.errors import ConfigError, DataError
-from vit.explain.bench import (
+from vit import run_folder
+from vit.bench.figure import plot_explain_bench
+from vit.bench.measures import (
     BENCH_METHODS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_SANITY_IMAGES,
@@ -39,15 +36,19 @@ from vit.explain.bench import (
     explain_bench,
     mean_and_sem,
 )
-from vit.explain.bench_report import cell, markdown_report
+from vit.bench.report import cell, markdown_report
+from vit.data.folders import resolve_data_dirs, scan_folder
+from vit.data.images import load_image
+from vit.data.synthetic import BOXES_FILE, load_boxes
+from vit.errors import ConfigError, DataError
+from vit.explain.object_boxes import Box, patch_mask
 from vit.explain.recommend import method_file, recorded_method
 from vit.explain.saliency import METHODS
 from vit.inference.classifier import Classifier
 from vit.io import atomic_write
-from vit.plots import plot_explain_bench
 
 __all__ = ["OBJECTS_FILE", "DEFAULT_IMAGES", "run_explain_bench", "held_out_images", "pick_balanced",
-           "read_objects", "boxed_objects", "patch_mask"]
+           "read_objects", "boxed_objects"]
 
 
 OBJECTS_FILE = "objects.json"
@@ -55,7 +56,6 @@ OBJECTS_FILE = "objects.json"
 DEFAULT_IMAGES = 32  # held-out images measured by default (see run_explain_bench)
 
 
-Box = tuple[int, int, int, int]  # pixel box [x0, y0, x1, y1) in the file's own coordinates
 
 
 def held_out_images(data: Path, checkpoint: Path, classes: Sequence[str]
@@ -66,8 +66,8 @@ def held_out_images(data: Path, checkpoint: Path, classes: Sequence[str]
     if val_dir is not None:
         samples = scan_folder(val_dir, classes=classes).samples
         return [(Path(p), label) for p, label in samples], str(val_dir)
-    split_file = checkpoint.parent / "split.json"
-    split = json.loads(split_file.read_text()) if split_file.is_file() else {}
+    split_file = checkpoint.parent / run_folder.SPLIT
+    split = run_folder.read_split(checkpoint.parent)
     if split.get("kind") == "stratified":
         paths = [Path(p) for p in split["val_files"]]
         return [(p, classes.index(p.parent.name)) for p in paths if p.parent.name in classes], \
@@ -102,19 +102,6 @@ def read_objects(data: Path, classes: Sequence[str]) -> list[tuple[Path, list[tu
                             f"checkpoint does not know ({', '.join(classes)})")
         out.append((data / name, [(classes.index(o["class"]), tuple(o["box"])) for o in objects]))
     return out
-
-
-def patch_mask(box: Box, image_hw: tuple[int, int], *, img_size: int, crop_pct: float | None,
-               patch_size: int) -> torch.Tensor:
-    """(grid_h, grid_w) bool: the patches whose centre lies on the box, after the eval resize
-    and centre crop the model's input went through."""
-    x0, y0, x1, y1 = box
-    mask = np.zeros(image_hw, dtype=np.uint8)
-    mask[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = 1
-    blank = np.zeros((*image_hw, 3), dtype=np.uint8)
-    mask = eval_geometry(img_size, crop_pct)(image=blank, mask=mask)["mask"]
-    centre = patch_size // 2
-    return torch.from_numpy(mask[centre::patch_size, centre::patch_size].astype(bool))
 
 
 def _machine(device: torch.device, command: str | None) -> dict[str, Any]:

@@ -7,7 +7,7 @@ of where the model looks, by the saliency method chosen in a list (``vit.explain
 The app answers one API call, ``/predict`` (image, method) -> (top classes, overlay), which
 ``gradio_client`` calls too. Gradio is an optional extra: ``pip install 'vit[demo]'``; without
 it ``build_demo`` raises one line that says so. The same app runs as a Hugging Face Space
-(``vit push --demo``, ``vit.inference.space``).
+(``vit push --demo``, ``vit.publish.space``).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def build_demo(classifier: Classifier, *, topk: int = 5, title: str | None = Non
     """The Gradio app (a ``gradio.Interface``) on ``classifier``; call ``.launch()`` on it.
     ``method``: the saliency method selected when the page opens (`vit demo`: the one
     explain-bench recommended for the model, ``vit.explain.recommend.choose_method``)."""
-    from vit.inference.overlays import zero_head_warning
+    from vit.explain.saliency import zero_head_warning
 
     if method not in METHODS:
         raise VitError(f"method must be one of {', '.join(METHODS)}; got {method!r}")

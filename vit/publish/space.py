@@ -1,7 +1,7 @@
 """The demo app as a Hugging Face Space (``vit push --demo``): ``app.py``, ``requirements.txt``
 and a copy of this ``vit`` package, beside the model files.
 
-``app.py`` runs the app of ``vit demo`` (``vit.inference.demo.build_demo``) on the model in its
+``app.py`` runs the app of ``vit demo`` (``vit.publish.demo.build_demo``) on the model in its
 own folder, or, in a Space that holds only the app, on the model repository it names.
 """
 
@@ -24,7 +24,7 @@ Locally: pip install -r requirements.txt && python app.py
 from pathlib import Path
 
 from vit.inference.classifier import Classifier
-from vit.inference.demo import build_demo
+from vit.publish.demo import build_demo
 
 HERE = Path(__file__).resolve().parent
 # The model beside this file, or the model repository when this folder holds only the app.

@@ -36,7 +36,7 @@ each forward pass; the randomisation check runs every checked image of a batch a
 on one randomised copy per stage. The target class is the one the trained model predicts on the
 full image (the randomised models keep it). Everything is computed in full precision on the
 model's device. Reading a checkpoint and a folder, and writing the report:
-``vit.inference.explain_bench``.
+``vit.bench.run``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from tqdm import tqdm as std_tqdm
 from tqdm.auto import tqdm
 
 from vit.errors import ConfigError
+from vit.explain.adapters import adapter_for
 from vit.explain.faithfulness import deletion_auc, insertion_auc
 from vit.explain.inputs import input_grid
 from vit.explain.occlusion import occlusion
@@ -317,7 +318,7 @@ def explain_bench(
         raise ConfigError(f"objects must list {len(images)} images' objects; got {len(objects)}")
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    depth = len(model.blocks)
+    depth = adapter_for(model).depth  # any family the explainers read; others: one line
     stages = cascade_stages(depth, full_cascade) if sanity else []
     checked = spread(len(images), sanity_images) if sanity else []
     sane = checked_methods(methods, full_cascade)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vit.explain.bench import COLUMNS, REFERENCES, SANITY_THRESHOLD
+from vit.bench.measures import COLUMNS, REFERENCES, SANITY_THRESHOLD
 from vit.explain.recommend import RULE_COLUMNS, TIE_SE, in_se
 
 __all__ = ["markdown_report", "recommendation_lines", "cell"]

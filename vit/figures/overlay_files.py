@@ -6,7 +6,7 @@ map, drawn over the image at a size where a photo stays recognisable (at least `
 the same crop the model saw), in a perceptually uniform colour map at moderate opacity, beside
 the plain image in ``DIR/<stem>_<method>.png``, with a colour bar that says what the colours
 mean (``colour_key``). Grid pages show the whole set, mistakes first (with several methods,
-one image per row and one method per column; ``vit.inference.overlay_pages``), and
+one image per row and one method per column; ``vit.figures.overlay_pages``), and
 ``DIR/index.html`` links the pages and lists every image. Each title says the true label when
 the folder names it (``.../<class>/<image>``), the prediction and its probability; a wrong
 prediction is written in red with a red frame, and each page's heading counts the mistakes.
@@ -31,11 +31,10 @@ from vit.data.images import UnreadableImageError, load_image
 from vit.data.synthetic import BOXES_FILE, Box, load_boxes
 from vit.data.transforms import eval_geometry
 from vit.errors import VitError
+from vit.explain.object_boxes import patch_mask
 from vit.explain.overlay import DEFAULT_COLORMAP, overlay
-from vit.explain.saliency import CLASS_SPECIFIC, DEFAULT_METHOD, METHODS, saliency
-from vit.inference.classifier import Classifier, top_labels
-from vit.inference.explain_bench import patch_mask
-from vit.inference.overlay_pages import (
+from vit.explain.saliency import DEFAULT_METHOD, METHODS, saliency, zero_head_warning
+from vit.figures.overlay_pages import (
     IMAGES_PER_PAGE,
     ROWS_PER_PAGE,
     Page,
@@ -44,6 +43,7 @@ from vit.inference.overlay_pages import (
     write_index,
     write_pages,
 )
+from vit.inference.classifier import Classifier, top_labels
 from vit.io import make_output_dir
 from vit.plots import ColourKey, plot_image_grid, plot_side_by_side
 
@@ -242,21 +242,8 @@ def object_share(saliency_map: torch.Tensor, box: Box, image_hw: tuple[int, int]
 
 def share_method(methods: Sequence[str]) -> str:
     """The method whose map the share on the object is measured on: the default (AttnLRP, the
-    most faithful) when drawn, else the first."""
+    best across the models measured) when drawn, else the first."""
     return DEFAULT_METHOD if DEFAULT_METHOD in methods else methods[0]
-
-
-def zero_head_warning(model: torch.nn.Module, methods: Sequence[str]) -> str | None:
-    """Why the gradient methods' maps of a model with an all-zero classification head (a freshly
-    created one) are zero; None when the head is trained or no such method is asked for."""
-    weight = getattr(getattr(model, "head", None), "weight", None)
-    gradient = [m for m in methods if m in CLASS_SPECIFIC]
-    if weight is None or not gradient or bool(weight.detach().abs().sum() > 0):
-        return None
-    return (f"the model's classification head is all zeros (a freshly created, untrained "
-            f"head): every class scores the same, and {', '.join(gradient)} follow the class "
-            "score's gradient, which is zero, so their maps are zero (drawn dark); train the "
-            "model, or load trained weights, first")
 
 
 @dataclass

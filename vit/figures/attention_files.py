@@ -71,9 +71,8 @@ def write_explorer_page(
     device: str = "auto", show_progress: bool = False,
 ) -> ExplorerResult:
     """Write the explorer page of image files; unreadable files are skipped with a warning."""
-    from vit.explain.saliency import METHODS
+    from vit.explain.saliency import METHODS, zero_head_warning
     from vit.inference.classifier import Classifier
-    from vit.inference.overlays import zero_head_warning
 
     out = check_html_output(output)
     options = options or PageOptions()

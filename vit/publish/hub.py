@@ -12,7 +12,7 @@ The folder holds
                        (what differs from it), ``num_classes``, ``label_names`` and a
                        ``pretrained_cfg`` with the preprocessing, so that
                        ``timm.create_model("hf_hub:user/name", pretrained=True)`` loads it
-    README.md          the model card (``vit.inference.model_card``)
+    README.md          the model card (``vit.publish.model_card``)
     images/            the run's curves and saliency overlays, shown by the card
     app.py, requirements.txt, vit/   with ``demo=True``: the Gradio demo as a Space
 """
@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vit import run_folder
 from vit.data.transforms import resolve_crop_pct
 from vit.errors import CheckpointError, OutputError, VitError, first_line
 from vit.io import atomic_write, make_output_dir, write_json
@@ -47,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 # Figures of a run folder that the card shows: run path -> (path in the repo, caption)
 RUN_IMAGES = {
-    "curves.png": ("images/curves.png", "Training curves"),
+    run_folder.CURVES: ("images/curves.png", "Training curves"),
     "overlays/grid.png": ("images/overlays.png", "What the prediction rests on (AttnLRP, "
                                                  "held-out images)"),
 }
@@ -57,10 +58,10 @@ def resolve_run(run: str | os.PathLike[str]) -> tuple[Path, Path]:
     """(checkpoint, run folder) of a run folder (its ``best.pt``) or of a checkpoint file."""
     path = Path(run)
     if path.is_dir():
-        if not (path / "best.pt").is_file():
+        if not (path / run_folder.BEST).is_file():
             raise CheckpointError(f"{path} holds no best.pt; pass a run folder written by "
                                   "`vit train`, or a checkpoint file")
-        return path / "best.pt", path
+        return path / run_folder.BEST, path
     if path.is_file():
         return path, path.parent
     raise CheckpointError(f"{path} does not exist; pass a run folder (runs/NAME) or a checkpoint")
@@ -124,7 +125,7 @@ def write_hub_folder(run: str | os.PathLike[str], folder: str | os.PathLike[str]
                      repo_id: str | None = None, demo: bool = False) -> Path:
     """Write the repository of ``run`` (a run folder or a checkpoint) into ``folder``."""
     from vit.inference.export import safetensors_export
-    from vit.inference.model_card import model_card
+    from vit.publish.model_card import model_card
 
     checkpoint, run_dir = resolve_run(run)
     ckpt = load_checkpoint(checkpoint)
@@ -137,7 +138,7 @@ def write_hub_folder(run: str | os.PathLike[str], folder: str | os.PathLike[str]
     card = model_card(ckpt, repo_id=repo_id, images=images, demo=demo)
     atomic_write(folder / "README.md", str(card))
     if demo:
-        from vit.inference.space import write_space_files
+        from vit.publish.space import write_space_files
 
         write_space_files(folder, repo_id=repo_id)
     logger.debug("wrote %s (%s)", folder, ", ".join(sorted(p.name for p in folder.iterdir())))
