@@ -47,7 +47,7 @@ from vit.data.loader import build_loader, set_epoch
 from vit.data.memory import BatchAugment, MemoryLoader, decode_images
 from vit.data.transforms import build_transform
 from vit.models.presets import create_model
-from vit.training.epoch import train_one_epoch
+from vit.training.epoch import EpochOptions, EpochStart, StepParts, train_one_epoch
 
 if not __package__:  # run as `python benchmarks/data_speed.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -270,11 +270,10 @@ def train_loop_row(dataset: str, loader: Iterable, *, classes: Sequence[str],
     model = create_model(pipeline.model, num_classes=len(classes),
                          **pipeline.model_overrides).to(device)
     timed = TimedLoader(loader, max_batches=batches)
-    train_one_epoch(
-        model=model, loader=timed, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4),
-        criterion=nn.CrossEntropyLoss(), device=device, precision="fp32",
-        lr_at=lambda _step: 1e-4, step=0, num_batches=len(timed), show_progress=False,
-    )
+    parts = StepParts(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4),
+                      criterion=nn.CrossEntropyLoss(), lr_at=lambda _step: 1e-4, device=device)
+    train_one_epoch(parts=parts, loader=timed, start=EpochStart(num_batches=len(timed)),
+                    options=EpochOptions(show_progress=False))
     seconds, waiting, measured, images = timed.steady_state()
     return {
         "dataset": dataset, "model": pipeline.model_label(), "batch": batch, "workers": workers,

@@ -13,7 +13,7 @@ time and ends the process), so it holds interpreter start, imports, the folder s
 pre-flight check, the split, the model, the loader workers and the first batch.
 
 Two parts are reported apart, being less noisy on a shared machine: from the start of
-``prepare_data`` to the first step (no interpreter start, no imports), and ``prepare_data``
+the data source's ``prepare`` to the first step (no interpreter start, no imports), and the data source's ``prepare``
 itself (scan, check, split). The smallest folder measures the fixed cost; the cost per file is
 ``(time(N files) - time(smallest)) / (N - smallest)``, extrapolated to ImageNet's 1.28M files.
 The files were just written, so they are in the page cache: on cold disks or network storage
@@ -45,15 +45,15 @@ IMAGENET_FILES = 1_281_167
 DRIVER = """
 import os, sys, time
 import vit.training.epoch as epoch
-import vit.training.trainer as trainer
-real_prepare = trainer.prepare_data
-def prepare(*a, **k):
-    start = time.perf_counter()
-    print("SETUP_START", time.time(), flush=True)
-    out = real_prepare(*a, **k)
-    print("PREPARE", time.perf_counter() - start, flush=True)
-    return out
-trainer.prepare_data = prepare
+import vit.data.sources as sources
+for source in sources.registered_sources():
+    def prepare(self, *a, _real=source.prepare, **k):
+        start = time.perf_counter()
+        print("SETUP_START", time.time(), flush=True)
+        out = _real(self, *a, **k)
+        print("PREPARE", time.perf_counter() - start, flush=True)
+        return out
+    source.prepare = prepare
 real = epoch._Steps.batch
 def first(self, *a, **k):
     out = real(self, *a, **k)
@@ -93,8 +93,8 @@ def write_folder(root: Path, files: int, classes: int, images: list[bytes]) -> P
 
 def time_to_first_step(data: Path, run: Path, cache: Path, workers: int
                        ) -> tuple[float, float, float]:
-    """Seconds from the command to the first step, in prepare_data, and from the start of
-    prepare_data to the first step (no interpreter start or imports)."""
+    """Seconds from the command to the first step, in the source's prepare, and from its start
+    to the first step (no interpreter start or imports)."""
     env = {**os.environ, "VIT_CACHE_DIR": str(cache)}
     argv = [sys.executable, "-c", DRIVER, "train", "--data", str(data), "--output", str(run),
             "--batch-size", "32", "--epochs", "1", "--device", "cpu", "--workers", str(workers),
@@ -155,10 +155,10 @@ def main(argv: list[str] | None = None) -> int:
                 row[f"{kind}_{part}_imagenet_s"] = base[f"{kind}_{part}_s"] + cost * IMAGENET_FILES
         for kind in ("first", "later"):
             print(f"{row['files']:>9,} files, {kind} run, ms per file beyond the fixed cost: "
-                  f"command to step {row[kind + '_ms_per_file']:.4f}, prepare_data to step "
-                  f"{row[kind + '_setup_ms_per_file']:.4f}, in prepare_data "
+                  f"command to step {row[kind + '_ms_per_file']:.4f}, prepare to step "
+                  f"{row[kind + '_setup_ms_per_file']:.4f}, in prepare "
                   f"{row[kind + '_prepare_ms_per_file']:.4f}; 1.28M files: command to step "
-                  f"{row[kind + '_imagenet_s']:.0f} s, prepare_data to step "
+                  f"{row[kind + '_imagenet_s']:.0f} s, prepare to step "
                   f"{row[kind + '_setup_imagenet_s']:.0f} s")
     info["loadavg_end"] = load_average()
     print(f"load average at the end: {info['loadavg_end']}")

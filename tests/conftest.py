@@ -31,3 +31,12 @@ def _folder_cache_in_a_temp_folder(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("VIT_CACHE_DIR", None)
     else:
         os.environ["VIT_CACHE_DIR"] = previous
+
+
+@pytest.fixture
+def saved_figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every matplotlib Figure saved during the test, in order, left uncleared so the test can
+    read what was drawn (helpers.figures)."""
+    from helpers.figures import record_saved_figures
+
+    return record_saved_figures(monkeypatch)

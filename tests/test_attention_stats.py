@@ -8,8 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_predict import save_checkpoint, tiny_model
-from test_train import make_folder, tiny_config
+from helpers.figures import lines_by_label, plot_axes
+from helpers.images import make_folder
+from helpers.models import save_checkpoint, tiny_vit
+from helpers.training import tiny_config
 
 from vit.cli import main
 from vit.errors import ConfigError
@@ -82,7 +84,7 @@ def test_spread_sample_visits_the_whole_list():
 
 
 def test_model_stats_match_the_attention_the_model_returns():
-    model = tiny_model()
+    model = tiny_vit(head_std=2.0)
     model.train()  # the stats switch to eval mode for the call and back
     x = torch.randn(3, 3, 32, 32)
     distance, entropy = model_attention_stats(model, x)
@@ -101,7 +103,7 @@ def test_model_stats_match_the_attention_the_model_returns():
 def test_folder_stats_are_means_over_readable_images(tmp_path, caplog):
     folder = make_folder(tmp_path / "data", per_class=3, size=32)
     (folder / "red" / "broken.png").write_bytes(b"not an image")
-    model = tiny_model()
+    model = tiny_vit(head_std=2.0)
     clf = Classifier(model, classes=["red", "green", "blue"], device="cpu",
                      preprocess={"img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
                                  "crop_pct": 1.0})
@@ -118,8 +120,9 @@ def test_folder_stats_are_means_over_readable_images(tmp_path, caplog):
     assert stats.uniform_distance_px == pytest.approx(patch_distances((4, 4), 8).mean().item())
 
 
-def test_command_writes_png_and_json_next_to_the_checkpoint(tmp_path, capsys):
-    ckpt = save_checkpoint(tmp_path / "run" / "best.pt", tiny_model(), ["red", "green", "blue"])
+def test_command_writes_png_and_json_next_to_the_checkpoint(tmp_path, capsys, saved_figures):
+    ckpt = save_checkpoint(tmp_path / "run" / "best.pt", tiny_vit(jitter=0.3, head_std=2.0),
+                           ["red", "green", "blue"])  # off its init: heads that differ
     data = make_folder(tmp_path / "data", per_class=2, size=32)
     assert main(["attention-stats", "--checkpoint", str(ckpt), "--data", str(data)]) == 0
     out = tmp_path / "run" / "attention_stats"
@@ -128,6 +131,18 @@ def test_command_writes_png_and_json_next_to_the_checkpoint(tmp_path, capsys):
     assert np.asarray(report["distance_px"]).shape == (2, 2)  # layers x heads
     assert set(report["definitions"]) == {"distance_px", "entropy_nats"}
     assert (out / "attention_stats.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the figure shows the report: one dot per head and layer, a line through their mean
+    distance_panel, entropy_panel = plot_axes(saved_figures[0])
+    for axes, key in ((distance_panel, "distance_px"), (entropy_panel, "entropy_nats")):
+        values = np.asarray(report[key])  # layers x heads
+        assert np.ptp(values, axis=1).min() > 1e-3 * values.max()  # the heads differ
+        per_head = np.stack([dots.get_offsets()[:, 1] for dots in axes.collections], axis=1)
+        np.testing.assert_allclose(per_head, values, rtol=1e-4)
+        [(depth, mean)] = lines_by_label(axes).values()
+        assert depth == [1.0, 2.0]
+        np.testing.assert_allclose(mean, values.mean(axis=1), rtol=1e-4)
+    assert [t.get_text() for t in saved_figures[0].legends[0].get_texts()] == [
+        "head 1", "head 2", "mean over heads"]
     printed = capsys.readouterr().out
     assert "6 images" in printed and str(out / "attention_stats.png") in printed
 
@@ -140,7 +155,7 @@ def test_command_writes_png_and_json_next_to_the_checkpoint(tmp_path, capsys):
 
 
 def test_command_errors_are_one_line(tmp_path, capsys):
-    ckpt = save_checkpoint(tmp_path / "best.pt", tiny_model(), ["a", "b", "c"])
+    ckpt = save_checkpoint(tmp_path / "best.pt", tiny_vit(head_std=2.0), ["a", "b", "c"])
     missing = str(tmp_path / "nope")
     assert main(["attention-stats", "--checkpoint", str(ckpt), "--data", missing]) == 2
     assert "no such file or folder" in capsys.readouterr().err

@@ -288,8 +288,8 @@ def test_rollout_cost_main_smallest(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_explorer_size_smoke(tmp_path: Path, capsys) -> None:
-    from test_explorer import CLASSES, peaky_model
-    from test_predict import save_checkpoint
+    from helpers.models import SHAPES as CLASSES
+    from helpers.models import peaky_model, save_checkpoint
 
     from benchmarks import explorer_size
 

@@ -10,6 +10,7 @@ import pytest
 import safetensors.torch
 import torch
 import torch.nn.functional as F
+from helpers.models import tiny_vit
 from torch import nn
 
 import vit
@@ -24,23 +25,12 @@ from vit.models.checkpoint import (
     make_checkpoint,
     model_from_checkpoint,
 )
-from vit.models.vision_transformer import VisionTransformer
 from vit.runtime import unwrap_model
 from vit.training.optim import build_optimizer
 from vit.training.resume import capture_rng_state, find_resume_checkpoint, restore_rng_state
 
-TINY = dict(img_size=32, patch_size=8, num_classes=3, embed_dim=32, depth=2, num_heads=2)
 CLASSES = ["cat", "dog", "fox"]
 PREPROCESS = {"img_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "crop_pct": 1.0}
-
-
-def tiny(seed: int = 0, **overrides) -> VisionTransformer:
-    torch.manual_seed(seed)
-    model = VisionTransformer(**{**TINY, **overrides})
-    with torch.no_grad():  # off the zero-initialised head, so logits depend on every weight
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
 
 
 def checkpoint_of(model: nn.Module, **kwargs) -> dict:
@@ -67,7 +57,7 @@ class Wrapper(nn.Module):
 
 def _full_checkpoint(tmp_path):
     """A resumable checkpoint with everything in it, as training writes last.pt."""
-    model = tiny()
+    model = tiny_vit(jitter=0.05, train=True)
     optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.05, layer_decay=0.75)
     F.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([0, 2])).backward()
     optimizer.step()
@@ -103,12 +93,12 @@ def test_full_checkpoint_loads_with_weights_only(tmp_path):
 
 
 def test_checkpoint_without_resume_state_has_no_resume_keys():
-    ckpt = checkpoint_of(tiny())
+    ckpt = checkpoint_of(tiny_vit(jitter=0.05, train=True))
     assert not {"optimizer", "scaler", "ema", "train_model", "extra"} & set(ckpt)
 
 
 def test_wrapped_model_keys_are_plain():
-    model = tiny()
+    model = tiny_vit(jitter=0.05, train=True)
     plain_keys = list(model.state_dict())
     for wrapped in (Wrapper(model, "module"), Wrapper(model, "_orig_mod"),
                     Wrapper(Wrapper(model, "_orig_mod"), "module")):
@@ -123,7 +113,7 @@ def test_wrapped_model_keys_are_plain():
 def test_real_torch_compile_and_ddp_prefixes_stripped(tmp_path):
     import torch.distributed as dist
 
-    model = tiny()
+    model = tiny_vit(jitter=0.05, train=True)
     compiled = torch.compile(model)  # wraps lazily; nothing is compiled until it is called
     assert list(checkpoint_of(compiled)["model"]) == list(model.state_dict())
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
@@ -137,21 +127,21 @@ def test_real_torch_compile_and_ddp_prefixes_stripped(tmp_path):
 
 
 def test_config_dataclass_is_stored_as_plain_data(tmp_path):
-    atomic_save(checkpoint_of(tiny(), config=Config()), tmp_path / "best.pt")
+    atomic_save(checkpoint_of(tiny_vit(jitter=0.05, train=True), config=Config()), tmp_path / "best.pt")
     config = torch.load(tmp_path / "best.pt", weights_only=True)["config"]
     assert config == to_dict(Config())
 
 
 def test_make_checkpoint_rejects_incomplete_preprocess():
     with pytest.raises(ValueError, match="crop_pct"):
-        checkpoint_of(tiny(), preprocess={"img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
+        checkpoint_of(tiny_vit(jitter=0.05, train=True), preprocess={"img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
 
 
 # --- load_checkpoint: round trip and errors ---------------------------------------------------
 
 
 def test_load_checkpoint_round_trip_and_identical_logits(tmp_path):
-    model = tiny().eval()
+    model = tiny_vit(jitter=0.05, train=True).eval()
     atomic_save(checkpoint_of(model), tmp_path / "best.pt")
     ckpt = load_checkpoint(tmp_path / "best.pt")
     for name, p in model.state_dict().items():
@@ -163,12 +153,12 @@ def test_load_checkpoint_round_trip_and_identical_logits(tmp_path):
 
 
 def test_model_from_checkpoint_names_mismatched_parameter():
-    ckpt = checkpoint_of(tiny())
+    ckpt = checkpoint_of(tiny_vit(jitter=0.05, train=True))
     ckpt["model_config"] = {**ckpt["model_config"], "num_classes": 4}
     with pytest.raises(CheckpointError, match=r"head\.weight has shape \(3, 32\) in the checkpoint "
                                               r"but \(4, 32\) in the model"):
         model_from_checkpoint(ckpt)
-    ckpt = checkpoint_of(tiny())
+    ckpt = checkpoint_of(tiny_vit(jitter=0.05, train=True))
     del ckpt["model"]["blocks.1.mlp.fc2.bias"]
     with pytest.raises(CheckpointError, match="missing.*blocks.1.mlp.fc2.bias"):
         model_from_checkpoint(ckpt)
@@ -242,7 +232,7 @@ def test_load_checkpoint_errors(tmp_path, make, words):
 
 def test_load_checkpoint_truncated_file(tmp_path):
     path = tmp_path / "last.pt"
-    atomic_save(checkpoint_of(tiny()), path)
+    atomic_save(checkpoint_of(tiny_vit(jitter=0.05, train=True)), path)
     path.write_bytes(path.read_bytes()[:500])
     with pytest.raises(CheckpointError, match="truncated or corrupted"):
         load_checkpoint(path)
@@ -262,7 +252,7 @@ def test_load_checkpoint_on_a_run_folder_names_the_files_inside(tmp_path):
 
 
 def test_export_safetensors_round_trip(tmp_path):
-    model = tiny().eval()
+    model = tiny_vit(jitter=0.05, train=True).eval()
     ckpt = checkpoint_of(model, metrics={"val_top1": 50.0, "per_class": {"cat": 1.0}})
     weights_path, sidecar = export_safetensors(ckpt, tmp_path / "model.safetensors")
     assert (weights_path, sidecar) == (tmp_path / "model.safetensors", tmp_path / "model.json")
@@ -288,7 +278,7 @@ def test_export_safetensors_round_trip(tmp_path):
 
 
 def test_safetensors_errors(tmp_path):
-    ckpt = checkpoint_of(tiny())
+    ckpt = checkpoint_of(tiny_vit(jitter=0.05, train=True))
     with pytest.raises(CheckpointError, match="must end in .safetensors"):
         export_safetensors(ckpt, tmp_path / "model.pt")
     bare = tmp_path / "bare.safetensors"
@@ -334,7 +324,7 @@ def _train_steps(model, optimizer, n: int) -> None:
 
 def test_resume_continues_exactly(tmp_path):
     """2 steps, save, 2 more == 2 steps, save, load into a fresh model and optimizer, 2 more."""
-    model = tiny(drop_path_rate=0.1, drop_rate=0.1).train()  # randomness inside the model too
+    model = tiny_vit(jitter=0.05, train=True, drop_path_rate=0.1, drop_rate=0.1).train()  # randomness inside the model too
     optimizer = build_optimizer(model, lr=1e-2, weight_decay=0.05, layer_decay=0.75)
     _train_steps(model, optimizer, 2)
     atomic_save(checkpoint_of(model, optimizer=optimizer, train_model=model,
@@ -342,7 +332,7 @@ def test_resume_continues_exactly(tmp_path):
     _train_steps(model, optimizer, 2)
 
     state = load_checkpoint(find_resume_checkpoint(tmp_path))
-    fresh = tiny(seed=99, drop_path_rate=0.1, drop_rate=0.1).train()
+    fresh = tiny_vit(99, jitter=0.05, train=True, drop_path_rate=0.1, drop_rate=0.1).train()
     fresh_optimizer = build_optimizer(fresh, lr=1e-2, weight_decay=0.05, layer_decay=0.75)
     fresh.load_state_dict(state["train_model"])
     fresh_optimizer.load_state_dict(state["optimizer"])

@@ -12,17 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_predict import (
-    COLOURS,
-    colour_image,
-    make_colour_folder,
-    save_checkpoint,
-    tiny_model,
-    train_colour_checkpoint,
-    write_image,
-)
+from helpers.cli import WritesAFile, run_cli
+from helpers.images import COLOURS, colour_image, make_colour_folder, write_image
+from helpers.models import save_checkpoint, tiny_vit, train_colour_checkpoint
 
-from vit.cli import main
 from vit.inference.classifier import Classifier
 from vit.models.checkpoint import FORMAT_VERSION, load_checkpoint
 
@@ -35,12 +28,6 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("colours")
     data = make_colour_folder(root / "data", per_class=6)
     return train_colour_checkpoint(data, root / "best.pt"), data
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def run_script(*argv: str) -> subprocess.CompletedProcess:
@@ -200,7 +187,7 @@ def _folder(tmp_path: Path) -> Path:
 
 
 def _newer_version(tmp_path: Path) -> Path:
-    path = save_checkpoint(tmp_path / "new.pt", tiny_model(), ["red", "green", "blue"])
+    path = save_checkpoint(tmp_path / "new.pt", tiny_vit(head_std=2.0), ["red", "green", "blue"])
     ckpt = load_checkpoint(path)
     ckpt["format_version"] = FORMAT_VERSION + 1
     torch.save(ckpt, path)
@@ -209,7 +196,7 @@ def _newer_version(tmp_path: Path) -> Path:
 
 def _state_dict(tmp_path: Path) -> Path:
     path = tmp_path / "weights.pt"
-    torch.save(tiny_model().state_dict(), path)
+    torch.save(tiny_vit(head_std=2.0).state_dict(), path)
     return path
 
 
@@ -238,21 +225,11 @@ def test_bad_checkpoint_is_one_clear_line(trained, capsys, tmp_path, command, ca
     assert_one_error_line(err, message)
 
 
-class _WritesAFile:
-    """Unpickling this calls open(marker, "w"): code execution that leaves a trace."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 @pytest.fixture
 def malicious_checkpoint(tmp_path) -> tuple[Path, Path]:
     marker = tmp_path / "pwned.txt"
     path = tmp_path / "evil.pt"
-    torch.save({"format": "vit-checkpoint", "payload": _WritesAFile(marker)}, path)
+    torch.save({"format": "vit-checkpoint", "payload": WritesAFile(marker)}, path)
     torch.load(path, weights_only=False)  # proves the file really runs code when unpickled
     assert marker.exists()
     marker.unlink()

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import struct
-import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers.images import write_huge_png
 from PIL import Image
 
 from vit.data.dataset import ImageFolderDataset
@@ -54,24 +52,6 @@ def make_folder(root: Path, counts: dict[str, int], ext: str = ".png") -> Path:
         for i in range(n):
             save(solid((30 * c, 10 * i % 256, 100)), root / name / f"{i:03d}{ext}")
     return root
-
-
-def write_huge_png(path: Path, side: int) -> Path:
-    """A valid 1-bit PNG of side x side pixels, written without allocating the pixels."""
-    row = b"\x00" + bytes((side + 7) // 8)  # filter byte + packed zero bits
-    comp = zlib.compressobj(1)
-    rows_per_call = 1000
-    data = [comp.compress(row * rows_per_call) for _ in range(side // rows_per_call)]
-    data += [comp.compress(row * (side % rows_per_call)), comp.flush()]
-
-    def chunk(tag: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(tag + body) & 0xFFFFFFFF
-        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                     + chunk(b"IDAT", b"".join(data)) + chunk(b"IEND", b""))
-    return path
 
 
 def pixels(img: Image.Image) -> np.ndarray:
@@ -284,15 +264,62 @@ def test_load_failures_raise_unreadable(tmp_path, make, match):
     assert isinstance(info.value, DataError) and info.value.path == str(path)
 
 
+def _count_decoders(monkeypatch) -> list[str]:
+    """The pixel decoders PIL makes from now on (each decode of pixel data makes one)."""
+    made = []
+    real = Image._getdecoder
+
+    def getdecoder(mode, decoder_name, *args, **kwargs):
+        made.append(decoder_name)
+        return real(mode, decoder_name, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "_getdecoder", getdecoder)
+    return made
+
+
 @pytest.mark.parametrize("side", [30000, 10000])  # beyond 2x PIL's limit / between 1x and 2x
-def test_load_refuses_decompression_bomb_quickly(tmp_path, side):
+def test_load_refuses_decompression_bomb_before_decoding_a_pixel(tmp_path, side, monkeypatch):
+    """Refused from the header alone: no pixel decoder is made (a 900 Mpx decode would take
+    seconds and gigabytes), and nothing past the header is read."""
     path = write_huge_png(tmp_path / "bomb.png", side)
     assert path.stat().st_size < 2_000_000
-    start = time.perf_counter()
+    decoders = _count_decoders(monkeypatch)
+    small = save(solid((1, 2, 3)), tmp_path / "small.png")
+    load_image(small)
+    assert decoders == ["zip"]  # the counter sees a real decode
+
+    decoders.clear()
+    read = []
+    real_open = open
+
+    class CountingFile:
+        def __init__(self, handle):
+            self._handle = handle
+
+        def read(self, *args):
+            data = self._handle.read(*args)
+            read.append(len(data))
+            return data
+
+        def __getattr__(self, name):
+            return getattr(self._handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._handle.__exit__(*exc)
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        return CountingFile(handle) if str(file) == str(path) else handle
+
+    monkeypatch.setattr("builtins.open", counting_open)
     with pytest.warns(Image.DecompressionBombWarning) if side == 10000 else _nothing():
         with pytest.raises(UnreadableImageError, match="too large"):
             load_image(path)
-    assert time.perf_counter() - start < 1.0
+    assert decoders == []
+    assert 0 < sum(read) < 1024 < path.stat().st_size  # the header, not the pixel data
 
 
 class _nothing:

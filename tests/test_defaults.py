@@ -8,7 +8,8 @@ import warnings
 
 import pytest
 import yaml
-from test_train import make_folder, tiny_config
+from helpers.images import make_folder
+from helpers.training import tiny_config
 
 from vit.config import load_config
 from vit.text import plural

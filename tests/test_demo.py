@@ -10,10 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+from helpers.images import COLOURS, colour_image
+from helpers.models import save_checkpoint, tiny_vit
+from helpers.processes import ask, free_port, needs_gradio
 from PIL import Image
-from test_predict import COLOURS, colour_image, save_checkpoint, tiny_model
 
 from vit.cli import main
 from vit.inference.classifier import Classifier
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:::gradio")
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    return save_checkpoint(tmp_path_factory.mktemp("demo") / "best.pt", tiny_model(), CLASSES)
+    return save_checkpoint(tmp_path_factory.mktemp("demo") / "best.pt", tiny_vit(head_std=2.0), CLASSES)
 
 
 @pytest.fixture(scope="module")
@@ -36,26 +37,6 @@ def images(tmp_path_factory) -> list[Path]:
         paths.append(folder / f"{i}.png")
         Image.fromarray(colour_image(rgb, size=(40 + 4 * i, 36), seed=i)).save(paths[-1])
     return paths
-
-
-def needs_gradio():
-    pytest.importorskip("gradio", reason="the demo needs gradio: pip install -e '.[demo]'")
-    return pytest.importorskip("gradio_client", reason="gradio_client comes with gradio")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def ask(gradio_client, url: str, image: Path, method: str) -> tuple[list[str], np.ndarray]:
-    """The app's answer for one image: its top labels in order, and the overlay picture."""
-    client = gradio_client.Client(url, verbose=False)
-    label, picture = client.predict(gradio_client.handle_file(str(image)), method,
-                                    api_name="/predict")
-    labels = [c["label"] for c in label["confidences"]]
-    return labels, np.asarray(Image.open(picture))
 
 
 def test_the_app_answers_like_classifier_predict(checkpoint, images, monkeypatch):
@@ -107,6 +88,7 @@ def test_the_space_app_runs_the_same_app(checkpoint, images, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
 
 
 def _wait_for(port: int, server: subprocess.Popen, limit_s: float = 180.0) -> None:

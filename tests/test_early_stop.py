@@ -8,13 +8,9 @@ import logging
 import math
 
 import pytest
-from test_train import (
-    assert_same_weights,
-    make_folder,
-    tiny_config,
-    train_killed_in_epoch,
-    weights,
-)
+from helpers.images import make_folder
+from helpers.models import assert_same_weights, weights
+from helpers.training import tiny_config, train_killed_in_epoch
 
 import vit.training.trainer as trainer_mod
 from vit.config import load_config

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_predict import make_colour_folder, save_checkpoint, tiny_model, write_image
+from helpers.images import make_colour_folder, write_image
+from helpers.models import save_checkpoint, tiny_vit
 from torch import nn
 
 from vit.cli import main
@@ -110,7 +111,7 @@ def test_classes_are_matched_by_name_and_missing_ones_reported():
 
 
 def test_no_matching_class_is_a_clear_error(tmp_path, capsys):
-    ckpt = save_checkpoint(tmp_path / "m.pt", tiny_model(), ["cat", "dog", "fox"])
+    ckpt = save_checkpoint(tmp_path / "m.pt", tiny_vit(head_std=2.0), ["cat", "dog", "fox"])
     data = make_colour_folder(tmp_path / "data", per_class=1)
     code = main(["evaluate", "--checkpoint", str(ckpt), "--data", str(data),
                  "--output", str(tmp_path / "out")])
@@ -162,7 +163,7 @@ def test_evaluate_accuracy_equals_predict_proba(tmp_path, capsys, runner):
     """`vit evaluate` (in process, and `python evaluate.py` in a subprocess) and
     predict_proba agree on the same folder."""
     data = make_colour_folder(tmp_path / "data", per_class=4)
-    ckpt = save_checkpoint(tmp_path / "m.pt", tiny_model(seed=3), ["blue", "green", "red"])
+    ckpt = save_checkpoint(tmp_path / "m.pt", tiny_vit(3, head_std=2.0), ["blue", "green", "red"])
     stdout = runner(["--checkpoint", str(ckpt), "--data", str(data), "--output",
                      str(tmp_path / "eval"), "--batch-size", "5"]) or capsys.readouterr().out
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
@@ -178,7 +179,8 @@ def test_evaluate_accuracy_equals_predict_proba(tmp_path, capsys, runner):
 
 def test_evaluate_says_when_the_images_are_the_runs_own(tmp_path, capsys):
     """Evaluating on the folder a run trained and selected on repeats its scores: say so."""
-    from test_train import make_folder, tiny_config
+    from helpers.images import make_folder
+    from helpers.training import tiny_config
 
     from vit.cli import main
     from vit.training.trainer import train

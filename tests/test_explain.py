@@ -7,7 +7,12 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
-from helpers.rollout_reference import grad_rollout_from_attentions, rollout_from_attentions
+from helpers.models import TINY_VIT, tiny_vit
+from helpers.rollout_reference import (
+    full_rollout,
+    grad_rollout_from_attentions,
+    rollout_from_attentions,
+)
 from PIL import Image
 from torch import nn
 
@@ -24,20 +29,6 @@ from vit.explain import (
     raw_attention,
 )
 from vit.explain.overlay import DEFAULT_COLORMAP
-from vit.models.vision_transformer import VisionTransformer
-
-TINY = dict(img_size=32, patch_size=8, num_classes=3, embed_dim=32, depth=2, num_heads=2)
-
-
-def tiny_model(seed: int = 0, **overrides) -> VisionTransformer:
-    """A tiny ViT moved off its init (zero head, near-uniform attention) so maps are non-trivial."""
-    torch.manual_seed(seed)
-    model = VisionTransformer(**{**TINY, **overrides})
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
-    return model.eval()
 
 
 def attention(*rows_per_head: list[list[float]]) -> torch.Tensor:
@@ -56,30 +47,6 @@ U5 = [[0.2] * 5 for _ in range(5)]
 # Layer 2: the [CLS] row of head 0 is [.5, .5, 0, 0, 0], of head 1 [.5, 0, 0, 0, .5].
 LAYER1 = attention(I5, U5)
 LAYER2 = attention(identity_rows([0.5, 0.5, 0, 0, 0]), identity_rows([0.5, 0, 0, 0, 0.5]))
-
-
-FUSIONS = {"mean": lambda a: a.mean(1), "max": lambda a: a.amax(1), "min": lambda a: a.amin(1)}
-
-
-def discard_by_sorting(f: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Reference thinning, row by row: zero the k smallest off-diagonal entries."""
-    f, k = f.clone(), int(f.shape[-1] * ratio)
-    for b in range(f.shape[0]):
-        for i in range(f.shape[1]):
-            others = [j for j in f[b, i].argsort().tolist() if j != i]
-            f[b, i, others[:k]] = 0
-    return f
-
-
-def full_rollout(attentions, num_prefix, grid, fusion="mean", discard_ratio=0.0):
-    """The definition, as full N x N products in forward order (reference for the fast path)."""
-    n = attentions[0].shape[-1]
-    eye = torch.eye(n, dtype=torch.float64)
-    r = eye
-    for a in attentions:
-        m = 0.5 * discard_by_sorting(FUSIONS[fusion](a.double()), discard_ratio) + 0.5 * eye
-        r = (m / m.sum(-1, keepdim=True)) @ r
-    return r[:, 0, num_prefix:].reshape(-1, *grid)
 
 
 # --- 1. hand-computed rollouts ---------------------------------------------------------------
@@ -186,7 +153,7 @@ def test_rollout_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         rollout_from_attentions([LAYER1, LAYER2], 1, (2, 2), **kwargs)
     with pytest.raises(VitError, match=match):
-        attention_rollout(tiny_model(), torch.zeros(1, 3, 32, 32), **kwargs)
+        attention_rollout(tiny_vit(jitter=0.3), torch.zeros(1, 3, 32, 32), **kwargs)
 
 
 def test_grid_that_does_not_match_the_tokens_is_an_error():
@@ -199,7 +166,7 @@ def test_grid_that_does_not_match_the_tokens_is_an_error():
 
 @pytest.mark.parametrize("method", ["rollout", "grad-rollout", "attention"])
 def test_batch_equals_single_images(method):
-    model = tiny_model()
+    model = tiny_vit(jitter=0.3)
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     batched = explain(model, x, method=method)
     singles = torch.cat([explain(model, x[i:i + 1], method=method) for i in range(4)])
@@ -209,7 +176,7 @@ def test_batch_equals_single_images(method):
 
 
 def test_rollout_on_a_real_model_matches_the_definition():
-    model = tiny_model(reg_tokens=1)
+    model = tiny_vit(jitter=0.3, reg_tokens=1)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         _, attentions = model(x, return_attention=True)
@@ -234,7 +201,7 @@ def test_registers_are_excluded_and_patches_keep_their_layout():
 
 @pytest.mark.parametrize("method", ["rollout", "grad-rollout", "attention"])
 def test_register_model_on_a_non_square_input(method):
-    model = tiny_model(reg_tokens=4)
+    model = tiny_vit(jitter=0.3, reg_tokens=4)
     x = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(10))
     assert explain(model, x, method=method).shape == (2, 4, 6)
 
@@ -252,7 +219,7 @@ def chefer_reference(attentions, grads, prefix, grid):
 
 
 def test_gradient_rollout_matches_retain_grad_reference_and_not_the_shifted_pairing():
-    model = tiny_model(depth=3, reg_tokens=2)
+    model = tiny_vit(jitter=0.3, depth=3, reg_tokens=2)
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     target = torch.tensor([0, 2, 1])
 
@@ -278,7 +245,7 @@ def test_gradient_rollout_matches_retain_grad_reference_and_not_the_shifted_pair
 
 
 def test_gradient_rollout_targets_and_leaves_no_parameter_gradients():
-    model = tiny_model()
+    model = tiny_vit(jitter=0.3)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     predicted = model(x).argmax(-1)
     torch.testing.assert_close(gradient_rollout(model, x), gradient_rollout(model, x, target=predicted))
@@ -294,7 +261,7 @@ def test_gradient_rollout_targets_and_leaves_no_parameter_gradients():
 
 
 def test_gradient_rollout_works_with_frozen_parameters():
-    model = tiny_model()
+    model = tiny_vit(jitter=0.3)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     expected = gradient_rollout(model, x)
     model.requires_grad_(False)
@@ -306,7 +273,7 @@ def test_gradient_rollout_works_with_frozen_parameters():
 
 @pytest.mark.parametrize("training", [True, False])
 def test_explainers_keep_the_model_fused_and_in_its_mode(monkeypatch, training):
-    model = tiny_model(attn_drop_rate=0.5, drop_path_rate=0.5)
+    model = tiny_vit(jitter=0.3, attn_drop_rate=0.5, drop_path_rate=0.5)
     model.blocks[0].train(not training)  # a mixed state must come back exactly as well
     modes = [m.training for m in model.modules()]
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
@@ -326,13 +293,13 @@ def test_explainers_keep_the_model_fused_and_in_its_mode(monkeypatch, training):
     calls.clear()
     out = model(x)
     assert isinstance(out, torch.Tensor) and out.shape == (2, 3)
-    assert len(calls) == TINY["depth"]  # the next normal forward is fused, one call per block
+    assert len(calls) == TINY_VIT["depth"]  # the next normal forward is fused, one call per block
     model.eval()
     torch.testing.assert_close(attention_rollout(model, x), maps[0])
 
 
 def test_raw_attention_is_the_fused_cls_row_of_one_layer():
-    model = tiny_model()
+    model = tiny_vit(jitter=0.3)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         _, attentions = model(x, return_attention=True)
@@ -345,7 +312,7 @@ def test_raw_attention_is_the_fused_cls_row_of_one_layer():
 
 @pytest.mark.parametrize("method", ["rollout", "grad-rollout", "attention"])
 def test_return_logits_gives_the_same_map_and_the_models_logits(method):
-    model = tiny_model()
+    model = tiny_vit(jitter=0.3)
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     maps, logits = explain(model, x, method=method, return_logits=True)
     torch.testing.assert_close(maps, explain(model, x, method=method), rtol=0, atol=0)
@@ -356,7 +323,7 @@ def test_return_logits_gives_the_same_map_and_the_models_logits(method):
 
 def test_explain_rejects_an_unknown_method():
     with pytest.raises(VitError, match="rollout, grad-rollout, attention, legrad, attnlrp, gradcam"):
-        explain(tiny_model(), torch.zeros(1, 3, 32, 32), method="grad-cam")
+        explain(tiny_vit(jitter=0.3), torch.zeros(1, 3, 32, 32), method="grad-cam")
 
 
 # --- 7. overlay ------------------------------------------------------------------------------
@@ -529,7 +496,7 @@ def test_faithfulness_rejects_bad_arguments(saliency, kwargs, match):
 
 def test_faithfulness_runs_on_real_model_maps():
     """Smoke test on a real tiny ViT: the curves run end to end on both explainers' maps."""
-    model = tiny_model()
+    model = tiny_vit(jitter=0.3)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(9))
     for saliency in (attention_rollout(model, x), gradient_rollout(model, x)):
         out = deletion_auc(model, x, saliency, baseline="blur")
@@ -540,7 +507,7 @@ def test_faithfulness_runs_on_real_model_maps():
 def test_an_outer_bf16_autocast_does_not_change_the_maps(method):
     """bf16 rounding multiplied over the layers made gradient rollout 68% off on a GPU: the
     methods compute in full precision whatever autocast surrounds the call."""
-    model = tiny_model(seed=3)
+    model = tiny_vit(3, jitter=0.3)
     with torch.no_grad():
         model.head.weight.normal_(0.0, 0.5)  # a zero head gives all-zero gradient maps
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))

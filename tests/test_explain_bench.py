@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.models import save_checkpoint, trained_like
 from PIL import Image
-from test_explain import tiny_model
-from test_predict import save_checkpoint
 
 from vit.bench.measures import SANITY_THRESHOLD, asked_object_hits, explain_bench
 from vit.bench.report import markdown_report
@@ -25,13 +24,6 @@ from vit.explain.occlusion import occlusion
 from vit.explain.recommend import method_file
 from vit.explain.sanity import randomised_cascade, spearman, spread
 from vit.explain.token_drop import token_drop_auc, token_drop_curve, token_drop_curves
-
-
-def trained_like(seed: int = 0, **overrides):
-    model = tiny_model(seed, **overrides)
-    with torch.no_grad():
-        model.head.weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(seed))
-    return model
 
 
 def images(batch: int = 3, seed: int = 0) -> torch.Tensor:

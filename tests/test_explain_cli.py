@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.models import save_checkpoint, tiny_vit
 from PIL import Image
-from test_predict import save_checkpoint, tiny_model
 
 import vit.figures.overlay_files
 from vit.cli import main
@@ -14,7 +14,7 @@ from vit.models.vision_transformer import VisionTransformer
 
 
 def test_same_named_files_in_different_folders_get_separate_overlays(tmp_path, capsys):
-    ckpt = save_checkpoint(tmp_path / "best.pt", tiny_model(), ["x", "y", "z"])
+    ckpt = save_checkpoint(tmp_path / "best.pt", tiny_vit(head_std=2.0), ["x", "y", "z"])
     rng = np.random.default_rng(0)
     paths = []
     for folder in ("a", "b"):
@@ -40,7 +40,7 @@ def test_several_methods_give_one_row_per_image_and_one_column_per_method(tmp_pa
     from vit.figures.overlay_files import parse_methods
     from vit.plots import GRID_CELL_SIZE
 
-    ckpt = save_checkpoint(tmp_path / "best.pt", tiny_model(), ["x", "y", "z"])
+    ckpt = save_checkpoint(tmp_path / "best.pt", tiny_vit(head_std=2.0), ["x", "y", "z"])
     rng = np.random.default_rng(1)
     paths = []
     for name in ("p.png", "q.png"):
@@ -71,7 +71,7 @@ def command_help(command: str) -> str:
 
 
 def test_each_image_is_decoded_once_and_each_batch_runs_the_model_once(tmp_path, monkeypatch):
-    ckpt = save_checkpoint(tmp_path / "best.pt", tiny_model(), ["x", "y", "z"])
+    ckpt = save_checkpoint(tmp_path / "best.pt", tiny_vit(head_std=2.0), ["x", "y", "z"])
     rng = np.random.default_rng(0)
     paths = []
     for i in range(5):

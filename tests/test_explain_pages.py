@@ -12,8 +12,8 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+from helpers.models import save_checkpoint, tiny_vit
 from PIL import Image
-from test_predict import save_checkpoint, tiny_model
 
 import vit.figures.overlay_files as overlays
 import vit.figures.overlay_pages as pages_lib
@@ -29,7 +29,7 @@ def shapes(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("shapes")
     data = make_shapes_dataset(root / "shapes", num_per_class=3, img_size=32, seed=0,
                                val_fraction=0.4)
-    ckpt = save_checkpoint(root / "best.pt", tiny_model(num_classes=len(DEFAULT_CLASSES)),
+    ckpt = save_checkpoint(root / "best.pt", tiny_vit(num_classes=len(DEFAULT_CLASSES), head_std=2.0),
                            DEFAULT_CLASSES)
     return data, ckpt
 
@@ -122,7 +122,7 @@ def test_the_share_of_relevance_on_the_object():
 
 
 def test_a_zero_head_is_named_as_the_reason_for_zero_maps(tmp_path, caplog):
-    model = tiny_model()
+    model = tiny_vit(head_std=2.0)
     assert zero_head_warning(model, ["attnlrp"]) is None  # a trained (random) head
     torch.nn.init.zeros_(model.head.weight)
     torch.nn.init.zeros_(model.head.bias)
@@ -141,7 +141,7 @@ def test_the_explorer_page_names_a_zero_head_too(tmp_path, caplog):
     from vit.explain.explorer import PageOptions
     from vit.figures.attention_files import write_explorer_page
 
-    model = tiny_model()
+    model = tiny_vit(head_std=2.0)
     torch.nn.init.zeros_(model.head.weight)
     ckpt = save_checkpoint(tmp_path / "zero.pt", model, ["x", "y", "z"])
     image = tmp_path / "a.png"

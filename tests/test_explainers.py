@@ -16,21 +16,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_explain import full_rollout, tiny_model
+from helpers.models import tiny_vit, trained_like
+from helpers.rollout_reference import full_rollout
 
 from vit.errors import VitError
 from vit.explain import METHODS, attention_maps, saliency
 from vit.explain.saliency import CLASS_SPECIFIC
 
 GRID = (4, 4)
-
-
-def trained_like(seed: int = 0, **overrides):
-    """A tiny ViT moved off its init, with a non-zero head (a zero head has zero gradients)."""
-    model = tiny_model(seed, **overrides)
-    with torch.no_grad():
-        model.head.weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(seed))
-    return model
 
 
 def images(batch: int = 3, height: int = 32, width: int = 32, seed: int = 0) -> torch.Tensor:
@@ -110,7 +103,7 @@ def explicit_attentions(model, x):
 @pytest.mark.parametrize("chunk_size", [1, 3, None, 1000])
 @pytest.mark.parametrize("fusion, discard_ratio", [("mean", 0.0), ("max", 0.4), ("min", 0.2)])
 def test_chunked_rollout_equals_the_full_product(chunk_size, fusion, discard_ratio):
-    model, x = tiny_model(depth=3, reg_tokens=1), images(2)
+    model, x = tiny_vit(depth=3, reg_tokens=1, jitter=0.3), images(2)
     expected = full_rollout(explicit_attentions(model, x), 2, GRID, fusion, discard_ratio)
     out = saliency(model, x, "rollout", head_fusion=fusion, discard_ratio=discard_ratio,
                    chunk_size=chunk_size)
@@ -118,7 +111,7 @@ def test_chunked_rollout_equals_the_full_product(chunk_size, fusion, discard_rat
 
 
 def test_rollout_from_a_query_patch_is_that_row_of_the_product():
-    model, x = tiny_model(depth=3, reg_tokens=2), images(2, 32, 48)
+    model, x = tiny_vit(depth=3, reg_tokens=2, jitter=0.3), images(2, 32, 48)
     attentions = explicit_attentions(model, x)  # 3 prefix tokens + a 4x6 grid = 27 tokens
     eye = torch.eye(27, dtype=torch.float64)
     r = eye
@@ -135,7 +128,7 @@ def test_rollout_from_a_query_patch_is_that_row_of_the_product():
 
 
 def test_attention_rows_of_any_layer_and_query():
-    model, x = tiny_model(depth=3, reg_tokens=1), images(2, 32, 48)
+    model, x = tiny_vit(depth=3, reg_tokens=1, jitter=0.3), images(2, 32, 48)
     attentions = explicit_attentions(model, x)  # 2 prefix + 24 patches
     torch.testing.assert_close(saliency(model, x, "attention"),
                                attentions[-1].mean(1)[:, 0, 2:].reshape(2, 4, 6))
@@ -145,7 +138,7 @@ def test_attention_rows_of_any_layer_and_query():
 
 
 def test_attention_maps_pick_layers_heads_and_query_rows():
-    model, x = tiny_model(depth=3, reg_tokens=1), images(2, 32, 48)
+    model, x = tiny_vit(depth=3, reg_tokens=1, jitter=0.3), images(2, 32, 48)
     attentions = explicit_attentions(model, x)
     every = attention_maps(model, x)
     assert every.shape == (2, 3, 2, 26, 26)

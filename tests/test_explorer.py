@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.models import SHAPES as CLASSES
+from helpers.models import peaky_classifier, peaky_model
 from helpers.rollout_reference import query_rollout_from_attentions
-from torch import nn
 
 from vit.cli import main
 from vit.explain import METHODS, attention_rollout, deletion_auc, insertion_auc, saliency
@@ -21,29 +22,6 @@ from vit.explain.explorer import PageOptions, explorer_page, image_records
 from vit.explain.explorer_html import decode_rows, encode_rows
 from vit.explain.rollout import rollout_rows
 from vit.figures.attention_files import check_html_output
-from vit.inference.classifier import Classifier
-from vit.models.vision_transformer import VisionTransformer
-
-CLASSES = ["circle", "square", "triangle", "ring", "cross"]
-PREPROCESS = {"img_size": 48, "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0}
-
-
-def peaky_model(*, reg_tokens: int = 2, seed: int = 0) -> VisionTransformer:
-    """A tiny 48 px ViT (6x6 patches, 3 layers, 3 heads) whose random attention is far from
-    uniform (scaled-up q/k weights), so a wrong row, head or layer shows."""
-    torch.manual_seed(seed)
-    model = VisionTransformer(img_size=48, patch_size=8, embed_dim=48, depth=3, num_heads=3,
-                              num_classes=len(CLASSES), reg_tokens=reg_tokens)
-    with torch.no_grad():
-        for block in model.blocks:
-            block.attn.qkv.weight.mul_(15.0)
-        nn.init.normal_(model.head.weight, std=1.0)
-    return model.eval()
-
-
-def peaky_classifier(classes=CLASSES, **kwargs) -> Classifier:
-    return Classifier(peaky_model(**kwargs), classes=list(classes), preprocess=PREPROCESS,
-                      device="cpu")
 
 
 def page_data(html: str) -> dict:
@@ -207,7 +185,7 @@ def test_names_that_look_like_html_cannot_leave_the_data_script():
 
 
 def _checkpoint_and_images(tmp_path: Path, shapes_dataset: Path) -> tuple[Path, list[str]]:
-    from test_predict import save_checkpoint
+    from helpers.models import save_checkpoint
 
     ckpt = save_checkpoint(tmp_path / "best.pt", peaky_model(), CLASSES)
     images = [str(p) for p in sorted(shapes_dataset.rglob("00000.png"))]

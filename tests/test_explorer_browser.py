@@ -18,9 +18,10 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+from helpers.models import SHAPES as CLASSES
+from helpers.models import SHAPES_PREPROCESS as PREPROCESS
+from helpers.models import peaky_classifier, peaky_model, save_checkpoint
 from PIL import Image
-from test_explorer import CLASSES, PREPROCESS, peaky_classifier, peaky_model
-from test_predict import save_checkpoint
 
 from vit.cli import main
 from vit.explain import METHODS, attention_rollout, saliency

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_predict import colour_image, save_checkpoint, tiny_model
+from helpers.images import colour_image
+from helpers.models import save_checkpoint, tiny_vit
 
 from vit.cli import main
 from vit.errors import VitError
@@ -21,7 +22,7 @@ CLASSES = ["cat", "dog", "fox"]
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    return save_checkpoint(tmp_path_factory.mktemp("export") / "best.pt", tiny_model(), CLASSES,
+    return save_checkpoint(tmp_path_factory.mktemp("export") / "best.pt", tiny_vit(head_std=2.0), CLASSES,
                            crop_pct=0.9)
 
 
@@ -53,7 +54,7 @@ def test_onnx_matches_pytorch_for_any_batch_size(ckpt, tmp_path):
     assert [i.name for i in session.get_inputs()] == ["images"]
     assert [o.name for o in session.get_outputs()] == ["logits"]
 
-    model = tiny_model()  # the checkpoint's weights, built independently
+    model = tiny_vit(head_std=2.0)  # the checkpoint's weights, built independently
     for batch in (1, 5):
         images = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
         (logits,) = session.run(["logits"], {"images": images.numpy()})

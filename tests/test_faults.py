@@ -17,16 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_scale import DIST_ENV, torchrun
-from test_train import (
-    ROOT,
-    _cli_args,
-    _run_cli,
-    _wait_for,
-    assert_same_weights,
-    make_folder,
-    weights,
-)
+from helpers.images import make_folder
+from helpers.models import assert_same_weights, weights
+from helpers.processes import DIST_ENV, torchrun
+from helpers.training import ROOT, cli_args, start_train_script, wait_for
 
 from vit.cli import main
 from vit.models.checkpoint import load_checkpoint
@@ -60,7 +54,7 @@ def error_lines(stderr: str) -> list[str]:
 
 def assert_resumes(run: Path, epochs: int) -> None:
     """--resume RUN (one process) finishes the run from its last.pt."""
-    resumed = _run_cli(["--resume", str(run)])
+    resumed = start_train_script(["--resume", str(run)])
     assert resumed.wait(timeout=300) == 0, resumed.communicate()[1][-3000:]
     assert load_checkpoint(run / "last.pt")["epoch"] == epochs
     assert not (run / LOCK_NAME).exists()  # a finished run leaves no lock
@@ -94,9 +88,9 @@ def test_run_lock_names_the_live_holder_and_takes_over_a_dead_ones(tmp_path, cap
 def test_second_run_on_a_live_runs_folder_is_refused(tmp_path, capsys):
     data = make_folder(tmp_path / "data", per_class=24)
     run = tmp_path / "run"
-    first = _run_cli(_cli_args(data, run, 3))
+    first = start_train_script(cli_args(data, run, 3))
     try:
-        _wait_for(run / "last.pt", first)
+        wait_for(run / "last.pt", first)
         code = main(["train", "--resume", str(run)])  # while the first one still trains
         err = capsys.readouterr().err
         assert code == 2
@@ -116,7 +110,7 @@ def test_second_run_on_a_live_runs_folder_is_refused(tmp_path, capsys):
 def test_full_disk_during_checkpoint_write_keeps_the_old_last_pt(tmp_path, monkeypatch, capsys):
     data = make_folder(tmp_path / "data")
     extra = ["train.lr=3e-3", "train.warmup_epochs=0.5"]  # tiny_config's
-    assert main(["train", *_cli_args(data, tmp_path / "straight", 3), *extra]) == 0
+    assert main(["train", *cli_args(data, tmp_path / "straight", 3), *extra]) == 0
     capsys.readouterr()
     real_save = torch.save
     writes = []
@@ -131,7 +125,7 @@ def test_full_disk_during_checkpoint_write_keeps_the_old_last_pt(tmp_path, monke
 
     monkeypatch.setattr(torch, "save", disk_fills_up)
     run = tmp_path / "run"
-    args = ["train", *_cli_args(data, run, 3), *extra]
+    args = ["train", *cli_args(data, run, 3), *extra]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -157,10 +151,10 @@ def test_full_disk_during_checkpoint_write_keeps_the_old_last_pt(tmp_path, monke
 def test_loader_worker_killed_mid_epoch(tmp_path):
     data = make_folder(tmp_path / "data", per_class=24)
     run = tmp_path / "run"
-    args = _cli_args(data, run, 3)
+    args = cli_args(data, run, 3)
     args[args.index("--workers") + 1] = "1"
-    proc = _run_cli(args)
-    _wait_for(run / "last.pt", proc)
+    proc = start_train_script(args)
+    wait_for(run / "last.pt", proc)
     me = cmdline(proc.pid)
     deadline = time.time() + 60
     while proc.poll() is None and time.time() < deadline:
@@ -202,9 +196,9 @@ def _rank_of(pid: int) -> int | None:
 def test_one_torchrun_rank_dies(tmp_path):
     data = make_folder(tmp_path / "data", per_class=24)
     run = tmp_path / "run"
-    proc = subprocess.Popen(torchrun(_cli_args(data, run, 3)), cwd=ROOT, env=DIST_ENV,
+    proc = subprocess.Popen(torchrun(cli_args(data, run, 3)), cwd=ROOT, env=DIST_ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(run / "last.pt", proc, timeout=300)
+    wait_for(run / "last.pt", proc, timeout=300)
     rank1 = next((c for c in children(proc.pid) if _rank_of(c) == 1), None)
     assert rank1 is not None, "rank 1 not found"
     os.kill(rank1, signal.SIGKILL)
@@ -231,10 +225,10 @@ def test_a_stop_sent_to_the_process_group_is_named_not_blamed_on_memory(tmp_path
     loader workers too: the run said "a data loader worker was killed ... out of memory"."""
     data = make_folder(tmp_path / "data", per_class=24)
     run = tmp_path / "run"
-    args = _cli_args(data, run, 20)
+    args = cli_args(data, run, 20)
     args[args.index("--workers") + 1] = "1"
-    proc = _run_cli(args, start_new_session=True)  # its own process group, as under a scheduler
-    _wait_for(run / "last.pt", proc)
+    proc = start_train_script(args, start_new_session=True)  # its own process group, as under a scheduler
+    wait_for(run / "last.pt", proc)
     deadline = time.time() + 60
     while not [c for c in children(proc.pid) if cmdline(c) == cmdline(proc.pid)]:
         assert time.time() < deadline and proc.poll() is None, "no loader worker appeared"

@@ -40,7 +40,8 @@ def test_quickstart_picks_the_gpu_and_bf16_by_itself():
 @pytest.mark.gpu
 @needs_gpu
 def test_a_checkpoint_trained_on_the_gpu_gives_the_same_labels_on_the_cpu(tmp_path):
-    from test_train import make_folder, tiny_config
+    from helpers.images import make_folder
+    from helpers.training import tiny_config
 
     from vit.inference.classifier import Classifier
     from vit.training.trainer import train
@@ -63,7 +64,8 @@ def test_a_checkpoint_trained_on_the_gpu_gives_the_same_labels_on_the_cpu(tmp_pa
 def test_cuda_graphs_and_grouped_augmentation_train(tmp_path):
     """The loop-speed levers for the GPU: train.compile_mode=reduce-overhead (CUDA graphs; the
     loop marks each step) with the memory pipeline augmenting 4 batches per call."""
-    from test_train import make_folder, tiny_config
+    from helpers.images import make_folder
+    from helpers.training import tiny_config
 
     from vit.training.trainer import train
 

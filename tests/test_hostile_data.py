@@ -20,11 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.cli import WritesAFile, error_line, run_cli, train_argv
+from helpers.images import make_folder, write_huge_png
 from PIL import Image
-from test_cli_predict import _WritesAFile
-from test_data import write_huge_png
-from test_train import make_folder
-from test_user_errors import error_line, run_cli, train_argv
 
 from vit.cli import main
 from vit.data.images import load_image
@@ -249,7 +247,7 @@ def evil_checkpoint(request, tmp_path) -> tuple[Path, Path]:
     """(checkpoint, marker): unpickling the checkpoint creates the marker file."""
     write, unsafe_load = FORMATS[request.param]
     marker, path = tmp_path / "pwned.txt", tmp_path / "evil.pt"
-    write({"format": "vit-checkpoint", "model": _WritesAFile(marker)}, path)
+    write({"format": "vit-checkpoint", "model": WritesAFile(marker)}, path)
     unsafe_load(path)  # proves the file really runs code when unpickled
     assert marker.exists()
     marker.unlink()

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.images import colour_image
+from helpers.models import save_checkpoint, timm_from_folder, tiny_vit
 from PIL import Image
-from test_predict import TINY, colour_image, save_checkpoint, tiny_model
 
 from vit.cli import main
 from vit.errors import CheckpointError, VitError
@@ -55,7 +56,7 @@ def make_run(folder: Path, model: VisionTransformer, *, classes=CLASSES) -> Path
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.mktemp("run"), tiny_model())
+    return make_run(tmp_path_factory.mktemp("run"), tiny_vit(head_std=2.0))
 
 
 # --- a fake Hub behind huggingface_hub's HTTP client ------------------------------------------
@@ -164,27 +165,16 @@ def no_network(tmp_path, monkeypatch):
 # --- the folder in timm -----------------------------------------------------------------------
 
 
-def timm_from_folder(folder: Path) -> torch.nn.Module:
-    """What timm's hf_hub: loader does with config.json (timm.models._hub._parse_model_cfg and
-    _factory.create_model), with the weights file given by pretrained_cfg_overlay."""
-    config = json.loads((folder / "config.json").read_text())
-    overlay = dict(config["pretrained_cfg"], file=str(folder / "model.safetensors"))
-    overlay["label_names"] = config["label_names"]
-    return timm.create_model(config["architecture"], pretrained=True, num_classes=config[
-        "num_classes"], pretrained_cfg_overlay=overlay, **config["model_args"]).eval()
-
-
 VARIANTS = {
-    "tiny": TINY,
-    "registers-avg-qknorm-layerscale": dict(TINY, reg_tokens=2, global_pool="avg", qk_norm=True,
+    "tiny": {},
+    "registers-avg-qknorm-layerscale": dict(reg_tokens=2, global_pool="avg", qk_norm=True,
                                             init_values=0.1, mlp_ratio=2.0),
 }
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_the_folder_loads_in_timm_with_our_logits(variant, tmp_path):
-    torch.manual_seed(1)
-    model = VisionTransformer(num_classes=3, **VARIANTS[variant]).eval()
+    model = tiny_vit(1, **VARIANTS[variant])
     run_dir = make_run(tmp_path / "run", model)
     assert main(["push", str(run_dir), "--to-folder", str(tmp_path / "repo")]) == 0
 
@@ -302,7 +292,7 @@ def test_pretrained_hf_reads_a_foreign_timm_repo(fake_hub, tmp_path):
     """A plain timm repository (weights without our metadata): classes from its config.json."""
     from vit.models.pretrained import read_pretrained
 
-    state = tiny_model().state_dict()
+    state = tiny_vit(head_std=2.0).state_dict()
     import safetensors.torch
 
     fake_hub.repos["timm/tiny"] = {
@@ -415,7 +405,7 @@ def test_a_missing_hub_extra_names_the_install_command(monkeypatch, run, tmp_pat
 def test_push_needs_a_run(tmp_path, capsys):
     assert main(["push", str(tmp_path), "--to-folder", str(tmp_path / "repo")]) == 2
     assert "holds no best.pt" in capsys.readouterr().err
-    save_checkpoint(tmp_path / "model.pt", tiny_model(), CLASSES)
+    save_checkpoint(tmp_path / "model.pt", tiny_vit(head_std=2.0), CLASSES)
     assert main(["push", str(tmp_path / "model.pt"), "--to-folder", str(tmp_path / "r")]) == 0
     assert np.array_equal(Classifier.from_pretrained(tmp_path / "r").predict_proba(
         colour_image((1, 2, 3))), Classifier.from_checkpoint(tmp_path / "model.pt").predict_proba(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.training import tiny_config
 from PIL import Image
-from test_train import tiny_config
 
 from vit.cli import main
 from vit.data.labels import expand_with_labels, read_label_file

@@ -13,7 +13,7 @@ VIT = Path(__file__).resolve().parent.parent / "vit"
 LAYERS = {
     "errors": 0, "text": 0,
     "config": 1, "runtime": 1, "io": 1,
-    "plots": 2,
+    "plots": 2, "run_folder": 2,
     "models": 3, "data": 3,
     "explain": 4,
     "inference": 5,
@@ -128,3 +128,16 @@ def test_no_source_file_is_git_ignored():
     ignored = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=root,
                              input="\n".join(sources), capture_output=True, text=True).stdout
     assert not ignored.split(), f"git ignores these source files: {ignored.split()}"
+
+
+def test_only_run_folder_spells_the_run_folders_file_names():
+    """`vit/run_folder.py` names the files of a run folder; every reader and writer uses its
+    names, so a file is renamed in one place."""
+    from vit import run_folder
+
+    names = {getattr(run_folder, n) for n in run_folder.__all__ if n.isupper()}
+    spelled = [f"{path.relative_to(VIT)}:{node.lineno} {node.value!r}"
+               for path in modules() if path.name != "run_folder.py"
+               for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.Constant) and node.value in names]
+    assert not spelled, f"file names of the run folder spelled outside run_folder.py: {spelled}"

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.models import tiny_vit
 
 from vit.bench.measures import mean_and_sem
 from vit.bench.run import (
@@ -36,7 +37,6 @@ from vit.explain import attention_rollout, deletion_auc, random_saliency, salien
 from vit.explain.object_boxes import patch_mask
 from vit.inference.classifier import Classifier
 from vit.models.checkpoint import make_checkpoint
-from vit.models.vision_transformer import VisionTransformer
 from vit.training.quickstart import quickstart_config
 
 # --- geometry: box -> patch grid ----------------------------------------------------------------
@@ -129,9 +129,7 @@ def test_bench_plays_the_pointing_game_on_the_shapes_boxes(tmp_path: Path) -> No
     classes = ["circle", "square", "triangle"]
     data = make_shapes_dataset(tmp_path / "shapes", num_per_class=4, img_size=32,
                                classes=classes, seed=0, val_fraction=0.5)
-    torch.manual_seed(0)
-    model = VisionTransformer(img_size=32, patch_size=8, num_classes=3, embed_dim=32, depth=2,
-                              num_heads=2)
+    model = tiny_vit(train=True)
     ckpt = make_checkpoint(model=model, classes=classes, config={}, epoch=0, step=0,
                            best_top1=None, metrics={},
                            preprocess={"img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,

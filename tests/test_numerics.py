@@ -16,15 +16,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import make_folder
-from test_user_errors import error_line, run_cli, train_argv
+from helpers.cli import error_line, run_cli, train_argv
+from helpers.images import make_folder
+from helpers.models import tiny_vit
 from torch import nn
 
 import vit.training.trainer
 from vit.cli import main
 from vit.models.checkpoint import load_checkpoint
-from vit.models.vision_transformer import VisionTransformer
-from vit.training.epoch import EpochResult, NonFiniteLossError, train_one_epoch
+from vit.training.epoch import (
+    EpochOptions,
+    EpochResult,
+    NonFiniteLossError,
+    StepParts,
+    train_one_epoch,
+)
 
 # ---------------------------------------------------------------------------------------------
 # poison
@@ -128,12 +134,6 @@ CPU = torch.device("cpu")
 LR = 1e-2
 
 
-def tiny_vit() -> VisionTransformer:
-    torch.manual_seed(0)
-    return VisionTransformer(img_size=32, patch_size=8, num_classes=3, embed_dim=32, depth=2,
-                             num_heads=2)
-
-
 def batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
     return [(torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 3, (4,), generator=g))
@@ -148,10 +148,10 @@ def run_epoch(model: nn.Module, loader: list, criterion: Criterion, *,
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
     applied = []
     optimizer.register_step_post_hook(lambda *_: applied.append(1))
-    result = train_one_epoch(model=model, loader=loader, optimizer=optimizer,
-                             criterion=criterion, device=CPU, precision="fp32",
-                             lr_at=lambda step: LR, step=0, scaler=scaler, clip_grad=clip_grad,
-                             show_progress=False)
+    parts = StepParts(model=model, optimizer=optimizer, criterion=criterion,
+                      lr_at=lambda step: LR, device=CPU, scaler=scaler, clip_grad=clip_grad)
+    result = train_one_epoch(parts=parts, loader=loader,
+                             options=EpochOptions(show_progress=False))
     return result, len(applied)
 
 
@@ -162,7 +162,7 @@ def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
 
 def trained_on(data: list, *, clip_grad: float | None = None) -> nn.Module:
     """The reference: the same model trained, without any poison, on ``data`` only."""
-    model = tiny_vit()
+    model = tiny_vit(train=True)
     run_epoch(model, data, nn.CrossEntropyLoss(), clip_grad=clip_grad)
     return model
 
@@ -175,7 +175,7 @@ def trained_on(data: list, *, clip_grad: float | None = None) -> nn.Module:
 def test_without_a_scaler_a_non_finite_step_raises_before_touching_the_weights(
         poison, clip_grad):
     data = batches(3)
-    model = tiny_vit()
+    model = tiny_vit(train=True)
     with pytest.raises(NonFiniteLossError, match=r"at step 2\b"):
         run_epoch(model, data, poisoned(nn.CrossEntropyLoss(), at_call=2, **poison),
                   clip_grad=clip_grad)
@@ -189,7 +189,7 @@ def test_checking_every_few_steps_still_names_the_first_bad_step(poison):
     per step); a bad step 2 of 6 must still raise, name step 2, and end the epoch early."""
     data = batches(6)
     seen = []
-    model = tiny_vit()
+    model = tiny_vit(train=True)
     criterion = poisoned(nn.CrossEntropyLoss(), at_call=2, **poison)
 
     def counting(logits, y):
@@ -198,9 +198,9 @@ def test_checking_every_few_steps_still_names_the_first_bad_step(poison):
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
     with pytest.raises(NonFiniteLossError, match=r"at step 2\b"):
-        train_one_epoch(model=model, loader=data, optimizer=optimizer, criterion=counting,
-                        device=CPU, precision="fp32", lr_at=lambda step: LR, step=0,
-                        show_progress=False, check_every=3)
+        train_one_epoch(parts=StepParts(model=model, optimizer=optimizer, criterion=counting,
+                                        lr_at=lambda step: LR, device=CPU),
+                        loader=data, options=EpochOptions(show_progress=False, check_every=3))
     assert len(seen) == 3  # read back after batch 3, not at the end of the epoch
 
 
@@ -208,12 +208,12 @@ def test_checking_every_few_steps_gives_the_same_mean_loss():
     data = batches(5)
     results = []
     for check_every in (1, 4):
-        model = tiny_vit()
+        model = tiny_vit(train=True)
         optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
-        results.append(train_one_epoch(
-            model=model, loader=data, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
-            device=CPU, precision="fp32", lr_at=lambda step: LR, step=0, show_progress=False,
-            check_every=check_every).train_loss)
+        parts = StepParts(model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
+                          lr_at=lambda step: LR, device=CPU)
+        results.append(train_one_epoch(parts=parts, loader=data, options=EpochOptions(
+            show_progress=False, check_every=check_every)).train_loss)
     assert results[0] == pytest.approx(results[1], rel=1e-6) and results[0] > 0
 
 
@@ -222,7 +222,7 @@ def test_grad_scaler_skips_an_overflowing_step_and_training_goes_on():
     weights end exactly where training on the other batches alone puts them), counted in
     ``skipped_steps``, the scale halves, and the next step is applied."""
     data = batches(3)
-    model = tiny_vit()
+    model = tiny_vit(train=True)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     result, applied = run_epoch(model, data, scaler=scaler, criterion=poisoned(
         nn.CrossEntropyLoss(), at_call=2, gradient=float("inf")))
@@ -255,8 +255,8 @@ def test_data_wait_counts_only_the_time_blocked_on_the_loader():
                 yield batch
 
     data = batches(4)
-    slow, _ = run_epoch(tiny_vit(), SlowLoader(data), nn.CrossEntropyLoss())
-    fast, _ = run_epoch(tiny_vit(), data, nn.CrossEntropyLoss())
+    slow, _ = run_epoch(tiny_vit(train=True), SlowLoader(data), nn.CrossEntropyLoss())
+    fast, _ = run_epoch(tiny_vit(train=True), data, nn.CrossEntropyLoss())
     assert 4 * delay <= slow.data_wait_s < 4 * delay + 0.5 * slow.seconds
     assert fast.data_wait_s < 0.5 * delay  # ... a list is not
     assert slow.data_wait_s <= slow.seconds

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.models import TINY_VIT, tiny_vit
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from vit.errors import ConfigError
-from vit.models.vision_transformer import VisionTransformer
 from vit.training.optim import (
     build_optimizer,
     count_parameters,
@@ -19,13 +19,6 @@ from vit.training.optim import (
     param_groups,
     set_lr,
 )
-
-TINY = dict(img_size=32, patch_size=8, num_classes=3, embed_dim=32, depth=2, num_heads=2)
-
-
-def tiny(**overrides) -> VisionTransformer:
-    torch.manual_seed(0)
-    return VisionTransformer(**{**TINY, **overrides})
 
 
 def settings_by_name(model: nn.Module, groups: list[dict]) -> dict[str, tuple[float, float]]:
@@ -48,7 +41,7 @@ class Wrapper(nn.Module):
 
 
 def test_weight_decay_membership_by_hand():
-    model = tiny(reg_tokens=1, init_values=1e-5)  # registers and LayerScale gamma too
+    model = tiny_vit(reg_tokens=1, init_values=1e-5, train=True)  # registers and LayerScale gamma too
     settings = settings_by_name(model, param_groups(model, weight_decay=0.05))
 
     per_block_no_decay = ["norm1.weight", "norm1.bias", "attn.qkv.bias", "attn.proj.bias",
@@ -67,7 +60,7 @@ def test_weight_decay_membership_by_hand():
 
 @pytest.mark.parametrize("layer_decay", [None, 0.75])
 def test_every_trainable_param_in_exactly_one_group_and_frozen_in_none(layer_decay):
-    model = tiny()
+    model = tiny_vit(train=True)
     model.patch_embed.proj.weight.requires_grad_(False)
     model.blocks[0].mlp.fc1.bias.requires_grad_(False)
     groups = param_groups(model, weight_decay=0.1, layer_decay=layer_decay)
@@ -82,7 +75,7 @@ def test_every_trainable_param_in_exactly_one_group_and_frozen_in_none(layer_dec
 
 @pytest.mark.parametrize("global_pool", ["token", "avg"])
 def test_layer_decay_scales_by_hand(global_pool):
-    model = tiny(global_pool=global_pool)  # avg: fc_norm after pooling instead of norm
+    model = tiny_vit(global_pool=global_pool, train=True)  # avg: fc_norm after pooling instead of norm
     settings = settings_by_name(model, param_groups(model, weight_decay=0.05, layer_decay=0.5))
     # embeddings, blocks.0, blocks.1 (+ the final norm, as in timm), head (+ fc_norm)
     expected_prefix_scale = {"patch_embed.": 0.125, "cls_token": 0.125, "pos_embed": 0.125,
@@ -98,8 +91,8 @@ def test_layer_decay_scales_by_hand(global_pool):
 def test_layer_decay_matches_timm(overrides):
     """Same names, same config -> the same (lr_scale, weight_decay) per parameter as timm's own
     ViT gets from timm."""
-    ours = tiny(**overrides)
-    theirs = TimmViT(**TINY, **overrides)
+    ours = tiny_vit(**overrides, train=True)
+    theirs = TimmViT(**TINY_VIT, **overrides)
     their_groups = param_groups_layer_decay(theirs, weight_decay=0.05, layer_decay=0.75,
                                             no_weight_decay_list=theirs.no_weight_decay())
     expected = settings_by_name(theirs, their_groups)
@@ -110,7 +103,7 @@ def test_layer_decay_matches_timm(overrides):
 
 
 def test_param_groups_unwrap_ddp_and_compile_wrappers():
-    model = tiny()
+    model = tiny_vit(train=True)
     wrapped = Wrapper(Wrapper(model, "_orig_mod"), "module")
     plain = param_groups(model, weight_decay=0.05, layer_decay=0.5)
     through = param_groups(wrapped, weight_decay=0.05, layer_decay=0.5)
@@ -122,7 +115,7 @@ def test_param_groups_unwrap_ddp_and_compile_wrappers():
 @pytest.mark.parametrize("bad", [0.0, -0.5, 1.5])
 def test_bad_layer_decay(bad):
     with pytest.raises(ConfigError, match="layer_decay"):
-        param_groups(tiny(), weight_decay=0.05, layer_decay=bad)
+        param_groups(tiny_vit(train=True), weight_decay=0.05, layer_decay=bad)
 
 
 # --- schedule ---------------------------------------------------------------------------------
@@ -187,7 +180,7 @@ def test_set_lr_applies_each_groups_scale():
 
 
 def test_build_optimizer_uses_groups_and_lr_scales():
-    model = tiny()
+    model = tiny_vit(train=True)
     optimizer = build_optimizer(model, lr=0.01, weight_decay=0.05, layer_decay=0.5,
                                 betas=(0.8, 0.9))
     assert isinstance(optimizer, torch.optim.AdamW)
@@ -205,7 +198,7 @@ def test_build_optimizer_uses_groups_and_lr_scales():
 
 
 def test_build_optimizer_without_trainable_parameters():
-    model = tiny()
+    model = tiny_vit(train=True)
     model.requires_grad_(False)
     with pytest.raises(ConfigError, match="no trainable parameters"):
         build_optimizer(model, lr=1e-3, weight_decay=0.05)
@@ -214,7 +207,7 @@ def test_build_optimizer_without_trainable_parameters():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_build_optimizer_fuses_on_cuda():
-    model = tiny().cuda()
+    model = tiny_vit(train=True).cuda()
     assert build_optimizer(model, lr=1e-3, weight_decay=0.05).defaults["fused"] is True
     assert build_optimizer(model, lr=1e-3, weight_decay=0.05, fused=False).defaults["fused"] is False
 
@@ -240,7 +233,7 @@ def _train_one_step(model: nn.Module) -> dict[str, torch.Tensor]:
     ("none", ("",)),
 ])
 def test_freeze_trains_exactly_the_named_parameters(spec, expected_prefixes):
-    model = tiny()
+    model = tiny_vit(train=True)
     with torch.no_grad():  # a non-zero head, so every parameter gets a gradient
         model.head.weight.normal_(0, 0.5)
     trainable = freeze_parameters(model, spec)
@@ -254,14 +247,14 @@ def test_freeze_trains_exactly_the_named_parameters(spec, expected_prefixes):
 
 
 def test_freeze_none_unfreezes_again():
-    model = tiny()
+    model = tiny_vit(train=True)
     freeze_parameters(model, "backbone")
     assert freeze_parameters(model, "none") == [n for n, _ in model.named_parameters()]
     assert all(p.requires_grad for p in model.parameters())
 
 
 def test_freeze_avg_pool_keeps_fc_norm_trainable():
-    model = tiny(global_pool="avg")
+    model = tiny_vit(global_pool="avg", train=True)
     assert freeze_parameters(model, "all-but-last-1")[-4:] == [
         "fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"]
 
@@ -270,17 +263,17 @@ def test_freeze_avg_pool_keeps_fc_norm_trainable():
                                   "all-but-last--1", "head", ""])
 def test_freeze_rejects_bad_specs(spec):
     with pytest.raises(ConfigError, match="--freeze"):
-        freeze_parameters(tiny(), spec)
+        freeze_parameters(tiny_vit(train=True), spec)
 
 
 def test_count_parameters_by_hand_and_against_timm():
-    model = tiny()
+    model = tiny_vit(train=True)
     # patch_embed 3*8*8*32 + 32; cls 32; pos (1 + 16) * 32;
     # per block: 2 norms 2*64, qkv 32*96 + 96, proj 32*32 + 32, fc1 32*128 + 128, fc2 128*32 + 32;
     # final norm 64; head 32*3 + 3
     block = 2 * 64 + (32 * 96 + 96) + (32 * 32 + 32) + (32 * 128 + 128) + (128 * 32 + 32)
     total = (3 * 8 * 8 * 32 + 32) + 32 + 17 * 32 + 2 * block + 64 + (32 * 3 + 3)
     assert count_parameters(model) == (total, total)
-    assert total == sum(p.numel() for p in TimmViT(**TINY).parameters())
+    assert total == sum(p.numel() for p in TimmViT(**TINY_VIT).parameters())
     freeze_parameters(model, "backbone")
     assert count_parameters(Wrapper(model, "module")) == (total, 32 * 3 + 3)

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from helpers.images import make_folder
+from helpers.models import save_checkpoint, tiny_vit
 from PIL import Image
-from test_predict import save_checkpoint, tiny_model
-from test_train import make_folder
 
 import vit.figures.overlay_files as overlays
 from vit.explain.overlay import DEFAULT_COLORMAP
@@ -55,7 +55,7 @@ def test_a_mistake_gets_a_red_frame_and_the_image_stays_beside_its_overlay():
 
 def test_explain_files_marks_mistakes_and_draws_at_a_recognisable_size(tmp_path, monkeypatch):
     data = make_folder(tmp_path / "val", classes=("red", "green"), per_class=3, size=16)
-    ckpt = save_checkpoint(tmp_path / "best.pt", tiny_model(), CLASSES)
+    ckpt = save_checkpoint(tmp_path / "best.pt", tiny_vit(head_std=2.0), CLASSES)
     drawn = []
     real_overlay = overlays.overlay
     monkeypatch.setattr(overlays, "overlay",

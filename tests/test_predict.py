@@ -1,20 +1,16 @@
-"""vit.inference.classifier: Classifier inputs, preprocessing, batching, unreadable files, path expansion.
-
-The helpers at the top (tiny checkpoints, coloured images, a short training loop) are shared
-with test_evaluate.py, test_export.py and test_cli_predict.py.
-"""
+"""vit.inference.classifier: Classifier inputs, preprocessing, batching, unreadable files, path expansion."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers.images import colour_image, write_image
+from helpers.models import save_checkpoint, tiny_vit
 from PIL import Image
-from torch import nn
 
 from vit.data.dataset import ImageFolderDataset
 from vit.data.folders import expand_paths
@@ -23,79 +19,7 @@ from vit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from vit.errors import CheckpointError, DataError
 from vit.inference.classifier import Classifier, ImageInputError, to_rgb_array
 from vit.inference.export import export_safetensors
-from vit.io import atomic_save
-from vit.models.checkpoint import load_checkpoint, make_checkpoint
-from vit.models.vision_transformer import VisionTransformer
-
-# ---------------------------------------------------------------------------------------------
-# shared helpers
-# ---------------------------------------------------------------------------------------------
-
-TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 210)}
-
-
-def tiny_model(num_classes: int = 3, seed: int = 0) -> VisionTransformer:
-    """A tiny ViT with a random (not zero) head, so different images get different outputs."""
-    torch.manual_seed(seed)
-    model = VisionTransformer(num_classes=num_classes, **TINY)
-    nn.init.normal_(model.head.weight, std=2.0)
-    return model.eval()
-
-
-def save_checkpoint(
-    path: Path, model: VisionTransformer, classes: Sequence[str], *, crop_pct: float = 1.0,
-    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-) -> Path:
-    preprocess = {"img_size": model.config.img_size, "mean": list(mean), "std": list(std),
-                  "crop_pct": crop_pct}
-    ckpt = make_checkpoint(model=model, classes=list(classes), preprocess=preprocess, config={},
-                           epoch=1, step=1, best_top1=None, metrics={})
-    atomic_save(ckpt, path)
-    return path
-
-
-def colour_image(colour: Sequence[int], *, size: tuple[int, int] = (40, 36), seed: int = 0,
-                 noise: float = 25.0) -> np.ndarray:
-    """An HxWx3 uint8 image of ``colour`` with Gaussian noise (``size`` is width, height)."""
-    rng = np.random.default_rng(seed)
-    pixels = np.asarray(colour, dtype=np.float64) + rng.normal(0, noise, (size[1], size[0], 3))
-    return np.clip(pixels, 0, 255).round().astype(np.uint8)
-
-
-def write_image(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
-
-
-def make_colour_folder(root: Path, per_class: int = 6, colours: dict | None = None) -> Path:
-    """root/<colour>/<i>.png: noisy images of one colour per class, sizes varying."""
-    for c, (name, rgb) in enumerate((colours or COLOURS).items()):
-        for i in range(per_class):
-            size = (32 + 4 * (i % 3), 32 + 2 * (i % 4))
-            write_image(root / name / f"{i:02d}.png", colour_image(rgb, size=size, seed=100 * c + i))
-    return root
-
-
-def train_colour_checkpoint(data_dir: Path, path: Path, *, steps: int = 12) -> Path:
-    """Train a tiny ViT on the colour folder (full-batch AdamW) and save it as a checkpoint."""
-    classes = sorted(COLOURS)
-    torch.manual_seed(0)
-    model = VisionTransformer(num_classes=len(classes), **TINY)
-    transform = build_transform(img_size=32, train=False, crop_pct=1.0)
-    files = sorted(data_dir.glob("*/*.png"))
-    x = torch.stack([transform(Image.open(f).convert("RGB")) for f in files])
-    y = torch.tensor([classes.index(f.parent.name) for f in files])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return save_checkpoint(path, model.eval(), classes)
-
+from vit.models.checkpoint import load_checkpoint
 
 # ---------------------------------------------------------------------------------------------
 # fixtures
@@ -104,7 +28,7 @@ def train_colour_checkpoint(data_dir: Path, path: Path, *, steps: int = 12) -> P
 
 @pytest.fixture(scope="module")
 def ckpt_path(tmp_path_factory) -> Path:
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", tiny_model(),
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", tiny_vit(head_std=2.0),
                            ["cat", "dog", "fox"])
 
 
@@ -179,7 +103,7 @@ def test_bad_in_memory_images_are_refused_clearly(clf, image, message):
 
 def test_transform_is_the_normalised_view(tmp_path):
     """transform = (view / 255 - mean) / std, with view the resized and centre-cropped image."""
-    path = save_checkpoint(tmp_path / "m.pt", tiny_model(), ["a", "b", "c"], crop_pct=0.875)
+    path = save_checkpoint(tmp_path / "m.pt", tiny_vit(head_std=2.0), ["a", "b", "c"], crop_pct=0.875)
     clf = Classifier.from_checkpoint(path, device="cpu")
     image = colour_image((10, 200, 90), size=(64, 48))
     view = clf.view(image)[0]
@@ -213,7 +137,7 @@ def test_transform_equals_the_training_validation_pipeline(clf, picture):
 
 
 def test_probabilities_are_the_softmax_of_the_model(clf, picture):
-    model = tiny_model()  # the same weights, built independently of the checkpoint
+    model = tiny_vit(head_std=2.0)  # the same weights, built independently of the checkpoint
     x = clf.transform(picture)
     with torch.no_grad():
         expected = model(x).softmax(dim=-1)
@@ -278,7 +202,7 @@ def test_exported_safetensors_predicts_like_the_checkpoint(clf, ckpt_path, pictu
 
 
 def test_classes_that_do_not_fit_the_model_are_refused(tmp_path):
-    model = tiny_model(num_classes=3)
+    model = tiny_vit(num_classes=3, head_std=2.0)
     with pytest.raises(CheckpointError, match="3 outputs but the checkpoint names 2 classes"):
         Classifier(model, classes=["a", "b"], preprocess={"img_size": 32, "mean": IMAGENET_MEAN,
                                                           "std": IMAGENET_STD, "crop_pct": 1.0})

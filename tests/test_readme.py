@@ -91,12 +91,55 @@ def test_the_readme_parser_finds_blocks_and_markers():
     assert blocks[2].commands == "vit predict a \\\n      b"
 
 
-def test_every_skip_marker_gives_an_accepted_reason():
-    for block in page_blocks():
-        if block.skip is not None:
-            assert any(r in block.skip for r in SKIP_REASONS), \
-                f"{block.page} line {block.line}: skip reason {block.skip!r} is none of " \
-                f"{SKIP_REASONS}"
+def skip_marker_problems(text: str, page: str) -> tuple[int, list[str]]:
+    """(markers checked, problems): every line of the page that mentions ``readme-test`` must be
+    a well-formed marker on the line just above a fenced block, with an accepted reason. A
+    marker that does not parse, or that stands elsewhere, would skip nothing without a word."""
+    marked = {block.line - 1: block for block in readme_blocks(text, page) if block.skip}
+    checked, problems = 0, []
+    for number, line in enumerate(text.splitlines(), 1):
+        if "readme-test" not in line:
+            continue
+        checked += 1
+        block = marked.get(number)
+        if block is None:
+            problems.append(f"{page} line {number}: not a skip marker just above a fenced "
+                            f"block: {line.strip()}")
+        elif not any(reason in block.skip for reason in SKIP_REASONS):
+            problems.append(f"{page} line {number}: skip reason {block.skip!r} is none of "
+                            f"{SKIP_REASONS}")
+    return checked, problems
+
+
+def test_the_marker_check_finds_every_kind_of_bad_marker():
+    text = ("<!-- readme-test: skip (network) -->\n```bash\npip x\n```\n"
+            "<!-- readme-test: skip (too slow) -->\n```bash\nvit train\n```\n"
+            "<!-- readme-test: skip network -->\n```bash\nvit push\n```\n"
+            "<!-- readme-test: skip (gpu) -->\n\n```bash\nvit train --device cuda\n```\n"
+            "```bash\necho fine\n```\n")
+    checked, problems = skip_marker_problems(text, "page.md")
+    assert checked == 4
+    assert problems == [
+        "page.md line 5: skip reason 'too slow' is none of "
+        "('gpu', 'network', 'longer than a minute')",
+        "page.md line 9: not a skip marker just above a fenced block: "
+        "<!-- readme-test: skip network -->",
+        "page.md line 13: not a skip marker just above a fenced block: "
+        "<!-- readme-test: skip (gpu) -->",
+    ]
+    assert [b.skip for b in readme_blocks(text)] == ["network", "too slow", None, None, None]
+
+
+def test_every_skip_marker_of_every_page_gives_an_accepted_reason():
+    assert PAGES[0] == README and len(PAGES) > 1  # the README and the pages of docs/
+    problems, checked, mentions = [], 0, 0
+    for path in PAGES:
+        text = path.read_text()
+        page_checked, page_problems = skip_marker_problems(text, str(path.relative_to(ROOT)))
+        checked, problems = checked + page_checked, problems + page_problems
+        mentions += text.count("readme-test")
+    assert checked == mentions  # every marker of every page was looked at
+    assert problems == []
 
 
 def test_the_readme_fits_a_screenful_and_links_the_docs():
@@ -123,7 +166,7 @@ def workspace(tmp_path_factory) -> Path:
     names the README uses) and a 1-epoch run of a tiny model in runs/quickstart, DIR (a small
     train/val/test folder), labels.csv (DIR's images as a label file with a split column),
     weights.safetensors and RUN (= runs/quickstart)."""
-    from test_train import make_folder
+    from helpers.images import make_folder
 
     from vit.config import config_from_dict
     from vit.data.synthetic import make_shapes_dataset

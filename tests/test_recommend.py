@@ -9,8 +9,8 @@ import logging
 
 import numpy as np
 import pytest
+from helpers.models import save_checkpoint, tiny_vit
 from PIL import Image
-from test_predict import save_checkpoint, tiny_model
 
 from vit.bench.report import recommendation_lines
 from vit.cli import main
@@ -144,7 +144,7 @@ def test_the_file_beside_the_checkpoint_and_who_wins(tmp_path, caplog):
 
 @pytest.fixture()
 def run_with_a_recommendation(tmp_path):
-    ckpt = save_checkpoint(tmp_path / "run" / "best.pt", tiny_model(), ["x", "y", "z"])
+    ckpt = save_checkpoint(tmp_path / "run" / "best.pt", tiny_vit(head_std=2.0), ["x", "y", "z"])
     recorded_method(ckpt, {"method": "legrad", "tied_with": []})
     rng = np.random.default_rng(0)
     image = tmp_path / "p.png"

@@ -7,16 +7,17 @@ nodes. Models are tiny and runs short: these tests show that the steps are the s
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from test_train import ROOT, _cli_args, assert_same_weights, make_folder, tiny_config, weights
+from helpers.images import make_folder
+from helpers.models import assert_same_weights, weights
+from helpers.processes import DIST_ENV, free_port, torchrun
+from helpers.training import ROOT, cli_args, tiny_config
 
 from vit.cli import main
 from vit.errors import ConfigError
@@ -25,25 +26,6 @@ from vit.models.vision_transformer import VisionTransformer
 from vit.training.parallel import check_strategy, prepare_model
 from vit.training.trainer import train
 
-# one machine: gloo over loopback, whatever the host name resolves to
-DIST_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-            "GLOO_SOCKET_IFNAME": "lo"}
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now (the rendezvous of the two launches meets there)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(args: list[str], *, nnodes: int = 1, nproc: int = 2, port: int | None = None,
-             run_id: str = "vit-test") -> list[str]:
-    endpoint = f"127.0.0.1:{port if port is not None else 0}"
-    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}",
-            f"--nproc_per_node={nproc}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}",
-            f"--rdzv-id={run_id}", str(ROOT / "train.py"), *args]
-
 
 @pytest.mark.slow
 def test_two_nodes_of_two_processes_match_one_process(tmp_path):
@@ -51,12 +33,12 @@ def test_two_nodes_of_two_processes_match_one_process(tmp_path):
     the global batch each end with the weights of 1 process with the whole batch."""
     data = make_folder(tmp_path / "data", per_class=16)
     single = subprocess.run([sys.executable, str(ROOT / "train.py"),
-                             *_cli_args(data, tmp_path / "single", 2)],
+                             *cli_args(data, tmp_path / "single", 2)],
                             cwd=ROOT, env=DIST_ENV, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
 
     port = free_port()
-    cmd = torchrun(_cli_args(data, tmp_path / "nodes", 2), nnodes=2, port=port,
+    cmd = torchrun(cli_args(data, tmp_path / "nodes", 2), nnodes=2, port=port,
                    run_id=f"two-nodes-{port}")
     nodes = [subprocess.Popen(cmd, cwd=ROOT, env=DIST_ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -113,7 +95,7 @@ def strategies(tmp_path_factory) -> dict[str, Path]:
     runs = {"data": data}
     for name, extra in [("ddp", ["train.activation_checkpointing=true"]),
                         ("fsdp", ["train.strategy=fsdp", "train.activation_checkpointing=true"])]:
-        proc = run_torchrun([*_cli_args(data, root / name, 2), *extra])
+        proc = run_torchrun([*cli_args(data, root / name, 2), *extra])
         assert proc.returncode == 0, proc.stderr[-3000:]
         (root / name / "log.txt").write_text(proc.stderr)
         runs[name] = root / name
@@ -160,7 +142,7 @@ def test_fsdp_resume_is_exact(strategies, tmp_path):
     script = tmp_path / "stops.py"
     script.write_text(STOPS_AFTER_EPOCH_1)
     run = tmp_path / "run"
-    args = [*_cli_args(strategies["data"], run, 2), "train.strategy=fsdp",
+    args = [*cli_args(strategies["data"], run, 2), "train.strategy=fsdp",
             "train.activation_checkpointing=true"]
     cut = run_torchrun(args, script=script)
     assert cut.returncode != 0

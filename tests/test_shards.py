@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.cli import error_line, run_cli
+from helpers.images import make_folder
+from helpers.training import tiny_config
 from PIL import Image
-from test_train import make_folder, tiny_config
-from test_user_errors import error_line, run_cli
 
 from vit.data.folders import scan_folder
 from vit.data.images import load_image

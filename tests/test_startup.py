@@ -9,14 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from helpers.images import make_folder
+from helpers.models import assert_same_weights, weights
+from helpers.training import tiny_config, train_killed_in_epoch
 from PIL import Image
-from test_train import (
-    assert_same_weights,
-    make_folder,
-    tiny_config,
-    train_killed_in_epoch,
-    weights,
-)
 
 import vit.data.check as check
 from vit.cli.main import main

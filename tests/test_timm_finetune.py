@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import assert_same_weights, make_folder, train_killed_in_epoch, weights
+from helpers.images import make_folder
+from helpers.models import assert_same_weights, weights
+from helpers.training import train_killed_in_epoch
 
 from vit.cli import main
 from vit.config import load_config
@@ -260,7 +262,7 @@ def test_the_cli_fine_tunes_a_timm_model_then_evaluates_and_pushes_it(data, tmp_
                  "--device", "cpu", "--output", str(tmp_path / "eval"), "--quiet"]) == 0
     assert json.loads((tmp_path / "eval" / "report.json").read_text())["num_images"] == 36
     assert main(["push", str(run), "--to-folder", str(tmp_path / "repo")]) == 0
-    from test_hub import timm_from_folder
+    from helpers.models import timm_from_folder
 
     in_timm = timm_from_folder(tmp_path / "repo")
     ours = model_from_checkpoint(load_checkpoint(run / "best.pt"))
@@ -371,8 +373,8 @@ def test_timm_weights_of_another_family_for_the_package_vit_say_how_to_fine_tune
 
 @pytest.mark.filterwarnings("ignore:::gradio")
 def test_the_demo_app_answers_on_a_timm_checkpoint(tmp_path, monkeypatch):
-    from test_demo import ask, free_port, needs_gradio
-    from test_predict import COLOURS, colour_image
+    from helpers.images import COLOURS, colour_image
+    from helpers.processes import ask, free_port, needs_gradio
 
     gradio_client = needs_gradio()
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")

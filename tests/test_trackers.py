@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_train import make_folder, tiny_config
+from helpers.images import make_folder
+from helpers.training import tiny_config
 
 from vit.cli import main
 from vit.errors import ConfigError

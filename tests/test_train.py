@@ -13,75 +13,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers.images import make_folder
+from helpers.models import assert_same_weights, weights
+from helpers.training import (
+    ROOT,
+    cli_args,
+    start_train_script,
+    tiny_config,
+    train_killed_in_epoch,
+    wait_for,
+)
 
 from vit.cli import main
 from vit.config import load_config
 from vit.models.checkpoint import load_checkpoint
 from vit.training.trainer import train
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY_MODEL = ["model.name=vit_nano_patch4_32", "model.img_size=16", "model.embed_dim=32",
-              "model.depth=2", "model.num_heads=2", "model.drop_path_rate=0.0"]
-
-
-def make_folder(root: Path, *, classes=("red", "green", "blue"), per_class=12, size=16) -> Path:
-    """Colour classes with noise: learnable in a few steps, so accuracy must rise."""
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(classes):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            img = rng.integers(0, 80, size=(size, size, 3), dtype=np.uint8)
-            img[..., c % 3] += 150
-            Image.fromarray(img).save(root / name / f"{i:03d}.png")
-    return root
-
-
-def tiny_config(data: Path, out: Path, *extra: str):
-    return load_config(None, [
-        f"data.root={data}", f"train.output={out}", "train.device=cpu", "data.workers=0",
-        "train.batch_size=8", "train.epochs=2", "train.lr=3e-3", "train.warmup_epochs=0.5",
-        "data.randaug_n=1", "data.val_fraction=0.25", "train.explain_samples=0", *TINY_MODEL,
-        *extra])
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    ckpt = load_checkpoint(path)
-    return ckpt.get("train_model") or ckpt["model"]
-
-
-def assert_same_weights(a: dict, b: dict, exact: bool = True) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        if exact:
-            assert torch.equal(a[k], b[k]), k
-        else:
-            torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4, msg=k)
-
-
-class Killed(Exception):
-    """Raised inside a training run to stand for a process killed there."""
-
-
-def train_killed_in_epoch(monkeypatch, config, epoch: int) -> None:
-    """Run ``train(config)`` and "kill" it as epoch ``epoch`` (1-based) starts: the epochs
-    before it finished and were checkpointed, nothing after survives. Afterwards the real
-    ``train_one_epoch`` is back in place, ready for ``--resume``."""
-    import vit.training.trainer as trainer_mod
-
-    real = trainer_mod.train_one_epoch
-
-    def dies(**kwargs):
-        if kwargs["epoch"] == epoch - 1:  # the trainer counts epochs from 0
-            raise Killed
-        return real(**kwargs)
-
-    monkeypatch.setattr(trainer_mod, "train_one_epoch", dies)
-    try:
-        with pytest.raises(Killed):
-            train(config, show_progress=False)
-    finally:
-        monkeypatch.setattr(trainer_mod, "train_one_epoch", real)
 
 
 def test_train_writes_every_file(tmp_path):
@@ -191,40 +137,16 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch, pipeline):
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
 
 
-def _run_cli(args: list[str], **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-
-
-def _cli_args(data: Path, out: Path, epochs: int) -> list[str]:
-    return ["--data", str(data), "--output", str(out), "--device", "cpu", "--workers", "0",
-            "--batch-size", "8", "--epochs", str(epochs), "--val-fraction", "0.25",
-            "train.explain_samples=0", "data.randaug_n=1", *TINY_MODEL]
-
-
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    start = time.time()
-    while not path.exists():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"process ended early ({proc.returncode}):\n{err}")
-        if time.time() - start > timeout:
-            proc.kill()
-            raise AssertionError(f"{path} never appeared")
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_killed_run_resumes_to_identical_weights(tmp_path, sig):
     data = make_folder(tmp_path / "data", per_class=40)
     epochs = 4
-    ref = _run_cli(_cli_args(data, tmp_path / "ref", epochs))
+    ref = start_train_script(cli_args(data, tmp_path / "ref", epochs))
     assert ref.wait(timeout=300) == 0, ref.communicate()[1]
 
-    proc = _run_cli(_cli_args(data, tmp_path / "run", epochs))
-    _wait_for(tmp_path / "run" / "last.pt", proc)
+    proc = start_train_script(cli_args(data, tmp_path / "run", epochs))
+    wait_for(tmp_path / "run" / "last.pt", proc)
     time.sleep(0.3)  # somewhere in epoch 2 (or writing a checkpoint): any point must be safe
     if proc.poll() is None:
         proc.send_signal(sig)
@@ -236,7 +158,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, sig):
         assert "--resume" in err
     load_checkpoint(tmp_path / "run" / "last.pt")  # always loadable
 
-    resumed = _run_cli(["--resume", str(tmp_path / "run")])
+    resumed = start_train_script(["--resume", str(tmp_path / "run")])
     assert resumed.wait(timeout=300) == 0, resumed.communicate()[1]
     assert_same_weights(weights(tmp_path / "ref" / "last.pt"), weights(tmp_path / "run" / "last.pt"))
 
@@ -246,7 +168,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, sig):
 def test_torchrun_two_processes_match_one(tmp_path, pipeline):
     """2 gloo processes with half the batch each take the same steps as 1 process."""
     data = make_folder(tmp_path / "data", per_class=16)
-    single = _run_cli([*_cli_args(data, tmp_path / "single", 2), f"data.pipeline={pipeline}"])
+    single = start_train_script([*cli_args(data, tmp_path / "single", 2), f"data.pipeline={pipeline}"])
     assert single.wait(timeout=300) == 0, single.communicate()[1]
 
     # one machine: gloo over loopback, whatever the host name resolves to
@@ -254,7 +176,7 @@ def test_torchrun_two_processes_match_one(tmp_path, pipeline):
            "GLOO_SOCKET_IFNAME": "lo"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            "--master_port=0", str(ROOT / "train.py"),
-           *_cli_args(data, tmp_path / "ddp", 2), f"data.pipeline={pipeline}"]
+           *cli_args(data, tmp_path / "ddp", 2), f"data.pipeline={pipeline}"]
     # rdzv on a free port; --master_port=0 is not accepted by every torch version
     cmd = [c for c in cmd if c != "--master_port=0"]
     cmd.insert(4, "--rdzv-endpoint=127.0.0.1:0")
@@ -303,21 +225,21 @@ sys.exit(main(["train", *sys.argv[2:]]))
 @pytest.mark.slow
 def test_sigkill_during_checkpoint_write_keeps_last_pt(tmp_path):
     data = make_folder(tmp_path / "data")
-    ref = _run_cli(_cli_args(data, tmp_path / "ref", 3))
+    ref = start_train_script(cli_args(data, tmp_path / "ref", 3))
     assert ref.wait(timeout=300) == 0, ref.communicate()[1]
 
     marker = tmp_path / "writing"
     proc = subprocess.Popen(
-        [sys.executable, "-c", KILL_DURING_WRITE, str(marker), *_cli_args(data, tmp_path / "run", 3)],
+        [sys.executable, "-c", KILL_DURING_WRITE, str(marker), *cli_args(data, tmp_path / "run", 3)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(marker, proc)
+    wait_for(marker, proc)
     proc.send_signal(signal.SIGKILL)  # in the middle of writing epoch 2's last.pt
     proc.wait(timeout=60)
     proc.communicate()
 
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")  # the complete file of epoch 1
     assert ckpt["epoch"] == 1
-    resumed = _run_cli(["--resume", str(tmp_path / "run")])
+    resumed = start_train_script(["--resume", str(tmp_path / "run")])
     assert resumed.wait(timeout=300) == 0, resumed.communicate()[1]
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 3
     assert not list((tmp_path / "run").glob(".*.tmp"))  # the cut-short write was cleaned up
@@ -402,9 +324,9 @@ def test_recent_pace_is_the_slower_of_the_overall_and_the_recent_mean():
 def test_a_time_budget_sets_the_epochs_and_ends_the_schedule_there(tmp_path, monkeypatch):
     """After epoch 2 the epoch count is fitted to the budget (here forced to 4 of at most 50),
     written to config.yaml and the checkpoint, and the learning rate reaches min_lr at the end."""
-    import vit.training.trainer as trainer
+    import vit.training.budget as budget
 
-    monkeypatch.setattr(trainer, "fit_epochs_to_budget", lambda **kw: 4)
+    monkeypatch.setattr(budget, "fit_epochs_to_budget", lambda **kw: 4)
     data = make_folder(tmp_path / "data")
     summary = train(tiny_config(data, tmp_path / "run", "train.epochs=50",
                                 "train.time_budget_min=1", "train.min_lr=1e-5"),
@@ -438,7 +360,7 @@ def test_cli_run_logged_to_a_file_says_how_far_each_epoch_is(tmp_path, monkeypat
 
     data = make_folder(tmp_path / "data")
     monkeypatch.setattr(vit.cli.train, "PROGRESS_LOG_EVERY_S", 0.0)
-    assert main(["train", *_cli_args(data, tmp_path / "run", 1)]) == 0
+    assert main(["train", *cli_args(data, tmp_path / "run", 1)]) == 0
     lines = [line.split(" INFO ", 1)[1] for line in capsys.readouterr().err.splitlines()
              if " INFO epoch 1: batch " in line]
     # 27 training images in batches of 8 (the last part-batch dropped): a line after each of

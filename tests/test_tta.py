@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_predict import make_colour_folder, save_checkpoint, tiny_model
+from helpers.images import make_colour_folder
+from helpers.models import save_checkpoint, tiny_vit
 
 from vit.cli import main
 from vit.errors import ConfigError
@@ -19,7 +20,7 @@ from vit.inference.tta import CROP_ZOOM, tta_views
 
 @pytest.fixture(scope="module")
 def clf(tmp_path_factory) -> Classifier:
-    path = save_checkpoint(tmp_path_factory.mktemp("tta") / "best.pt", tiny_model(),
+    path = save_checkpoint(tmp_path_factory.mktemp("tta") / "best.pt", tiny_vit(head_std=2.0),
                            ["red", "green", "blue"])
     return Classifier.from_checkpoint(path, device="cpu")
 

@@ -1,8 +1,5 @@
 """User mistakes: every command answers with one ``error:`` line that names the culprit, exit
 code 2 and no traceback; ``--debug`` brings the traceback back.
-
-The helpers at the top (``run_cli``, ``error_line``, the tiny training arguments) are shared
-with test_hostile_data.py and test_numerics.py.
 """
 
 from __future__ import annotations
@@ -15,55 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_predict import save_checkpoint, tiny_model
-from test_train import make_folder
+from helpers.cli import error_line, run_cli, train_argv
+from helpers.images import make_folder
+from helpers.models import save_checkpoint, tiny_vit
 
 from vit.cli import main
 from vit.errors import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
-
-# ---------------------------------------------------------------------------------------------
-# shared helpers
-# ---------------------------------------------------------------------------------------------
-
-# Flags first, key=value overrides last: argparse takes the overrides as one positional group.
-# No key is set twice, so a flag added after these wins.
-TRAIN_FLAGS = ("--model", "vit_nano_patch4_32", "--img-size", "16", "--device", "cpu",
-               "--workers", "0", "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.25")
-TRAIN_OVERRIDES = ("model.embed_dim=32", "model.depth=2", "model.num_heads=2",
-                   "model.drop_path_rate=0.0", "train.explain_samples=0")
-
-
-def train_argv(data: object, output: object, *flags: object,
-               overrides: tuple[str, ...] = ()) -> list:
-    """`vit train` on ``data`` with the tiny model; later flags and overrides win. With
-    ``--pretrained`` the weights choose the architecture, so ``--model`` is left out."""
-    fixed = TRAIN_FLAGS[2:] if "--pretrained" in flags else TRAIN_FLAGS
-    return ["train", "--data", data, "--output", output, *fixed, *flags,
-            *TRAIN_OVERRIDES, *overrides]
-
-
-def run_cli(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
-    """``vit.cli.main`` in this process: (exit code, stdout, stderr)."""
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def error_line(err: str, *, tolerate: str | None = None) -> str:
-    """The single line on stderr, which must start with ``error: ``.
-
-    Lines matching the regex ``tolerate`` (e.g. one warning per unreadable file) may come first.
-    """
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert lines, "nothing on stderr"
-    others = [line for line in lines[:-1] if not (tolerate and re.search(tolerate, line))]
-    assert not others, f"more than the error line on stderr:\n{err}"
-    assert lines[-1].startswith("error: "), err
-    return lines[-1]
-
 
 # ---------------------------------------------------------------------------------------------
 # the mistakes
@@ -88,7 +44,7 @@ def places(tmp_path_factory) -> dict[str, Path]:
         (root / name).mkdir()
     (root / "a_file").write_text("a file, where a folder is expected")
     (root / "notes.pt").write_text("my notes, not a checkpoint\n")
-    ckpt = save_checkpoint(root / "best.pt", tiny_model(), ["blue", "green", "red"])
+    ckpt = save_checkpoint(root / "best.pt", tiny_vit(head_std=2.0), ["blue", "green", "red"])
     return {"data": data, "broken": broken, "one_class": one_class, "empty": root / "empty",
             "missing": root / "no_such_folder", "folder": root / "run_folder",
             "file": root / "a_file", "text": root / "notes.pt", "ckpt": ckpt,
@@ -247,7 +203,7 @@ def test_no_traceback_reaches_the_terminal(places, tmp_path):
 def test_a_class_without_training_images_stops_the_run():
     """Issue 25: a class left with no training image (all held out or unreadable) is named
     before any work; so is a data set of one class, from any source (shards too)."""
-    from vit.training.run_data import check_classes
+    from vit.data.sources.base import check_classes
 
     check_classes(["ants", "bees"], [3, 1], source="DIR")
     check_classes(["ants", "bees"], None, source="shards/train-*.tar")  # counts unknown

@@ -130,6 +130,8 @@ class TrainConfig:
     # The final epoch and an interruption always write; metrics.jsonl gets every epoch.
     save_every_s: float = 0.0
     explain_samples: int = 8  # saliency overlays (AttnLRP) written at the end (0: none)
+    # the attention explorer page of the overlays' images, RUN/explorer.html, written last
+    explorer_page: bool = False
 
 
 @dataclass

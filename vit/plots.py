@@ -30,8 +30,6 @@ CURVES_SIZE = (15.0, 4.5)
 RELIABILITY_SIZE = (6.0, 7.0)
 SIDE_BY_SIDE_SIZE = (9.0, 4.8)
 ACCURACY_VS_TIME_SIZE = (8.0, 5.0)
-EXPLAIN_BENCH_SIZE = (14.0, 5.0)  # faithfulness and randomisation side by side
-EXPLAIN_BENCH_ONE_PANEL_SIZE = (7.0, 5.0)  # faithfulness only (no randomisation check)
 GRID_CELL_SIZE = (3.0, 3.3)
 MAX_ANNOTATED_CLASSES = 20
 MAX_LABELLED_CLASSES = 60
@@ -44,7 +42,9 @@ ColourKey = tuple[str, str, str, str]
 KEY_HEIGHT = 0.9  # inches a grid gains for its colour bar
 
 
-def _new_figure(size: tuple[float, float]) -> Figure:
+def new_figure(size: tuple[float, float]) -> Figure:
+    """An empty figure of ``size`` inches (constrained layout, ``DPI``), drawn off screen; write
+    it with ``save_figure``."""
     figure = Figure(figsize=size, dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
@@ -53,7 +53,7 @@ def _new_figure(size: tuple[float, float]) -> Figure:
 _JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
-def _save(figure: Figure, path: PathLike) -> Path:
+def save_figure(figure: Figure, path: PathLike) -> Path:
     """Write `figure` to `path` atomically (JPEG at quality 90 when the name ends in .jpg or
     .jpeg, PNG otherwise), free it, and return the path."""
     jpeg = Path(path).suffix.lower() in _JPEG_SUFFIXES
@@ -102,7 +102,7 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], path: PathLike) -
     epochs = _series(rows, "epoch")
     if not np.isfinite(epochs).all():
         epochs = np.arange(1, len(rows) + 1, dtype=float)
-    figure = _new_figure(CURVES_SIZE)
+    figure = new_figure(CURVES_SIZE)
     loss_axes, acc_axes, lr_axes = figure.subplots(1, 3)
 
     plotted = [
@@ -147,7 +147,7 @@ def plot_training_curves(records: Sequence[Mapping[str, Any]], path: PathLike) -
     if len(set(epochs.tolist())) == 1:  # a single epoch: centre it instead of fractional ticks
         for axes in (loss_axes, acc_axes, lr_axes):
             axes.set_xlim(epochs[0] - 1, epochs[0] + 1)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _row_normalise(matrix: np.ndarray) -> np.ndarray:
@@ -174,7 +174,7 @@ def plot_confusion_matrix(
     if counts.shape != (num_classes, num_classes):
         raise ValueError(f"matrix of shape {counts.shape} does not match {num_classes} classes")
     values = _row_normalise(counts) if normalize else counts
-    figure = _new_figure(_confusion_size(num_classes))
+    figure = new_figure(_confusion_size(num_classes))
     axes = figure.subplots()
     vmax = 1.0 if normalize else max(float(values.max()), 1.0)
     image = axes.imshow(values, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest")
@@ -205,7 +205,7 @@ def plot_confusion_matrix(
                 text = f"{value:.2f}" if normalize else f"{int(value)}"
                 color = "white" if value > 0.5 * vmax else "black"
                 axes.text(col, row, text, ha="center", va="center", color=color, fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_reliability_diagram(
@@ -222,7 +222,7 @@ def plot_reliability_diagram(
     lefts, widths = edges[:-1], np.diff(edges)
     used = count > 0
 
-    figure = _new_figure(RELIABILITY_SIZE)
+    figure = new_figure(RELIABILITY_SIZE)
     top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.bar(
         lefts[used],
@@ -262,7 +262,7 @@ def plot_reliability_diagram(
     bottom.set_xlabel("confidence")
     bottom.set_ylabel("images")
     bottom.grid(alpha=0.3)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _grid_shape(num_images: int, ncols: int | None) -> tuple[int, int]:
@@ -299,16 +299,16 @@ def plot_image_grid(
     if title_colors is not None and len(title_colors) != len(images):
         raise ValueError(f"{len(images)} images but {len(title_colors)} title colours")
     if len(images) == 0:
-        figure = _new_figure(GRID_CELL_SIZE)
+        figure = new_figure(GRID_CELL_SIZE)
         figure.text(0.5, 0.5, "nothing to show", ha="center", va="center")
         if title:
             figure.suptitle(title)
-        return _save(figure, path)
+        return save_figure(figure, path)
 
     rows, cols = _grid_shape(len(images), ncols)
     cell_w, cell_h = cell_size
     extra = (0.5 if title else 0.0) + (KEY_HEIGHT if colour_key else 0.0)
-    figure = _new_figure((cell_w * cols, cell_h * rows + extra))
+    figure = new_figure((cell_w * cols, cell_h * rows + extra))
     axes_grid = figure.subplots(rows, cols, squeeze=False).ravel()
     colors = title_colors or [None] * len(images)
     for axes, image, caption, color in zip(axes_grid, images, titles, colors, strict=False):
@@ -320,7 +320,7 @@ def plot_image_grid(
         figure.suptitle(title, fontsize=13)
     if colour_key:
         _add_colour_key(figure, list(axes_grid), colour_key, shrink=min(0.9, 2.4 / cols))
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _add_colour_key(figure: Figure, axes: list[Axes], key: ColourKey, *, shrink: float) -> None:
@@ -348,7 +348,7 @@ def plot_side_by_side(
     """The input image beside its overlay (e.g. attention rollout), under one title (in
     ``title_color``, e.g. red for a wrong prediction); ``colour_key``: a colour bar under the
     overlay that says what its colours mean."""
-    figure = _new_figure(SIDE_BY_SIDE_SIZE)
+    figure = new_figure(SIDE_BY_SIDE_SIZE)
     panels = figure.subplots(1, 2)
     for axes, picture, label in zip(panels, (image, overlay), labels, strict=True):
         axes.imshow(np.asarray(picture), cmap="gray" if np.ndim(picture) == 2 else None)
@@ -358,7 +358,7 @@ def plot_side_by_side(
         _add_colour_key(figure, [panels[1]], colour_key, shrink=0.95)
     figure.suptitle(_wrap(title, width=70, max_lines=2), fontsize=12,
                     color=title_color or "black")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _time_unit(max_seconds: float) -> tuple[str, float]:
@@ -381,7 +381,7 @@ def plot_accuracy_vs_time(
     max_seconds = max([*budgets_s, *(t for values in points.values() for t, _ in values)],
                       default=0.0)
     unit, scale = _time_unit(max_seconds)
-    figure = _new_figure(ACCURACY_VS_TIME_SIZE)
+    figure = new_figure(ACCURACY_VS_TIME_SIZE)
     axes = figure.subplots()
     for name, values in points.items():
         seconds, accuracy = (np.array(column, dtype=float) for column in zip(*values, strict=True))
@@ -402,92 +402,4 @@ def plot_accuracy_vs_time(
         axes.legend(loc="lower right", fontsize=9)
     else:
         axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
-    return _save(figure, path)
-
-
-# --- explain-bench ---------------------------------------------------------------------------
-
-
-def _method_colours(methods: Sequence[str], references: Sequence[str]) -> dict[str, str]:
-    """One colour per method, the same in every panel; reference rows in grey and black."""
-    fixed = {"random": "0.55", "occlusion": "black"}
-    contenders = [m for m in methods if m not in references]
-    colours = {m: f"C{i % 10}" for i, m in enumerate(contenders)}
-    return {**colours, **{m: fixed.get(m, "0.3") for m in methods if m in references}}
-
-
-def _faithfulness_panel(axes: Axes, rows: Sequence[Mapping[str, Any]],
-                        colours: Mapping[str, str], references: Sequence[str]) -> None:
-    """Token-drop deletion (x, lower is better) against insertion (y, higher is better)."""
-    drawn = False
-    for row in rows:
-        if "token_deletion" not in row or "token_insertion" not in row:
-            continue
-        method = row["method"]
-        reference = method in references
-        axes.errorbar(row["token_deletion"], row["token_insertion"],
-                      xerr=row.get("token_deletion_sem", 0.0),
-                      yerr=row.get("token_insertion_sem", 0.0), color=colours[method],
-                      marker="D" if reference else "o", markersize=7, capsize=3,
-                      linestyle="none", label=method + (" (reference)" if reference else ""))
-        drawn = True
-    axes.set_title("Faithfulness: patch tokens dropped or added in the map's order", fontsize=10)
-    axes.set_xlabel("deletion AUC (lower is better)")
-    axes.set_ylabel("insertion AUC (higher is better)")
-    axes.grid(alpha=0.3)
-    axes.text(0.02, 0.02, "better: toward the top left", transform=axes.transAxes, ha="left",
-              va="bottom", fontsize=9, color="0.4")
-    if drawn:
-        axes.legend(loc="upper right", fontsize=8)  # the corner no method reaches
-    else:
-        axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
-
-
-def _cascade_panel(axes: Axes, result: Mapping[str, Any], colours: Mapping[str, str],
-                   threshold: float) -> None:
-    """Spearman rho with the trained map as the head, then one more block, is re-initialised."""
-    depth, half = int(result["depth"]), int(result["half_stage"])
-    stages = np.asarray(result.get("stages") or range(depth + 1))  # the stages measured
-    lowest = -0.3
-    for row in result["rows"]:
-        if "random_0" not in row:
-            continue
-        mean = np.array([row.get(f"random_{k}", np.nan) for k in stages], dtype=float)
-        sem = np.array([row.get(f"random_{k}_sem", 0.0) for k in stages], dtype=float)
-        lowest = min(lowest, float(np.nanmin(mean - sem)) - 0.05)
-        verdict = row.get("sanity")
-        axes.plot(stages, mean, marker="o", markersize=4, color=colours[row["method"]],
-                  label=row["method"] + (f" ({verdict})" if verdict else ""))
-        axes.fill_between(stages, mean - sem, mean + sem, color=colours[row["method"]],
-                          alpha=0.15, linewidth=0)
-    axes.axhline(threshold, color="grey", linestyle="--", linewidth=1)
-    axes.axvline(half, color="grey", linestyle=":", linewidth=1)
-    axes.text(half, threshold, f" pass below {threshold:g} at {half} of {depth} blocks",
-              fontsize=8, color="0.35", va="bottom")
-    axes.set_xticks(stages, [f"+{k}" if k else "head" for k in stages])
-    axes.set_ylim(max(lowest, -1.05), 1.05)
-    axes.set_title("Randomisation check (Adebayo et al. 2018)", fontsize=10)
-    axes.set_xlabel("re-initialised: the head, then blocks from the top")
-    axes.set_ylabel("Spearman ρ with the trained model's map")
-    axes.grid(alpha=0.3)
-    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the lines
-
-
-def plot_explain_bench(result: Mapping[str, Any], path: PathLike, *, threshold: float,
-                       references: Sequence[str] = (), title: str = "") -> Path:
-    """explain-bench at a glance. Left: each method's token-drop deletion against insertion AUC,
-    mean ± standard error (the best methods sit top left). Right, when the randomisation check
-    ran: each method's rank correlation with the trained map as the model is destroyed from the
-    top, the pass line at ``threshold`` and half the blocks marked. ``references``: rows drawn as
-    references (diamonds), not contenders."""
-    rows = result["rows"]
-    sanity = any("random_0" in row for row in rows)
-    colours = _method_colours([row["method"] for row in rows], references)
-    figure = _new_figure(EXPLAIN_BENCH_SIZE if sanity else EXPLAIN_BENCH_ONE_PANEL_SIZE)
-    axes = figure.subplots(1, 2 if sanity else 1, squeeze=False)[0]
-    _faithfulness_panel(axes[0], rows, colours, references)
-    if sanity:
-        _cascade_panel(axes[1], result, colours, threshold)
-    if title:
-        figure.suptitle(title, fontsize=10)
-    return _save(figure, path)
+    return save_figure(figure, path)

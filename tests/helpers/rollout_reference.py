@@ -4,6 +4,10 @@ attention tensors, written as the papers state it, with nothing of the package's
     rollout_from_attentions(attentions, num_prefix_tokens, grid)        # (B, grid_h, grid_w)
     query_rollout_from_attentions(attentions)                           # (B, N, N), every query
     grad_rollout_from_attentions(attentions, gradients, num_prefix_tokens, grid)
+    full_rollout(attentions, num_prefix, grid, fusion, discard_ratio)   # (B, grid_h, grid_w)
+
+``full_rollout`` uses nothing of the package (its own head fusion, thinning by sorting, the full
+N x N products in forward order): the definition the others are checked against.
 
 Rollout (Abnar & Zuidema 2020) and gradient rollout (Chefer et al. 2021). The package computes
 the same maps on a model without holding every layer's attention (``vit.explain.rollout``,
@@ -20,7 +24,7 @@ from vit.errors import ConfigError
 from vit.explain.rollout import check_rollout_args, discard_lowest, fuse_heads, patch_map
 
 __all__ = ["rollout_from_attentions", "query_rollout_from_attentions",
-           "grad_rollout_from_attentions"]
+           "grad_rollout_from_attentions", "full_rollout", "discard_by_sorting", "FUSIONS"]
 
 
 def _cls_rows(attention: torch.Tensor) -> torch.Tensor:
@@ -132,3 +136,29 @@ def query_rollout_from_attentions(
         step = 0.5 * fused + 0.5 * eye
         result = result @ (step / step.sum(dim=-1, keepdim=True))
     return result
+
+
+# --- the definition, independent of the package ------------------------------------------------
+
+FUSIONS = {"mean": lambda a: a.mean(1), "max": lambda a: a.amax(1), "min": lambda a: a.amin(1)}
+
+
+def discard_by_sorting(f: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Reference thinning, row by row: zero the k smallest off-diagonal entries."""
+    f, k = f.clone(), int(f.shape[-1] * ratio)
+    for b in range(f.shape[0]):
+        for i in range(f.shape[1]):
+            others = [j for j in f[b, i].argsort().tolist() if j != i]
+            f[b, i, others[:k]] = 0
+    return f
+
+
+def full_rollout(attentions, num_prefix, grid, fusion="mean", discard_ratio=0.0):
+    """The definition, as full N x N products in forward order (reference for the fast path)."""
+    n = attentions[0].shape[-1]
+    eye = torch.eye(n, dtype=torch.float64)
+    r = eye
+    for a in attentions:
+        m = 0.5 * discard_by_sorting(FUSIONS[fusion](a.double()), discard_ratio) + 0.5 * eye
+        r = (m / m.sum(-1, keepdim=True)) @ r
+    return r[:, 0, num_prefix:].reshape(-1, *grid)

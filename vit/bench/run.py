@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from vit import run_folder
+from vit.bench.figure import plot_explain_bench
 from vit.bench.measures import (
     BENCH_METHODS,
     DEFAULT_BATCH_SIZE,
@@ -35,8 +37,8 @@ from vit.bench.measures import (
     mean_and_sem,
 )
 from vit.bench.report import cell, markdown_report
-from vit.data.folders import resolve_data_dirs, scan_folder
 from vit.data.images import load_image
+from vit.data.sources import open_source
 from vit.data.synthetic import BOXES_FILE, load_boxes
 from vit.errors import ConfigError, DataError
 from vit.explain.object_boxes import Box, patch_mask
@@ -44,7 +46,6 @@ from vit.explain.recommend import method_file, recorded_method
 from vit.explain.saliency import METHODS
 from vit.inference.classifier import Classifier
 from vit.io import atomic_write
-from vit.plots import plot_explain_bench
 
 __all__ = ["OBJECTS_FILE", "DEFAULT_IMAGES", "run_explain_bench", "held_out_images", "pick_balanced",
            "read_objects", "boxed_objects"]
@@ -61,21 +62,9 @@ def held_out_images(data: Path, checkpoint: Path, classes: Sequence[str]
                     ) -> tuple[list[tuple[Path, int]], str]:
     """(path, label) of images the run did not train on, and where they come from: ``data/val``,
     else the ``val_files`` of the run's ``split.json``, else ``data`` itself (no train/)."""
-    train_dir, val_dir = resolve_data_dirs(data)
-    if val_dir is not None:
-        samples = scan_folder(val_dir, classes=classes).samples
-        return [(Path(p), label) for p, label in samples], str(val_dir)
-    split_file = checkpoint.parent / "split.json"
-    split = json.loads(split_file.read_text()) if split_file.is_file() else {}
-    if split.get("kind") == "stratified":
-        paths = [Path(p) for p in split["val_files"]]
-        return [(p, classes.index(p.parent.name)) for p in paths if p.parent.name in classes], \
-            f"{split_file} (val_files)"
-    if train_dir != data:
-        raise DataError(f"{data} has train/ but no val/, and {split_file} lists no held-out "
-                        "files; pass a folder of held-out images (<class>/<image>) with --data")
-    samples = scan_folder(data, classes=classes).samples
-    return [(Path(p), label) for p, label in samples], str(data)
+    split_file = checkpoint.parent / run_folder.SPLIT
+    split = run_folder.read_split(checkpoint.parent)
+    return open_source(data).held_out(classes, split=split, split_file=split_file)
 
 
 def pick_balanced(labels: Sequence[int], limit: int, seed: int) -> list[int]:

@@ -194,14 +194,9 @@ def run(args: argparse.Namespace) -> int:
     if summary.overlays is not None:
         print(f"saliency overlays ({summary.overlays_method}): {summary.overlays}",
               file=sys.stderr)
-    if quick and summary.held_out:
-        from vit.training.quickstart import write_quickstart_explorer
-
-        page = write_quickstart_explorer(summary.run_dir, summary.held_out,
-                                         device=cfg.train.device)
-        if page is not None:
-            print(f"attention explorer: {page} (open it in a browser: click a patch to see "
-                  "where it looks, layer by layer and head by head)", file=sys.stderr)
+    if summary.explorer is not None:
+        print(f"attention explorer: {summary.explorer} (open it in a browser: click a patch to "
+              "see where it looks, layer by layer and head by head)", file=sys.stderr)
     best = f"{summary.best_top1:.2f}%" if summary.best_top1 is not None else "n/a"
     if summary.stopped_early:  # the log says why
         best += f" (stopped early after epoch {summary.epochs_done} of {cfg.train.epochs})"

@@ -19,7 +19,10 @@
     sanity          the model-randomisation check (Spearman, the cascade)
     inputs          argument checks; running the model in eval mode and full precision
     attention_stats mean attention distance and entropy per layer and head
-    explorer        the attention explorer page (explorer_html: its encoding and HTML)
+    explorer        the attention explorer page: what it shows of each image
+    explorer_html   the page's compact encoding and its HTML
+    object_boxes    a known object's box on the patch grid after the evaluation crop
+    recommend       which method to believe: explain-bench's rule, the recorded choice
 
     from vit.explain import saliency, attention_maps, overlay, deletion_auc
 

@@ -255,9 +255,9 @@ def _depth_panel(axes: Any, values: np.ndarray, *, title: str, ylabel: str) -> N
 def plot_attention_stats(stats: AttentionStats, path: str | os.PathLike[str], *, title: str
                          ) -> Path:
     """Two panels, mean attention distance and entropy against depth, as a PNG."""
-    from vit.plots import _new_figure, _save
+    from vit.plots import new_figure, save_figure
 
-    figure = _new_figure((11.0, 4.2))
+    figure = new_figure((11.0, 4.2))
     left, right = figure.subplots(1, 2)
     _depth_panel(left, np.asarray(stats.distance_px), title="mean attention distance",
                  ylabel="pixels of the model's input")
@@ -272,4 +272,4 @@ def plot_attention_stats(stats: AttentionStats, path: str | os.PathLike[str], *,
     handles, labels = left.get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)
     figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)

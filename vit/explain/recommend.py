@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from vit import run_folder
 from vit.io import atomic_write
 
 __all__ = ["RULE", "RULE_COLUMNS", "TIE_SE", "METHOD_FILE", "recommend", "in_se",
@@ -48,7 +49,7 @@ RULE = (
     f"errors or more (and {10 ** -DECIMALS:g} or more), the two are tied; when one column does and another gives the other method "
     "such a lead, they trade off; otherwise it is clearly ahead.")
 
-METHOD_FILE = "explain_method.json"  # beside the checkpoint: the run's recommended method
+METHOD_FILE = run_folder.EXPLAIN_METHOD  # beside the checkpoint: the run's recommended method
 
 
 def _ranks(values: Mapping[str, float], higher: bool) -> dict[str, float]:
@@ -145,8 +146,7 @@ def recommend(result: Mapping[str, Any], references: Sequence[str], threshold: f
 def method_file(checkpoint: str | Path) -> Path:
     """Where a run's recommendation lives: ``METHOD_FILE`` in the checkpoint's folder (or in the
     folder itself, for a folder model such as ``vit push --to-folder`` writes)."""
-    path = Path(checkpoint).expanduser()
-    return (path if path.is_dir() else path.parent) / METHOD_FILE
+    return run_folder.folder_of(checkpoint) / METHOD_FILE
 
 
 def recorded_method(checkpoint: str | Path, record: Mapping[str, Any] | None = None

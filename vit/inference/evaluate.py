@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -33,7 +32,11 @@ from typing import Any
 
 import torch
 
-from vit.data.folders import scan_folder
+from vit import run_folder
+from vit.data.sources import open_source
+from vit.data.sources.base import ClassMatch, EvalSet, match_classes
+from vit.data.sources.folder import EVAL_SUBDIRS, resolve_eval_dir, scan_eval_folder
+from vit.data.sources.label_file import scan_eval_labels
 from vit.errors import DataError
 from vit.inference.classifier import Classifier
 from vit.inference.metrics import (
@@ -51,6 +54,7 @@ __all__ = [
     "resolve_eval_dir",
     "match_classes",
     "scan_eval_folder",
+    "scan_eval_labels",
     "compute_report",
     "evaluate_folder",
     "format_summary",
@@ -58,108 +62,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-EVAL_SUBDIRS = ("test", "val", "valid", "validation")  # in order of preference
 REPORT_FILE = "report.json"
 PREDICTIONS_FILE = "predictions.csv"
 CONFUSION_FILE = "confusion_matrix.png"
 RELIABILITY_FILE = "reliability.png"
 MISTAKES_FILE = "mistakes.png"
-
-
-# --- which images, with which labels ----------------------------------------------------------
-
-
-def resolve_eval_dir(data_dir: str | os.PathLike[str]) -> Path:
-    """``DIR/test``, else ``DIR/val`` (or valid/validation), else ``DIR`` itself.
-
-    A ``DIR`` with only a ``train/`` split is refused: evaluating on training images is almost
-    always a mistake (pass ``DIR/train`` explicitly to do it anyway).
-    """
-    root = Path(data_dir).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data folder {root} {'is a file' if root.exists() else 'does not exist'}"
-                        "; pass a folder of class sub-folders")
-    for name in EVAL_SUBDIRS:
-        if (root / name).is_dir():
-            return root / name
-    if (root / "train").is_dir():
-        raise DataError(
-            f"{root} has a train/ folder but no test/ or val/ folder to evaluate on; pass "
-            f"--data {root / 'train'} if you really want to evaluate on the training images")
-    return root
-
-
-@dataclass(frozen=True)
-class ClassMatch:
-    """How folder names map to the model's classes."""
-
-    targets: dict[str, int]  # folder name -> index into the model's classes
-    unknown: list[str]  # folders the model has no class for (their images are left out)
-    missing: list[str]  # model classes without a folder
-
-
-def match_classes(folder_classes: Sequence[str], model_classes: Sequence[str]) -> ClassMatch:
-    """Match class folders to the model's classes by name; ``DataError`` if none match."""
-    index = {name: i for i, name in enumerate(model_classes)}
-    targets = {name: index[name] for name in folder_classes if name in index}
-    if not targets:
-        raise DataError(
-            f"none of the class folders {list(folder_classes)} is a class of this checkpoint "
-            f"{list(model_classes)}; folder names must equal the training class names")
-    unknown = [name for name in folder_classes if name not in index]
-    missing = [name for name in model_classes if name not in set(folder_classes)]
-    return ClassMatch(targets=targets, unknown=unknown, missing=missing)
-
-
-@dataclass(frozen=True)
-class EvalSet:
-    """The images to evaluate, labelled with the model's class indices."""
-
-    root: Path
-    samples: list[tuple[str, int]]
-    match: ClassMatch
-    num_unknown_images: int
-    skipped: tuple[dict[str, str], ...] = ()  # a label file's rows without a file or a label
-
-
-def scan_eval_folder(eval_dir: str | os.PathLike[str], model_classes: Sequence[str]) -> EvalSet:
-    """Scan ``eval_dir/<class>/...`` and label each image with the model's index of its class."""
-    scan = scan_folder(eval_dir)
-    match = match_classes(scan.classes, model_classes)
-    samples = [(path, match.targets[scan.classes[t]]) for path, t in scan.samples
-               if scan.classes[t] in match.targets]
-    num_unknown = len(scan.samples) - len(samples)
-    if match.unknown:
-        logger.warning("the model does not know the classes %s; their %d images are left out",
-                       match.unknown, num_unknown)
-    if match.missing:
-        logger.warning("no folder for the model's classes %s", match.missing)
-    return EvalSet(root=Path(eval_dir), samples=samples, match=match,
-                   num_unknown_images=num_unknown)
-
-
-def scan_eval_labels(label_file: str | os.PathLike[str], model_classes: Sequence[str]
-                     ) -> EvalSet:
-    """A label file's rows (``vit.data.labels``) to evaluate on: its ``test`` rows, else its
-    ``val`` rows, else every row (no split column); labels matched to the model's classes by
-    name, as class folders are."""
-    from vit.data.labels import read_label_file
-
-    labels = read_label_file(label_file)
-    rows = labels.rows
-    if labels.has_split:
-        rows = labels.of_split("test") or labels.of_split("val")
-        if not rows:
-            raise DataError(f"{labels.path} has no test or val rows to evaluate on (its split "
-                            "column marks every row train)")
-    names = sorted({r.label for r in rows})
-    match = match_classes(names, model_classes)
-    samples = [(r.path, match.targets[r.label]) for r in rows if r.label in match.targets]
-    if match.unknown:
-        logger.warning("the model does not know the labels %s; their %d images are left out",
-                       match.unknown, len(rows) - len(samples))
-    return EvalSet(root=labels.path, samples=samples, match=match,
-                   num_unknown_images=len(rows) - len(samples), skipped=tuple(labels.skipped))
 
 
 # --- metrics ----------------------------------------------------------------------------------
@@ -264,17 +171,9 @@ def evaluate_folder(
     ``vit train`` wrote the checkpoint to), ``report["seen_by_run"]`` counts the evaluated
     images that the run trained on or picked its best epoch with. ``tta``: test-time
     augmentation, "flip" or "crops" (``Classifier.probabilities``)."""
-    from vit.data.labels import is_label_file
-
-    if is_label_file(data_dir):
-        eval_dir = Path(data_dir)
-        eval_set = scan_eval_labels(eval_dir, clf.classes)
-    else:
-        eval_dir = resolve_eval_dir(data_dir)
-        eval_set = scan_eval_folder(eval_dir, clf.classes)
+    eval_set = open_source(data_dir).eval_set(clf.classes)
     out = make_output_dir(output_dir) if output_dir is not None else None
-    split = f" (the {eval_dir.name}/ split of {data_dir})" if eval_dir != Path(data_dir) else ""
-    logger.info("evaluating on %s%s: %d images", eval_dir, split, len(eval_set.samples))
+    logger.info("evaluating on %s: %d images", eval_set.description, len(eval_set.samples))
     scored = score_images(clf, eval_set.samples, batch_size=batch_size,
                           show_progress=show_progress, tta=tta)
     report = compute_report(scored.probs, scored.targets, clf.classes)
@@ -301,21 +200,13 @@ def seen_by_run(run_dir: str | os.PathLike[str], paths: Sequence[str]) -> dict[s
     """How many of ``paths`` the run in ``run_dir`` trained on (``training``) or chose its best
     epoch with (``validation``), from its split.json and config.yaml; zeros when the folder
     holds no such record (an exported model, a moved checkpoint)."""
-    import yaml
-
-    from vit.data.folders import resolve_data_dirs
-    from vit.data.labels import is_label_file, read_label_file
 
     run_dir = Path(run_dir)
     counts = {"training": 0, "validation": 0}
     try:
-        split = json.loads((run_dir / "split.json").read_text())
-        root = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {})["data"]["root"]
-        if is_label_file(root):  # a label file: its rows the split did not hold out or test
-            train_dir, train_files = None, {str(Path(r.path).resolve()) for r in
-                                            read_label_file(root, warn=False).rows if r.split != "test"}
-        else:
-            train_dir, train_files = resolve_data_dirs(root)[0].resolve(), set()
+        split = run_folder.read_split(run_dir, missing_ok=False)
+        root = run_folder.read_data_root(run_dir)
+        trained_on = open_source(root).trained_on()
     except (OSError, ValueError, KeyError, TypeError, DataError):
         return counts
     val_files = {str(Path(f).resolve()) for f in split.get("val_files", [])}
@@ -324,8 +215,7 @@ def seen_by_run(run_dir: str | os.PathLike[str], paths: Sequence[str]) -> dict[s
         resolved = Path(path).resolve()
         if str(resolved) in val_files or (val_dir is not None and resolved.is_relative_to(val_dir)):
             counts["validation"] += 1
-        elif str(resolved) in train_files or (train_dir is not None
-                                              and resolved.is_relative_to(train_dir)):
+        elif trained_on(resolved):
             counts["training"] += 1
     return counts
 

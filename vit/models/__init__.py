@@ -7,4 +7,5 @@
     architecture        what a model is, either kind: its record in checkpoints, rebuild, describe
     checkpoint          our checkpoint format: make, load, rebuild the model
     pretrained          pretrained weights for fine-tuning: read, adapt, load
+    hub                 a Hub repository or a pushed folder as local files (hf_hub_download)
 """

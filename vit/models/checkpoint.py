@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vit import __version__
+from vit import __version__, run_folder
 from vit.errors import CheckpointError, first_line
 from vit.io import FORMAT, FORMAT_VERSION, read_weights, sidecar_path
 from vit.models.architecture import model_from_spec, model_spec
@@ -145,7 +145,7 @@ def make_checkpoint(
 def _describe_folder(path: Path) -> str:
     found = sorted(p.name for p in path.glob("*.pt"))
     listing = f"found: {', '.join(found)}" if found else "it holds no .pt files"
-    return (f"{path} is a folder; pass the .pt file inside, e.g. {path / 'best.pt'} "
+    return (f"{path} is a folder; pass the .pt file inside, e.g. {path / run_folder.BEST} "
             f"({listing})")
 
 

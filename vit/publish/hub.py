@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vit import run_folder
 from vit.data.transforms import resolve_crop_pct
 from vit.errors import CheckpointError, OutputError, VitError, first_line
 from vit.io import atomic_write, make_output_dir, write_json
@@ -47,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 # Figures of a run folder that the card shows: run path -> (path in the repo, caption)
 RUN_IMAGES = {
-    "curves.png": ("images/curves.png", "Training curves"),
+    run_folder.CURVES: ("images/curves.png", "Training curves"),
     "overlays/grid.png": ("images/overlays.png", "What the prediction rests on (AttnLRP, "
                                                  "held-out images)"),
 }
@@ -57,10 +58,10 @@ def resolve_run(run: str | os.PathLike[str]) -> tuple[Path, Path]:
     """(checkpoint, run folder) of a run folder (its ``best.pt``) or of a checkpoint file."""
     path = Path(run)
     if path.is_dir():
-        if not (path / "best.pt").is_file():
+        if not (path / run_folder.BEST).is_file():
             raise CheckpointError(f"{path} holds no best.pt; pass a run folder written by "
                                   "`vit train`, or a checkpoint file")
-        return path / "best.pt", path
+        return path / run_folder.BEST, path
     if path.is_file():
         return path, path.parent
     raise CheckpointError(f"{path} does not exist; pass a run folder (runs/NAME) or a checkpoint")

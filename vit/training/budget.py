@@ -6,7 +6,7 @@ import math
 
 from vit.errors import ConfigError
 
-__all__ = ["fit_epochs_to_budget", "recent_pace"]
+__all__ = ["fit_epochs_to_budget", "recent_pace", "TimeBudget"]
 
 
 def fit_epochs_to_budget(*, budget_s: float, elapsed_s: float, epoch_s: float, epochs_done: int,
@@ -29,3 +29,22 @@ def recent_pace(epoch_ends: list[float], *, window: int = 5) -> float:
     overall = (epoch_ends[-1] - epoch_ends[0]) / (len(epoch_ends) - 1)
     recent = epoch_ends[-min(window, len(epoch_ends) - 1) - 1:]
     return max(overall, (recent[-1] - recent[0]) / (len(recent) - 1))
+
+
+class TimeBudget:
+    """``train.time_budget_min`` as the run goes: from the second epoch of a fresh run on, the
+    number of epochs that fit (``None`` when no budget applies, or before it can tell)."""
+
+    def __init__(self, budget_min: float | None, *, max_epochs: int, fresh: bool):
+        self.budget_min, self.max_epochs, self.fresh = budget_min, max_epochs, fresh
+        self.epoch_ends: list[float] = []
+
+    def epochs_after(self, epoch: int, elapsed_s: float) -> int | None:
+        """After epoch ``epoch`` (from 0) ended ``elapsed_s`` into the run."""
+        self.epoch_ends.append(elapsed_s)
+        if self.budget_min is None or not self.fresh or epoch < 1:
+            return None
+        return fit_epochs_to_budget(
+            budget_s=60 * self.budget_min, elapsed_s=elapsed_s,
+            epoch_s=recent_pace(self.epoch_ends), epochs_done=epoch + 1,
+            max_epochs=self.max_epochs)

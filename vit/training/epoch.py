@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,11 @@ from vit.runtime import autocast, unwrap_model
 from vit.training.distributed import all_reduce_sum
 from vit.training.optim import set_lr
 
+__all__ = ["EpochResult", "StepParts", "EpochStart", "EpochOptions", "NonFiniteLossError",
+           "train_one_epoch", "validate"]
+
 logger = logging.getLogger(__name__)
+
 
 class NonFiniteLossError(VitError):
     """The loss became NaN or infinite; the run stops before any weights are saved from it."""
@@ -47,49 +52,92 @@ class EpochResult:
     data_wait_s: float = 0.0  # time blocked waiting for the loader's next batch
 
 
+@dataclass
+class StepParts:
+    """The step's machinery: the model and what updates it, and where it runs.
 
-def train_one_epoch(
-    *, model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
-    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], device: torch.device,
-    precision: str, lr_at: Callable[[int], float], step: int,
-    scaler: torch.amp.GradScaler | None = None, accum_steps: int = 1,
-    clip_grad: float | None = None, ema: nn.Module | None = None, mixup: Callable | None = None,
-    epoch: int = 0, num_batches: int | None = None, skip_batches: int = 0,
-    should_stop: Callable[[], bool] | None = None, show_progress: bool = True,
-    check_every: int | None = None, on_step: Callable[[int, dict], None] | None = None,
-    log_every_s: float | None = None,
-) -> EpochResult:
-    """Train for one pass over ``loader``; returns running statistics.
+    ``lr_at(step)`` is the learning-rate schedule, ``step`` counting optimizer steps over the
+    whole run. With ``accum_steps > 1`` gradients of that many batches are summed before a step
+    (the global batch is ``batch_size * accum_steps * world_size``)."""
 
-    ``step`` counts optimizer steps over the whole run and sets the learning rate through
-    ``lr_at(step)``. With ``accum_steps > 1`` gradients of that many batches are summed before a
-    step (the global batch is ``batch_size * accum_steps * world_size``). ``skip_batches`` resumes
-    an interrupted epoch; ``should_stop`` is polled after each optimizer step.
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    lr_at: Callable[[int], float]
+    device: torch.device
+    precision: str = "fp32"
+    scaler: torch.amp.GradScaler | None = None
+    ema: nn.Module | None = None
+    mixup: Callable | None = None
+    accum_steps: int = 1
+    clip_grad: float | None = None
+
+
+@dataclass(frozen=True)
+class EpochStart:
+    """Where the epoch starts: the run's optimizer steps so far, and for an interrupted epoch
+    that is resumed, the batches it already did (``num_batches``: the epoch's length, by
+    default ``len(loader)``)."""
+
+    step: int = 0
+    skip_batches: int = 0
+    num_batches: int | None = None
+
+
+@dataclass(frozen=True)
+class EpochOptions:
+    """How the epoch reports and stops.
 
     The loss and the finiteness of loss and gradients are kept on the device and read every
     ``check_every`` batches (default: every batch on the CPU, where reading is free; every 50
     on a GPU, so the host never waits for the device in between and kernel launches overlap
-    the device's work). A non-finite step raises ``NonFiniteLossError`` naming the first bad
-    step, before the epoch ends, so no checkpoint is ever written from its weights.
+    the device's work). ``should_stop`` is polled after each optimizer step.
     ``on_step(step, {"loss", "lr", "images_per_s"})`` is called after an optimizer step whose
     loss was read anyway (the trackers' per-step line; no extra wait for the device).
     ``log_every_s`` logs a progress line (batches done, images/s, the time left in the epoch)
-    at most that often: the bar's place when the output goes to a log file.
+    at most that often: the bar's place when the output goes to a log file."""
+
+    show_progress: bool = True
+    check_every: int | None = None
+    log_every_s: float | None = None
+    should_stop: Callable[[], bool] | None = None
+    on_step: Callable[[int, dict], None] | None = None
+
+
+def train_one_epoch(*, parts: StepParts, loader: Iterable, epoch: int = 0,
+                    start: EpochStart = EpochStart(), options: EpochOptions = EpochOptions()
+                    ) -> EpochResult:
+    """Train for one pass over ``loader``; returns running statistics.
+
+    A non-finite step raises ``NonFiniteLossError`` naming the first bad step, before the
+    epoch ends, so no checkpoint is ever written from its weights.
     """
-    model.train()
-    total = num_batches if num_batches is not None else len(loader)  # type: ignore[arg-type]
-    steps = _Steps(model=model, optimizer=optimizer, criterion=criterion, device=device,
-                   precision=precision, lr_at=lr_at, step=step, scaler=scaler,
-                   accum_steps=accum_steps, clip_grad=clip_grad, ema=ema, mixup=mixup,
-                   epoch=epoch, total=total,
-                   check_every=check_every if check_every is not None else (
-                       1 if device.type == "cpu" else 50))
-    bar = tqdm(total=total, initial=skip_batches, desc=f"epoch {epoch + 1}", leave=False,
-               disable=not show_progress, dynamic_ncols=True)
-    pace = _Pace(on_step)
-    start, data_wait, interrupted, batch_index = time.perf_counter(), 0.0, False, skip_batches
-    lines = _ProgressLines(epoch, total, skip_batches, start, log_every_s)
-    optimizer.zero_grad(set_to_none=True)
+    parts.model.train()
+    total = start.num_batches if start.num_batches is not None else len(loader)  # type: ignore[arg-type]
+    check_every = options.check_every
+    if check_every is None:
+        check_every = 1 if parts.device.type == "cpu" else 50
+    steps = _Steps(parts, epoch=epoch, step=start.step, total=total, check_every=check_every)
+    bar = tqdm(total=total, initial=start.skip_batches, desc=f"epoch {epoch + 1}", leave=False,
+               disable=not options.show_progress, dynamic_ncols=True)
+    began = time.perf_counter()
+    lines = _ProgressLines(epoch, total, start.skip_batches, began, options.log_every_s)
+    parts.optimizer.zero_grad(set_to_none=True)
+    data_wait, interrupted, batches_done = _run_batches(
+        loader, steps, bar=bar, lines=lines, options=options, skip_batches=start.skip_batches)
+    bar.close()
+    steps.health.raise_if_bad(epoch)
+    return EpochResult(
+        train_loss=steps.health.mean_loss(), step=steps.step, lr=steps.lr, images=steps.images,
+        seconds=time.perf_counter() - began, skipped_steps=steps.skipped,
+        batches_done=batches_done, interrupted=interrupted, data_wait_s=data_wait)
+
+
+def _run_batches(loader: Iterable, steps: _Steps, *, bar: Any, lines: _ProgressLines,
+                 options: EpochOptions, skip_batches: int) -> tuple[float, bool, int]:
+    """The batches of the epoch: (seconds waiting for data, interrupted, batches done)."""
+    pace = _Pace(options.on_step)
+    data_wait, batch_index = 0.0, skip_batches
     fetch_start = time.perf_counter()
     for batch_index, (x, y) in enumerate(loader, start=skip_batches):
         data_wait += time.perf_counter() - fetch_start
@@ -100,17 +148,10 @@ def train_one_epoch(
             if stepped:
                 pace.report(steps)
         lines.report(batch_index + 1, steps)
-        if stepped and should_stop is not None and should_stop():
-            interrupted = batch_index + 1 < total
-            break
+        if stepped and options.should_stop is not None and options.should_stop():
+            return data_wait, batch_index + 1 < steps.total, batch_index + 1
         fetch_start = time.perf_counter()
-    bar.close()
-    steps.health.raise_if_bad(epoch)
-    return EpochResult(
-        train_loss=steps.health.mean_loss(), step=steps.step, lr=steps.lr, images=steps.images,
-        seconds=time.perf_counter() - start, skipped_steps=steps.skipped,
-        batches_done=batch_index + 1 if steps.batches else skip_batches,
-        interrupted=interrupted, data_wait_s=data_wait)
+    return data_wait, False, batch_index + 1 if steps.batches else skip_batches
 
 
 class _ProgressLines:
@@ -165,19 +206,13 @@ def _mark_cudagraph_step() -> None:
 class _Steps:
     """Batches through the model, and an optimizer step every ``accum_steps`` of them."""
 
-    def __init__(self, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 device: torch.device, precision: str, lr_at: Callable[[int], float], step: int,
-                 scaler: torch.amp.GradScaler | None, accum_steps: int, clip_grad: float | None,
-                 ema: nn.Module | None, mixup: Callable | None, epoch: int, total: int,
+    def __init__(self, parts: StepParts, *, epoch: int, step: int, total: int,
                  check_every: int):
-        self.model, self.optimizer, self.criterion = model, optimizer, criterion
-        self.device, self.precision, self.scaler = device, precision, scaler
-        self.lr_at, self.accum_steps, self.clip_grad = lr_at, accum_steps, clip_grad
-        self.ema, self.mixup, self.epoch, self.total = ema, mixup, epoch, total
-        self.check_every = check_every
-        self.health = _StepHealth(device)
-        self.step, self.lr = step, lr_at(step)
+        self.parts, self.model, self.device = parts, parts.model, parts.device
+        self.epoch, self.total, self.check_every = epoch, total, check_every
+        self.accum_steps = parts.accum_steps
+        self.health = _StepHealth(parts.device)
+        self.step, self.lr = step, parts.lr_at(step)
         self.batches = self.images = self.skipped = 0
         self.checked = False  # whether the last batch read the health flags
 
@@ -186,8 +221,8 @@ class _Steps:
         window; returns whether it stepped."""
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
-        if self.mixup is not None:
-            x, y = self.mixup(x, y)
+        if self.parts.mixup is not None:
+            x, y = self.parts.mixup(x, y)
         is_update = (index + 1) % self.accum_steps == 0 or index + 1 == self.total
         self._backward(x, y, is_update=is_update)
         if is_update:
@@ -205,27 +240,28 @@ class _Steps:
         no_sync = not is_update and hasattr(model, "no_sync")
         with model.no_sync() if no_sync else contextlib.nullcontext():
             _mark_cudagraph_step()
-            with autocast(self.device, self.precision):
+            with autocast(self.device, self.parts.precision):
                 logits = model(x)
-            loss = self.criterion(logits.float(), y)
-            self.health.add_loss(loss, step=self.step + 1, guarded=self.scaler is None)
+            loss = self.parts.criterion(logits.float(), y)
+            self.health.add_loss(loss, step=self.step + 1, guarded=self.parts.scaler is None)
             if self.check_every == 1:
                 self.health.raise_if_bad(self.epoch)  # before backward: the weights stay untouched
             backward_loss = loss / self.accum_steps
-            if self.scaler is not None:
-                self.scaler.scale(backward_loss).backward()
+            if self.parts.scaler is not None:
+                self.parts.scaler.scale(backward_loss).backward()
             else:
                 backward_loss.backward()
 
     def _update(self) -> None:
-        self.lr = self.lr_at(self.step)
-        set_lr(self.optimizer, self.lr)
+        parts = self.parts
+        self.lr = parts.lr_at(self.step)
+        set_lr(parts.optimizer, self.lr)
         self.skipped += _optimizer_step(
-            self.model, self.optimizer, scaler=self.scaler, clip_grad=self.clip_grad,
+            self.model, parts.optimizer, scaler=parts.scaler, clip_grad=parts.clip_grad,
             health=self.health, check_now=self.check_every == 1, epoch=self.epoch)
         self.step += 1
-        if self.ema is not None:
-            self.ema.update(unwrap_model(self.model), step=self.step)
+        if parts.ema is not None:
+            parts.ema.update(unwrap_model(self.model), step=self.step)
 
 
 def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, *,

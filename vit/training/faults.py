@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vit import run_folder
 from vit.errors import OutputError, VitError, first_line
 
 __all__ = ["RunStopped", "StopRequest", "explain_fault", "stop_on_signals"]
@@ -41,7 +42,7 @@ class RunStopped(VitError):
 
 
 def _continue(run_dir: Path) -> str:
-    last = run_dir / "last.pt"
+    last = run_dir / run_folder.LAST
     if not last.is_file():
         return "no checkpoint was written yet: start the run again"
     return f"the last good checkpoint {last} is kept; continue with: --resume {run_dir}"

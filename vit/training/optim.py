@@ -32,6 +32,7 @@ from vit.runtime import unwrap_model
 __all__ = [
     "param_groups",
     "lr_at_step",
+    "Schedule",
     "set_lr",
     "build_optimizer",
     "freeze_parameters",
@@ -105,6 +106,26 @@ def lr_at_step(step: int, *, base_lr: float, min_lr: float, warmup_steps: int,
         return min_lr
     t = (step - warmup_steps) / (total_steps - warmup_steps)
     return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+class Schedule:
+    """The run's learning rate by optimizer step (``lr_at_step``): warmup over
+    ``warmup_epochs``, the cosine ending with epoch ``epochs``."""
+
+    def __init__(self, *, base_lr: float, min_lr: float, steps_per_epoch: int,
+                 warmup_epochs: float, epochs: int):
+        self.base_lr, self.min_lr, self.steps_per_epoch = base_lr, min_lr, steps_per_epoch
+        self.planned_warmup = round(warmup_epochs * steps_per_epoch)
+        self.warmup_steps, self.total_steps = self.planned_warmup, steps_per_epoch * epochs
+
+    def end_with(self, epochs: int) -> None:
+        """End the cosine with epoch ``epochs`` instead (the time budget)."""
+        self.total_steps = self.steps_per_epoch * epochs
+        self.warmup_steps = min(self.planned_warmup, self.total_steps)
+
+    def lr_at(self, step: int) -> float:
+        return lr_at_step(step, base_lr=self.base_lr, min_lr=self.min_lr,
+                          warmup_steps=self.warmup_steps, total_steps=self.total_steps)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

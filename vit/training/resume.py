@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vit import run_folder
 from vit.errors import CheckpointError
 from vit.io import atomic_write, read_jsonl
 from vit.models.checkpoint import load_checkpoint
@@ -77,7 +78,7 @@ def find_resume_checkpoint(path: str | os.PathLike) -> Path:
     """``RUN_DIR`` -> ``RUN_DIR/last.pt``; a ``.pt`` file is returned as is."""
     path = Path(path)
     if path.is_dir():
-        last = path / "last.pt"
+        last = path / run_folder.LAST
         if not last.is_file():
             raise CheckpointError(
                 f"{path} holds no last.pt to resume from; pass a run folder written by "

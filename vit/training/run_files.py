@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from vit import run_folder
 from vit.io import append_jsonl, atomic_save, read_jsonl
 
 __all__ = ["default_run_dir", "EpochSaver", "held_out_examples", "write_overlays",
@@ -54,7 +55,7 @@ class EpochSaver:
                    *, force: bool = False) -> None:
         # metrics first: a crash before last.pt is written redoes this epoch, and resume drops
         # the line again (truncate_metrics), so metrics.jsonl never holds an epoch twice.
-        append_jsonl(self.run_dir / "metrics.jsonl", metrics)
+        append_jsonl(self.run_dir / run_folder.METRICS, metrics)
         due = force or self.every_s <= 0 or time.perf_counter() - self.last_write >= self.every_s
         if improved:
             best = {k: v for k, v in checkpoint.items()
@@ -63,7 +64,7 @@ class EpochSaver:
         if not due:
             return
         self.flush_best()
-        atomic_save(checkpoint, self.run_dir / "last.pt")
+        atomic_save(checkpoint, self.run_dir / run_folder.LAST)
         self.last_write = time.perf_counter()
         if not force and self.last_write - self.last_plot < PLOT_EVERY_S:
             return  # drawing takes ~0.5 s: more than a whole epoch on a GPU
@@ -71,14 +72,14 @@ class EpochSaver:
         try:
             from vit.plots import plot_training_curves
 
-            plot_training_curves(read_jsonl(self.run_dir / "metrics.jsonl"),
-                                 self.run_dir / "curves.png")
+            plot_training_curves(read_jsonl(self.run_dir / run_folder.METRICS),
+                                 self.run_dir / run_folder.CURVES)
         except Exception as e:  # a plotting problem must never end a training run
             logger.warning("could not draw curves.png: %s", e)
 
     def flush_best(self) -> None:
         if self.pending_best is not None:
-            atomic_save(self.pending_best, self.run_dir / "best.pt")
+            atomic_save(self.pending_best, self.run_dir / run_folder.BEST)
             self.pending_best = None
 
 
@@ -104,9 +105,9 @@ def write_overlays(run_dir: Path, paths: list[str], *, device: torch.device
 
     out = run_dir / "overlays"
     try:
-        method, why = choose_method(run_dir / "best.pt")
+        method, why = choose_method(run_dir / run_folder.BEST)
         logger.info("overlays: %s", why)
-        explain_files(checkpoint=run_dir / "best.pt", output=out, method=method,
+        explain_files(checkpoint=run_dir / run_folder.BEST, output=out, method=method,
                       paths=paths, device=str(device))
     except Exception as e:  # a drawing problem must never end a finished run
         logger.warning("could not draw the saliency overlays: %s", e)
@@ -122,7 +123,7 @@ def tracked_images(run_dir: Path, val_samples: list[tuple[str, int]], *,
     """What the trackers get at the end of a run: curves.png, the confusion matrix of best.pt
     on the validation images (drawn here into RUN/confusion_matrix.png; not for shards, whose
     validation images are not listed) and the overlays' grid and first few pictures."""
-    images = {"curves": run_dir / "curves.png"}
+    images = {"curves": run_dir / run_folder.CURVES}
     if val_samples:
         try:
             images["confusion_matrix"] = _confusion_matrix(run_dir, val_samples, device=device)
@@ -144,7 +145,7 @@ def _confusion_matrix(run_dir: Path, val_samples: list[tuple[str, int]], *,
     from vit.inference.evaluate import compute_report, score_images
     from vit.plots import plot_confusion_matrix
 
-    clf = Classifier.from_checkpoint(run_dir / "best.pt", device=str(device))
+    clf = Classifier.from_checkpoint(run_dir / run_folder.BEST, device=str(device))
     scored = score_images(clf, val_samples)
     report = compute_report(scored.probs, scored.targets, clf.classes)
     return plot_confusion_matrix(report["confusion_matrix"], clf.classes,

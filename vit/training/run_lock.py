@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vit import run_folder
 from vit.errors import OutputError
 
 __all__ = ["LOCK_NAME", "RunLockedError", "RunLock", "acquire_run_lock"]
 
 logger = logging.getLogger(__name__)
 
-LOCK_NAME = "run.lock"
+LOCK_NAME = run_folder.LOCK
 
 
 class RunLockedError(OutputError):

@@ -11,8 +11,6 @@ metrics.jsonl, curves.png, last.pt, best.pt, and at the end overlays/ (AttnLRP m
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
 import os
@@ -24,19 +22,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from vit import run_folder
 from vit.config import Config, to_dict, to_yaml
 from vit.data import loader as loader_lib
+from vit.data.sources import LoaderOptions, RunData, open_source
 from vit.data.splits import balanced_class_weights
 from vit.data.transforms import resolve_crop_pct
 from vit.errors import ConfigError, OutputError, VitError
 from vit.io import atomic_save, atomic_write, make_output_dir, remove_stale_temp_files, write_json
 from vit.models.architecture import describe_model, describe_spec, model_from_spec
 from vit.models.checkpoint import make_checkpoint
-from vit.models.presets import head_parameters
-from vit.models.timm_models import DISTILLED_HEADS
 from vit.runtime import make_grad_scaler, resolve_device, resolve_precision
 from vit.text import plural
-from vit.training.budget import fit_epochs_to_budget, recent_pace
+from vit.training.budget import TimeBudget
 from vit.training.defaults import fit_to_data, fit_workers, merge_notes
 from vit.training.distributed import (
     DistInfo,
@@ -46,7 +44,14 @@ from vit.training.distributed import (
     init_distributed,
 )
 from vit.training.early_stop import EarlyStopping
-from vit.training.epoch import EpochResult, train_one_epoch, validate
+from vit.training.epoch import (
+    EpochOptions,
+    EpochResult,
+    EpochStart,
+    StepParts,
+    train_one_epoch,
+    validate,
+)
 from vit.training.faults import StopRequest, explain_fault, stop_on_signals
 from vit.training.model_build import (
     build_model,
@@ -54,7 +59,7 @@ from vit.training.model_build import (
     read_run_pretrained,
     run_img_size,
 )
-from vit.training.optim import build_optimizer, count_parameters, freeze_parameters, lr_at_step
+from vit.training.optim import Schedule, build_optimizer, freeze_parameters
 from vit.training.parallel import (
     check_strategy,
     full_model_state,
@@ -63,8 +68,8 @@ from vit.training.parallel import (
     most_held,
     prepare_model,
 )
+from vit.training.quickstart import write_explorer
 from vit.training.resume import ResumeAt, ResumePoint, capture_rng_state, truncate_metrics
-from vit.training.run_data import RunData, build_loaders, prepare_data
 from vit.training.run_files import (
     EpochSaver,
     default_run_dir,
@@ -73,6 +78,8 @@ from vit.training.run_files import (
     write_overlays,
 )
 from vit.training.run_lock import RunLockedError, acquire_run_lock
+from vit.training.run_log import epoch_metrics, log_epoch, log_model
+from vit.training.skip_log import collect_skipped
 from vit.training.trackers import Trackers, check_trackers, open_trackers
 
 __all__ = ["train", "Trainer", "TrainSummary", "TrainingInterrupted", "ResumePoint",
@@ -98,6 +105,7 @@ class TrainSummary:
     overlays: Path | None = None  # RUN/overlays, when train.explain_samples > 0
     overlays_method: str | None = None  # the saliency method of the overlays
     held_out: list[str] = field(default_factory=list)  # the images of the overlays
+    explorer: Path | None = None  # RUN/explorer.html, when train.explorer_page
     stopped_early: str | None = None  # why train.patience ended the run before train.epochs
 
 
@@ -204,19 +212,20 @@ class Trainer:
         self.model = model.to(self.device)
         self.preprocess = _preprocess(cfg, model)
         world = self.dist.world_size
-        self.train_loader, self.val_loader, self.data = build_loaders(
-            cfg, data, img_size=img_size, device=self.device,
-            batch_size=cfg.train.batch_size // world, rank=self.dist.rank, world_size=world,
-            skip_log=self.skip_log)
+        self.train_loader, self.val_loader, self.data = self.source.loaders(
+            cfg, data, LoaderOptions(img_size=img_size, device=self.device,
+                                     batch_size=cfg.train.batch_size // world,
+                                     rank=self.dist.rank, world_size=world,
+                                     skip_log=self.skip_log))
         self.batches_per_epoch = len(self.train_loader)
         if self.batches_per_epoch == 0:
             raise ConfigError(
                 f"--batch-size {cfg.train.batch_size} is larger than the "
                 f"{self.data.num_train} training images; lower it")
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.train.accum_steps)
-        self.warmup_steps = round(cfg.train.warmup_epochs * self.steps_per_epoch)
-        self.schedule = {"warmup_steps": self.warmup_steps,
-                         "total_steps": self.steps_per_epoch * cfg.train.epochs}
+        self.schedule = Schedule(
+            base_lr=cfg.train.lr, min_lr=cfg.train.min_lr,
+            steps_per_epoch=math.ceil(self.batches_per_epoch / cfg.train.accum_steps),
+            warmup_epochs=cfg.train.warmup_epochs, epochs=cfg.train.epochs)
         prepare_model(model, strategy=cfg.train.strategy, precision=self.precision,
                       activation_checkpointing=cfg.train.activation_checkpointing,
                       world_size=world)
@@ -226,7 +235,7 @@ class Trainer:
                                          layer_decay=cfg.train.layer_decay)
         self.scaler = make_grad_scaler(self.device, self.precision)
         self.ema = _make_ema(model, cfg) if cfg.train.ema else None
-        self.criterion, self.mixup = build_criterion(
+        criterion, mixup = build_criterion(
             cfg, num_classes=len(self.data.classes), train_targets=self.data.train_targets,
             device=self.device)
         at = self._restore()
@@ -234,7 +243,11 @@ class Trainer:
         self.step, self.best_top1 = at.step, at.best_top1
         self.stopper = EarlyStopping(monitor=cfg.train.monitor, patience=cfg.train.patience)
         self.stopper.load_state_dict(at.early_stop, best_top1=at.best_top1, epoch=at.epoch)
-        self.train_model = self._wrap(model)
+        self.parts = StepParts(
+            model=self._wrap(model), optimizer=self.optimizer, criterion=criterion,
+            lr_at=self.schedule.lr_at, device=self.device, precision=self.precision,
+            scaler=self.scaler, ema=self.ema, mixup=mixup, accum_steps=cfg.train.accum_steps,
+            clip_grad=cfg.train.clip_grad)
 
     def _model_and_data(self) -> tuple[nn.Module, int, RunData]:
         """The model (the resumed run's architecture, pretrained weights, a preset or a timm
@@ -247,7 +260,8 @@ class Trainer:
             pretrained = read_run_pretrained(cfg)
             img_size = run_img_size(cfg, pretrained)
             cfg = self.cfg = self._log_choices(*fit_timm_normalisation(cfg, pretrained))
-        data = prepare_data(cfg)
+        self.source = open_source(cfg.data.root)
+        data = self.source.prepare(cfg)
         cfg = self.cfg = self._log_choices(*fit_to_data(
             cfg, num_train=data.num_train, img_size=img_size,
             world_size=self.dist.world_size, workers_chosen=self.workers_chosen))
@@ -279,7 +293,7 @@ class Trainer:
         logger.info("resuming %s at epoch %d (batch %d), step %d", self.run_dir, at.epoch + 1,
                     at.batches_done, at.step)
         if self.dist.is_main:
-            truncate_metrics(self.run_dir / "metrics.jsonl", at.epoch)
+            truncate_metrics(self.run_dir / run_folder.METRICS, at.epoch)
             remove_stale_temp_files(self.run_dir)  # writes that a crash cut short
         return at
 
@@ -301,27 +315,14 @@ class Trainer:
         cfg, data, run_dir = self.cfg, self.data, self.run_dir
         for level, line in self.choices:
             logger.log(level, "%s", line)
-        atomic_write(run_dir / "config.yaml", to_yaml(cfg))
+        atomic_write(run_dir / run_folder.CONFIG, to_yaml(cfg))
         self._collect_skipped()  # a resumed run: what its workers met before
-        write_json(run_dir / "data_report.json", data.report())
-        write_json(run_dir / "split.json", data.split)
-        logger.info("%s; %s, %s", plural(len(data.classes), "class"),
-                    plural(data.num_train, "training image"),
-                    plural(data.num_val, "validation image"))
+        write_json(run_dir / run_folder.DATA_REPORT, data.report())
+        write_json(run_dir / run_folder.SPLIT, data.split)
+        logger.info("%s", self.source.describe(data))
         self.trackers = open_trackers(cfg.train.report_to, run_dir=run_dir, config=to_dict(cfg))
-        info = describe_model(self.model)
-        arch = cfg.model.name if info.name == "vit" else f"{info.name} ({info.family})"
-        if cfg.train.pretrained:
-            arch = f"{'' if info.name == 'vit' else arch + ' '}from {cfg.train.pretrained}"
-        total, trainable = count_parameters(self.model)
-        head = head_parameters(self.model)  # counted apart, as `vit models` leaves it out
-        logger.info("model %s (%d blocks, width %d, %d px): %.2fM parameters + a head of %s for "
-                    "%s (%.2fM trained), device %s, precision %s, global batch %d", arch,
-                    info.depth, info.embed_dim, info.img_size, (total - head) / 1e6, f"{head:,}",
-                    plural(len(data.classes), "class"), trainable / 1e6, self.device,
-                    self.precision, cfg.train.batch_size * cfg.train.accum_steps)
-        if info.family == "VisionTransformerDistilled":
-            logger.info("%s", DISTILLED_HEADS)
+        log_model(self.model, cfg, num_classes=len(data.classes), device=self.device,
+                  precision=self.precision)
         if self.dist.enabled:
             logger.info("%d processes, strategy %s: at most %d parameter elements (%.2fM) held "
                         "by one process", self.dist.world_size, cfg.train.strategy,
@@ -331,7 +332,12 @@ class Trainer:
 
     def run_epochs(self) -> None:
         self.saver = EpochSaver(self.run_dir, every_s=self.cfg.train.save_every_s)
-        self.max_epochs, self.epoch_ends = self.cfg.train.epochs, []
+        self.budget = TimeBudget(self.cfg.train.time_budget_min, max_epochs=self.cfg.train.epochs,
+                                 fresh=self.start_epoch == 0)
+        self.epoch_options = EpochOptions(
+            show_progress=self.show_progress, log_every_s=self.log_every_s,
+            should_stop=self._should_stop,
+            on_step=self.trackers.log_step if self.trackers else None)
         self.elapsed_before = self.resume.elapsed_s if self.resume is not None else 0.0
         self.stop_request.graceful = True  # a stop signal now waits for the end of the step
         try:
@@ -351,7 +357,9 @@ class Trainer:
         result = self._train_epoch(epoch)
         val = validate(model=self._eval_model(), loader=self.val_loader, device=self.device,
                        precision=self.precision)
-        self.metrics = self._epoch_metrics(epoch, result, val)
+        self.metrics = epoch_metrics(
+            epoch, result, val, images=all_reduce_sum([float(result.images)], self.device)[0],
+            elapsed_s=self.elapsed_before + time.perf_counter() - self.started)
         if self.best_top1 is None or val["val_top1"] > self.best_top1:
             self.best_top1 = val["val_top1"]
         improved = self.stopper.update(epoch=epoch + 1, metrics=self.metrics)  # best.pt's epoch
@@ -359,25 +367,20 @@ class Trainer:
         checkpoint = self._checkpoint(epoch + 1, batches_done=0)  # every process: FSDP gathers
         if self.dist.is_main:
             if self._collect_skipped():
-                write_json(self.run_dir / "data_report.json", self.data.report())
+                write_json(self.run_dir / run_folder.DATA_REPORT, self.data.report())
             final = epoch + 1 == self.cfg.train.epochs or self.stopper.should_stop
             self.saver.epoch_done(self.metrics, checkpoint, improved, force=final)
-            self._log_epoch(epoch, result)
+            log_epoch(epoch, self.cfg.train.epochs, result, self.metrics)
             self.trackers.log_epoch(epoch + 1, self.metrics)
         barrier()
 
     def _train_epoch(self, epoch: int) -> EpochResult:
-        cfg = self.cfg.train
         loader_lib.set_epoch(self.train_loader, epoch, start_batch=self.skip_batches)
         result = train_one_epoch(
-            model=self.train_model, loader=self.train_loader, optimizer=self.optimizer,
-            criterion=self.criterion, device=self.device, precision=self.precision,
-            lr_at=self._lr_at, step=self.step, scaler=self.scaler, accum_steps=cfg.accum_steps,
-            clip_grad=cfg.clip_grad, ema=self.ema, mixup=self.mixup, epoch=epoch,
-            num_batches=self.batches_per_epoch, skip_batches=self.skip_batches,
-            should_stop=self._should_stop, show_progress=self.show_progress,
-            on_step=self.trackers.log_step if self.trackers else None,
-            log_every_s=self.log_every_s)
+            parts=self.parts, loader=self.train_loader, epoch=epoch,
+            start=EpochStart(step=self.step, skip_batches=self.skip_batches,
+                             num_batches=self.batches_per_epoch),
+            options=self.epoch_options)
         self.step = result.step
         if result.interrupted:
             self._stop_interrupted(epoch, result.batches_done)
@@ -385,24 +388,13 @@ class Trainer:
         return result
 
     def _collect_skipped(self) -> bool:
-        """Main process: the files loader workers could not decode, added to data_report.json
-        (one warning each) and marked so later workers skip them without trying again."""
-        new = self.data.add_skipped(read_skip_log(self.skip_log))
-        for record in new:
-            logger.warning("Skipping %s: %s (met while training)", record["path"],
-                           record["reason"])
-        if new:
-            paths = {r["path"] for r in new}
-            for loader in (self.train_loader, self.val_loader):
-                dataset = getattr(loader, "dataset", None)
-                if hasattr(dataset, "mark_bad"):
-                    dataset.mark_bad(paths)
-        return bool(new)
+        """Main process: what loader workers met, into data_report.json (``skip_log``)."""
+        return collect_skipped(self.data, self.skip_log, (self.train_loader, self.val_loader))
 
     def _stop_interrupted(self, epoch: int, batches_done: int) -> None:
         """Ctrl-C or SIGTERM: a resumable last.pt (and the best weights waiting in memory), then
         stop."""
-        last = self.run_dir / "last.pt"
+        last = self.run_dir / run_folder.LAST
         checkpoint = self._checkpoint(epoch, batches_done=batches_done)
         if self.dist.is_main:
             self.saver.flush_best()
@@ -415,56 +407,21 @@ class Trainer:
             f"batches; resumable checkpoint {last}; continue with: --resume {self.run_dir}",
             signal_name=name)
 
-    def _epoch_metrics(self, epoch: int, result: EpochResult, val: dict[str, float]
-                       ) -> dict[str, Any]:
-        """One line of metrics.jsonl."""
-        images = all_reduce_sum([float(result.images)], self.device)[0]
-        metrics = {
-            "epoch": epoch + 1, "lr": result.lr, "train_loss": result.train_loss, **val,
-            "images_per_s": images / max(result.seconds, 1e-9), "seconds": result.seconds,
-            # share of the epoch spent blocked on the input pipeline (this process)
-            "data_wait_pct": 100.0 * result.data_wait_s / max(result.seconds, 1e-9),
-            # wall time since the run started (set-up and evaluation included), summed over
-            # resumed sessions: the x axis of accuracy-vs-time plots
-            "elapsed_s": self.elapsed_before + time.perf_counter() - self.started,
-        }
-        if result.skipped_steps:
-            metrics["skipped_steps"] = result.skipped_steps
-        return metrics
-
     def _fit_time_budget(self, epoch: int) -> None:
-        """With ``train.time_budget_min``, from the second epoch of a fresh run on: set the
-        number of epochs to what fits, and end the learning-rate schedule there."""
-        elapsed = self.metrics["elapsed_s"]
-        self.epoch_ends.append(elapsed)
-        budget = self.cfg.train.time_budget_min
-        if budget is None or self.start_epoch != 0 or epoch < 1:
+        """With ``train.time_budget_min``: set the number of epochs to what fits, and end the
+        learning-rate schedule there."""
+        epochs = self.budget.epochs_after(epoch, self.metrics["elapsed_s"])
+        if epochs is None:
             return
-        epochs = fit_epochs_to_budget(
-            budget_s=60 * budget, elapsed_s=elapsed, epoch_s=recent_pace(self.epoch_ends),
-            epochs_done=epoch + 1, max_epochs=self.max_epochs)
         epochs = int(broadcast_object(epochs))
         if epochs == self.cfg.train.epochs:
             return
         self.cfg = replace(self.cfg, train=replace(self.cfg.train, epochs=epochs))
-        self.schedule["total_steps"] = self.steps_per_epoch * epochs
-        self.schedule["warmup_steps"] = min(self.warmup_steps, self.schedule["total_steps"])
+        self.schedule.end_with(epochs)
         if self.dist.is_main:
-            atomic_write(self.run_dir / "config.yaml", to_yaml(self.cfg))
-            logger.info("time budget %.1f min: %s fit (the schedule ends there)", budget,
-                        plural(epochs, "epoch"))
-
-    def _log_epoch(self, epoch: int, result: EpochResult) -> None:
-        m = self.metrics
-        top5 = f"  top5 {m['val_top5']:.2f}%" if m.get("val_top5") is not None else ""
-        logger.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  top1 %.2f%%%s  "
-                    "%.0f img/s  %.1fs  data wait %.1f%%", epoch + 1, self.cfg.train.epochs,
-                    result.train_loss, m["val_loss"], m["val_top1"], top5,
-                    m["images_per_s"], result.seconds, m["data_wait_pct"])
-
-    def _lr_at(self, step: int) -> float:
-        return lr_at_step(step, base_lr=self.cfg.train.lr, min_lr=self.cfg.train.min_lr,
-                          **self.schedule)
+            atomic_write(self.run_dir / run_folder.CONFIG, to_yaml(self.cfg))
+            logger.info("time budget %.1f min: %s fit (the schedule ends there)",
+                        self.cfg.train.time_budget_min, plural(epochs, "epoch"))
 
     def _should_stop(self) -> bool:
         """Ctrl-C in any process stops all of them after the same step."""
@@ -501,11 +458,14 @@ class Trainer:
     def finish(self) -> TrainSummary:
         if self.dist.is_main and self.data.skipped:
             logger.warning("%d unreadable files skipped; they are listed with the reason in %s",
-                           len(self.data.skipped), self.run_dir / "data_report.json")
+                           len(self.data.skipped), self.run_dir / run_folder.DATA_REPORT)
         drawn, held_out = None, []
         if self.dist.is_main and self.cfg.train.explain_samples > 0 and self.data.val_samples:
             held_out = held_out_examples(self.data.val_samples, self.cfg.train.explain_samples)
             drawn = write_overlays(self.run_dir, held_out, device=self.device)
+        page = None
+        if self.dist.is_main and self.cfg.train.explorer_page and held_out:
+            page = write_explorer(self.run_dir, held_out, device=self.cfg.train.device)
         if self.trackers:  # curves, confusion matrix and overlays, then the final numbers
             self.trackers.log_images(tracked_images(self.run_dir, self.data.val_samples,
                                                     device=self.device), step=self.epochs_done)
@@ -515,20 +475,9 @@ class Trainer:
                             last_metrics=self.metrics, epochs_done=self.epochs_done,
                             overlays=drawn[0] if drawn else None,
                             overlays_method=drawn[1] if drawn else None, held_out=held_out,
+                            explorer=page,
                             stopped_early=self.stopper.reason() if self.stopper.should_stop
                             else None)
-
-
-def read_skip_log(path: Path) -> list[dict[str, str]]:
-    """The records loader workers appended; a line a crash cut short is ignored."""
-    records = []
-    with contextlib.suppress(FileNotFoundError), path.open() as f:
-        for line in f:
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if isinstance(record, dict) and {"path", "reason"} <= record.keys():
-                    records.append(record)
-    return records
 
 
 # --- model, loss ------------------------------------------------------------------------------
