@@ -52,7 +52,8 @@ def test_a_folder_is_paged_mistakes_first_with_an_index_and_a_summary(shapes, tm
     assert verdicts == sorted(verdicts, reverse=True) and any(verdicts), lines  # mistakes first
     assert all(" true " in f" {line}" for line in lines[:len(images)])  # true labels named
     summary = lines[len(images)]
-    assert f"{len(images)} images explained (attnlrp): {sum(verdicts)} of {len(images)} " \
+    assert f"{len(images)} images explained (attnlrp, the default: no explain-bench " \
+           f"recommendation recorded for this model): {sum(verdicts)} of {len(images)} " \
            "predictions wrong" in summary and "index.html" in summary
     assert lines[len(images) + 1].startswith("relevance on the object (boxes.json; attnlrp): ")
     index = (out / "index.html").read_text()

@@ -106,8 +106,9 @@ def _describe(item) -> str:
     return text
 
 
-def _print_summary(results, method: str) -> None:
-    """One line per image (mistakes first), then what was wrong, the pages and the index."""
+def _print_summary(results, method: str, note: str = "") -> None:
+    """One line per image (mistakes first), then what was wrong, the pages and the index;
+    ``note`` follows the method's name (why it was used)."""
     from vit.figures.overlay_files import parse_methods, share_method
     from vit.figures.overlay_pages import mistakes_first
 
@@ -121,7 +122,8 @@ def _print_summary(results, method: str) -> None:
     pages = results.pages
     where = pages[0].path if len(pages) == 1 else (
         f"{len(pages)} grid pages {pages[0].path.name} ... {pages[-1].path.name}")
-    print(f"{len(drawn)} images explained ({method}): {tally}; {where}; index {results.index}")
+    print(f"{len(drawn)} images explained ({method}{note}): {tally}; {where}; "
+          f"index {results.index}")
     shares = sorted(r.on_object for r in drawn if r.on_object is not None)
     if shares:
         background = sum(1 for v in shares if v < 0.5)
@@ -133,7 +135,7 @@ def _print_summary(results, method: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vit.data.labels import expand_with_labels
-    from vit.explain.recommend import choose_method
+    from vit.explain.recommend import choose_method, method_file
     from vit.figures.attention_files import check_html_output
     from vit.figures.overlay_files import explain_files
 
@@ -143,15 +145,18 @@ def run(args: argparse.Namespace) -> int:
     paths, labels = expand_with_labels(args.paths)
     show_progress = sys.stderr.isatty() and not args.quiet
     method, why = choose_method(args.checkpoint, args.method)
-    if why and not args.quiet:
+    recorded = method_file(args.checkpoint).is_file()
+    if why and recorded and not args.quiet:  # explain-bench's recommendation: one line
         print(why, file=sys.stderr)
+    note = "" if args.method or recorded else (
+        ", the default: no explain-bench recommendation recorded for this model")
     if args.output is not None:
         results = explain_files(
             checkpoint=args.checkpoint, paths=paths, output=args.output, method=method,
             head_fusion=args.head_fusion, discard_ratio=args.discard_ratio, alpha=args.alpha,
             colormap=args.colormap, topk=args.topk, batch_size=args.batch_size,
             device=args.device, grid=args.grid, show_progress=show_progress, labels=labels)
-        _print_summary(results, method)
+        _print_summary(results, method, note)
     if args.html is not None:
         _write_page(args, paths, method, show_progress)
     return 0
