@@ -8,11 +8,10 @@ The pixel-level equality of each op with albumentations' own functions is in tes
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
+from helpers.stats import ks_statistic, ks_threshold
 
 from vit.data import memory, transforms
 from vit.data.augmentation import RANDAUGMENT, check_augment_args, fill_value
@@ -20,17 +19,6 @@ from vit.errors import ConfigError
 
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 PARAMETRISED = [op.name for op in RANDAUGMENT if op.limit is not None]
-
-
-def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
-    grid = np.union1d(a, b)
-    cdf_a = np.searchsorted(np.sort(a), grid, side="right") / len(a)
-    cdf_b = np.searchsorted(np.sort(b), grid, side="right") / len(b)
-    return float(np.abs(cdf_a - cdf_b).max())
-
-
-def ks_threshold(n: int, m: int, alpha: float = 1e-3) -> float:
-    return math.sqrt(-0.5 * math.log(alpha / 2)) * math.sqrt((n + m) / (n * m))
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import albucore
 import numpy as np
 import pytest
 import torch
 from albumentations.augmentations.pixel import functional as fpixel
+from helpers.stats import ks_statistic, ks_threshold
 from PIL import Image
 
 from vit.data import memory
@@ -18,18 +17,6 @@ from vit.data.transforms import A, build_transform, eval_geometry
 from vit.errors import ConfigError
 
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
-
-
-def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sample Kolmogorov-Smirnov distance: the largest gap between the two CDFs."""
-    grid = np.union1d(a, b)
-    cdf_a = np.searchsorted(np.sort(a), grid, side="right") / len(a)
-    cdf_b = np.searchsorted(np.sort(b), grid, side="right") / len(b)
-    return float(np.abs(cdf_a - cdf_b).max())
-
-
-def ks_threshold(n: int, m: int, alpha: float = 1e-3) -> float:
-    return math.sqrt(-0.5 * math.log(alpha / 2)) * math.sqrt((n + m) / (n * m))
 
 
 def albumentations_boxes(n: int, *, height: int, width: int, scale, ratio) -> np.ndarray:
