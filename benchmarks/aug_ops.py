@@ -42,6 +42,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from vit.data.augmentation import AugmentRecipe
 from vit.data.loader import set_epoch
 from vit.data.memory import AugmentDraws, BatchAugment, MemoryLoader
 
@@ -111,8 +112,8 @@ def count_by_device(fn: Callable[[torch.device], object]) -> dict[str, int]:
 
 
 def _augment(randaug: tuple[int, int]) -> BatchAugment:
-    return BatchAugment(img_size=32, mean=MEAN, std=STD, scale=(0.35, 1.0), randaug_n=randaug[0],
-                        randaug_m=randaug[1])
+    recipe = AugmentRecipe(scale=(0.35, 1.0), randaug_n=randaug[0], randaug_m=randaug[1])
+    return BatchAugment(img_size=32, mean=MEAN, std=STD, recipe=recipe)
 
 
 def augmentation_counts(batches: Sequence[int], randaug: tuple[int, int]) -> list[dict]:

@@ -11,6 +11,7 @@ import torch
 from helpers.images import write_huge_png
 from PIL import Image
 
+from vit.data.augmentation import AugmentRecipe
 from vit.data.dataset import ImageFolderDataset
 from vit.data.folders import resolve_data_dirs, scan_folder
 from vit.data.images import UnreadableImageError, load_image, preflight
@@ -483,7 +484,8 @@ def test_train_transform_shape_and_seeded_reproducibility():
 
 @pytest.mark.parametrize("n, m", [(1, 0), (13, 10), (0, 9)])
 def test_randaugment_extremes_run(n, m):
-    t = build_transform(img_size=24, train=True, randaug_n=n, randaug_m=m, seed=0)
+    t = build_transform(img_size=24, train=True, recipe=AugmentRecipe(randaug_n=n, randaug_m=m),
+                        seed=0)
     for seed in range(10):
         x = t(noise_image(seed=seed))
         assert x.shape == (3, 24, 24) and torch.isfinite(x).all()
@@ -530,8 +532,11 @@ def test_small_images_are_not_centre_cropped():
      dict(randaug_n=-1), dict(randaug_m=11), dict(mean=(0.5, 0.5))],
 )
 def test_transform_rejects_bad_settings(kwargs):
+    recipe = {k: kwargs.pop(k) for k in list(kwargs) if k in ("scale", "hflip", "randaug_n",
+                                                               "randaug_m")}
     with pytest.raises(ConfigError):
-        build_transform(img_size=32, train=kwargs.get("crop_pct") is None, **kwargs)
+        build_transform(img_size=32, train=kwargs.get("crop_pct") is None,
+                        recipe=AugmentRecipe(**recipe), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

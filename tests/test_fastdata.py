@@ -11,6 +11,7 @@ from helpers.stats import ks_statistic, ks_threshold
 from PIL import Image
 
 from vit.data import memory
+from vit.data.augmentation import AugmentRecipe
 from vit.data.images import load_image
 from vit.data.loader import set_epoch
 from vit.data.transforms import A, build_transform, eval_geometry
@@ -76,12 +77,13 @@ def test_crop_and_resize_match_albumentations_pixels():
 
 def _pipeline_outputs(image: np.ndarray, n: int, **kwargs) -> tuple[np.ndarray, np.ndarray]:
     """n augmented copies of one image from each pipeline, both normalised (n, 3, S, S)."""
-    tf = build_transform(img_size=image.shape[0], train=True, mean=MEAN, std=STD, **kwargs)
+    recipe = AugmentRecipe(**kwargs)
+    tf = build_transform(img_size=image.shape[0], train=True, mean=MEAN, std=STD, recipe=recipe)
     theirs = []
     for i in range(n):
         tf.set_sample_seed(0, 0, i)
         theirs.append(tf(image).numpy())
-    aug = memory.BatchAugment(img_size=image.shape[0], mean=MEAN, std=STD, **kwargs)
+    aug = memory.BatchAugment(img_size=image.shape[0], mean=MEAN, std=STD, recipe=recipe)
     batch = torch.from_numpy(image)[None].repeat(n, 1, 1, 1)
     ours = aug(batch, torch.Generator().manual_seed(0)).numpy()
     return ours, np.stack(theirs)
@@ -244,7 +246,8 @@ def test_eval_loader_gives_what_the_albumentations_eval_transform_gives(tmp_path
 
 
 def _train_loader(images, **kwargs):
-    aug = memory.BatchAugment(img_size=16, mean=MEAN, std=STD, scale=(0.3, 1.0), randaug_n=2)
+    aug = memory.BatchAugment(img_size=16, mean=MEAN, std=STD,
+                              recipe=AugmentRecipe(scale=(0.3, 1.0), randaug_n=2))
     defaults = dict(augment=aug, batch_size=4, shuffle=True, drop_last=True, seed=3)
     return memory.MemoryLoader(images, list(range(images.shape[0])), **{**defaults, **kwargs})
 
@@ -265,7 +268,7 @@ def test_memory_loader_is_reproducible_resumable_and_sharded():
     set_epoch(loader, 2)
     assert not torch.equal(list(loader)[0][0], full[0][0])  # a new epoch, new draws
 
-    shards = [_train_loader(images, rank=r, world_size=2, drop_last=False, batch_size=3)
+    shards = [_train_loader(images, shard=(r, 2), drop_last=False, batch_size=3)
               for r in range(2)]
     for s in shards:
         set_epoch(s, 0)
@@ -285,7 +288,8 @@ def test_training_augmentation_needs_uint8_and_a_generator():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_augmentation_on_the_gpu_equals_the_cpu():
     images = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8)
-    aug = memory.BatchAugment(img_size=32, mean=MEAN, std=STD, scale=(0.3, 1.0), randaug_n=2)
+    aug = memory.BatchAugment(img_size=32, mean=MEAN, std=STD,
+                              recipe=AugmentRecipe(scale=(0.3, 1.0), randaug_n=2))
     cpu = aug(images, torch.Generator().manual_seed(5))
     gpu = aug(images.cuda(), torch.Generator().manual_seed(5)).cpu()
     # the same draws; a value may land one grey level apart where rounding falls differently,
@@ -297,7 +301,7 @@ def test_augmentation_on_the_gpu_equals_the_cpu():
 def test_two_shards_augment_exactly_as_one_process_with_the_global_batch():
     images = torch.randint(0, 256, (26, 16, 16, 3), dtype=torch.uint8)
     one = _train_loader(images, batch_size=8)
-    shards = [_train_loader(images, batch_size=4, rank=r, world_size=2) for r in range(2)]
+    shards = [_train_loader(images, batch_size=4, shard=(r, 2)) for r in range(2)]
     for loader in (one, *shards):
         set_epoch(loader, 3)
     whole = list(one)
@@ -313,7 +317,7 @@ def test_two_shards_augment_exactly_as_one_process_with_the_global_batch():
 def test_augmenting_several_batches_per_call_gives_the_same_batches(world_size):
     images = torch.randint(0, 256, (31, 16, 16, 3), dtype=torch.uint8)
     for rank in range(world_size):
-        common = dict(rank=rank, world_size=world_size, drop_last=False, batch_size=3)
+        common = dict(shard=(rank, world_size), drop_last=False, batch_size=3)
         one, three = _train_loader(images, **common), _train_loader(images, aug_batches=3, **common)
         set_epoch(one, 4)
         full = list(one)

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from vit.errors import ConfigError
 
 __all__ = [
+    "AugmentRecipe",
+    "DEFAULT_AUGMENT",
     "CROP_RATIO",
     "CROP_SCALE",
     "HFLIP",
@@ -125,3 +127,34 @@ def check_augment_args(*, scale: Sequence[float], ratio: Sequence[float], hflip:
         raise ConfigError(f"randaug_n must be in [0, {len(RANDAUGMENT)}], got {randaug_n}")
     if not 0 <= randaug_m <= 10:
         raise ConfigError(f"randaug_m must be in [0, 10], got {randaug_m}")
+
+
+@dataclass(frozen=True)
+class AugmentRecipe:
+    """The training augmentation's settings, as both pipelines take them (``data.scale``,
+    ``data.ratio``, ``data.hflip``, ``data.randaug_n``, ``data.randaug_m``); checked on creation.
+
+        AugmentRecipe(scale=(0.35, 1.0), randaug_n=1)     # the rest: ImageNet's defaults
+        AugmentRecipe.of(cfg.data)                        # a run's
+    """
+
+    scale: tuple[float, float] = CROP_SCALE
+    ratio: tuple[float, float] = CROP_RATIO
+    hflip: float = HFLIP
+    randaug_n: int = RANDAUG_N
+    randaug_m: float = RANDAUG_M
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", tuple(self.scale))
+        object.__setattr__(self, "ratio", tuple(self.ratio))
+        check_augment_args(scale=self.scale, ratio=self.ratio, hflip=self.hflip,
+                           randaug_n=self.randaug_n, randaug_m=self.randaug_m)
+
+    @classmethod
+    def of(cls, data: object) -> AugmentRecipe:
+        """The recipe of a data config (anything with the five fields, e.g. ``cfg.data``)."""
+        return cls(scale=data.scale, ratio=data.ratio, hflip=data.hflip,  # type: ignore[attr-defined]
+                   randaug_n=data.randaug_n, randaug_m=data.randaug_m)  # type: ignore[attr-defined]
+
+
+DEFAULT_AUGMENT = AugmentRecipe()  # ImageNet's recipe, both pipelines' default

@@ -42,13 +42,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vit.data.augmentation import (
-    CROP_RATIO,
-    CROP_SCALE,
-    HFLIP,
-    RANDAUG_M,
-    RANDAUG_N,
+    DEFAULT_AUGMENT,
     RANDAUGMENT,
-    check_augment_args,
+    AugmentRecipe,
     fill_value,
 )
 from vit.data.images import UnreadableImageError, load_image
@@ -388,17 +384,12 @@ class BatchAugment:
     """
 
     def __init__(self, *, img_size: int, mean: Sequence[float], std: Sequence[float],
-                 train: bool = True, scale: Sequence[float] = CROP_SCALE,
-                 ratio: Sequence[float] = CROP_RATIO, hflip: float = HFLIP,
-                 randaug_n: int = RANDAUG_N, randaug_m: float = RANDAUG_M):
-        check_augment_args(scale=scale, ratio=ratio, hflip=hflip, randaug_n=randaug_n,
-                           randaug_m=randaug_m)
+                 train: bool = True, recipe: AugmentRecipe = DEFAULT_AUGMENT):
         self.img_size = img_size
         self.mean = torch.tensor(mean, dtype=torch.float32)
         self.std = torch.tensor(std, dtype=torch.float32)
         self.train = train
-        self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), hflip
-        self.randaug_n, self.randaug_m = randaug_n, randaug_m
+        self.recipe = recipe
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x / 255.0 - _to(self.mean, x).view(1, 3, 1, 1)) / _to(self.std, x).view(1, 3, 1, 1)
@@ -429,12 +420,12 @@ class BatchAugment:
         ``AugmentDraws.cat`` and applied in one call: each row comes out as it would alone.
         """
         (rank, world), n = shard, batch * shard[1]  # draws for the global batch, then this shard
-        boxes = sample_crop_boxes(n, height=height, width=width, scale=self.scale,
-                                  ratio=self.ratio, generator=generator)[rank::world]
-        flip = (torch.rand(n, generator=generator) < self.hflip)[rank::world]
+        boxes = sample_crop_boxes(n, height=height, width=width, scale=self.recipe.scale,
+                                  ratio=self.recipe.ratio, generator=generator)[rank::world]
+        flip = (torch.rand(n, generator=generator) < self.recipe.hflip)[rank::world]
         randaug = None
-        if self.randaug_n > 0:
-            p = sample_randaugment(n, n=self.randaug_n, generator=generator)
+        if self.recipe.randaug_n > 0:
+            p = sample_randaugment(n, n=self.recipe.randaug_n, generator=generator)
             randaug = RandAugmentParams(chosen=p.chosen[rank::world],
                                         strength=p.strength[rank::world])
         return AugmentDraws(boxes=boxes, flip=flip, randaug=randaug)
@@ -468,7 +459,7 @@ class BatchAugment:
         them). One pass per op of the table, over the samples that chose it: the number of
         tensor ops does not grow with the batch."""
         fill = _to(torch.tensor(fill_value(self.mean.tolist())), x)
-        values = op_values(p.strength, self.randaug_m)  # (B, 13) on the CPU
+        values = op_values(p.strength, self.recipe.randaug_m)  # (B, 13) on the CPU
         for k, op in enumerate(RANDAUGMENT):
             rows = p.chosen[:, k].nonzero()[:, 0]  # the samples that picked op k (on the CPU:
             if rows.numel():                       # no wait for the device)
@@ -520,8 +511,8 @@ class MemoryLoader:
     Same contract as the DataLoader from ``vit.data.loader.build_loader``: an ``EpochSampler``
     orders and shards the indices, ``vit.data.loader.set_epoch(loader, epoch, start_batch)``
     before each epoch, and ``len()`` counts this process's batches. With ``drop_last``
-    (training), ``world_size`` processes with batch B see and augment exactly what one process
-    with batch B x world_size would.
+    (training), ``world_size`` processes (``shard=(rank, world_size)``) with batch B see and
+    augment exactly what one process with batch B x world_size would.
 
     ``aug_batches=K`` augments K batches in one call (each with the draws of its own seeded
     generator, so every batch is the same as with K=1): on a GPU the ~500 small kernels of an
@@ -529,8 +520,8 @@ class MemoryLoader:
     """
 
     def __init__(self, images: torch.Tensor, targets: Sequence[int], *, augment: BatchAugment,
-                 batch_size: int, shuffle: bool, drop_last: bool, seed: int, rank: int = 0,
-                 world_size: int = 1, weights: Sequence[float] | None = None,
+                 batch_size: int, shuffle: bool, drop_last: bool, seed: int,
+                 shard: tuple[int, int] = (0, 1), weights: Sequence[float] | None = None,
                  aug_batches: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -543,6 +534,7 @@ class MemoryLoader:
         self.augment = augment
         self.batch_size, self.aug_batches = batch_size, aug_batches
         self.drop_last = drop_last
+        rank, world_size = shard  # this process's place among the torchrun processes
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.sampler = EpochSampler(images.shape[0], shuffle=shuffle, seed=seed, rank=rank,
                                     world_size=world_size, weights=weights, drop_last=drop_last,

@@ -26,13 +26,9 @@ import albumentations as A
 from albumentations.pytorch import ToTensorV2
 
 from vit.data.augmentation import (
-    CROP_RATIO,
-    CROP_SCALE,
-    HFLIP,
-    RANDAUG_M,
-    RANDAUG_N,
+    DEFAULT_AUGMENT,
     RANDAUGMENT,
-    check_augment_args,
+    AugmentRecipe,
     fill_value,
 )
 from vit.errors import ConfigError
@@ -126,16 +122,11 @@ class ImageTransform:
         return f"{type(self).__name__}({self.pipeline!r})"
 
 
-def _check_transform_args(
-    img_size: int, mean: Sequence[float], std: Sequence[float], scale: tuple[float, float],
-    ratio: tuple[float, float], hflip: float, randaug_n: int, randaug_m: float,
-) -> None:
+def _check_transform_args(img_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
     if img_size < 1:
         raise ConfigError(f"img_size must be positive, got {img_size}")
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise ConfigError(f"mean and std need 3 values each, std > 0; got {mean}, {std}")
-    check_augment_args(scale=scale, ratio=ratio, hflip=hflip, randaug_n=randaug_n,
-                       randaug_m=randaug_m)
 
 
 def build_transform(
@@ -145,32 +136,29 @@ def build_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     crop_pct: float | None = None,
-    scale: tuple[float, float] = CROP_SCALE,
-    ratio: tuple[float, float] = CROP_RATIO,
-    hflip: float = HFLIP,
-    randaug_n: int = RANDAUG_N,
-    randaug_m: float = RANDAUG_M,
+    recipe: AugmentRecipe = DEFAULT_AUGMENT,
     seed: int | None = None,
 ) -> ImageTransform:
     """The training or evaluation transform: PIL image -> normalised tensor (3, S, S).
 
-    Train: RandomResizedCrop(scale, ratio) + HorizontalFlip(hflip) + ``randaug_n`` random ops
-    of strength up to ``randaug_m``/10 (0 ops disables it) + Normalize. Eval: resize the
-    shorter side to ``img_size / crop_pct``, centre-crop ``img_size`` (see ``resolve_crop_pct``),
-    Normalize; ``scale``, ``ratio``, ``hflip`` and ``randaug_*`` are ignored.
+    Train, by ``recipe``: RandomResizedCrop(scale, ratio) + HorizontalFlip(hflip) + ``randaug_n``
+    random ops of strength up to ``randaug_m``/10 (0 ops disables it) + Normalize. Eval: resize
+    the shorter side to ``img_size / crop_pct``, centre-crop ``img_size`` (see
+    ``resolve_crop_pct``), Normalize; ``recipe`` is ignored.
     """
-    _check_transform_args(img_size, mean, std, scale, ratio, hflip, randaug_n, randaug_m)
+    _check_transform_args(img_size, mean, std)
     normalize = _normalize_ops(mean, std)
     if not train:
         return ImageTransform(A.Compose([*_eval_geometry_ops(img_size, crop_pct), *normalize],
                                         seed=seed))
     ops: list[Any] = [
-        A.RandomResizedCrop(size=(img_size, img_size), scale=tuple(scale), ratio=tuple(ratio),
+        A.RandomResizedCrop(size=(img_size, img_size), scale=recipe.scale, ratio=recipe.ratio,
                             area_for_downscale="image"),
-        A.HorizontalFlip(p=hflip),
+        A.HorizontalFlip(p=recipe.hflip),
     ]
-    if randaug_n > 0:
-        ops.append(A.SomeOf(randaugment_ops(randaug_m, fill_value(mean)), n=randaug_n, p=1.0))
+    if recipe.randaug_n > 0:
+        ops.append(A.SomeOf(randaugment_ops(recipe.randaug_m, fill_value(mean)),
+                            n=recipe.randaug_n, p=1.0))
     return ImageTransform(A.Compose([*ops, *normalize], seed=seed))
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vit.config import Config
+from vit.data.augmentation import AugmentRecipe
 from vit.data.splits import build_data_report, class_counts
 from vit.errors import DataError
 from vit.text import plural
@@ -225,9 +226,7 @@ def transforms(cfg: Config, img_size: int) -> tuple[Any, Any]:
 
     d = cfg.data
     aug = dict(img_size=img_size, mean=d.mean, std=d.std)
-    train_tf = build_transform(
-        train=True, scale=tuple(d.scale), ratio=tuple(d.ratio), hflip=d.hflip,
-        randaug_n=d.randaug_n, randaug_m=d.randaug_m, **aug)
+    train_tf = build_transform(train=True, recipe=AugmentRecipe.of(d), **aug)
     return train_tf, build_transform(train=False, crop_pct=d.crop_pct, **aug)
 
 

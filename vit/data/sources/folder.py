@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vit.config import Config
+from vit.data.augmentation import AugmentRecipe
 from vit.data.folders import resolve_data_dirs, scan_folder
 from vit.data.images import check_classes_readable
 from vit.data.sources.base import (
@@ -230,10 +231,9 @@ def memory_loaders(cfg: Config, data: RunData, options: LoaderOptions
                 (train_images.numel() + val_images.numel()) / 2**20, device)
 
     norm = dict(img_size=img_size, mean=d.mean, std=d.std)
-    train_aug = memory.BatchAugment(train=True, scale=d.scale, ratio=d.ratio, hflip=d.hflip,
-                                    randaug_n=d.randaug_n, randaug_m=d.randaug_m, **norm)
-    shard = dict(batch_size=options.batch_size, seed=cfg.train.seed, rank=options.rank,
-                 world_size=options.world_size)
+    train_aug = memory.BatchAugment(train=True, recipe=AugmentRecipe.of(d), **norm)
+    shard = dict(batch_size=options.batch_size, seed=cfg.train.seed,
+                 shard=(options.rank, options.world_size))
     train_loader = memory.MemoryLoader(
         train_images.to(device), data.train_targets, augment=train_aug, shuffle=True,
         drop_last=True, weights=sampler_weights(cfg, data.train_targets, len(data.classes)),
