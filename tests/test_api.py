@@ -46,6 +46,24 @@ def test_vit_explain_is_the_subpackage_on_first_access():
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+def test_vit_explain_loads_on_first_use_and_keeps_its_names():
+    """`import vit.explain` loads no torch (the help reads vit.explain.catalog); a name that is
+    both a function and a module (saliency, overlay, ...) stays the function, whichever was
+    loaded first; every other module is reached as an attribute, as when all were imported."""
+    code = ("import sys, types, vit.explain, vit.explain.catalog; "
+            "assert 'torch' not in sys.modules, 'import vit.explain imported torch'; "
+            "import vit.figures.overlay_files, vit.explain.legrad; from vit.explain import gradcam; "
+            "e = vit.explain; "
+            "assert all(type(getattr(e, n)) is types.FunctionType for n in ('saliency', 'overlay', "
+            "'legrad', 'gradcam', 'grad_rollout', 'attention_maps', 'occlusion')); "
+            "assert e.overlay is sys.modules['vit.explain.overlay'].overlay; "
+            "assert isinstance(e.adapters, types.ModuleType) and e.lrp.__name__ == 'vit.explain.lrp'; "
+            "from vit.explain import *; assert callable(deletion_auc) and METHODS == e.METHODS")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_calling_vit_explain_still_works_with_a_deprecation_warning():
     from vit.models.vision_transformer import VisionTransformer, ViTConfig
 

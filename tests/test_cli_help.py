@@ -131,8 +131,8 @@ def test_tta_choices_equal_the_library_modes():
 
 
 def test_vit_explain_defaults_to_the_library_default_method():
-    """cli/explain.py repeats vit.explain.DEFAULT_METHOD (AttnLRP) so that its parser needs no
-    torch."""
+    """cli/explain.py takes vit.explain.DEFAULT_METHOD (AttnLRP) from vit.explain.catalog, which
+    needs no torch."""
     from vit.cli import explain as cli_explain
     from vit.explain import DEFAULT_METHOD
 

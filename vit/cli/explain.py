@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-DEFAULT_METHOD = "attnlrp"  # vit.explain.DEFAULT_METHOD, repeated so that the parser needs no torch
+from vit.explain.catalog import DEFAULT_METHOD  # the catalog needs no torch, nor does the parser
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         add_device_flag,
         add_parser,
     )
+    from vit.explain.catalog import CATALOG
 
+    names = [m.name for m in CATALOG]
     p = add_parser(sub, "explain", help="draw saliency overlays for images",
                    description="Overlay where the model looks on each image; writes "
                    "DIR/<stem>_<method>.png per image and method (the image beside its overlay, "
@@ -37,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--html", metavar="FILE",
                    help="write the attention explorer page here (default: none)")
     p.add_argument("--method", metavar="NAME",
-                   help="rollout, grad-rollout, attention, legrad, attnlrp or gradcam; a "
+                   help=f"{', '.join(names[:-1])} or {names[-1]}; a "
                    "comma-separated list of them; or all (default: the method `vit "
                    "explain-bench` recommended for this model, recorded beside CKPT; without "
                    f"one, {DEFAULT_METHOD})")

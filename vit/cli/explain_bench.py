@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         add_device_flag,
         add_parser,
     )
+    from vit.explain.catalog import CATALOG
+    from vit.text import count_in_words
 
     p = add_parser(
         sub, "explain-bench", help="measure the saliency methods and recommend one for the model",
@@ -38,9 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="DIR",
                    help="its val/ part, the run's held-out split, or a folder with objects.json")
     p.add_argument("--methods", default="all", metavar="LIST",
-                   help="comma-separated, from rollout, grad-rollout, attention, legrad, attnlrp, "
-                   "gradcam, random, occlusion (default: all; only a run of all six saliency "
-                   "methods with the randomisation check records a recommendation)")
+                   help=f"comma-separated, from {', '.join(m.name for m in CATALOG)}, random, "
+                   f"occlusion (default: all; only a run of all {count_in_words(len(CATALOG))} "
+                   "saliency methods with the randomisation check records a recommendation)")
     p.add_argument("--images", type=int, default=DEFAULT_IMAGES, metavar="N",
                    help="at most N images, classes taking turns (default: %(default)s)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, metavar="N",

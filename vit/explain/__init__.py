@@ -23,8 +23,12 @@
     explorer_html   the page's compact encoding and its HTML
     object_boxes    a known object's box on the patch grid after the evaluation crop
     recommend       which method to believe: explain-bench's rule, the recorded choice
+    catalog         the saliency methods, listed once (name, label, paper, the function); no torch
 
     from vit.explain import saliency, attention_maps, overlay, deletion_auc
+
+Every name loads on first use: ``import vit.explain`` (and ``vit.explain.catalog``, which the
+command line's help reads) loads no torch.
 
 ``vit.explain`` is this package. Code written when ``vit.explain`` was a function may still call
 it, ``vit.explain(model, images, ...)``: that works and warns (DeprecationWarning); the
@@ -32,85 +36,85 @@ function is ``vit.explain.explain``.
 """
 
 import sys
-import types
-import warnings
+from importlib import import_module
+from importlib.util import find_spec
+from types import ModuleType
+from typing import Any
+from warnings import warn
 
-from vit.explain.attention_maps import attention_maps
-from vit.explain.attention_stats import attention_entropy, mean_attention_distance
-from vit.explain.explorer import PageOptions, explorer_page
-from vit.explain.faithfulness import (
-    BASELINES,
-    deletion_auc,
-    insertion_auc,
-    make_baseline,
-    random_saliency,
-)
-from vit.explain.grad_rollout import grad_rollout
-from vit.explain.gradcam import gradcam
-from vit.explain.legrad import LEGRAD_POOLS, legrad
-from vit.explain.lrp import LRP_RULES, attnlrp
-from vit.explain.occlusion import occlusion
-from vit.explain.overlay import overlay
-from vit.explain.rollout import HEAD_FUSIONS, discard_lowest, fuse_heads, rollout_rows
-from vit.explain.saliency import (
-    CLASS_SPECIFIC,
-    DEFAULT_METHOD,
-    METHODS,
-    attention_rollout,
-    explain,
-    gradient_rollout,
-    raw_attention,
-    saliency,
-)
-from vit.explain.sanity import randomised_cascade, spearman
-from vit.explain.token_drop import token_drop_auc, token_drop_curves
+# Each public name and the module of this package that defines it, in the order of __all__.
+_LAZY = {
+    "METHODS": "saliency",
+    "CLASS_SPECIFIC": "saliency",
+    "DEFAULT_METHOD": "catalog",
+    "HEAD_FUSIONS": "rollout",
+    "LEGRAD_POOLS": "legrad",
+    "LRP_RULES": "lrp",
+    "BASELINES": "faithfulness",
+    "saliency": "saliency",
+    "attention_maps": "attention_maps",
+    "grad_rollout": "grad_rollout",
+    "legrad": "legrad",
+    "attnlrp": "lrp",
+    "gradcam": "gradcam",
+    "attention_rollout": "saliency",
+    "gradient_rollout": "saliency",
+    "raw_attention": "saliency",
+    "explain": "saliency",
+    "rollout_rows": "rollout",
+    "fuse_heads": "rollout",
+    "discard_lowest": "rollout",
+    "overlay": "overlay",
+    "deletion_auc": "faithfulness",
+    "insertion_auc": "faithfulness",
+    "random_saliency": "faithfulness",
+    "make_baseline": "faithfulness",
+    "token_drop_auc": "token_drop",
+    "token_drop_curves": "token_drop",
+    "occlusion": "occlusion",
+    "spearman": "sanity",
+    "randomised_cascade": "sanity",
+    "mean_attention_distance": "attention_stats",
+    "attention_entropy": "attention_stats",
+    "explorer_page": "explorer",
+    "PageOptions": "explorer",
+}
 
-__all__ = [
-    "METHODS",
-    "CLASS_SPECIFIC",
-    "DEFAULT_METHOD",
-    "HEAD_FUSIONS",
-    "LEGRAD_POOLS",
-    "LRP_RULES",
-    "BASELINES",
-    "saliency",
-    "attention_maps",
-    "grad_rollout",
-    "legrad",
-    "attnlrp",
-    "gradcam",
-    "attention_rollout",
-    "gradient_rollout",
-    "raw_attention",
-    "explain",
-    "rollout_rows",
-    "fuse_heads",
-    "discard_lowest",
-    "overlay",
-    "deletion_auc",
-    "insertion_auc",
-    "random_saliency",
-    "make_baseline",
-    "token_drop_auc",
-    "token_drop_curves",
-    "occlusion",
-    "spearman",
-    "randomised_cascade",
-    "mean_attention_distance",
-    "attention_entropy",
-    "explorer_page",
-    "PageOptions",
-]
+__all__ = list(_LAZY)
 
 
-class _CallablePackage(types.ModuleType):
+def __getattr__(name: str) -> Any:
+    """A public name, loaded from its module on first use; or a submodule
+    (``vit.explain.rollout``), as when this package imported them all."""
+    if name in _LAZY:
+        value = getattr(import_module(f"vit.explain.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("_") and find_spec(f"vit.explain.{name}") is not None:
+        return import_module(f"vit.explain.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names, loaded or not, and what the package holds already."""
+    return sorted({*globals(), *__all__})
+
+
+class _CallablePackage(ModuleType):
     """``vit.explain(...)``, the function this name once was: ``explain``, with a warning."""
 
-    def __call__(self, *args, **kwargs):
-        warnings.warn("calling vit.explain(...) is deprecated: vit.explain is the subpackage; "
-                      "call vit.explain.explain(...) or vit.saliency(...)", DeprecationWarning,
-                      stacklevel=2)
-        return explain(*args, **kwargs)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        warn("calling vit.explain(...) is deprecated: vit.explain is the subpackage; "
+             "call vit.explain.explain(...) or vit.saliency(...)", DeprecationWarning,
+             stacklevel=2)
+        return import_module("vit.explain.saliency").explain(*args, **kwargs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Importing a submodule binds it on this package. Where a public function has the
+        # submodule's name (saliency, overlay, legrad, ...), the name stays the function.
+        if isinstance(value, ModuleType) and _LAZY.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
 
 
 sys.modules[__name__].__class__ = _CallablePackage

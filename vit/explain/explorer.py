@@ -46,24 +46,15 @@ DEFAULT_ATTENTION_BITS = 6
 ROLLOUT_BITS = 8
 DEFAULT_AUC_STEPS = 32
 THIS_MODEL = "— the method for this model"  # marks PageOptions.method on the page
-# What the page calls the methods of vit.explain.saliency (a method without a label shows its key)
-METHOD_LABELS = {
-    "rollout": "attention rollout from [CLS] (Abnar & Zuidema 2020)",
-    "grad-rollout": "gradient rollout (Chefer et al. 2021)",
-    "attention": "last-layer attention of [CLS]",
-    "legrad": "LeGrad (Bousselham et al. 2024)",
-    "attnlrp": "AttnLRP (Achtibat et al. 2024)",
-    "gradcam": "Grad-CAM (Selvaraju et al. 2017)",
-}
 
 
 def page_methods(first: str | None = None) -> tuple[tuple[str, str], ...]:
     """(key, label) of every method of ``vit.explain.saliency``, in its order; ``first`` (the
-    method to use for this model) leads, marked so."""
-    from vit.explain.saliency import METHODS
+    method to use for this model) leads, marked so. The labels are ``vit.explain.catalog``'s."""
+    from vit.explain.catalog import CATALOG
 
-    order = sorted(METHODS, key=lambda m: m != first)  # stable: the rest keep their order
-    return tuple((m, METHOD_LABELS.get(m, m) + (f" {THIS_MODEL}" if m == first else ""))
+    order = sorted(CATALOG, key=lambda m: m.name != first)  # stable: the rest keep their order
+    return tuple((m.name, m.label + (f" {THIS_MODEL}" if m.name == first else ""))
                  for m in order)
 
 

@@ -2,14 +2,8 @@
 
     saliency(model, images, method="legrad", target=None, **options)    # (B, grid_h, grid_w)
 
-``method`` is one of ``METHODS``; each function cites its paper:
-
-    rollout        attention rollout (Abnar & Zuidema 2020), from [CLS] or any query token
-    grad-rollout   gradient-weighted rollout (Chefer et al. 2021, ICCV)
-    attention      one layer's attention row (default: the last layer's [CLS] row)
-    legrad         LeGrad (Bousselham et al. 2024)
-    attnlrp        AttnLRP (Achtibat et al. 2024, ICML), layer-wise relevance of the target logit
-    gradcam        Grad-CAM (Selvaraju et al. 2017) on the last block's patch tokens
+``method`` is one of ``METHODS``: the names of ``vit.explain.catalog``, where each method is
+listed once, with what it computes, its paper and the function behind it.
 
 ``model`` is this package's ViT or a timm ViT-family model as it is (``vit.explain.adapters``:
 ViT, DeiT, EVA-02, DINOv2/v3, SigLIP, BEiT, ...). A map covers the patch tokens only (registers,
@@ -25,17 +19,16 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
+from importlib import import_module
 from typing import Any
 
 import torch
 from torch import nn
 
 from vit.errors import ConfigError
+from vit.explain.catalog import CATALOG, DEFAULT_METHOD, Method
 from vit.explain.grad_rollout import grad_rollout
-from vit.explain.gradcam import gradcam
 from vit.explain.inputs import check_choice, eval_mode
-from vit.explain.legrad import legrad
-from vit.explain.lrp import attnlrp
 from vit.explain.rollout import attention, rollout
 
 __all__ = [
@@ -50,26 +43,18 @@ __all__ = [
     "zero_head_warning",
 ]
 
-CLASS_SPECIFIC = ("grad-rollout", "legrad", "attnlrp", "gradcam")
+
+def _implementation(method: Method) -> Callable[..., torch.Tensor]:
+    """The function behind a catalog entry (``module:function`` of a module of vit/explain/)."""
+    module, function = method.function.split(":")
+    return getattr(import_module(f"vit.explain.{module}"), function)
 
 
-_REGISTRY: dict[str, Callable[..., torch.Tensor]] = {
-    "rollout": rollout,
-    "grad-rollout": grad_rollout,
-    "attention": attention,
-    "legrad": legrad,
-    "attnlrp": attnlrp,
-    "gradcam": gradcam,
-}
-
+_REGISTRY: dict[str, Callable[..., torch.Tensor]] = {m.name: _implementation(m) for m in CATALOG}
 
 METHODS = tuple(_REGISTRY)
 
-
-# The default where explain-bench recorded no recommendation for the model: the best across the
-# seven models measured by explain-bench's rule (recommended on 5 of them; docs/explanations.md,
-# "Which method, across models"); rollout fails the randomisation check on every one.
-DEFAULT_METHOD = "attnlrp"
+CLASS_SPECIFIC = tuple(m.name for m in CATALOG if m.class_specific)
 
 
 def _check_options(method: str, options: dict[str, Any]) -> None:
