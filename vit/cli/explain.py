@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     from vit.data.labels import expand_with_labels
     from vit.explain.recommend import choose_method, method_file
     from vit.figures.attention_files import check_html_output
-    from vit.figures.overlay_files import explain_files
+    from vit.figures.overlay_files import OverlayOptions, explain_files
 
     _check(args)
     if args.html is not None:
@@ -151,11 +151,12 @@ def run(args: argparse.Namespace) -> int:
     note = "" if args.method or recorded else (
         ", the default: no explain-bench recommendation recorded for this model")
     if args.output is not None:
+        options = OverlayOptions(head_fusion=args.head_fusion, discard_ratio=args.discard_ratio,
+                                 alpha=args.alpha, colormap=args.colormap, topk=args.topk)
         results = explain_files(
             checkpoint=args.checkpoint, paths=paths, output=args.output, method=method,
-            head_fusion=args.head_fusion, discard_ratio=args.discard_ratio, alpha=args.alpha,
-            colormap=args.colormap, topk=args.topk, batch_size=args.batch_size,
-            device=args.device, grid=args.grid, show_progress=show_progress, labels=labels)
+            options=options, batch_size=args.batch_size, device=args.device, grid=args.grid,
+            show_progress=show_progress, labels=labels)
         _print_summary(results, method, note)
     if args.html is not None:
         _write_page(args, paths, method, show_progress)
