@@ -61,6 +61,7 @@ def test_the_best_mean_rank_among_the_methods_that_pass_and_its_leads_in_standar
     assert found["ranks"]["c"]["mean"] == pytest.approx(5 / 3) and list(found["ranks"]) == [
         "b", "c", "d"]
     assert found["excluded"] == {"a": "fails the randomisation check: ρ 0.90 at half the blocks"}
+    assert found["rho"] == {"a": 0.9, "b": 0.1, "c": -0.2, "d": 0.0}  # the number, for tables
     # leads, paired per image (positive: b ahead): deletion c - b = 0.2 on every image
     mean, sem = found["leads"]["c"]["token_deletion"]
     assert mean == pytest.approx(0.2) and sem == pytest.approx(0.0, abs=1e-12)
@@ -108,7 +109,7 @@ def test_no_recommendation_when_nothing_passes_or_the_check_did_not_run():
     assert failing["method"] is None and failing["tied_with"] == []
     unchecked = recommend(bench_result(per_image, sanity={}), REFERENCES, 0.3)
     assert unchecked["method"] is None
-    assert unchecked["excluded"] == {"b": "randomisation check not run"}
+    assert unchecked["excluded"] == {"b": "randomisation check not run"} and unchecked["rho"] == {}
     assert "**None**" in "\n".join(recommendation_lines(unchecked))
 
 

@@ -88,21 +88,24 @@ def verdict(leads: Sequence[tuple[float, float]]) -> str:
     return "trade-off" if min(z) <= -TIE_SE else "ahead"
 
 
-def _candidates(result: Mapping[str, Any], references: Sequence[str]) -> tuple[list[str], dict]:
-    """The methods that may be recommended (measured, not references, passing the check) and,
-    for the others, why not."""
-    passing, excluded = [], {}
+def _candidates(result: Mapping[str, Any], references: Sequence[str]
+                ) -> tuple[list[str], dict, dict[str, float]]:
+    """The methods that may be recommended (measured, not references, passing the check), for
+    the others why not, and each method's ρ at half the blocks (where the check ran)."""
+    passing, excluded, rho = [], {}, {}
     key = f"random_{result['half_stage']}"
     for row in result["rows"]:
         if row["method"] in references:
             continue
+        if key in row:
+            rho[row["method"]] = row[key]
         if row.get("sanity") == "pass":
             passing.append(row["method"])
         else:
             excluded[row["method"]] = (f"fails the randomisation check: ρ {row[key]:.2f} at half "
                                        "the blocks" if key in row else
                                        "randomisation check not run")
-    return passing, excluded
+    return passing, excluded, rho
 
 
 def recommend(result: Mapping[str, Any], references: Sequence[str], threshold: float
@@ -110,13 +113,14 @@ def recommend(result: Mapping[str, Any], references: Sequence[str], threshold: f
     """The method ``RULE`` picks from an explain-bench result (its ``rows`` with sanity verdicts
     at ``threshold`` and its ``per_image`` values), with the ranks, the leads and the verdicts
     behind it: ``{"method", "rule", "ranks", "leads", "verdicts", "tied_with",
-    "trades_off_with", "excluded", "sanity": [its ρ, sem, threshold], "narrow_pass"}``
-    (``narrow_pass``: its ρ is within ``TIE_SE`` standard errors of the threshold). ``method``
-    is None when no method passes the randomisation check (or it was not run)."""
-    passing, excluded = _candidates(result, references)
+    "trades_off_with", "excluded", "rho", "sanity": [its ρ, sem, threshold], "narrow_pass"}``
+    (``excluded``: why, in words; ``rho``: each method's ρ at half the blocks random, where the
+    check ran; ``narrow_pass``: its ρ is within ``TIE_SE`` standard errors of the threshold).
+    ``method`` is None when no method passes the randomisation check (or it was not run)."""
+    passing, excluded, rho = _candidates(result, references)
     out: dict[str, Any] = {"method": None, "rule": RULE, "ranks": {}, "leads": {},
                            "verdicts": {}, "tied_with": [], "trades_off_with": [],
-                           "excluded": excluded}
+                           "excluded": excluded, "rho": rho}
     if not passing:
         return out
     rows = {r["method"]: r for r in result["rows"]}
