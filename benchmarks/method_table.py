@@ -43,8 +43,9 @@ def cell(found: dict, method: str) -> str:
         ranks = found["ranks"][method]
         text = " / ".join(f"{ranks[k]:g}" for k, _, _ in RULE_COLUMNS)
         return f"**{text}**" if method == found["method"] else text
-    why = found["excluded"].get(method, "not measured")
-    return "fails ρ " + why.split("ρ ")[1].split(" ")[0] if "ρ " in why else why
+    if method in found["excluded"] and method in found["rho"]:  # it took the check, and failed
+        return f"fails ρ {found['rho'][method]:.2f}"
+    return found["excluded"].get(method, "not measured")
 
 
 def table(reports: list[tuple[str, dict]], pending: list[str]) -> str:

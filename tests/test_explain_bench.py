@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from helpers.models import save_checkpoint, trained_like
 from PIL import Image
 
-from vit.bench.measures import SANITY_THRESHOLD, asked_object_hits, explain_bench
+from vit.bench.measures import SANITY_THRESHOLD, BenchSettings, asked_object_hits, explain_bench
 from vit.bench.report import markdown_report
 from vit.cli import main
 from vit.data.squares import make_squares_dataset, make_two_squares_set
@@ -150,8 +150,9 @@ def test_bench_rows_sanity_verdicts_and_asked_objects():
     inside = torch.zeros(4, 4, dtype=torch.bool)
     inside[0, 0] = True
     objects = [[(0, inside), (1, ~inside)]] * 4
-    result = explain_bench(model, x, methods=["rollout", "legrad", "random", "occlusion"],
-                           steps=4, batch_size=3, objects=objects, pixels=True)
+    result = explain_bench(model, x, settings=BenchSettings(
+        methods=["rollout", "legrad", "random", "occlusion"], steps=4, batch_size=3, pixels=True),
+                           objects=objects)
     rows = {r["method"]: r for r in result["rows"]}
     assert result["images"] == 4 and result["half_stage"] == 1 and list(rows) == [
         "rollout", "legrad", "random", "occlusion"]
@@ -177,13 +178,13 @@ def test_bench_rows_sanity_verdicts_and_asked_objects():
     table = markdown_report(result)
     assert "| random (reference) |" in table and "asked object (%)" in table
     with pytest.raises(VitError, match="unknown methods"):
-        explain_bench(model, x, methods=["lrp"])
+        explain_bench(model, x, settings=BenchSettings(methods=["lrp"]))
 
 
 def test_report_without_the_randomisation_check_has_no_sanity_columns():
     model, x = trained_like(depth=2), images(2)
-    table = markdown_report(explain_bench(model, x, methods=["rollout", "random"], steps=2,
-                                          sanity=False))
+    table = markdown_report(explain_bench(model, x, settings=BenchSettings(
+        methods=["rollout", "random"], steps=2, sanity=False)))
     header = table.splitlines()[0]
     assert header.startswith("| method | deletion, tokens") and "ρ" not in header
     assert "sanity" not in header and "Spearman" not in table
@@ -253,12 +254,13 @@ def test_token_measures_of_several_methods_at_once_equal_one_method_at_a_time(mo
 
 def test_the_randomisation_check_runs_on_spread_images_at_the_chosen_stages():
     model, x = trained_like(depth=4), images(5)
-    summary = explain_bench(model, x, methods=["gradcam", "random"], steps=2, sanity_images=2)
+    summary = explain_bench(model, x, settings=BenchSettings(methods=["gradcam", "random"],
+                                                             steps=2, sanity_images=2))
     assert summary["stages"] == [0, 2, 4] and summary["sanity_images"] == [0, 4]
     row = next(r for r in summary["rows"] if r["method"] == "gradcam")
     assert "random_1" not in row and len(summary["per_image"]["gradcam"]["random_2"]) == 2
-    full = explain_bench(model, x, methods=["gradcam", "random"], steps=2, sanity_images=2,
-                         full_cascade=True)
+    full = explain_bench(model, x, settings=BenchSettings(methods=["gradcam", "random"], steps=2,
+                                                          sanity_images=2, full_cascade=True))
     assert full["stages"] == [0, 1, 2, 3, 4]
     for stage in (0, 2, 4):  # the same numbers, whether or not the stages between are measured
         assert full["per_image"]["gradcam"][f"random_{stage}"] == pytest.approx(
@@ -286,8 +288,9 @@ def test_progress_on_a_log_file_is_whole_lines_with_the_time_left(monkeypatch):
     monkeypatch.setattr(sys, "stderr", log)
     monkeypatch.setattr(bench, "LOG_EVERY_S", 0.0)
     model, x = trained_like(depth=2), images(4)
-    bench.explain_bench(model, x, methods=["attention", "random"], steps=2, batch_size=2,
-                        sanity_images=1, show_progress=True)
+    bench.explain_bench(model, x, settings=bench.BenchSettings(
+        methods=["attention", "random"], steps=2, batch_size=2, sanity_images=1),
+                        show_progress=True)
     lines = log.getvalue().splitlines()
     assert "\r" not in log.getvalue() and len(lines) >= 3
     assert all(line.startswith("explain-bench:") for line in lines)
@@ -307,11 +310,15 @@ def test_the_command_line_defaults_are_the_library_defaults():
             cli.DEFAULT_SANITY_IMAGES) == (DEFAULT_IMAGES, bench.DEFAULT_STEPS,
                                            bench.DEFAULT_BATCH_SIZE, bench.DEFAULT_SANITY_IMAGES)
     defaults = {k: p.default for k, p in inspect.signature(run_explain_bench).parameters.items()}
-    assert defaults["images"] == DEFAULT_IMAGES and defaults["steps"] == bench.DEFAULT_STEPS
+    settings = bench.BenchSettings()
+    assert defaults["images"] == DEFAULT_IMAGES and (
+        settings.steps, settings.batch_size, settings.sanity_images) == (
+        bench.DEFAULT_STEPS, bench.DEFAULT_BATCH_SIZE, bench.DEFAULT_SANITY_IMAGES)
 
 
 def test_a_model_the_explainers_cannot_read_is_one_line_before_any_work():
     timm = pytest.importorskip("timm")
     resnet = timm.create_model("resnet10t", num_classes=3)
     with pytest.raises(VitError, match="cannot explain a ResNet"):
-        explain_bench(resnet, torch.randn(2, 3, 32, 32), methods=("rollout",), sanity=False)
+        explain_bench(resnet, torch.randn(2, 3, 32, 32),
+                      settings=BenchSettings(methods=("rollout",), sanity=False))

@@ -82,8 +82,9 @@ def test_each_image_is_decoded_once_and_each_batch_runs_the_model_once(tmp_path,
     monkeypatch.setattr(vit.figures.overlay_files, "load_image", lambda p: decoded.append(p) or real_load(p))
     monkeypatch.setattr(VisionTransformer, "forward",
                         lambda self, x, **kw: forwards.append(len(x)) or real_forward(self, x, **kw))
-    results = vit.figures.overlay_files.explain_files(checkpoint=ckpt, paths=paths, output=tmp_path / "out",
-                                            batch_size=2, device="cpu", topk=2)
+    results = vit.figures.overlay_files.explain_files(
+        checkpoint=ckpt, paths=paths, output=tmp_path / "out", batch_size=2, device="cpu",
+        options=vit.figures.overlay_files.OverlayOptions(topk=2))
     assert sorted(map(str, decoded)) == sorted(map(str, paths))
     assert forwards == [2, 2, 1]
     # the titles' predictions are the classifier's

@@ -22,7 +22,7 @@ import pytest
 import torch
 from helpers.models import tiny_vit
 
-from vit.bench.measures import mean_and_sem
+from vit.bench.measures import BenchSettings, mean_and_sem
 from vit.bench.run import (
     boxed_objects,
     held_out_images,
@@ -136,9 +136,9 @@ def test_bench_plays_the_pointing_game_on_the_shapes_boxes(tmp_path: Path) -> No
                                        "crop_pct": 1.0})
     torch.save(ckpt, tmp_path / "tiny.pt")
 
-    result, paths = run_explain_bench(tmp_path / "tiny.pt", data, methods=["attention", "random"],
-                                      images=6, steps=4, sanity=False, output=tmp_path / "out",
-                                      device="cpu")
+    result, paths = run_explain_bench(
+        tmp_path / "tiny.pt", data, images=6, output=tmp_path / "out", device="cpu",
+        settings=BenchSettings(methods=["attention", "random"], steps=4, sanity=False))
 
     assert result["images"] == 6 and all(p.is_file() for p in paths)  # 2 val images x 3 classes
     # The reference: each held-out image's own box on the 4x4 grid, the map of its true class.

@@ -17,6 +17,7 @@ from vit.cli import main
 from vit.explain.recommend import (
     METHOD_FILE,
     RULE,
+    MethodChoice,
     choose_method,
     method_file,
     recommend,
@@ -60,6 +61,7 @@ def test_the_best_mean_rank_among_the_methods_that_pass_and_its_leads_in_standar
     assert found["ranks"]["c"]["mean"] == pytest.approx(5 / 3) and list(found["ranks"]) == [
         "b", "c", "d"]
     assert found["excluded"] == {"a": "fails the randomisation check: ρ 0.90 at half the blocks"}
+    assert found["rho"] == {"a": 0.9, "b": 0.1, "c": -0.2, "d": 0.0}  # the number, for tables
     # leads, paired per image (positive: b ahead): deletion c - b = 0.2 on every image
     mean, sem = found["leads"]["c"]["token_deletion"]
     assert mean == pytest.approx(0.2) and sem == pytest.approx(0.0, abs=1e-12)
@@ -107,8 +109,13 @@ def test_no_recommendation_when_nothing_passes_or_the_check_did_not_run():
     assert failing["method"] is None and failing["tied_with"] == []
     unchecked = recommend(bench_result(per_image, sanity={}), REFERENCES, 0.3)
     assert unchecked["method"] is None
-    assert unchecked["excluded"] == {"b": "randomisation check not run"}
+    assert unchecked["excluded"] == {"b": "randomisation check not run"} and unchecked["rho"] == {}
     assert "**None**" in "\n".join(recommendation_lines(unchecked))
+
+
+def _method_and_source(checkpoint) -> tuple[str, str]:
+    choice = choose_method(checkpoint)
+    return choice.method, choice.source
 
 
 def test_the_file_beside_the_checkpoint_and_who_wins(tmp_path, caplog):
@@ -116,27 +123,31 @@ def test_the_file_beside_the_checkpoint_and_who_wins(tmp_path, caplog):
     ckpt.parent.mkdir()
     ckpt.write_bytes(b"")
     assert recorded_method(ckpt) is None
-    method, why = choose_method(ckpt)
-    assert method == DEFAULT_METHOD and why.startswith(f"saliency method: {DEFAULT_METHOD}, the "
-                                                       "default")
+    choice = choose_method(ckpt)
+    assert choice.method == DEFAULT_METHOD and choice.source == "default"
+    assert choice.why.startswith(f"saliency method: {DEFAULT_METHOD}, the default")
     record = {"method": "legrad", "tied_with": ["gradcam"], "trades_off_with": ["rollout"],
               "checkpoint": "best.pt"}
     assert recorded_method(ckpt, record) == record
     assert method_file(ckpt) == tmp_path / "run" / METHOD_FILE == method_file(ckpt.parent)
     assert recorded_method(ckpt) == record
-    method, why = choose_method(ckpt)
-    assert method == "legrad" and "recommended for this model by explain-bench" in why
+    choice = choose_method(ckpt)
+    assert choice.method == "legrad" and choice.source == "recorded"
+    why = choice.why
+    assert "recommended for this model by explain-bench" in why
     assert "; tied with gradcam; trades off with rollout)" in why and len(why.splitlines()) == 1
-    assert choose_method(ckpt, "rollout") == ("rollout", None)  # --method always wins
+    # --method always wins
+    assert choose_method(ckpt, "rollout") == MethodChoice("rollout", None, "requested")
     recorded_method(ckpt, {"method": None})  # explain-bench found none that passes
-    assert choose_method(ckpt)[0] == DEFAULT_METHOD
+    assert _method_and_source(ckpt) == (DEFAULT_METHOD, "recorded")
     recorded_method(ckpt, {"method": "lrp-v9"})  # a name this version does not know
-    assert choose_method(ckpt)[0] == DEFAULT_METHOD
+    assert _method_and_source(ckpt) == (DEFAULT_METHOD, "recorded")
     method_file(ckpt).write_text("{not json")
-    with caplog.at_level(logging.WARNING):
-        assert recorded_method(ckpt) is None and choose_method(ckpt)[0] == DEFAULT_METHOD
+    with caplog.at_level(logging.WARNING):  # the file decides, by being unreadable
+        assert recorded_method(ckpt) is None
+        assert _method_and_source(ckpt) == (DEFAULT_METHOD, "recorded")
     assert "ignoring" in caplog.text
-    assert choose_method("user/hub-model")[0] == DEFAULT_METHOD  # not a local path
+    assert _method_and_source("user/hub-model") == (DEFAULT_METHOD, "default")  # not local
 
 
 # --- the users of the recorded method ---------------------------------------------------------

@@ -16,6 +16,7 @@ Explain (all of it, and more, in the subpackage ``vit.explain``)
     attention_rollout, gradient_rollout, raw_attention   one method each
     deletion_auc, insertion_auc    faithfulness of a map
     explain_bench, run_explain_bench   which map to believe, on a batch / on a checkpoint
+    BenchSettings                  what they measure and how (methods, steps, the checks)
     explorer_page, write_explorer_page the attention explorer page
     mean_attention_distance, attention_entropy   attention statistics per layer and head
 Configuration
@@ -48,6 +49,7 @@ _LAZY = {
     "insertion_auc": "vit.explain.faithfulness",
     "explain_bench": "vit.bench.measures",
     "run_explain_bench": "vit.bench.run",
+    "BenchSettings": "vit.bench.measures",
     "explorer_page": "vit.explain.explorer",
     "write_explorer_page": "vit.figures.attention_files",
     "mean_attention_distance": "vit.explain.attention_stats",

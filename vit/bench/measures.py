@@ -1,7 +1,7 @@
 """The evidence that a saliency map means something, measured on a batch of held-out images,
 and the method it recommends for the model.
 
-    result = explain_bench(model, images, methods=("legrad", "rollout"))   # a dict of rows
+    result = explain_bench(model, images, settings=BenchSettings(methods=("legrad", "rollout")))
 
 For every method, a random map (the baseline every method must beat) and the occlusion oracle
 (what the model really uses, at one forward pass per patch), per image and then mean ± standard
@@ -67,6 +67,7 @@ __all__ = [
     "REFERENCES",
     "SANITY_THRESHOLD",
     "COLUMNS",
+    "BenchSettings",
     "explain_bench",
     "asked_object_hits",
     "mean_and_sem",
@@ -104,6 +105,33 @@ COLUMNS = (  # (key, title, True when higher is better)
     ("pixel_insertion", "insertion, pixels ↑", True),
     ("pixel_gap", "LeRF−MoRF, pixels ↑", True),
 )
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What explain-bench measures and how (``explain_bench``, ``run_explain_bench``, the
+    options of `vit explain-bench`): the methods, the points on each curve, the seed of the
+    random map and the checks, the images per batch, and the randomisation check (``sanity``,
+    on ``sanity_images`` of the images; ``full_cascade``: at every stage, and on the occlusion
+    oracle too); ``pixels``: also the measures with pixels replaced."""
+
+    methods: Sequence[str] = BENCH_METHODS
+    steps: int = DEFAULT_STEPS
+    seed: int = 0
+    batch_size: int = DEFAULT_BATCH_SIZE
+    sanity: bool = True
+    sanity_images: int = DEFAULT_SANITY_IMAGES
+    full_cascade: bool = False
+    pixels: bool = False
+
+    def check(self) -> None:
+        """Raise ConfigError for an unknown method or a count under 1."""
+        unknown = [m for m in self.methods if m not in BENCH_METHODS]
+        if unknown or not self.methods:
+            raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(BENCH_METHODS)}")
+        if self.steps < 1 or self.batch_size < 1 or self.sanity_images < 1:
+            raise ConfigError(f"steps, batch_size and sanity_images must be >= 1; got "
+                              f"{self.steps}, {self.batch_size}, {self.sanity_images}")
 
 
 def _method_maps(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, method: str,
@@ -245,16 +273,6 @@ def mean_and_sem(values: torch.Tensor) -> tuple[float, float]:
     return float(values.mean()), (float(values.std()) / math.sqrt(n) if n > 1 else 0.0)
 
 
-def check_bench_args(methods: Sequence[str], steps: int, batch_size: int,
-                     sanity_images: int = 1) -> None:
-    unknown = [m for m in methods if m not in BENCH_METHODS]
-    if unknown or not methods:
-        raise ConfigError(f"unknown methods {unknown}; choose from {', '.join(BENCH_METHODS)}")
-    if steps < 1 or batch_size < 1 or sanity_images < 1:
-        raise ConfigError(f"steps, batch_size and sanity_images must be >= 1; got {steps}, "
-                          f"{batch_size}, {sanity_images}")
-
-
 class _Lines:
     """tqdm's output for a log file: every refresh on a line of its own (no carriage returns)."""
 
@@ -296,16 +314,15 @@ def _passes(batches: Sequence[range], checked: set[int], methods: Sequence[str],
 
 
 def explain_bench(
-    model: nn.Module, images: torch.Tensor, *, methods: Sequence[str] = BENCH_METHODS,
-    steps: int = DEFAULT_STEPS, seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
-    sanity: bool = True, sanity_images: int = DEFAULT_SANITY_IMAGES, full_cascade: bool = False,
-    pixels: bool = False, objects: Sequence[Sequence[tuple[int, torch.Tensor]]] | None = None,
+    model: nn.Module, images: torch.Tensor, *, settings: BenchSettings | None = None,
+    objects: Sequence[Sequence[tuple[int, torch.Tensor]]] | None = None,
     show_progress: bool = False,
 ) -> dict[str, Any]:
-    """Every measure for every method on ``images`` (N, C, H, W), normalised as the model wants.
+    """Every measure for every method of ``settings`` (default: ``BenchSettings()``) on
+    ``images`` (N, C, H, W), normalised as the model wants.
 
-    Faithfulness with patch tokens dropped; with ``pixels`` also with pixels replaced (three
-    times the forward passes). The randomisation check runs on ``sanity_images`` of them,
+    Faithfulness with patch tokens dropped; with ``settings.pixels`` also with pixels replaced
+    (three times the forward passes). The randomisation check runs on ``sanity_images`` of them,
     spread evenly over the list, at the stages of ``cascade_stages`` (``full_cascade``: every
     stage). ``objects``, when given,
     holds for each image its objects as (class, (grid_h, grid_w) bool mask of the patches on the
@@ -313,22 +330,25 @@ def explain_bench(
     "stages", "sanity_images", "rows": [{"method", measure, measure_sem, ...}], "paired",
     "per_image", "recommendation"}``.
     """
-    check_bench_args(methods, steps, batch_size, sanity_images)
+    settings = settings or BenchSettings()
+    settings.check()
     if objects is not None and len(objects) != len(images):
         raise ConfigError(f"objects must list {len(images)} images' objects; got {len(objects)}")
+    methods, batch_size = settings.methods, settings.batch_size
     device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(settings.seed)
     depth = adapter_for(model).depth  # any family the explainers read; others: one line
-    stages = cascade_stages(depth, full_cascade) if sanity else []
-    checked = spread(len(images), sanity_images) if sanity else []
-    sane = checked_methods(methods, full_cascade)
+    stages = cascade_stages(depth, settings.full_cascade) if settings.sanity else []
+    checked = spread(len(images), settings.sanity_images) if settings.sanity else []
+    sane = checked_methods(methods, settings.full_cascade)
     batches = [range(s, min(s + batch_size, len(images))) for s in range(0, len(images), batch_size)]
     per_image: dict[str, dict[str, list[torch.Tensor]]] = {m: {} for m in methods}
-    with progress_bar(_passes(batches, set(checked), methods, len(stages) * len(sane), pixels,
-                              objects),
+    with progress_bar(_passes(batches, set(checked), methods, len(stages) * len(sane),
+                              settings.pixels, objects),
                       enabled=show_progress) as bar:
         for batch in batches:
-            plan = _Plan(steps=steps, pixels=pixels, seed=seed, stages=stages,
+            plan = _Plan(steps=settings.steps, pixels=settings.pixels, seed=settings.seed,
+                         stages=stages,
                          checked=[i - batch.start for i in checked if i in batch],
                          checked_methods=sane,
                          asks=None if objects is None else [

@@ -2,7 +2,8 @@
 ``explain_bench.md``, ``.json`` and ``.png`` (the figure) out.
 
     result, paths = run_explain_bench("runs/quickstart/best.pt", "data/shapes")
-    result, paths = run_explain_bench(ckpt, data, images=100, steps=16, full_cascade=True)
+    result, paths = run_explain_bench(ckpt, data, images=100,
+                                      settings=BenchSettings(steps=16, full_cascade=True))
 
 The images: ``DIR/val``, else the run's held-out ``split.json`` files, else ``DIR`` itself; or,
 with an ``objects.json`` in DIR (images holding two objects of different classes, e.g. from
@@ -26,13 +27,9 @@ import torch
 from vit import run_folder
 from vit.bench.figure import plot_explain_bench
 from vit.bench.measures import (
-    BENCH_METHODS,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_SANITY_IMAGES,
-    DEFAULT_STEPS,
     REFERENCES,
     SANITY_THRESHOLD,
-    check_bench_args,
+    BenchSettings,
     explain_bench,
     mean_and_sem,
 )
@@ -204,40 +201,37 @@ def _objects(clf: Any, arrays: Sequence[np.ndarray], boxes: Any) -> Any:
 
 
 def run_explain_bench(
-    checkpoint: str | Path, data: str | Path, *, methods: Sequence[str] = BENCH_METHODS,
-    images: int = DEFAULT_IMAGES, steps: int = DEFAULT_STEPS, seed: int = 0,
-    batch_size: int = DEFAULT_BATCH_SIZE, sanity: bool = True,
-    sanity_images: int = DEFAULT_SANITY_IMAGES, full_cascade: bool = False, pixels: bool = False,
-    output: str | Path | None = None, device: str = "auto", command: str | None = None,
-    show_progress: bool = False,
+    checkpoint: str | Path, data: str | Path, *, settings: BenchSettings | None = None,
+    images: int = DEFAULT_IMAGES, output: str | Path | None = None, device: str = "auto",
+    command: str | None = None, show_progress: bool = False,
 ) -> tuple[dict[str, Any], list[Path]]:
-    """Load a checkpoint and held-out images of ``data``, run ``explain_bench`` and write
-    ``explain_bench.md``, ``.json`` and the figure ``.png`` into ``output`` (default:
-    ``explain_bench/`` beside the checkpoint), and the recommended method beside the checkpoint
-    (``vit.explain.recommend``). Returns the result and the three paths. The defaults end within
-    about 3 minutes on 2 CPU cores for a 12-block, width-192 model at 32 px
-    (benchmarks/RESULTS.md, "explain-bench: time")."""
+    """Load a checkpoint and up to ``images`` held-out images of ``data``, run ``explain_bench``
+    with ``settings`` (default: ``BenchSettings()``) and write ``explain_bench.md``, ``.json``
+    and the figure ``.png`` into ``output`` (default: ``explain_bench/`` beside the checkpoint),
+    and the recommended method beside the checkpoint (``vit.explain.recommend``). Returns the
+    result and the three paths. The defaults end within about 3 minutes on 2 CPU cores for a
+    12-block, width-192 model at 32 px (benchmarks/RESULTS.md, "explain-bench: time")."""
     import time
 
     checkpoint, data = Path(checkpoint), Path(data).expanduser()
-    check_bench_args(methods, steps, batch_size, sanity_images)
+    settings = settings or BenchSettings()
+    settings.check()
     if images < 1:
         raise ConfigError(f"images must be >= 1; got {images}")
     clf = Classifier.from_checkpoint(checkpoint, device=device)
-    paths, labels, boxes, source = _select(clf, checkpoint, data, images, seed)
+    paths, labels, boxes, source = _select(clf, checkpoint, data, images, settings.seed)
     arrays = [np.asarray(load_image(p)) for p in paths]
     x = clf.transform(arrays).to(clf.device)
     start = time.perf_counter()
-    result = explain_bench(clf.model, x, methods=methods, steps=steps, seed=seed,
-                           batch_size=batch_size, sanity=sanity, sanity_images=sanity_images,
-                           full_cascade=full_cascade, pixels=pixels, objects=_objects(clf, arrays, boxes),
+    result = explain_bench(clf.model, x, settings=settings, objects=_objects(clf, arrays, boxes),
                            show_progress=show_progress)
     if labels is not None:
         with torch.no_grad():
             correct = clf.model(x).argmax(dim=1).cpu() == torch.tensor(labels)
         result["accuracy"], result["accuracy_sem"] = mean_and_sem(correct.float())
-    result["setup"] = {"checkpoint": str(checkpoint), "images_from": source, "steps": steps,
-                       "seed": seed, "methods": list(methods), "img_size": clf.img_size,
+    result["setup"] = {"checkpoint": str(checkpoint), "images_from": source,
+                       "steps": settings.steps, "seed": settings.seed,
+                       "methods": list(settings.methods), "img_size": clf.img_size,
                        "seconds": time.perf_counter() - start}
     result["machine"] = _machine(clf.device, command)
     out = Path(output) if output is not None else checkpoint.parent / "explain_bench"

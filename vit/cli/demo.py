@@ -51,10 +51,10 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.model)
     clf = (Classifier.from_checkpoint(path, device=args.device) if path.is_file()
            else Classifier.from_pretrained(args.model, device=args.device))
-    method, why = choose_method(args.model, args.method)
-    if why:
-        print(why)
+    choice = choose_method(args.model, args.method)
+    if choice.why:
+        print(choice.why)
     print(f"vit demo: {clf}; open http://{args.host}:{args.port} (Ctrl-C stops it)")
-    build_demo(clf, topk=args.topk, method=method).launch(
+    build_demo(clf, topk=args.topk, method=choice.method).launch(
         server_name=args.host, server_port=args.port, quiet=True)
     return 0

@@ -137,28 +137,28 @@ def _print_summary(results, method: str, note: str = "") -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vit.data.labels import expand_with_labels
-    from vit.explain.recommend import choose_method, method_file
+    from vit.explain.recommend import choose_method
     from vit.figures.attention_files import check_html_output
-    from vit.figures.overlay_files import explain_files
+    from vit.figures.overlay_files import OverlayOptions, explain_files
 
     _check(args)
     if args.html is not None:
         check_html_output(args.html)  # before any work
     paths, labels = expand_with_labels(args.paths)
     show_progress = sys.stderr.isatty() and not args.quiet
-    method, why = choose_method(args.checkpoint, args.method)
-    recorded = method_file(args.checkpoint).is_file()
-    if why and recorded and not args.quiet:  # explain-bench's recommendation: one line
-        print(why, file=sys.stderr)
-    note = "" if args.method or recorded else (
-        ", the default: no explain-bench recommendation recorded for this model")
+    choice = choose_method(args.checkpoint, args.method)
+    if choice.source == "recorded" and not args.quiet:  # explain-bench's record: one line
+        print(choice.why, file=sys.stderr)
+    note = (", the default: no explain-bench recommendation recorded for this model"
+            if choice.source == "default" else "")
     if args.output is not None:
+        options = OverlayOptions(head_fusion=args.head_fusion, discard_ratio=args.discard_ratio,
+                                 alpha=args.alpha, colormap=args.colormap, topk=args.topk)
         results = explain_files(
-            checkpoint=args.checkpoint, paths=paths, output=args.output, method=method,
-            head_fusion=args.head_fusion, discard_ratio=args.discard_ratio, alpha=args.alpha,
-            colormap=args.colormap, topk=args.topk, batch_size=args.batch_size,
-            device=args.device, grid=args.grid, show_progress=show_progress, labels=labels)
-        _print_summary(results, method, note)
+            checkpoint=args.checkpoint, paths=paths, output=args.output, method=choice.method,
+            options=options, batch_size=args.batch_size, device=args.device, grid=args.grid,
+            show_progress=show_progress, labels=labels)
+        _print_summary(results, choice.method, note)
     if args.html is not None:
-        _write_page(args, paths, method, show_progress)
+        _write_page(args, paths, choice.method, show_progress)
     return 0

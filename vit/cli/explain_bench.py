@@ -68,18 +68,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vit.bench.measures import BENCH_METHODS
+    from vit.bench.measures import BENCH_METHODS, BenchSettings
     from vit.bench.report import markdown_report
     from vit.bench.run import run_explain_bench
 
     methods = list(BENCH_METHODS) if args.methods == "all" else \
         [m.strip() for m in args.methods.split(",") if m.strip()]
+    settings = BenchSettings(methods=methods, steps=args.steps, seed=args.seed,
+                             batch_size=args.batch_size, sanity=not args.no_sanity,
+                             sanity_images=args.sanity_images, full_cascade=args.full_cascade,
+                             pixels=args.pixels)
     result, paths = run_explain_bench(
-        args.checkpoint, args.data, methods=methods, images=args.images, steps=args.steps,
-        seed=args.seed, batch_size=args.batch_size, sanity=not args.no_sanity,
-        sanity_images=args.sanity_images, full_cascade=args.full_cascade, pixels=args.pixels,
-        output=args.output, device=args.device,
-        command=shlex.join(["vit", "explain-bench", *sys.argv[2:]]),
+        args.checkpoint, args.data, settings=settings, images=args.images, output=args.output,
+        device=args.device, command=shlex.join(["vit", "explain-bench", *sys.argv[2:]]),
         show_progress=not args.quiet)  # a log file gets a line with the time left every 30 s
     print(markdown_report(result))
     print(f"\nwrote {', '.join(str(p) for p in paths[:-1])} and {paths[-1]}")

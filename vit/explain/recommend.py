@@ -3,7 +3,8 @@ measures, and the small file beside the checkpoint that records it.
 
     recommendation = recommend(result, references, 0.3)   # result: explain_bench's
     recorded_method("runs/x/best.pt", record)        # writes runs/x/explain_method.json
-    method, why = choose_method("runs/x/best.pt")    # what explain, overlays, explorer, demo use
+    choice = choose_method("runs/x/best.pt")         # .method: what explain, overlays, explorer,
+                                                     # demo use; .why, .source: why, from where
 
 The rule (``RULE``, written into every report): among the saliency methods that pass the
 randomisation check, rank each on token deletion, token insertion and token LeRF-MoRF by its
@@ -19,6 +20,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from vit import run_folder
 from vit.io import atomic_write
 
 __all__ = ["RULE", "RULE_COLUMNS", "TIE_SE", "METHOD_FILE", "recommend", "in_se",
-           "recorded_method", "choose_method", "method_file"]
+           "recorded_method", "choose_method", "MethodChoice", "CHOICE_SOURCES", "method_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,21 +88,24 @@ def verdict(leads: Sequence[tuple[float, float]]) -> str:
     return "trade-off" if min(z) <= -TIE_SE else "ahead"
 
 
-def _candidates(result: Mapping[str, Any], references: Sequence[str]) -> tuple[list[str], dict]:
-    """The methods that may be recommended (measured, not references, passing the check) and,
-    for the others, why not."""
-    passing, excluded = [], {}
+def _candidates(result: Mapping[str, Any], references: Sequence[str]
+                ) -> tuple[list[str], dict, dict[str, float]]:
+    """The methods that may be recommended (measured, not references, passing the check), for
+    the others why not, and each method's ρ at half the blocks (where the check ran)."""
+    passing, excluded, rho = [], {}, {}
     key = f"random_{result['half_stage']}"
     for row in result["rows"]:
         if row["method"] in references:
             continue
+        if key in row:
+            rho[row["method"]] = row[key]
         if row.get("sanity") == "pass":
             passing.append(row["method"])
         else:
             excluded[row["method"]] = (f"fails the randomisation check: ρ {row[key]:.2f} at half "
                                        "the blocks" if key in row else
                                        "randomisation check not run")
-    return passing, excluded
+    return passing, excluded, rho
 
 
 def recommend(result: Mapping[str, Any], references: Sequence[str], threshold: float
@@ -108,13 +113,14 @@ def recommend(result: Mapping[str, Any], references: Sequence[str], threshold: f
     """The method ``RULE`` picks from an explain-bench result (its ``rows`` with sanity verdicts
     at ``threshold`` and its ``per_image`` values), with the ranks, the leads and the verdicts
     behind it: ``{"method", "rule", "ranks", "leads", "verdicts", "tied_with",
-    "trades_off_with", "excluded", "sanity": [its ρ, sem, threshold], "narrow_pass"}``
-    (``narrow_pass``: its ρ is within ``TIE_SE`` standard errors of the threshold). ``method``
-    is None when no method passes the randomisation check (or it was not run)."""
-    passing, excluded = _candidates(result, references)
+    "trades_off_with", "excluded", "rho", "sanity": [its ρ, sem, threshold], "narrow_pass"}``
+    (``excluded``: why, in words; ``rho``: each method's ρ at half the blocks random, where the
+    check ran; ``narrow_pass``: its ρ is within ``TIE_SE`` standard errors of the threshold).
+    ``method`` is None when no method passes the randomisation check (or it was not run)."""
+    passing, excluded, rho = _candidates(result, references)
     out: dict[str, Any] = {"method": None, "rule": RULE, "ranks": {}, "leads": {},
                            "verdicts": {}, "tied_with": [], "trades_off_with": [],
-                           "excluded": excluded}
+                           "excluded": excluded, "rho": rho}
     if not passing:
         return out
     rows = {r["method"]: r for r in result["rows"]}
@@ -169,31 +175,50 @@ def recorded_method(checkpoint: str | Path, record: Mapping[str, Any] | None = N
     return found
 
 
-def choose_method(checkpoint: str | Path, requested: str | None = None) -> tuple[str, str | None]:
-    """The saliency method for a model, and one line saying why: ``requested`` (``--method``)
-    always wins (no line); else the method explain-bench recorded beside the checkpoint; else
-    the package's ``DEFAULT_METHOD``."""
+CHOICE_SOURCES = ("requested", "recorded", "default")  # where a MethodChoice came from
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """The saliency method for a model (``choose_method``), one line saying why (None when it
+    was asked for), and where the choice came from: ``"requested"`` (``--method``),
+    ``"recorded"`` (the file explain-bench wrote beside the checkpoint decided: its method, or
+    the default when it names none this version can use or cannot be read) or ``"default"``
+    (no such file: the package's ``DEFAULT_METHOD``)."""
+
+    method: str
+    why: str | None
+    source: str  # one of CHOICE_SOURCES
+
+
+def choose_method(checkpoint: str | Path, requested: str | None = None) -> MethodChoice:
+    """The saliency method for a model, why, and from where (``MethodChoice``): ``requested``
+    (``--method``) always wins (no line); else the method explain-bench recorded beside the
+    checkpoint; else the package's ``DEFAULT_METHOD``."""
     from vit.explain.saliency import DEFAULT_METHOD, METHODS
 
     if requested is not None:
-        return requested, None
+        return MethodChoice(requested, None, "requested")
+    where = method_file(checkpoint)
     local = Path(checkpoint).expanduser().exists()
     found = recorded_method(checkpoint) if local else None
     if found is None:
-        return DEFAULT_METHOD, (f"saliency method: {DEFAULT_METHOD}, the default (no "
-                                f"explain-bench recommendation for this model; `vit explain-bench"
-                                f"` measures one); --method picks another")
-    where = method_file(checkpoint)
+        return MethodChoice(DEFAULT_METHOD, (
+            f"saliency method: {DEFAULT_METHOD}, the default (no explain-bench recommendation "
+            "for this model; `vit explain-bench` measures one); --method picks another"),
+            "recorded" if where.is_file() else "default")  # recorded: a file it could not read
     method = found["method"]
     if method is None:
-        return DEFAULT_METHOD, (f"saliency method: {DEFAULT_METHOD}, the default (explain-bench "
-                                f"found no method that passes its checks on this model: {where})")
+        return MethodChoice(DEFAULT_METHOD, (
+            f"saliency method: {DEFAULT_METHOD}, the default (explain-bench found no method "
+            f"that passes its checks on this model: {where})"), "recorded")
     if method not in METHODS:
-        return DEFAULT_METHOD, (f"saliency method: {DEFAULT_METHOD}, the default ({where} "
-                                f"recommends {method!r}, which this version does not know; run "
-                                "explain-bench again)")
+        return MethodChoice(DEFAULT_METHOD, (
+            f"saliency method: {DEFAULT_METHOD}, the default ({where} recommends {method!r}, "
+            "which this version does not know; run explain-bench again)"), "recorded")
     close = [f"tied with {', '.join(found[k])}" if k == "tied_with" else
              f"trades off with {', '.join(found[k])}"
              for k in ("tied_with", "trades_off_with") if found.get(k)]
-    return method, (f"saliency method: {method}, recommended for this model by explain-bench "
-                    f"({'; '.join([str(where), *close])}); --method picks another")
+    return MethodChoice(method, (f"saliency method: {method}, recommended for this model by "
+                                 f"explain-bench ({'; '.join([str(where), *close])}); --method "
+                                 "picks another"), "recorded")

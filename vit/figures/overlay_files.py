@@ -316,31 +316,43 @@ def _image_hw(path: Path) -> tuple[int, int]:
         return image.height, image.width
 
 
+@dataclass(frozen=True)
+class OverlayOptions:
+    """How ``explain_files`` draws; the defaults are those of `vit explain`: rollout's head
+    fusion and the share of the weakest attention it drops (``head_fusion``, ``discard_ratio``;
+    attention: the fusion), the heat map's opacity and colour map, and the predictions named in
+    each title (``topk``)."""
+
+    head_fusion: str = "mean"
+    discard_ratio: float = 0.0
+    alpha: float = 0.5
+    colormap: str = DEFAULT_COLORMAP
+    topk: int = 3
+
+
 def explain_files(
     *,
     checkpoint: str | Path,
     paths: Sequence[str | Path],
     output: str | Path,
     method: str = DEFAULT_METHOD,
-    head_fusion: str = "mean",
-    discard_ratio: float = 0.0,
-    alpha: float = 0.5,
-    topk: int = 3,
+    options: OverlayOptions | None = None,
     batch_size: int = 16,
     device: str = "auto",
     grid: str | Path | None = None,
     show_progress: bool = False,
-    colormap: str = DEFAULT_COLORMAP,
     labels: Mapping[str, str] | None = None,
 ) -> Explained:
     """Write one side-by-side PNG per readable image and method, the grid pages (``grid``,
     default DIR/grid.png; several pages: grid_001.png, ...) and DIR/index.html; unreadable
-    files are skipped. ``method``: see ``parse_methods``. ``labels``: path -> true label (a
-    label file's); else the folder names it.
+    files are skipped. ``method``: see ``parse_methods``; ``options``: how to draw (default:
+    ``OverlayOptions()``). ``labels``: path -> true label (a label file's); else the folder
+    names it.
 
     Each batch is decoded and cropped once and runs the model's forward pass once (the
     predictions in the titles, and the class every class-specific map explains).
     """
+    options = options or OverlayOptions()
     methods = parse_methods(method)
     out_dir = make_output_dir(output)
     clf = Classifier.from_checkpoint(checkpoint, device=device)
@@ -348,9 +360,11 @@ def explain_files(
     if warning:
         logger.warning("%s", warning)
     d = _Drawing(clf=clf, methods=methods, out_dir=out_dir, stems=_output_stems(paths),
-                 options={m: _method_options(m, head_fusion, discard_ratio) for m in methods},
-                 boxes=object_boxes(paths), labels=labels, key=colour_key(methods, colormap),
-                 alpha=alpha, topk=topk, tiles=TileStore())
+                 options={m: _method_options(m, options.head_fusion, options.discard_ratio)
+                          for m in methods},
+                 boxes=object_boxes(paths), labels=labels,
+                 key=colour_key(methods, options.colormap), alpha=options.alpha,
+                 topk=options.topk, tiles=TileStore())
     results: list[ExplainedImage] = []
     batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
     try:

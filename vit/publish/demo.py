@@ -53,7 +53,8 @@ def build_demo(classifier: Classifier, *, topk: int = 5, title: str | None = Non
                method: str = DEFAULT_METHOD) -> Any:
     """The Gradio app (a ``gradio.Interface``) on ``classifier``; call ``.launch()`` on it.
     ``method``: the saliency method selected when the page opens (`vit demo`: the one
-    explain-bench recommended for the model, ``vit.explain.recommend.choose_method``)."""
+    explain-bench recommended for the model, ``vit.explain.recommend.choose_method(...).method``,
+    else the default)."""
     from vit.explain.saliency import zero_head_warning
 
     if method not in METHODS:

@@ -54,7 +54,8 @@ def write_explorer(run_dir: Path, paths: list[str], *, device: str = "auto") -> 
     from vit.figures.attention_files import write_explorer_page
 
     try:
-        options = PageOptions(method=choose_method(run_dir / run_folder.BEST)[0])  # the overlays' too
+        method = choose_method(run_dir / run_folder.BEST).method  # the overlays' too
+        options = PageOptions(method=method)
         return write_explorer_page(checkpoint=run_dir / run_folder.BEST, paths=paths, options=options,
                                    output=run_dir / "explorer.html", device=device).path
     except Exception as e:  # a drawing problem must never end a finished run

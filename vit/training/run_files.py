@@ -105,14 +105,14 @@ def write_overlays(run_dir: Path, paths: list[str], *, device: torch.device
 
     out = run_dir / "overlays"
     try:
-        method, why = choose_method(run_dir / run_folder.BEST)
-        logger.info("overlays: %s", why)
-        explain_files(checkpoint=run_dir / run_folder.BEST, output=out, method=method,
+        choice = choose_method(run_dir / run_folder.BEST)
+        logger.info("overlays: %s", choice.why)
+        explain_files(checkpoint=run_dir / run_folder.BEST, output=out, method=choice.method,
                       paths=paths, device=str(device))
     except Exception as e:  # a drawing problem must never end a finished run
         logger.warning("could not draw the saliency overlays: %s", e)
         return None
-    return out, method
+    return out, choice.method
 
 
 TRACKED_OVERLAYS = 4  # overlays sent to the trackers besides the grid
