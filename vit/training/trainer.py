@@ -31,7 +31,7 @@ from vit.data.transforms import resolve_crop_pct
 from vit.errors import ConfigError, OutputError, VitError
 from vit.io import atomic_save, atomic_write, make_output_dir, remove_stale_temp_files, write_json
 from vit.models.architecture import describe_model, describe_spec, model_from_spec
-from vit.models.checkpoint import make_checkpoint
+from vit.models.checkpoint import TrainingState, make_checkpoint
 from vit.runtime import make_grad_scaler, resolve_device, resolve_precision
 from vit.text import plural
 from vit.training.budget import TimeBudget
@@ -443,15 +443,17 @@ class Trainer:
         optimizer_state = full_optimizer_state(self.model, self.optimizer)
         if not self.dist.is_main:
             return None
-        return make_checkpoint(
-            model=self._eval_model(), classes=self.data.classes, preprocess=self.preprocess,
-            config=to_dict(self.cfg), epoch=epoch, step=self.step, best_top1=self.best_top1,
-            metrics=self.metrics, optimizer=self.optimizer, scaler=self.scaler,
+        training = TrainingState(
+            optimizer=self.optimizer, scaler=self.scaler,
             ema_model=ema.module if ema is not None else None,
             train_model=self.model if ema is not None else None,
             extra={"batches_done": batches_done, "rng": capture_rng_state(),
                    "early_stop": self.stopper.state_dict()},
-            model_state=gathered, optimizer_state=optimizer_state)
+            optimizer_state=optimizer_state)
+        return make_checkpoint(
+            model=self._eval_model(), classes=self.data.classes, preprocess=self.preprocess,
+            config=to_dict(self.cfg), epoch=epoch, step=self.step, best_top1=self.best_top1,
+            metrics=self.metrics, training=training, model_state=gathered)
 
     # --- the end ------------------------------------------------------------------------------
 
