@@ -21,6 +21,7 @@ from vit.io import atomic_save
 from vit.models import checkpoint as ckpt_lib
 from vit.models.checkpoint import (
     FORMAT_VERSION,
+    TrainingState,
     load_checkpoint,
     make_checkpoint,
     model_from_checkpoint,
@@ -64,8 +65,9 @@ def _full_checkpoint(tmp_path):
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     ema = copy.deepcopy(model)
     metrics = {"val_top1": np.float64(66.5), "val_loss": torch.tensor(0.25), "lr": 1e-3}
-    ckpt = checkpoint_of(ema, optimizer=optimizer, scaler=scaler, ema_model=ema, train_model=model,
-                         metrics=metrics, extra={"batches_done": 3, "rng": capture_rng_state()})
+    training = TrainingState(optimizer=optimizer, scaler=scaler, ema_model=ema, train_model=model,
+                             extra={"batches_done": 3, "rng": capture_rng_state()})
+    ckpt = checkpoint_of(ema, metrics=metrics, training=training)
     path = tmp_path / "last.pt"
     atomic_save(ckpt, path)
     return path, model, optimizer
@@ -104,7 +106,7 @@ def test_wrapped_model_keys_are_plain():
                     Wrapper(Wrapper(model, "_orig_mod"), "module")):
         assert unwrap_model(wrapped) is model
         assert any(k.startswith(("module.", "_orig_mod.")) for k in wrapped.state_dict())
-        ckpt = checkpoint_of(wrapped, ema_model=wrapped, optimizer=None)
+        ckpt = checkpoint_of(wrapped, training=TrainingState(ema_model=wrapped))
         assert list(ckpt["model"]) == plain_keys
         assert list(ckpt["ema"]) == plain_keys
 
@@ -327,8 +329,9 @@ def test_resume_continues_exactly(tmp_path):
     model = tiny_vit(jitter=0.05, train=True, drop_path_rate=0.1, drop_rate=0.1).train()  # randomness inside the model too
     optimizer = build_optimizer(model, lr=1e-2, weight_decay=0.05, layer_decay=0.75)
     _train_steps(model, optimizer, 2)
-    atomic_save(checkpoint_of(model, optimizer=optimizer, train_model=model,
-                              extra={"rng": capture_rng_state()}), tmp_path / "last.pt")
+    training = TrainingState(optimizer=optimizer, train_model=model,
+                             extra={"rng": capture_rng_state()})
+    atomic_save(checkpoint_of(model, training=training), tmp_path / "last.pt")
     _train_steps(model, optimizer, 2)
 
     state = load_checkpoint(find_resume_checkpoint(tmp_path))

@@ -21,7 +21,7 @@ from helpers.images import make_folder
 from helpers.models import tiny_vit
 from torch import nn
 
-import vit.training.trainer
+import vit.training.setup
 from vit.cli import main
 from vit.models.checkpoint import load_checkpoint
 from vit.training.epoch import (
@@ -90,13 +90,13 @@ def one_epoch_run(tmp_path_factory) -> Path:
 
 def poison_the_criterion(monkeypatch, **poison) -> None:
     """Make the next run's training criterion ``poisoned(..., **poison)``."""
-    build = vit.training.trainer.build_criterion
+    build = vit.training.setup.build_criterion  # where the run's set-up looks it up
 
     def build_poisoned(*args, **kwargs):
         criterion, mixup = build(*args, **kwargs)
         return poisoned(criterion, **poison), mixup
 
-    monkeypatch.setattr(vit.training.trainer, "build_criterion", build_poisoned)
+    monkeypatch.setattr(vit.training.setup, "build_criterion", build_poisoned)
 
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")

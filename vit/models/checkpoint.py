@@ -11,7 +11,7 @@ reads it and no file can run code while loading::
      "preprocess": {"img_size": 224, "mean": [...], "std": [...], "crop_pct": 0.875},
      "config": {...},                # the resolved run Config (vit.config.to_dict)
      "epoch": 3, "step": 1200, "best_top1": 91.5, "metrics": {...},
-     # resume state (last.pt only):
+     # resume state (last.pt only: make_checkpoint(..., training=TrainingState(...))):
      "train_model": state_dict | None, "optimizer": {...}, "scaler": {...} | None,
      "ema": state_dict | None, "extra": {"rng": ..., "batches_done": ...}}
 
@@ -44,6 +44,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "CheckpointError",
+    "TrainingState",
     "make_checkpoint",
     "load_checkpoint",
     "model_from_checkpoint",
@@ -85,6 +86,36 @@ def _check_preprocess(preprocess: Mapping[str, Any]) -> dict[str, Any]:
     return _plain(preprocess)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingState:
+    """What makes a checkpoint resumable (last.pt): the optimizer, the GradScaler, the EMA and
+    training models, and ``extra`` (random generators, batches done, ...).
+
+    ``train_model_state`` and ``optimizer_state`` are states already gathered (from FSDP
+    shards): they replace those of ``train_model`` and ``optimizer``."""
+
+    optimizer: torch.optim.Optimizer | None = None
+    scaler: torch.amp.GradScaler | None = None
+    ema_model: nn.Module | None = None
+    train_model: nn.Module | None = None
+    extra: Mapping[str, Any] | None = None
+    train_model_state: Mapping[str, torch.Tensor] | None = None
+    optimizer_state: Mapping[str, Any] | None = None
+
+    def entries(self) -> dict[str, Any]:
+        """The resume keys of the checkpoint, each None when there is nothing to keep."""
+        optimizer = self.optimizer
+        return {
+            "train_model": (dict(self.train_model_state) if self.train_model_state is not None
+                            else _model_state(self.train_model)),
+            "optimizer": (dict(self.optimizer_state) if self.optimizer_state is not None
+                          else optimizer.state_dict() if optimizer is not None else None),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": _model_state(self.ema_model),
+            "extra": _plain(self.extra) if self.extra is not None else None,
+        }
+
+
 def make_checkpoint(
     *,
     model: nn.Module,
@@ -95,19 +126,12 @@ def make_checkpoint(
     step: int,
     best_top1: float | None,
     metrics: Mapping[str, Any],
-    optimizer: torch.optim.Optimizer | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    ema_model: nn.Module | None = None,
-    train_model: nn.Module | None = None,
-    extra: Mapping[str, Any] | None = None,
+    training: TrainingState | None = None,
     model_state: Mapping[str, torch.Tensor] | None = None,
-    train_model_state: Mapping[str, torch.Tensor] | None = None,
-    optimizer_state: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint dict (see the module docstring); pass ``optimizer`` etc. to make it
-    resumable. ``model`` may be wrapped (DDP, torch.compile): keys come out unprefixed.
-    ``model_state``, ``train_model_state`` and ``optimizer_state`` are states already gathered
-    (from FSDP shards): they replace those of ``model``, ``train_model`` and ``optimizer``.
+    """The checkpoint dict (see the module docstring); pass ``training`` to make it resumable.
+    ``model`` may be wrapped (DDP, torch.compile): keys come out unprefixed. ``model_state`` is
+    its state already gathered (from FSDP shards), which replaces that of ``model``.
 
     Tensors are not copied: save the dict right away, before the next optimizer step.
     """
@@ -126,15 +150,7 @@ def make_checkpoint(
         "best_top1": None if best_top1 is None else float(best_top1),
         "metrics": _plain(metrics),
     }
-    resume = {
-        "train_model": (dict(train_model_state) if train_model_state is not None
-                        else _model_state(train_model)),
-        "optimizer": (dict(optimizer_state) if optimizer_state is not None
-                      else optimizer.state_dict() if optimizer is not None else None),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "ema": _model_state(ema_model),
-        "extra": _plain(extra) if extra is not None else None,
-    }
+    resume = (training or TrainingState()).entries()
     ckpt.update({k: v for k, v in resume.items() if v is not None})  # absent means None
     return ckpt
 

@@ -83,6 +83,13 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def any_process(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is set in any process (all-reduced only when there are several)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    return all_reduce_sum([float(flag)], device)[0] > 0
+
+
 def broadcast_object(obj, src: int = 0):
     """Send a picklable object (e.g. the run folder name) from ``src`` to every process."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -10,7 +10,10 @@ A stop signal is named as the cause of whatever it brings down: sent to the run'
 (a scheduler, a terminal), it also ends the loader workers, and their end is not a fault of its
 own (``stop_on_signals``).
 
-(A second run on a live run's folder is refused before it starts: ``vit.training.run_lock``.)
+``guarded_run`` holds a whole run: the signals handled, a fault's line raised in place of its
+error. A stop in the epochs saves a resumable last.pt first and ends with
+``TrainingInterrupted``. (A second run on a live run's folder is refused before it starts:
+``vit.training.run_lock``.)
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from pathlib import Path
 from vit import run_folder
 from vit.errors import OutputError, VitError, first_line
 
-__all__ = ["RunStopped", "StopRequest", "explain_fault", "stop_on_signals"]
+__all__ = ["RunStopped", "TrainingInterrupted", "StopRequest", "explain_fault",
+           "stop_on_signals", "guarded_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +43,24 @@ _PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "NCCL", "
 
 class RunStopped(VitError):
     """A fault stopped the run; the message says what, and how to continue."""
+
+
+class TrainingInterrupted(VitError):
+    """Ctrl-C or SIGTERM: a resumable last.pt was written; the message says how to resume."""
+
+    def __init__(self, message: str, signal_name: str = "SIGINT"):
+        super().__init__(message)
+        self.signal_name = signal_name
+
+    @classmethod
+    def in_epoch(cls, signal_name: str | None, *, epoch: int, batches_done: int,
+                 batches_per_epoch: int, run_dir: Path) -> TrainingInterrupted:
+        """Stopped in ``epoch`` (from 0) after ``batches_done`` batches, once last.pt is saved."""
+        name = signal_name or "SIGINT"
+        how = "interrupted by SIGINT (Ctrl-C)" if name == "SIGINT" else f"stopped by {name}"
+        return cls(f"{how} in epoch {epoch + 1} after {batches_done} of {batches_per_epoch} "
+                   f"batches; resumable checkpoint {run_dir / run_folder.LAST}; continue with: "
+                   f"--resume {run_dir}", signal_name=name)
 
 
 def _continue(run_dir: Path) -> str:
@@ -163,3 +185,19 @@ def stop_on_signals(run_dir: Path, *, graceful_sigterm: bool = True) -> Iterator
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def guarded_run(run_dir: Path, *, rank: int, graceful_sigterm: bool = True
+                ) -> Iterator[StopRequest]:
+    """A run's whole duration: the stop signals handled (``stop_on_signals``), and a fault of
+    scale that ends it turned into its one line (``explain_fault``; any other error passes)."""
+    request = StopRequest()
+    try:
+        with stop_on_signals(run_dir, graceful_sigterm=graceful_sigterm) as request:
+            yield request
+    except (RuntimeError, OutputError) as e:
+        fault = explain_fault(e, run_dir=run_dir, rank=rank, stopped_by=request.signal_name)
+        if fault is None:
+            raise
+        raise fault from e

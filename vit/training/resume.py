@@ -91,7 +91,8 @@ def find_resume_checkpoint(path: str | os.PathLike) -> Path:
 
 @dataclass(frozen=True)
 class ResumeAt:
-    """Where a resumed run picks up."""
+    """Where a resumed run picks up: what last.pt records of the run's progress
+    (``vit.training.checkpointing.run_checkpoint`` writes it, ``ResumePoint.restore`` reads it)."""
 
     epoch: int  # epochs finished
     batches_done: int  # batches of the next epoch already trained (an interrupted epoch)

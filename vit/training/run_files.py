@@ -1,6 +1,6 @@
 """What a run writes as it goes, besides config.yaml and the data files: metrics.jsonl,
 last.pt, best.pt and curves.png after every epoch (or at most every ``train.save_every_s``
-seconds), and the saliency overlays of held-out images at the end."""
+seconds), and at the end the saliency overlays of held-out images and the explorer page."""
 
 from __future__ import annotations
 
@@ -8,22 +8,23 @@ import itertools
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vit import run_folder
+from vit.config import TrainConfig
+from vit.data.sources import RunData
 from vit.io import append_jsonl, atomic_save, read_jsonl
+from vit.training.checkpointing import best_checkpoint
+from vit.training.quickstart import write_explorer
 
-__all__ = ["default_run_dir", "EpochSaver", "held_out_examples", "write_overlays",
+__all__ = ["EpochSaver", "EndFiles", "write_end_files", "held_out_examples", "write_overlays",
            "tracked_images"]
 
 logger = logging.getLogger(__name__)
-
-
-def default_run_dir() -> Path:
-    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
 def _snapshot(obj: Any) -> Any:
@@ -58,8 +59,7 @@ class EpochSaver:
         append_jsonl(self.run_dir / run_folder.METRICS, metrics)
         due = force or self.every_s <= 0 or time.perf_counter() - self.last_write >= self.every_s
         if improved:
-            best = {k: v for k, v in checkpoint.items()
-                    if k not in ("optimizer", "scaler", "ema", "train_model", "extra")}
+            best = best_checkpoint(checkpoint)
             self.pending_best = best if due else _snapshot(best)
         if not due:
             return
@@ -81,6 +81,33 @@ class EpochSaver:
         if self.pending_best is not None:
             atomic_save(self.pending_best, self.run_dir / run_folder.BEST)
             self.pending_best = None
+
+
+@dataclass
+class EndFiles:
+    """What the run's last step drew: held-out images, their overlays, the explorer page."""
+
+    held_out: list[str] = field(default_factory=list)
+    overlays: Path | None = None
+    method: str | None = None  # the saliency method of the overlays
+    explorer: Path | None = None
+
+
+def write_end_files(run_dir: Path, data: RunData, *, train: TrainConfig,
+                    device: torch.device) -> EndFiles:
+    """The run's last step (main process): the unreadable files named once more, overlays of
+    ``train.explain_samples`` held-out images, the explorer page (``train.explorer_page``)."""
+    if data.skipped:
+        logger.warning("%d unreadable files skipped; they are listed with the reason in %s",
+                       len(data.skipped), run_dir / run_folder.DATA_REPORT)
+    end = EndFiles()
+    if train.explain_samples > 0 and data.val_samples:
+        end.held_out = held_out_examples(data.val_samples, train.explain_samples)
+        drawn = write_overlays(run_dir, end.held_out, device=device)
+        end.overlays, end.method = drawn if drawn else (None, None)
+    if train.explorer_page and end.held_out:
+        end.explorer = write_explorer(run_dir, end.held_out, device=train.device)
+    return end
 
 
 def held_out_examples(samples: list[tuple[str, int]], num_images: int) -> list[str]:

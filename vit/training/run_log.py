@@ -1,5 +1,5 @@
-"""What a run says in its log: the model line at start-up, the metrics of an epoch and its line.
-Explicit inputs, no state."""
+"""What a run says in its log: the model and processes lines at start-up, the metrics of an
+epoch and its line. Explicit inputs, no state."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from vit.text import plural
 from vit.training.epoch import EpochResult
 from vit.training.optim import count_parameters
 
-__all__ = ["log_model", "epoch_metrics", "log_epoch"]
+__all__ = ["log_model", "log_processes", "epoch_metrics", "log_epoch"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,13 @@ def log_model(model: nn.Module, cfg: Config, *, num_classes: int, device: Any,
                 cfg.train.batch_size * cfg.train.accum_steps)
     if info.family == "VisionTransformerDistilled":
         logger.info("%s", DISTILLED_HEADS)
+
+
+def log_processes(world_size: int, *, strategy: str, held_per_process: int) -> None:
+    """The start-up line under torchrun: the processes, ``train.strategy``, and the parameter
+    elements the fullest process holds."""
+    logger.info("%d processes, strategy %s: at most %d parameter elements (%.2fM) held by one "
+                "process", world_size, strategy, held_per_process, held_per_process / 1e6)
 
 
 def epoch_metrics(epoch: int, result: EpochResult, val: dict[str, float], *, images: float,

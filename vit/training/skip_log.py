@@ -13,9 +13,17 @@ from typing import Any
 
 from vit.data.sources import RunData
 
-__all__ = ["read_skip_log", "collect_skipped"]
+__all__ = ["open_skip_log", "read_skip_log", "collect_skipped"]
 
 logger = logging.getLogger(__name__)
+
+
+def open_skip_log(run_dir: Path, *, fresh: bool) -> Path:
+    """``RUN/skipped.jsonl``, emptied when ``fresh`` (a new run, in the main process)."""
+    path = run_dir / "skipped.jsonl"
+    if fresh:
+        path.unlink(missing_ok=True)
+    return path
 
 
 def read_skip_log(path: Path) -> list[dict[str, str]]:
