@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers.stats import relative_error
 
 from vit.explain import METHODS, saliency
 from vit.models.vision_transformer import VisionTransformer
@@ -14,11 +15,6 @@ from vit.training.quickstart import quickstart_config
 
 HAS_GPU = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().cpu(), b.double().cpu()
-    return float((a - b).norm() / b.norm())
 
 
 @pytest.mark.skipif(HAS_GPU, reason="needs a machine without CUDA")

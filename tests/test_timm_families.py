@@ -27,6 +27,8 @@ import torch
 
 timm = pytest.importorskip("timm")
 
+from helpers.stats import relative_error  # noqa: E402
+
 from vit.errors import ConfigError  # noqa: E402
 from vit.explain import METHODS, saliency  # noqa: E402
 from vit.explain.adapters import adapter_for  # noqa: E402
@@ -294,6 +296,39 @@ def test_the_same_maps_in_train_and_eval_mode(case):
     model.train()
     for method in METHODS:
         torch.testing.assert_close(saliency(model, x, method), evaluated[method])
+
+
+AUTOCAST_CASES = ["eva02-rope-swiglu", "dinov2-registers"]  # RoPE + SwiGLU; registers + LayerScale
+
+
+def maps_under_autocast(case: str, device: str, dtype: torch.dtype | None) -> dict:
+    """Every method's maps of the tiny ``case`` on ``device``, inside ``dtype`` autocast (None:
+    none), for fixed classes (a near tie cannot flip the explained class)."""
+    model, x = tiny(case).to(device), images(4).to(device)
+    target = (torch.arange(4) % 3).to(device)
+    with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+        return {m: saliency(model, x, m, target=target) for m in METHODS}
+
+
+@pytest.mark.parametrize("case", AUTOCAST_CASES)
+def test_an_outer_bf16_autocast_leaves_the_maps_as_in_fp32(case):
+    """The methods run in full precision whatever autocast surrounds them (CPU autocast here;
+    tests/test_gpu.py and the GPU test below do it on CUDA)."""
+    plain, autocast = (maps_under_autocast(case, "cpu", d) for d in (None, torch.bfloat16))
+    for method in METHODS:
+        assert autocast[method].dtype == torch.float32 and plain[method].std() > 0, method
+        assert relative_error(autocast[method], plain[method]) < 1e-5, method
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("case", AUTOCAST_CASES)
+def test_timm_family_maps_on_the_gpu_under_bf16_match_the_cpu(case):
+    on_cpu = maps_under_autocast(case, "cpu", None)
+    on_gpu = maps_under_autocast(case, "cuda", torch.bfloat16)
+    for method in METHODS:
+        assert on_gpu[method].device.type == "cuda" and on_gpu[method].dtype == torch.float32
+        assert relative_error(on_gpu[method], on_cpu[method]) < 1e-3, method
 
 
 @pytest.mark.parametrize("case", ["vit", "dinov2-registers", "eva02-rope-swiglu", "naflex-map"])
