@@ -4,26 +4,19 @@ public names, and `vit.explain` is one thing, the subpackage, whatever was touch
 from __future__ import annotations
 
 import pydoc
-import subprocess
-import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
+from helpers.processes import fresh_python
 
 import vit
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_dir_lists_the_public_names_without_importing_torch():
     code = ("import sys, vit; names = dir(vit); "
             "assert 'torch' not in sys.modules, 'dir(vit) imported torch'; print(names)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    names = eval(proc.stdout)  # a list literal
+    names = eval(fresh_python(code))  # a list literal
     for name in ("Classifier", "saliency", "overlay", "create_model", "explain", "load_config"):
         assert name in names, name
     assert "import_module" not in names and "Any" not in names
@@ -41,9 +34,7 @@ def test_vit_explain_is_the_subpackage_on_first_access():
     code = ("import types, vit; "
             "assert isinstance(vit.explain, types.ModuleType), type(vit.explain); "
             "assert callable(vit.explain.saliency) and callable(vit.explain.explain)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    fresh_python(code)
 
 
 def test_vit_explain_loads_on_first_use_and_keeps_its_names():
@@ -59,9 +50,7 @@ def test_vit_explain_loads_on_first_use_and_keeps_its_names():
             "assert e.overlay is sys.modules['vit.explain.overlay'].overlay; "
             "assert isinstance(e.adapters, types.ModuleType) and e.lrp.__name__ == 'vit.explain.lrp'; "
             "from vit.explain import *; assert callable(deletion_auc) and METHODS == e.METHODS")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    fresh_python(code)
 
 
 def test_calling_vit_explain_still_works_with_a_deprecation_warning():

@@ -5,13 +5,10 @@ help of `vit explain` and `vit explain-bench`."""
 from __future__ import annotations
 
 import inspect
-import subprocess
-import sys
-from pathlib import Path
+
+from helpers.processes import fresh_python
 
 from vit.explain.catalog import CATALOG, DEFAULT_METHOD
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # A fresh interpreter adds a method to the catalog, before anything reads it, and nowhere else.
 ADD_ONE_METHOD = '''
@@ -45,10 +42,7 @@ print(bench_help)
 
 
 def test_a_method_added_to_the_catalog_alone_is_everywhere():
-    proc = subprocess.run([sys.executable, "-c", ADD_ONE_METHOD], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    explain_help, bench_help = proc.stdout.splitlines()[-2:]
+    explain_help, bench_help = fresh_python(ADD_ONE_METHOD, timeout=300).splitlines()[-2:]
     assert "attnlrp, gradcam or fake-map; a comma-separated list" in explain_help, explain_help
     assert "from rollout, grad-rollout, attention, legrad, attnlrp, gradcam, fake-map, random, " \
            "occlusion (default: all; only a run of all seven saliency methods" in bench_help, \
@@ -75,6 +69,4 @@ def test_the_command_line_names_the_catalog_without_torch():
             "[sub.choices[c].format_help() for c in ('explain', 'explain-bench')]; "
             "assert 'vit.explain.catalog' in sys.modules; "
             "assert 'torch' not in sys.modules, 'the help imported torch'")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    fresh_python(code)

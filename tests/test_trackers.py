@@ -8,12 +8,11 @@ import glob
 import importlib.util
 import json
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from helpers.images import make_folder
+from helpers.processes import fresh_python
 from helpers.training import tiny_config
 
 from vit.cli import main
@@ -162,8 +161,7 @@ def test_trackers_are_imported_only_when_asked_for():
     code = ("import sys, vit.training.trainer, vit.cli.train; "
             "print(sorted(m for m in ('wandb', 'mlflow', 'tensorboard', "
             "'torch.utils.tensorboard') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    out = fresh_python(code)
     assert out.strip() == "[]"
 
 

@@ -1,9 +1,11 @@
-"""Servers and launches on this machine: a free port, torchrun over loopback, the demo app."""
+"""Servers and launches on this machine: a fresh interpreter, a free port, torchrun over
+loopback, the demo app."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +18,15 @@ from .training import ROOT
 # one machine: gloo over loopback, whatever the host name resolves to
 DIST_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
             "GLOO_SOCKET_IFNAME": "lo"}
+
+
+def fresh_python(code: str, *, timeout: float = 120) -> str:
+    """Run ``python -c code`` in a new interpreter in the repository (nothing imported yet) and
+    return its stdout; fails the test with the end of its stderr when it exits non-zero."""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
 
 
 def free_port() -> int:
