@@ -41,6 +41,7 @@ from vit.models.architecture import model_from_spec, model_spec
 from vit.runtime import unwrap_model
 
 __all__ = [
+    "RESUME_KEYS",
     "FORMAT",
     "FORMAT_VERSION",
     "CheckpointError",
@@ -114,6 +115,10 @@ class TrainingState:
             "ema": _model_state(self.ema_model),
             "extra": _plain(self.extra) if self.extra is not None else None,
         }
+
+
+# the keys only a resumable checkpoint (last.pt) fills: best.pt is last.pt without them
+RESUME_KEYS = tuple(TrainingState().entries())
 
 
 def make_checkpoint(

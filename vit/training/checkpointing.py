@@ -6,15 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from vit.config import Config, to_dict
-from vit.models.checkpoint import TrainingState, make_checkpoint
+from vit.models.checkpoint import RESUME_KEYS, TrainingState, make_checkpoint
 from vit.training.parallel import full_model_state, full_optimizer_state, is_sharded
 from vit.training.resume import ResumeAt, capture_rng_state
 from vit.training.setup import RunParts
 
-__all__ = ["RESUME_KEYS", "run_checkpoint", "best_checkpoint"]
-
-# what last.pt holds besides best.pt's keys (``vit.models.checkpoint.TrainingState``)
-RESUME_KEYS = ("optimizer", "scaler", "ema", "train_model", "extra")
+__all__ = ["run_checkpoint", "best_checkpoint"]
 
 
 def run_checkpoint(parts: RunParts, *, config: Config, at: ResumeAt, metrics: dict[str, Any],
