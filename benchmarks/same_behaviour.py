@@ -43,8 +43,9 @@ def _write_images(data: Path) -> None:
             Image.fromarray(a).save(data / f"c{c}" / f"{i}.png")
 
 
-def worker(out: Path, pipeline: str, other_checkpoint: str | None) -> None:
-    """Run with the tree under test on ``sys.path``: train, then save metrics, weights, maps."""
+def worker(out: Path, data: Path, pipeline: str, other_checkpoint: str | None) -> None:
+    """Run with the tree under test on ``sys.path``: train on ``data``, then save metrics,
+    weights, maps."""
     import shutil
 
     import torch
@@ -54,9 +55,8 @@ def worker(out: Path, pipeline: str, other_checkpoint: str | None) -> None:
     from vit.models.checkpoint import load_checkpoint, model_from_checkpoint
     from vit.training.trainer import train
 
-    _write_images(out / "data")
     cfg = load_config(None, [
-        f"data.root={out / 'data'}", f"train.output={out / 'run'}", "train.device=cpu",
+        f"data.root={data}", f"train.output={out / 'run'}", "train.device=cpu",
         "data.workers=0", f"data.pipeline={pipeline}", "train.batch_size=8", "train.epochs=3",
         "train.lr=3e-3", "train.warmup_epochs=0.5", "data.randaug_n=1", "data.val_fraction=0.25",
         "train.explain_samples=0", "model.name=vit_nano_patch4_32", "model.img_size=16",
@@ -76,9 +76,10 @@ def worker(out: Path, pipeline: str, other_checkpoint: str | None) -> None:
         torch.save(maps_of(Path(other_checkpoint)), out / "other_maps.pt")
 
 
-def _run(tree: Path, out: Path, pipeline: str, other: Path | None) -> None:
-    cmd = [sys.executable, __file__, "--worker", str(out), pipeline, str(other or "")]
-    env = {**os.environ, "PYTHONPATH": str(tree), "CUDA_VISIBLE_DEVICES": ""}
+def _run(tree: Path, out: Path, data: Path, pipeline: str, other: Path | None) -> None:
+    cmd = [sys.executable, __file__, "--worker", str(out), str(data), pipeline, str(other or "")]
+    env = {**os.environ, "PYTHONPATH": str(tree), "CUDA_VISIBLE_DEVICES": "",
+           "VIT_CACHE_DIR": str(out.parent / f"cache_{out.name}")}  # its own, in the temp folder
     subprocess.run(cmd, env=env, check=True, cwd=out.parent, stdout=subprocess.DEVNULL)
 
 
@@ -113,13 +114,14 @@ def main() -> int:
                           capture_output=True).stdout
     same = True
     with tempfile.TemporaryDirectory(prefix="same_behaviour_") as tmp:
-        old_tree = Path(tmp) / "old"
+        old_tree, data = Path(tmp) / "old", Path(tmp) / "data"
+        _write_images(data)  # the same images for every run
         with tarfile.open(fileobj=BytesIO(blob)) as tar:
             tar.extractall(old_tree, filter="data")
         for pipeline in args.pipelines.split(","):
             old, new = Path(tmp) / f"old_{pipeline}", Path(tmp) / f"new_{pipeline}"
-            _run(old_tree, old, pipeline, None)
-            _run(ROOT, new, pipeline, old / "run" / "best.pt")
+            _run(old_tree, old, data, pipeline, None)
+            _run(ROOT, new, data, pipeline, old / "run" / "best.pt")
             for what, ok in compare(old, new):
                 print(f"{pipeline:>15}  {what:<45} {'identical' if ok else 'DIFFERS'}")
                 same &= ok
@@ -131,6 +133,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         out = Path(sys.argv[2])
         out.mkdir(parents=True)
-        worker(out, sys.argv[3], sys.argv[4] or None)
+        worker(out, Path(sys.argv[3]), sys.argv[4], sys.argv[5] or None)
     else:
         sys.exit(main())
